@@ -1,0 +1,68 @@
+"""Model registry: ``create(name, num_classes, **options)`` and ``names()``."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from torch import nn
+
+from alexnet.models.alexnet import AlexNet, alexnet, alexnet_owt
+from alexnet.models.layers import LocalResponseNorm
+from alexnet.models.small import CifarNet, LeNet5
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    builder: Callable[..., nn.Module]
+    cls: type
+    input_size: int
+    # How the network expects its input: "mean_image" (§2: raw 0–255 RGB minus the training
+    # set's per-pixel mean) or "mean_std" (torchvision's [0, 1] RGB normalised per channel).
+    input_norm: str
+    summary: str
+
+
+_REGISTRY: dict[str, ModelInfo] = {
+    m.name: m
+    for m in (
+        ModelInfo("alexnet", alexnet, AlexNet, 224, "mean_image", "the 2012 paper's two-tower network (60,965,224 params)"),
+        ModelInfo("alexnet-owt", alexnet_owt, AlexNet, 224, "mean_std", "one-weird-trick net = torchvision.models.alexnet"),
+        ModelInfo("alexnet-cifar", CifarNet, CifarNet, 32, "mean_image", "the authors' CIFAR-10 net (Figure 1's family)"),
+        ModelInfo("lenet5", LeNet5, LeNet5, 32, "mean_image", "LeNet-5 (LeCun 1998), the pre-2012 baseline"),
+    )
+}
+
+
+def names() -> list[str]:
+    return list(_REGISTRY)
+
+
+def info(name: str) -> ModelInfo:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; accepted: {', '.join(names())}") from None
+
+
+def options(name: str) -> list[str]:
+    """The keyword options ``create`` accepts for ``name``."""
+    sig = inspect.signature(info(name).cls.__init__)
+    return [p.name for p in sig.parameters.values() if p.kind is p.KEYWORD_ONLY]
+
+
+def create(name: str, num_classes: int = 1000, **opts: Any) -> nn.Module:
+    """Build a model by name. Unknown names or options raise ``ValueError`` naming what is accepted."""
+    m = info(name)
+    accepted = options(name)
+    bad = sorted(set(opts) - set(accepted))
+    if bad:
+        raise ValueError(f"option {bad[0]!r} does not apply to model {name!r}; accepted: {', '.join(accepted)}")
+    model = m.builder(num_classes, **opts)
+    model.input_size = m.input_size  # type: ignore[assignment]
+    return model
+
+
+__all__ = ["AlexNet", "CifarNet", "LeNet5", "LocalResponseNorm", "ModelInfo", "create", "info", "names", "options"]

@@ -1,0 +1,129 @@
+"""The paper's AlexNet (Krizhevsky et al. 2012) and the one-weird-trick variant, as one class.
+
+Every architectural choice the paper ablates is a constructor option, so the variants are
+configurations of :class:`AlexNet` rather than copies of it.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from alexnet.models.layers import make_activation, make_lrn
+
+PAPER_WIDTHS = (96, 256, 384, 384, 256)
+OWT_WIDTHS = (64, 192, 384, 256, 256)
+
+
+class AlexNet(nn.Module):
+    """Five conv layers and three fully connected layers (§3, Figure 2).
+
+    Options (the paper's defaults):
+      activation="relu" (§3.1), lrn="paper" (§3.3; "released" = alpha/n, "none"),
+      overlapping_pool=True (§3.4: 3×3 stride 2; False = 2×2 stride 2), dropout=0.5 (§4.2),
+      towers=2 (§3.2: conv2, conv4, conv5 see only their own tower), widths (conv kernels),
+      hidden=4096 (fc6, fc7), dropout_first=False (paper: fc → ReLU → dropout; torchvision puts
+      dropout before each FC layer), adaptive_pool=False (torchvision pools to 6×6 adaptively),
+      bias_init=1.0 (§5: the bias of conv2, conv4, conv5, fc6, fc7), init="paper" (§5: N(0, 0.01);
+      "torch" keeps PyTorch's defaults).
+    """
+
+    input_size = 224
+
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        *,
+        activation: str = "relu",
+        lrn: bool | str = "paper",
+        overlapping_pool: bool = True,
+        dropout: float = 0.5,
+        towers: int = 2,
+        widths: Sequence[int] = PAPER_WIDTHS,
+        hidden: int = 4096,
+        dropout_first: bool = False,
+        adaptive_pool: bool = False,
+        bias_init: float = 1.0,
+        init: str = "paper",
+        in_channels: int = 3,
+    ) -> None:
+        super().__init__()
+        if towers not in (1, 2):
+            raise ValueError(f"towers must be 1 or 2, got {towers}")
+        if len(widths) != 5:
+            raise ValueError(f"widths must list 5 conv widths, got {list(widths)}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if init not in ("paper", "torch"):
+            raise ValueError(f"unknown init {init!r}; accepted: paper, torch")
+        w1, w2, w3, w4, w5 = widths
+        g = towers  # §3.2: on one device the two towers are convolution groups
+        k, s = (3, 2) if overlapping_pool else (2, 2)  # §3.4: z = 3, s = 2 overlaps
+
+        def pool() -> nn.Module:
+            return nn.MaxPool2d(kernel_size=k, stride=s)
+
+        def block(conv: nn.Module, norm: bool = False, pooled: bool = False) -> list[nn.Module]:
+            layers = [conv, make_activation(activation)]
+            if norm and (n := make_lrn(lrn)) is not None:
+                layers.append(n)  # §3.3: LRN after the ReLU, before pooling
+            if pooled:
+                layers.append(pool())
+            return layers
+
+        # 224×224 with padding 2: (224 + 4 - 11) / 4 + 1 = 55 -> 55×55 after conv1.
+        self.features = nn.Sequential(
+            *block(nn.Conv2d(in_channels, w1, 11, stride=4, padding=2), norm=True, pooled=True),  # 27×27
+            *block(nn.Conv2d(w1, w2, 5, padding=2, groups=g), norm=True, pooled=True),  # 13×13
+            *block(nn.Conv2d(w2, w3, 3, padding=1)),  # conv3 crosses the towers
+            *block(nn.Conv2d(w3, w4, 3, padding=1, groups=g)),
+            *block(nn.Conv2d(w4, w5, 3, padding=1, groups=g), pooled=True),  # 6×6
+        )
+        self.avgpool: nn.Module = nn.AdaptiveAvgPool2d((6, 6)) if adaptive_pool else nn.Identity()
+
+        def fc(n_in: int, n_out: int) -> list[nn.Module]:
+            drop = [nn.Dropout(dropout)] if dropout > 0 else []
+            if dropout_first:
+                return [*drop, nn.Linear(n_in, n_out), make_activation(activation)]
+            return [nn.Linear(n_in, n_out), make_activation(activation), *drop]
+
+        self.classifier = nn.Sequential(
+            *fc(w5 * 6 * 6, hidden),
+            *fc(hidden, hidden),
+            nn.Linear(hidden, num_classes),
+        )
+        self.towers = towers
+        if init == "paper":
+            self._init_paper(bias_init)
+
+    def _init_paper(self, bias_init: float) -> None:
+        # §5: weights ~ N(0, 0.01); biases 1 in conv2, conv4, conv5 and the hidden FC layers, 0 elsewhere.
+        convs = [m for m in self.features if isinstance(m, nn.Conv2d)]
+        fcs = [m for m in self.classifier if isinstance(m, nn.Linear)]
+        for m in convs + fcs:
+            nn.init.normal_(m.weight, mean=0.0, std=0.01)
+            nn.init.zeros_(m.bias)
+        for m in (convs[1], convs[3], convs[4], fcs[0], fcs[1]):
+            nn.init.constant_(m.bias, bias_init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        x = self.avgpool(x)
+        x = torch.flatten(x, 1)  # N×(C·6·6)
+        return self.classifier(x)
+
+
+def alexnet(num_classes: int = 1000, **options: object) -> AlexNet:
+    """The 2012 network as the paper describes it: 60,965,224 parameters for 1000 classes."""
+    return AlexNet(num_classes, **options)  # type: ignore[arg-type]
+
+
+def alexnet_owt(num_classes: int = 1000, **options: object) -> AlexNet:
+    """Krizhevsky 2014's one-weird-trick net, laid out exactly as ``torchvision.models.alexnet``
+    (same state_dict keys and shapes, 61,100,840 parameters)."""
+    defaults: dict[str, object] = dict(
+        lrn="none", towers=1, widths=OWT_WIDTHS, dropout_first=True, adaptive_pool=True, init="torch"
+    )
+    return AlexNet(num_classes, **{**defaults, **options})  # type: ignore[arg-type]

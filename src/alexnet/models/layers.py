@@ -1,0 +1,113 @@
+"""Building blocks shared by the models: the paper's response normalisation and activation lookup."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# §3.3: k = 2, n = 5, alpha = 1e-4, beta = 0.75.
+PAPER_LRN = {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 2.0}
+
+
+def lrn_reference(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0) -> torch.Tensor:
+    """§3.3 written as a loop over channels; slow, for tests and as the definition.
+
+    b[i] = a[i] / (k + alpha * sum_{j=max(0, i-n/2)}^{min(N-1, i+n/2)} a[j]^2) ** beta
+    """
+    n_ch = x.shape[1]
+    half = size // 2
+    out = torch.empty_like(x)
+    sq = x * x
+    for i in range(n_ch):
+        lo, hi = max(0, i - half), min(n_ch - 1, i + half)
+        s = sq[:, lo : hi + 1].sum(dim=1)
+        out[:, i] = x[:, i] / (k + alpha * s) ** beta
+    return out
+
+
+def lrn_sum_of_squares(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Sum of a[j]^2 over the channel window of each channel (zero outside 0..N-1)."""
+    sq = (x * x).unsqueeze(1)  # N×1×C×H×W: pool over the channel axis as if it were depth
+    half = size // 2
+    # avg_pool3d with count_include_pad gives sum/size over a zero-padded window; multiply back.
+    return F.avg_pool3d(sq, (size, 1, 1), stride=1, padding=(half, 0, 0), count_include_pad=True).squeeze(1) * size
+
+
+class LocalResponseNorm(nn.Module):
+    """Local response normalisation across channels, with the paper's formula (§3.3).
+
+    Unlike ``torch.nn.LocalResponseNorm`` and Caffe, ``alpha`` is *not* divided by ``size``:
+    §3.3: alpha multiplies the plain sum of squares. ``divide_alpha_by_n=True`` gives the
+    convention of the authors' released cuda-convnet config (effective alpha = alpha / n).
+    """
+
+    def __init__(
+        self,
+        size: int = 5,
+        alpha: float = 1e-4,
+        beta: float = 0.75,
+        k: float = 2.0,
+        divide_alpha_by_n: bool = False,
+    ) -> None:
+        super().__init__()
+        if size < 1 or size % 2 == 0:
+            raise ValueError(f"LRN size must be a positive odd number, got {size}")
+        self.size = size
+        self.alpha = alpha
+        self.beta = beta
+        self.k = k
+        self.divide_alpha_by_n = divide_alpha_by_n
+
+    @property
+    def effective_alpha(self) -> float:
+        return self.alpha / self.size if self.divide_alpha_by_n else self.alpha
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from alexnet.models import lrn_fast  # late import: optional fused kernels
+
+        return lrn_fast.local_response_norm(x, self.size, self.effective_alpha, self.beta, self.k)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, divide_alpha_by_n={self.divide_alpha_by_n}"
+
+
+_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": lambda: nn.ReLU(inplace=True),
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "gelu": nn.GELU,
+    "leaky_relu": lambda: nn.LeakyReLU(0.01, inplace=True),
+    # LeCun 1998's scaled tanh, f(a) = 1.7159 tanh(2a/3), for LeNet-5.
+    "lecun_tanh": lambda: _ScaledTanh(),
+}
+
+
+class _ScaledTanh(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 1.7159 * torch.tanh(x * (2.0 / 3.0))
+
+
+def activation_names() -> list[str]:
+    return sorted(_ACTIVATIONS)
+
+
+def make_activation(name: str) -> nn.Module:
+    try:
+        return _ACTIVATIONS[name]()
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; accepted: {', '.join(activation_names())}") from None
+
+
+def make_lrn(mode: bool | str, **overrides: float) -> nn.Module | None:
+    """``mode``: True/"paper" (alpha not divided by n), "released" (alpha / n, the authors' config),
+    False/"none" (no normalisation)."""
+    if mode is True or mode == "paper":
+        return LocalResponseNorm(**{**PAPER_LRN, **overrides})
+    if mode == "released":
+        return LocalResponseNorm(**{**PAPER_LRN, **overrides}, divide_alpha_by_n=True)
+    if mode is False or mode in ("none", "off"):
+        return None
+    raise ValueError(f"unknown lrn mode {mode!r}; accepted: paper, released, none")
