@@ -16,6 +16,12 @@ Every image of a split has the same size (256×256 as the paper prepares ImageNe
 datasets keep their native size). A folder opens as a dataset only once meta.json exists, and
 the writer builds everything in ``DIR.partial`` and renames it into place at the end, so an
 interrupted prepare never leaves a folder that opens as complete.
+
+A writer given a ``fingerprint`` (the source and the options) is resumable: at each
+:meth:`DatasetWriter.checkpoint` it makes ``data.bin`` durable and records, in
+``DIR.partial/progress.json`` (replaced atomically, so it is always the last consistent state),
+how many records are written and the caller's own state; a later writer with the same
+fingerprint continues from there, and one with another fingerprint starts clean.
 """
 
 from __future__ import annotations
@@ -31,12 +37,14 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
+from alexnet.errors import UserError
+
 FORMAT_NAME = "alexnet-prepared"
 FORMAT_VERSION = 1
 ENCODINGS = ("jpeg", "raw")
 
 
-class DatasetError(Exception):
+class DatasetError(UserError):
     """A dataset that cannot be opened or written; the message names the path and the reason."""
 
 
@@ -81,16 +89,26 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
 class SplitWriter:
     """Appends encoded records of one split to ``data.bin`` and remembers offsets and labels."""
 
-    def __init__(self, folder: Path, encoding: str, image_size: tuple[int, int]) -> None:
+    def __init__(self, folder: Path, encoding: str, image_size: tuple[int, int],
+                 resume_rows: np.ndarray | None = None) -> None:
         if encoding not in ENCODINGS:
             raise ValueError(f"unknown encoding {encoding!r}; accepted: {', '.join(ENCODINGS)}")
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
         self.encoding = encoding
         self.image_size = image_size
-        self._f = open(folder / "data.bin", "wb")
         self._rows: list[tuple[int, int, int]] = []
         self._offset = 0
+        if resume_rows is not None and len(resume_rows):
+            # Continue after the last checkpoint: records past it (written after the checkpoint,
+            # before the interruption) are cut off.
+            self._rows = [tuple(int(v) for v in r) for r in resume_rows]  # type: ignore[misc]
+            self._offset = int(resume_rows[-1, 0] + resume_rows[-1, 1])
+            self._f = open(folder / "data.bin", "r+b")
+            self._f.truncate(self._offset)
+            self._f.seek(self._offset)
+        else:
+            self._f = open(folder / "data.bin", "wb")
 
     def add(self, record: bytes, label: int) -> None:
         if self.encoding == "raw":
@@ -104,21 +122,51 @@ class SplitWriter:
     def __len__(self) -> int:
         return len(self._rows)
 
+    @property
+    def nbytes(self) -> int:
+        return self._offset
+
+    def checkpoint(self) -> int:
+        """Make the records so far durable (data, then ``index.partial.npy``); returns their count."""
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        index = np.asarray(self._rows, dtype=np.int64).reshape(-1, 3)
+        _atomic_save_npy(self.folder / "index.partial.npy", index)
+        return len(index)
+
     def close(self) -> dict[str, Any]:
         self._f.flush()
         os.fsync(self._f.fileno())
         self._f.close()
         index = np.asarray(self._rows, dtype=np.int64).reshape(-1, 3)
         np.save(self.folder / "index.npy", index)
+        (self.folder / "index.partial.npy").unlink(missing_ok=True)
         counts = np.bincount(index[:, 2]).tolist() if len(index) else []
         return {"count": len(index), "encoding": self.encoding, "image_size": list(self.image_size),
                 "bytes": int(self._offset), "class_counts": counts}
 
 
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
 @dataclass
 class DatasetWriter:
     """Writes a prepared dataset atomically: into ``<out>.partial``, renamed to ``<out>`` by
-    :meth:`commit`. ``abort`` (or an exception inside ``with``) removes the partial folder."""
+    :meth:`commit`. ``abort`` removes the partial folder; so does an exception inside ``with``,
+    unless the writer is resumable (``fingerprint`` given), in which case the partial folder is
+    kept for the next run to continue from its last checkpoint."""
 
     out: Path
     classes: Sequence[str]
@@ -126,6 +174,7 @@ class DatasetWriter:
     source: dict[str, Any] = field(default_factory=dict)
     splits: dict[str, dict[str, Any]] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
+    fingerprint: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -134,18 +183,111 @@ class DatasetWriter:
         if self.out.exists() and any(self.out.iterdir()):
             raise DatasetError(f"{self.out}: folder exists and is not empty")
         self.tmp = Path(str(self.out) + ".partial")
+        self._progress: dict[str, Any] = {"fingerprint": self.fingerprint, "splits": {}}
+        self.resumed = False
         if self.tmp.exists():
-            shutil.rmtree(self.tmp)  # a previous run was interrupted: start clean
-        self.tmp.mkdir(parents=True)
+            previous = self._load_progress()
+            if previous is not None:
+                self._progress, self.resumed = previous, True
+            else:
+                shutil.rmtree(self.tmp)  # interrupted with nothing reusable: start clean
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        for name, st in self._progress["splits"].items():
+            if "closed" in st:
+                self.splits[name] = st["closed"]
         self._open: dict[str, SplitWriter] = {}
 
+    def _load_progress(self) -> dict[str, Any] | None:
+        """The previous run's progress when it can be continued: same fingerprint, files intact."""
+        if self.fingerprint is None:
+            return None
+        try:
+            progress = json.loads((self.tmp / "progress.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if progress.get("fingerprint") != json.loads(json.dumps(self.fingerprint)):
+            return None
+        for name, st in progress.get("splits", {}).items():
+            folder = self.tmp / name
+            if "closed" in st:
+                if not (folder / "index.npy").is_file():
+                    return None
+                continue
+            try:
+                rows = np.load(folder / "index.partial.npy") if st["rows"] else np.zeros((0, 3), np.int64)
+                size = (folder / "data.bin").stat().st_size
+            except (OSError, ValueError):
+                return None
+            if len(rows) < st["rows"] or (st["rows"] and size < rows[st["rows"] - 1, :2].sum()):
+                return None
+            if st.get("arrays") and not (self.tmp / st["arrays"]).is_file():
+                return None
+        return progress
+
+    def _save_progress(self) -> None:
+        _atomic_write_text(self.tmp / "progress.json", json.dumps(self._progress) + "\n")
+
     def split(self, name: str, encoding: str, image_size: tuple[int, int]) -> SplitWriter:
-        w = SplitWriter(self.tmp / name, encoding, image_size)
+        """A writer for split ``name``; it continues a checkpointed split of the same geometry."""
+        st = self._progress["splits"].get(name)
+        rows = None
+        if st and "closed" not in st and st["encoding"] == encoding and st["image_size"] == list(image_size):
+            rows = np.load(self.tmp / name / "index.partial.npy")[: st["rows"]] if st["rows"] else None
+        else:
+            self._progress["splits"].pop(name, None)
+        w = SplitWriter(self.tmp / name, encoding, image_size, resume_rows=rows)
         self._open[name] = w
         return w
 
-    def close_split(self, name: str) -> None:
+    def is_closed(self, name: str) -> bool:
+        """Whether split ``name`` was finished (by this run or an interrupted one being resumed)."""
+        return "closed" in self._progress["splits"].get(name, {})
+
+    def resume_state(self, name: str) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+        """The state and arrays given to the last :meth:`checkpoint` (or :meth:`close_split`) of
+        ``name`` in a resumed run, or None when the split starts from scratch."""
+        st = self._progress["splits"].get(name)
+        if not st:
+            return None
+        arrays: dict[str, np.ndarray] = {}
+        if st.get("arrays"):
+            with np.load(self.tmp / st["arrays"]) as z:
+                arrays = {k: z[k] for k in z.files}
+        return st.get("state", {}), arrays
+
+    def _store(self, name: str, entry: dict[str, Any], state: dict[str, Any] | None,
+               arrays: dict[str, np.ndarray] | None) -> None:
+        old = self._progress["splits"].get(name, {}).get("arrays")
+        if arrays:
+            # A new file per checkpoint, so progress.json never points at arrays of another state.
+            seq = self._progress.get("seq", 0) + 1
+            self._progress["seq"] = seq
+            fname = f"{name}.state{seq}.npz"
+            tmp = self.tmp / (fname + ".tmp.npz")
+            np.savez(tmp, **arrays)
+            os.replace(tmp, self.tmp / fname)
+            entry["arrays"] = fname
+        elif old:
+            entry["arrays"] = old
+        entry["state"] = state or {}
+        self._progress["splits"][name] = entry
+        self._save_progress()
+        if old and old != entry.get("arrays"):
+            (self.tmp / old).unlink(missing_ok=True)
+
+    def checkpoint(self, name: str, state: dict[str, Any] | None = None,
+                   arrays: dict[str, np.ndarray] | None = None) -> None:
+        """Make split ``name`` durable up to its current record, with the caller's JSON ``state``
+        and numpy ``arrays`` (returned by :meth:`resume_state` in a resumed run)."""
+        w = self._open[name]
+        n = w.checkpoint()
+        self._store(name, {"rows": n, "encoding": w.encoding, "image_size": list(w.image_size)}, state, arrays)
+
+    def close_split(self, name: str, state: dict[str, Any] | None = None,
+                    arrays: dict[str, np.ndarray] | None = None) -> None:
         self.splits[name] = self._open.pop(name).close()
+        if self.fingerprint is not None:
+            self._store(name, {"closed": self.splits[name]}, state, arrays)
 
     def write_stats(self, mean: torch.Tensor, eigval: torch.Tensor, eigvec: torch.Tensor) -> None:
         from safetensors.torch import save_file
@@ -166,27 +308,35 @@ class DatasetWriter:
             "splits": self.splits, "source": self.source,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "versions": _versions(),
         }
+        # The resume bookkeeping has no place in a finished dataset.
+        for p in [self.tmp / "progress.json", *self.tmp.glob("*.state*.npz"), *self.tmp.glob("*/index.partial.npy")]:
+            p.unlink(missing_ok=True)
         # meta.json last: its presence is what makes the folder a dataset.
-        tmp_meta = self.tmp / "meta.json.tmp"
-        tmp_meta.write_text(json.dumps(meta, indent=1) + "\n")
-        os.replace(tmp_meta, self.tmp / "meta.json")
+        _atomic_write_text(self.tmp / "meta.json", json.dumps(meta, indent=1) + "\n")
         if self.out.exists():
             self.out.rmdir()  # empty (checked in __post_init__)
         os.replace(self.tmp, self.out)
         return self.out
 
     def abort(self) -> None:
+        self.release()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def release(self) -> None:
+        """Close open files and keep the partial folder (for a later resume)."""
         for w in self._open.values():
             w._f.close()
         self._open.clear()
-        shutil.rmtree(self.tmp, ignore_errors=True)
 
     def __enter__(self) -> "DatasetWriter":
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is not None:
-            self.abort()
+            if self.fingerprint is not None and self.tmp.exists():
+                self.release()
+            else:
+                self.abort()
 
 
 class StatsAccumulator:
@@ -213,11 +363,29 @@ class StatsAccumulator:
         self.rgb_n += len(px)
 
     def merge(self, other: "StatsAccumulator") -> None:
-        self.sum += other.sum
-        self.n += other.n
-        self.rgb_sum += other.rgb_sum
-        self.rgb_outer += other.rgb_outer
-        self.rgb_n += other.rgb_n
+        self.add_sums(other.sum, other.n, other.rgb_sum, other.rgb_outer, other.rgb_n)
+
+    def add_sums(self, pixel_sum: np.ndarray, n: int, rgb_sum: np.ndarray, rgb_outer: np.ndarray, rgb_n: int) -> None:
+        """Add sums computed elsewhere (e.g. by a worker process over a chunk of images)."""
+        self.sum += pixel_sum
+        self.n += int(n)
+        self.rgb_sum += rgb_sum
+        self.rgb_outer += rgb_outer
+        self.rgb_n += int(rgb_n)
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The sums as arrays (for a checkpoint); :meth:`load_state` restores them."""
+        return {"sum": self.sum, "n": np.int64(self.n), "rgb_sum": self.rgb_sum, "rgb_outer": self.rgb_outer,
+                "rgb_n": np.int64(self.rgb_n)}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        if state["sum"].shape != self.sum.shape:
+            raise ValueError(f"statistics of {state['sum'].shape} images, expected {self.sum.shape}")
+        self.sum = state["sum"].astype(np.float64)
+        self.n = int(state["n"])
+        self.rgb_sum = state["rgb_sum"].astype(np.float64)
+        self.rgb_outer = state["rgb_outer"].astype(np.float64)
+        self.rgb_n = int(state["rgb_n"])
 
     def finish(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self.n == 0:

@@ -1,0 +1,72 @@
+"""Command line: ``alexnet <command> ...``; each command lives in a module with
+``add_arguments(parser)`` and ``run(args) -> int``, imported only when used."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import importlib
+import os
+import sys
+from typing import Sequence
+
+from alexnet.errors import UserError
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("alexnet.commands.demo", "train alexnet-cifar on the built-in data and write a report"),
+    "train": ("alexnet.commands.train", "train a model"),
+    "evaluate": ("alexnet.commands.evaluate", "top-1/top-5 error of runs (an ensemble if several)"),
+    "prepare": ("alexnet.commands.prepare", "prepare a dataset once (ImageNet archives, folders, CIFAR, IDX, synthetic)"),
+    "download": ("alexnet.commands.download", "download and prepare imagenette, imagewoof, cifar10, cifar100"),
+    "predict": ("alexnet.commands.predict", "top-5 classes of images"),
+    "neighbors": ("alexnet.commands.neighbors", "nearest neighbours in the last hidden layer (Figure 4 right)"),
+    "filters": ("alexnet.commands.filters", "the first-layer kernels as an image (Figure 3)"),
+    "report": ("alexnet.commands.report", "regenerate a run's report"),
+    "export": ("alexnet.commands.export", "export weights to safetensors, ONNX or TorchScript"),
+    "experiment": ("alexnet.commands.experiment", "reproduce one of the paper's claims"),
+    "bench": ("alexnet.commands.bench", "measure throughput"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse's default prints usage too)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _available() -> dict[str, tuple[str, str]]:
+    return {n: v for n, v in COMMANDS.items() if importlib.util.find_spec(v[0]) is not None}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="alexnet", description="AlexNet (Krizhevsky, Sutskever & Hinton, NIPS 2012), reproduced.")
+    from alexnet import __version__
+
+    parser.add_argument("--version", action="version", version=f"alexnet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name, (module, help_) in _available().items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        importlib.import_module(module).add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except UserError as e:
+        print(f"alexnet {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"alexnet {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""Argument helpers shared by the subcommands."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from alexnet.config import parse_value
+from alexnet.errors import UserError
+
+
+def parse_assignments(items: list[str] | None, flag: str) -> dict[str, Any]:
+    """``K=V`` pairs (V parsed as YAML) into a dict; dotted keys nest (model_options.lrn=none)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"{flag} {item!r}: expected KEY=VALUE")
+        node = out
+        *parents, leaf = key.split(".")
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[leaf] = parse_value(value)
+    return out
+
+
+def add_engine_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine")
+    g.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
+    g.add_argument("--workers", type=int, default=None, help="loader worker processes (default: automatic)")
+    g.add_argument("--amp", choices=["none", "bf16", "fp16"], default=None, help="autocast dtype")
+    g.add_argument("--channels-last", action="store_true", default=None, help="NHWC memory format")
+    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")

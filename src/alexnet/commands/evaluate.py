@@ -1,0 +1,98 @@
+"""``alexnet evaluate RUN... --data D [--ten-crop] [--json]``: several runs form an ensemble
+(the paper's 5 and 7 CNNs: the softmax outputs are averaged)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from alexnet.commands.common import add_engine_arguments
+from alexnet.errors import UserError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders or weights files; several = an ensemble")
+    p.add_argument("--data", default=None, help="dataset (default: the one the first run was trained on)")
+    p.add_argument("--split", default="val")
+    p.add_argument("--ten-crop", action="store_true", help="§4.1: average the softmax over 10 patches")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--confusion", default=None, metavar="PNG", help="also draw the confusion matrix here")
+    add_engine_arguments(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from alexnet.data.format import PreparedDataset
+    from alexnet.data.resolve import resolve_data
+    from alexnet.engine.evaluate import Precision, evaluate
+    from alexnet.engine.inference import augment_for, load
+    from alexnet.engine.train import pick_device
+
+    device = pick_device(args.device or "auto")
+    members = [load(r, device) for r in args.runs]
+    first = members[0].meta
+    data = args.data or first.get("data")
+    if not data:
+        raise UserError(f"{args.runs[0]}: no dataset recorded; pass --data")
+    ds = PreparedDataset(resolve_data(data, first["input_size"]), args.split)
+    for m in members:
+        if m.meta["num_classes"] != ds.num_classes:
+            raise UserError(f"{m.source}: predicts {m.meta['num_classes']} classes but {data} has {ds.num_classes}")
+    prec = Precision(device, args.amp or "none", bool(args.channels_last))
+    results = []
+    probs = None
+    for m in members:
+        r = evaluate(m.model, ds, augment_for(m, ds), prec, batch_size=args.batch_size, ten_crop=args.ten_crop,
+                     workers=-1 if args.workers is None else args.workers, return_probs=True)
+        p = r.pop("probs")
+        probs = p if probs is None else probs + p  # type: ignore[operator]
+        results.append({"run": str(m.source), **r})
+    labels = torch.from_numpy(ds.labels).long()
+    probs = probs / len(members)  # type: ignore[operator]
+    out = per_class_summary(probs, labels, ds.class_names)
+    out.update({"data": str(data), "split": args.split, "ten_crop": args.ten_crop, "n": len(labels),
+                "members": results if len(members) > 1 else None})
+    if args.confusion:
+        from alexnet.report.figures import plot_confusion
+
+        plot_confusion(out.pop("_confusion"), ds.class_names, Path(args.confusion))
+    else:
+        out.pop("_confusion")
+    if len(members) == 1 and Path(args.runs[0]).is_dir():
+        _record(Path(args.runs[0]), out, args.ten_crop)
+    if args.json:
+        print(json.dumps({k: v for k, v in out.items() if v is not None}))
+    else:
+        label = f"ensemble of {len(members)}" if len(members) > 1 else str(args.runs[0])
+        print(f"{label} on {data}/{args.split} ({'10-crop' if args.ten_crop else 'centre crop'}, {len(labels)} images): "
+              f"top-1 error {out['top1_err']:.4f}, top-5 error {out['top5_err']:.4f}")
+        for r in results if len(members) > 1 else []:
+            print(f"  {r['run']}: top-1 {r['top1_err']:.4f}, top-5 {r['top5_err']:.4f}")
+    return 0
+
+
+def per_class_summary(probs: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> dict:
+    from alexnet.engine.evaluate import topk_correct
+
+    n = len(labels)
+    c1, c5 = topk_correct(probs, labels)
+    pred = probs.argmax(1)
+    k = probs.shape[1]
+    conf = torch.zeros(k, k, dtype=torch.long)
+    conf.index_put_((labels, pred), torch.ones_like(labels), accumulate=True)
+    per_class = []
+    for c in range(k):
+        tot = int(conf[c].sum())
+        per_class.append({"class": class_names[c] if c < len(class_names) else str(c), "n": tot,
+                          "top1_err": (1 - int(conf[c, c]) / tot) if tot else None})
+    return {"top1_err": 1 - c1 / max(1, n), "top5_err": 1 - c5 / max(1, n), "per_class": per_class, "_confusion": conf.numpy()}
+
+
+def _record(run: Path, out: dict, ten_crop: bool) -> None:
+    p = run / "eval.json"
+    d = json.loads(p.read_text()) if p.exists() else {}
+    d["ten_crop" if ten_crop else "center"] = {"top1_err": out["top1_err"], "top5_err": out["top5_err"], "n": out["n"]}
+    p.write_text(json.dumps(d, indent=1) + "\n")

@@ -1,0 +1,192 @@
+"""The paper's augmentation (§4.1) and test-time crops (§4.1, 10-crop), as batched tensor
+operations on the training device: uint8 N×3×H×W batches in, the compute dtype out.
+
+All randomness is a counter-based hash of (seed, epoch, sample index, stream), so a sample's
+crop, flip and colour noise never depend on the batch it lands in, the number of loader workers
+or processes, or the device: exact resume and distributed training rely on this.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+_M32 = 0xFFFFFFFF
+# torchvision's ImageNet normalisation, for networks trained that way (alexnet-owt's weights).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Streams of the counter-based generator.
+_CROP_Y, _CROP_X, _FLIP, _PCA = 0, 1, 2, 3
+
+
+def _hash32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer finaliser (lowbias32) on int64 tensors holding values in [0, 2^32).
+    Products may wrap in int64; masking keeps the exact low 32 bits."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _M32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _M32
+    return x ^ (x >> 16)
+
+
+def sample_keys(seed: int, epoch: int, indices: torch.Tensor) -> torch.Tensor:
+    """Per-sample 32-bit keys from (seed, epoch, index)."""
+    base = _hash32(torch.tensor([seed & _M32], dtype=torch.int64))
+    base = _hash32(base ^ (epoch & _M32))
+    return _hash32((indices.to(torch.int64) & _M32) ^ base.to(indices.device))
+
+
+def uniform(keys: torch.Tensor, stream: int) -> torch.Tensor:
+    """float64 uniforms in [0, 1), one per key, independent across streams."""
+    h = _hash32(keys ^ ((stream * 0x9E3779B9 + 0x632BE5AB) & _M32))
+    return (h >> 8).to(torch.float64) / float(1 << 24)
+
+
+def normal(keys: torch.Tensor, stream: int) -> torch.Tensor:
+    """Standard normals (Box–Muller) from two uniform streams."""
+    u1 = uniform(keys, 2 * stream + 1000).clamp_min(2.0**-25)
+    u2 = uniform(keys, 2 * stream + 1001)
+    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)
+
+
+@dataclass
+class CropParams:
+    oy: torch.Tensor  # N, top edge
+    ox: torch.Tensor  # N, left edge
+    flip: torch.Tensor  # N, bool
+
+
+class Augment:
+    """Mean-image subtraction, random crops, flips and "fancy PCA" colour noise (§2, §4.1).
+
+    ``mean``: 3×H×W per-pixel mean image (0–255); ``eigval``/``eigvec``: RGB covariance on the
+    [0, 1] scale (columns of ``eigvec`` are eigenvectors). ``input_norm``: "mean_image" (§2: raw
+    RGB minus the mean image, the 0–255 scale the paper trained on) or "mean_std" (torchvision).
+    """
+
+    def __init__(
+        self,
+        mean: torch.Tensor,
+        eigval: torch.Tensor,
+        eigvec: torch.Tensor,
+        crop: int,
+        *,
+        random_crop: bool = True,
+        flip: bool = True,
+        pca_std: float = 0.1,
+        crop_padding: int = 0,
+        input_norm: str = "mean_image",
+        seed: int = 0,
+    ) -> None:
+        if input_norm not in ("mean_image", "mean_std"):
+            raise ValueError(f"unknown input_norm {input_norm!r}; accepted: mean_image, mean_std")
+        self.size = tuple(mean.shape[-2:])
+        h, w = self.size
+        if crop > h + 2 * crop_padding or crop > w + 2 * crop_padding:
+            from alexnet.errors import UserError
+
+            raise UserError(
+                f"images are {h}×{w}, smaller than the model input {crop}×{crop}; "
+                f"prepare the data with --size {round(crop * 256 / 224)} or pick a model for this size"
+            )
+        self.mean = mean.float()
+        self.eigval = eigval.float()
+        self.eigvec = eigvec.float()
+        self.crop = crop
+        self.random_crop = random_crop
+        self.flip = flip
+        self.pca_std = pca_std
+        self.pad = crop_padding
+        self.input_norm = input_norm
+        self.seed = seed
+        self._cache: dict[tuple[torch.device, str], tuple[torch.Tensor, ...]] = {}
+
+    @classmethod
+    def from_stats(cls, stats: dict[str, torch.Tensor], crop: int, **kwargs: object) -> "Augment":
+        return cls(stats["mean"], stats["eigval"], stats["eigvec"], crop, **kwargs)  # type: ignore[arg-type]
+
+    def _consts(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        key = (device, self.input_norm)
+        if key not in self._cache:
+            if self.input_norm == "mean_image":
+                sub = self.mean  # 3×H×W, 0–255
+                scale = torch.ones(3, 1, 1)
+            else:  # (x/255 - m) / s  ==  (x - 255 m) / (255 s)
+                sub = torch.tensor(IMAGENET_MEAN).view(3, 1, 1).expand_as(self.mean) * 255.0
+                scale = 1.0 / (255.0 * torch.tensor(IMAGENET_STD).view(3, 1, 1))
+            self._cache[key] = (sub.contiguous().to(device), scale.to(device), self.eigval.to(device), self.eigvec.to(device))
+        return self._cache[key]
+
+    # -- random parameters -------------------------------------------------------------------
+
+    def params(self, indices: torch.Tensor, epoch: int) -> tuple[CropParams, torch.Tensor]:
+        """Crop/flip parameters and the per-image RGB noise (N×3, 0–255 units) for these samples."""
+        keys = sample_keys(self.seed, epoch, indices)
+        h, w = self.size
+        span_y, span_x = h + 2 * self.pad - self.crop + 1, w + 2 * self.pad - self.crop + 1
+        if self.random_crop:
+            oy = (uniform(keys, _CROP_Y) * span_y).long() - self.pad
+            ox = (uniform(keys, _CROP_X) * span_x).long() - self.pad
+        else:
+            oy = torch.full_like(keys, (h - self.crop) // 2)
+            ox = torch.full_like(keys, (w - self.crop) // 2)
+        flip = uniform(keys, _FLIP) < 0.5 if self.flip else torch.zeros_like(keys, dtype=torch.bool)
+        if self.pca_std > 0:
+            # §4.1: add [p1 p2 p3][a1 l1, a2 l2, a3 l3]^T, a ~ N(0, 0.1), once per image per use.
+            # Applied on the [0, 1] scale where the eigenvalues live, then to pixel units.
+            alpha = torch.stack([normal(keys, _PCA + c) for c in range(3)], dim=1) * self.pca_std  # N×3
+            noise = (alpha * self.eigval.double().to(alpha.device)) @ self.eigvec.double().to(alpha.device).T * 255.0
+        else:
+            noise = torch.zeros(len(keys), 3, dtype=torch.float64, device=keys.device)
+        return CropParams(oy, ox, flip), noise
+
+    # -- application ---------------------------------------------------------------------------
+
+    def _crop(self, images: torch.Tensor, p: CropParams, noise: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+        n, _, h, w = images.shape
+        dev = images.device
+        sub, scale, _, _ = self._consts(dev)
+        ar = torch.arange(self.crop, device=dev)
+        rows = p.oy.to(dev)[:, None] + ar  # N×S
+        cols = p.ox.to(dev)[:, None] + ar  # N×S
+        cols = torch.where(p.flip.to(dev)[:, None], cols.flip(1), cols)
+        valid = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]  # N×S×S
+        rows_c, cols_c = rows.clamp(0, h - 1), cols.clamp(0, w - 1)
+        # One flat index per output pixel: gather is far cheaper than 3-D advanced indexing.
+        lin = (rows_c[:, :, None] * w + cols_c[:, None, :]).view(n, 1, -1)  # N×1×(S·S)
+        x = images.reshape(n, 3, h * w).gather(2, lin.expand(n, 3, -1)).float()  # N×3×(S·S)
+        x = x - sub.reshape(1, 3, h * w).expand(n, -1, -1).gather(2, lin.expand(n, 3, -1))
+        if noise is not None:
+            x = x + noise.to(dev, torch.float32)[:, :, None]
+        if self.pad:
+            x = x * valid.view(n, 1, -1)  # padding reads as the mean (zero after subtraction)
+        x = x * scale.view(1, 3, 1)
+        return x.view(n, 3, self.crop, self.crop).to(dtype)  # N×3×S×S
+
+    def train(self, images: torch.Tensor, indices: torch.Tensor, epoch: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Random crop + flip + PCA colour noise − mean, for a uint8 N×3×H×W batch."""
+        p, noise = self.params(indices, epoch)
+        return self._crop(images, p, noise if self.pca_std > 0 else None, dtype)
+
+    def center(self, images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The central crop (test time)."""
+        n, _, h, w = images.shape
+        oy = torch.full((n,), (h - self.crop) // 2, dtype=torch.long)
+        ox = torch.full((n,), (w - self.crop) // 2, dtype=torch.long)
+        return self._crop(images, CropParams(oy, ox, torch.zeros(n, dtype=torch.bool)), None, dtype)
+
+    def ten_crop(self, images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """§4.1: the four corner patches and the centre patch, and their reflections: 10×N×3×S×S."""
+        n, _, h, w = images.shape
+        s = self.crop
+        corners = [(0, 0), (0, w - s), (h - s, 0), (h - s, w - s), ((h - s) // 2, (w - s) // 2)]
+        views = []
+        for flip in (False, True):
+            for y, x in corners:
+                p = CropParams(torch.full((n,), y, dtype=torch.long), torch.full((n,), x, dtype=torch.long),
+                               torch.full((n,), flip, dtype=torch.bool))
+                views.append(self._crop(images, p, None, dtype))
+        return torch.stack(views)

@@ -1,0 +1,99 @@
+"""Evaluation: centre crop or §4.1's 10-crop average of the softmax; top-1 and top-5 error."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import ContextManager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from alexnet.data.augment import Augment
+from alexnet.data.format import PreparedDataset
+from alexnet.data.loader import BatchLoader
+from alexnet.engine import distributed
+
+
+@dataclass
+class Precision:
+    """Where and how the network computes: device, autocast dtype, memory format."""
+
+    device: torch.device
+    amp: str = "none"
+    channels_last: bool = False
+
+    def autocast(self) -> ContextManager[object]:
+        if self.amp == "none":
+            return nullcontext()
+        dtype = torch.bfloat16 if self.amp == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+
+
+def topk_correct(logits_or_probs: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
+    """How many rows have the label among their k highest scores, for each k."""
+    kmax = min(max(ks), logits_or_probs.shape[1])
+    top = logits_or_probs.topk(kmax, dim=1).indices  # N×kmax
+    hit = top == labels[:, None]
+    return [int(hit[:, : min(k, kmax)].any(dim=1).sum()) for k in ks]
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, images: torch.Tensor, augment: Augment, prec: Precision, ten_crop: bool) -> torch.Tensor:
+    """Softmax probabilities (float32, N×C) for a uint8 batch: centre crop, or the mean of the
+    softmax over the 10 crops (§4.1)."""
+    images = images.to(prec.device, non_blocking=True)
+    with prec.autocast():
+        if ten_crop:
+            views = augment.ten_crop(images)  # 10×N×3×S×S
+            n = images.shape[0]
+            x = prec.prepare_input(views.flatten(0, 1))  # (10·N)×3×S×S
+            probs = F.softmax(model(x).float(), dim=1).view(10, n, -1).mean(0)
+        else:
+            probs = F.softmax(model(prec.prepare_input(augment.center(images))).float(), dim=1)
+    return probs
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    ds: PreparedDataset,
+    augment: Augment,
+    prec: Precision,
+    *,
+    batch_size: int = 256,
+    ten_crop: bool = False,
+    workers: int = -1,
+    rank: int = 0,
+    world_size: int = 1,
+    return_probs: bool = False,
+) -> dict[str, object]:
+    """Top-1/top-5 error and loss over the whole split, each image counted exactly once (across
+    processes too: contiguous unpadded shards, sums all-reduced)."""
+    was_training = model.training
+    model.eval()
+    loader = BatchLoader(ds, batch_size * world_size, shuffle=False, workers=workers, rank=rank, world_size=world_size,
+                         pin_memory=prec.device.type == "cuda")
+    sums = torch.zeros(4, dtype=torch.float64)  # n, top1 correct, top5 correct, loss sum
+    all_probs = []
+    for b in loader:
+        probs = predict_probs(model, b.images, augment, prec, ten_crop)
+        labels = b.labels.to(probs.device)
+        c1, c5 = topk_correct(probs, labels)
+        nll = F.nll_loss(torch.log(probs.clamp_min(1e-12)), labels, reduction="sum")
+        sums += torch.tensor([len(labels), c1, c5, float(nll)], dtype=torch.float64)
+        if return_probs:
+            all_probs.append(probs.cpu())
+    if world_size > 1:
+        sums = distributed.all_reduce_sum(sums.to(prec.device)).cpu()
+    model.train(was_training)
+    n = max(1.0, float(sums[0]))
+    out: dict[str, object] = {"n": int(sums[0]), "top1_err": 1 - float(sums[1]) / n, "top5_err": 1 - float(sums[2]) / n,
+                              "loss": float(sums[3]) / n}
+    if return_probs:
+        out["probs"] = torch.cat(all_probs) if all_probs else torch.zeros(0)
+    return out

@@ -1,0 +1,130 @@
+"""Optimisers and learning-rate schedules.
+
+§5's update rule keeps the learning rate *inside* the velocity:
+    v <- 0.9 v - 0.0005 eps w - eps dL/dw ;  w <- w + v
+``torch.optim.SGD`` keeps it outside (v <- mu v + g + lambda w; w <- w - eps v). The two agree
+while eps is fixed; after eps changes, the paper's velocity still carries the old eps.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+from alexnet.config import TrainConfig
+
+
+class PaperSGD(Optimizer):
+    """The update rule of §5, exactly, with a foreach (multi-tensor) implementation."""
+
+    def __init__(self, params: Iterable[Any], lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4) -> None:
+        if lr <= 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            vels = []
+            for p in params:
+                st = self.state[p]
+                if "velocity" not in st:
+                    st["velocity"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                vels.append(st["velocity"])
+            lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
+            torch._foreach_mul_(vels, mu)  # 0.9 v
+            if wd:
+                torch._foreach_add_(vels, params, alpha=-wd * lr)  # - 0.0005 eps w
+            torch._foreach_add_(vels, grads, alpha=-lr)  # - eps dL/dw
+            torch._foreach_add_(params, vels)  # w <- w + v
+        return loss
+
+
+def param_groups(model: nn.Module, weight_decay: float, decay_biases: bool) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim > 1 or decay_biases else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def base_lr(cfg: TrainConfig) -> float:
+    """The linear scaling rule (Goyal et al. 2017) when ``lr_scaling_batch`` is set."""
+    return cfg.lr * cfg.batch_size / cfg.lr_scaling_batch if cfg.lr_scaling_batch > 0 else cfg.lr
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module) -> Optimizer:
+    groups = param_groups(model, cfg.weight_decay, cfg.weight_decay_biases)
+    lr = base_lr(cfg)
+    if cfg.optimizer == "paper":
+        return PaperSGD(groups, lr=lr, momentum=cfg.momentum)
+    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.optimizer == "nesterov")
+
+
+class Schedule:
+    """Learning rate per step. ``plateau`` (§5): divide by 10 when the validation error has not
+    improved for ``plateau_patience`` epochs, at most ``max_lr_drops`` times. ``cosine`` and
+    ``step`` are epoch-driven; all support a linear warm-up."""
+
+    def __init__(self, cfg: TrainConfig, steps_per_epoch: int) -> None:
+        self.cfg = cfg
+        self.base = base_lr(cfg)
+        self.steps_per_epoch = max(1, steps_per_epoch)
+        self.drops = 0
+        self.best = math.inf
+        self.bad_epochs = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"drops": self.drops, "best": self.best, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        self.drops, self.best, self.bad_epochs = int(d["drops"]), float(d["best"]), int(d["bad_epochs"])
+
+    def lr_at(self, step: int) -> float:
+        c = self.cfg
+        epoch = step / self.steps_per_epoch
+        if c.schedule == "plateau":
+            lr = self.base * c.lr_drop_factor**self.drops
+        elif c.schedule == "step":
+            lr = self.base * c.lr_drop_factor ** sum(epoch >= e for e in c.step_epochs)
+        elif c.schedule == "cosine":
+            t = min(1.0, max(0.0, (epoch - c.warmup_epochs) / max(1e-9, c.epochs - c.warmup_epochs)))
+            lr = c.min_lr + (self.base - c.min_lr) * 0.5 * (1 + math.cos(math.pi * t))
+        else:
+            lr = self.base
+        if c.warmup_epochs > 0 and epoch < c.warmup_epochs:
+            lr = lr * (step + 1) / (c.warmup_epochs * self.steps_per_epoch)
+        return lr
+
+    def end_of_epoch(self, val_err: float | None) -> bool:
+        """Feed the epoch's validation error; returns True when the learning rate was dropped."""
+        if self.cfg.schedule != "plateau" or val_err is None:
+            return False
+        if val_err < self.best - self.cfg.plateau_threshold:
+            self.best, self.bad_epochs = val_err, 0
+            return False
+        self.bad_epochs += 1
+        if self.bad_epochs >= self.cfg.plateau_patience and self.drops < self.cfg.max_lr_drops:
+            self.drops += 1
+            self.bad_epochs = 0
+            self.best = min(self.best, val_err)
+            return True
+        return False
+
+
+def set_lr(opt: Optimizer, lr: float) -> None:
+    for g in opt.param_groups:
+        g["lr"] = lr

@@ -1,0 +1,158 @@
+import math
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from alexnet import models
+from alexnet.models import LocalResponseNorm
+from alexnet.models.layers import lrn_reference
+
+
+def n_params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def test_names():
+    assert models.names() == ["alexnet", "alexnet-owt", "alexnet-cifar", "lenet5"]
+
+
+@pytest.mark.parametrize(
+    "name,classes,count",
+    [("alexnet", 1000, 60_965_224), ("alexnet-owt", 1000, 61_100_840), ("alexnet-cifar", 10, 89_578), ("lenet5", 10, 62_006)],
+)
+def test_parameter_counts(name, classes, count):
+    assert n_params(models.create(name, classes)) == count
+
+
+def test_one_tower_without_groups_count():
+    # PAPER.md: 62,378,344 without the two-tower grouping.
+    assert n_params(models.create("alexnet", towers=1)) == 62_378_344
+
+
+def test_lenet5_grayscale_is_lecuns_count():
+    assert n_params(models.create("lenet5", 10, in_channels=1)) == 61_706
+
+
+def test_conv1_geometry_and_output():
+    m = models.create("alexnet").eval()
+    x = torch.randn(2, 3, 224, 224)
+    assert m.features[0](x).shape == (2, 96, 55, 55)
+    assert m(x).shape == (2, 1000)
+    shapes = []
+    h = x
+    for layer in m.features:
+        h = layer(h)
+        if isinstance(layer, nn.MaxPool2d):
+            shapes.append(tuple(h.shape[1:]))
+    assert shapes == [(96, 27, 27), (256, 13, 13), (256, 6, 6)]
+
+
+def test_paper_layers():
+    m = models.create("alexnet")
+    convs = [l for l in m.features if isinstance(l, nn.Conv2d)]
+    assert [c.groups for c in convs] == [1, 2, 1, 2, 2]  # §3.2: conv3 crosses towers
+    assert [c.out_channels for c in convs] == [96, 256, 384, 384, 256]
+    assert tuple(convs[1].weight.shape) == (256, 48, 5, 5)
+    assert tuple(convs[3].weight.shape) == (384, 192, 3, 3)
+    lrns = [l for l in m.features if isinstance(l, LocalResponseNorm)]
+    assert len(lrns) == 2 and all((l.size, l.alpha, l.beta, l.k) == (5, 1e-4, 0.75, 2.0) for l in lrns)
+    assert all(l.effective_alpha == 1e-4 for l in lrns)
+    pools = [l for l in m.features if isinstance(l, nn.MaxPool2d)]
+    assert all((p.kernel_size, p.stride) == (3, 2) for p in pools)
+    # fc -> ReLU -> dropout(0.5), twice, then fc8
+    kinds = [type(l).__name__ for l in m.classifier]
+    assert kinds == ["Linear", "ReLU", "Dropout", "Linear", "ReLU", "Dropout", "Linear"]
+    assert all(l.p == 0.5 for l in m.classifier if isinstance(l, nn.Dropout))
+    # LRN follows the ReLU of conv1 and conv2, before pooling
+    f = [type(l).__name__ for l in m.features]
+    assert f[:8] == ["Conv2d", "ReLU", "LocalResponseNorm", "MaxPool2d", "Conv2d", "ReLU", "LocalResponseNorm", "MaxPool2d"]
+
+
+def test_towers_are_independent():
+    """conv2 output maps of tower 1 must not depend on conv1 maps of tower 2."""
+    m = models.create("alexnet")
+    conv2 = m.features[4]
+    x = torch.randn(1, 96, 27, 27, requires_grad=True)
+    conv2(x)[:, :128].sum().backward()
+    assert x.grad[:, 48:].abs().sum() == 0 and x.grad[:, :48].abs().sum() > 0
+
+
+def test_paper_initialisation():
+    torch.manual_seed(0)
+    m = models.create("alexnet")
+    convs = [l for l in m.features if isinstance(l, nn.Conv2d)]
+    fcs = [l for l in m.classifier if isinstance(l, nn.Linear)]
+    layers = convs + fcs
+    for l in layers:
+        w = l.weight
+        assert abs(w.mean().item()) < 1e-3
+        assert abs(w.std().item() - 0.01) < 0.01 * 0.05  # N(0, 0.01)
+    ones = {1, 3, 4, 5, 6}  # conv2, conv4, conv5, fc6, fc7
+    for i, l in enumerate(layers):
+        assert torch.all(l.bias == (1.0 if i in ones else 0.0)), i
+
+
+def test_options_change_architecture():
+    m = models.create("alexnet", activation="tanh", lrn="none", overlapping_pool=False, dropout=0.0, towers=1)
+    assert not any(isinstance(l, (nn.ReLU, LocalResponseNorm, nn.Dropout)) for l in m.modules())
+    assert any(isinstance(l, nn.Tanh) for l in m.modules())
+    assert all(p.kernel_size == 2 for p in m.modules() if isinstance(p, nn.MaxPool2d))
+    assert m(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
+    released = models.create("alexnet", lrn="released")
+    assert [l.effective_alpha for l in released.modules() if isinstance(l, LocalResponseNorm)] == [2e-5, 2e-5]
+
+
+def test_bad_options_name_what_is_accepted():
+    with pytest.raises(ValueError, match="unknown model 'vgg'.*alexnet"):
+        models.create("vgg")
+    with pytest.raises(ValueError, match="'lrn' does not apply to model 'lenet5'"):
+        models.create("lenet5", lrn="none")
+    with pytest.raises(ValueError, match="activation"):
+        models.create("alexnet", activation="swishy")
+    with pytest.raises(ValueError, match="towers"):
+        models.create("alexnet", towers=3)
+
+
+def test_torchvision_interop():
+    ours = models.create("alexnet-owt").eval()
+    tv = torchvision.models.alexnet().eval()
+    a, b = ours.state_dict(), tv.state_dict()
+    assert list(a) == list(b) and all(a[k].shape == b[k].shape for k in a)
+    ours.load_state_dict(b)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(ours(x), tv(x))
+
+
+@pytest.mark.parametrize("name,size,classes", [("alexnet", 224, 7), ("alexnet-owt", 224, 7), ("alexnet-cifar", 32, 10), ("lenet5", 32, 10)])
+def test_gradients_reach_every_parameter(name, size, classes):
+    torch.manual_seed(0)
+    # bias 1 and dropout are fine; use a small batch to keep it quick
+    m = models.create(name, classes)
+    x = torch.randn(2, 3, size, size) * 50
+    m(x).logsumexp(1).sum().backward()
+    for pname, p in m.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, pname
+
+
+def test_lrn_matches_closed_form():
+    torch.manual_seed(0)
+    x = torch.randn(2, 11, 5, 4) * 30
+    lrn = LocalResponseNorm()
+    ref = lrn_reference(x, 5, 1e-4, 0.75, 2.0)
+    assert torch.allclose(lrn(x), ref, rtol=1e-5, atol=0)
+    # one channel by hand: i = 0 sees channels 0..2 (window clipped at the edge)
+    s = (x[:, 0:3] ** 2).sum(1)
+    assert torch.allclose(lrn(x)[:, 0], x[:, 0] / (2 + 1e-4 * s) ** 0.75, rtol=1e-6)
+    # i = 5 sees 3..7
+    s = (x[:, 3:8] ** 2).sum(1)
+    assert torch.allclose(lrn(x)[:, 5], x[:, 5] / (2 + 1e-4 * s) ** 0.75, rtol=1e-6)
+
+
+def test_lrn_alpha_not_divided_by_n_unlike_torch():
+    x = torch.randn(2, 16, 3, 3) * 40
+    ours = LocalResponseNorm()(x)
+    assert torch.allclose(ours, nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)(x), rtol=1e-5)
+    assert not torch.allclose(ours, nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)(x), rtol=1e-5)
