@@ -62,7 +62,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         out.pop("_confusion")
     if len(members) == 1 and Path(args.runs[0]).is_dir():
-        _record(Path(args.runs[0]), out, args.ten_crop)
+        from alexnet.report.run import record_eval
+
+        record_eval(Path(args.runs[0]), "ten_crop" if args.ten_crop else "center", out)
     if args.json:
         print(json.dumps({k: v for k, v in out.items() if v is not None}))
     else:
@@ -89,10 +91,3 @@ def per_class_summary(probs: torch.Tensor, labels: torch.Tensor, class_names: li
         per_class.append({"class": class_names[c] if c < len(class_names) else str(c), "n": tot,
                           "top1_err": (1 - int(conf[c, c]) / tot) if tot else None})
     return {"top1_err": 1 - c1 / max(1, n), "top5_err": 1 - c5 / max(1, n), "per_class": per_class, "_confusion": conf.numpy()}
-
-
-def _record(run: Path, out: dict, ten_crop: bool) -> None:
-    p = run / "eval.json"
-    d = json.loads(p.read_text()) if p.exists() else {}
-    d["ten_crop" if ten_crop else "center"] = {"top1_err": out["top1_err"], "top5_err": out["top5_err"], "n": out["n"]}
-    p.write_text(json.dumps(d, indent=1) + "\n")

@@ -18,6 +18,11 @@ _M32 = 0xFFFFFFFF
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+# "mean_image": §2, raw 0–255 RGB minus the per-pixel mean image (the paper's networks);
+# "mean_image_std": the same divided by the training set's pixel standard deviation, so small
+# nets start with unit-scale inputs; "mean_std": torchvision's per-channel normalisation.
+INPUT_NORMS = ("mean_image", "mean_image_std", "mean_std")
+
 # Streams of the counter-based generator.
 _CROP_Y, _CROP_X, _FLIP, _PCA = 0, 1, 2, 3
 
@@ -63,8 +68,7 @@ class Augment:
     """Mean-image subtraction, random crops, flips and "fancy PCA" colour noise (§2, §4.1).
 
     ``mean``: 3×H×W per-pixel mean image (0–255); ``eigval``/``eigvec``: RGB covariance on the
-    [0, 1] scale (columns of ``eigvec`` are eigenvectors). ``input_norm``: "mean_image" (§2: raw
-    RGB minus the mean image, the 0–255 scale the paper trained on) or "mean_std" (torchvision).
+    [0, 1] scale (columns of ``eigvec`` are eigenvectors). ``input_norm``: one of INPUT_NORMS.
     """
 
     def __init__(
@@ -81,8 +85,8 @@ class Augment:
         input_norm: str = "mean_image",
         seed: int = 0,
     ) -> None:
-        if input_norm not in ("mean_image", "mean_std"):
-            raise ValueError(f"unknown input_norm {input_norm!r}; accepted: mean_image, mean_std")
+        if input_norm not in INPUT_NORMS:
+            raise ValueError(f"unknown input_norm {input_norm!r}; accepted: {', '.join(INPUT_NORMS)}")
         self.size = tuple(mean.shape[-2:])
         h, w = self.size
         if crop > h + 2 * crop_padding or crop > w + 2 * crop_padding:
@@ -114,6 +118,11 @@ class Augment:
             if self.input_norm == "mean_image":
                 sub = self.mean  # 3×H×W, 0–255
                 scale = torch.ones(3, 1, 1)
+            elif self.input_norm == "mean_image_std":
+                # trace of the [0, 1] RGB covariance = sum of its eigenvalues: 3 × mean variance
+                sigma = 255.0 * float(self.eigval.clamp_min(0).sum() / 3) ** 0.5
+                sub = self.mean
+                scale = torch.full((3, 1, 1), 1.0 / max(sigma, 1e-6))
             else:  # (x/255 - m) / s  ==  (x - 255 m) / (255 s)
                 sub = torch.tensor(IMAGENET_MEAN).view(3, 1, 1).expand_as(self.mean) * 255.0
                 scale = 1.0 / (255.0 * torch.tensor(IMAGENET_STD).view(3, 1, 1))

@@ -306,7 +306,7 @@ def train_one_epoch(ctx: Context, state: RunState) -> dict[str, float]:
     dt = time.time() - t0
     n = max(1.0, float(sums[0]))
     return {"train_loss": float(sums[1]) / n, "train_top1_err": 1 - float(sums[2]) / n,
-            "img_per_s": float(sums[0]) / max(dt, 1e-9), "train_images": int(sums[0])}
+            "img_per_s": float(sums[0]) / max(dt, 1e-9), "train_images": int(sums[0]), "epoch_time_s": dt}
 
 
 def validate(ctx: Context, ten_crop: bool) -> dict[str, float]:
@@ -370,6 +370,9 @@ def run(cfg: TrainConfig, out: str | Path, *, resume: bool = False, log: Callabl
             log(f"resumed from {last} (epoch {state.epoch + 1}, batch {state.batch_in_epoch}, step {state.step})")
     if ctx.dist.is_main:
         save_yaml(cfg, out / "config.yaml")
+        from alexnet.report.markdown import environment
+
+        (out / "environment.json").write_text(json.dumps(environment(), indent=1) + "\n")
     n_params = sum(p.numel() for p in ctx.model.parameters())
     log(f"training {cfg.model} ({n_params:,} parameters) on {cfg.data}: {len(ctx.train_ds):,} train / {len(ctx.val_ds):,} val "
         f"images, {ctx.train_ds.num_classes} classes, {cfg.epochs} epochs of {len(ctx.train_loader)} batches of "

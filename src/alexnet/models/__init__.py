@@ -19,8 +19,9 @@ class ModelInfo:
     builder: Callable[..., nn.Module]
     cls: type
     input_size: int
-    # How the network expects its input: "mean_image" (§2: raw 0–255 RGB minus the training
-    # set's per-pixel mean) or "mean_std" (torchvision's [0, 1] RGB normalised per channel).
+    # How the network expects its input (alexnet.data.augment.INPUT_NORMS): "mean_image" (§2: raw
+    # 0–255 RGB minus the training set's per-pixel mean), "mean_image_std" (the same at unit
+    # scale, for the small nets) or "mean_std" (torchvision's per-channel normalisation).
     input_norm: str
     summary: str
 
@@ -30,8 +31,8 @@ _REGISTRY: dict[str, ModelInfo] = {
     for m in (
         ModelInfo("alexnet", alexnet, AlexNet, 224, "mean_image", "the 2012 paper's two-tower network (60,965,224 params)"),
         ModelInfo("alexnet-owt", alexnet_owt, AlexNet, 224, "mean_std", "one-weird-trick net = torchvision.models.alexnet"),
-        ModelInfo("alexnet-cifar", CifarNet, CifarNet, 32, "mean_image", "the authors' CIFAR-10 net (Figure 1's family)"),
-        ModelInfo("lenet5", LeNet5, LeNet5, 32, "mean_image", "LeNet-5 (LeCun 1998), the pre-2012 baseline"),
+        ModelInfo("alexnet-cifar", CifarNet, CifarNet, 32, "mean_image_std", "the authors' CIFAR-10 net (Figure 1's family)"),
+        ModelInfo("lenet5", LeNet5, LeNet5, 32, "mean_image_std", "LeNet-5 (LeCun 1998), the pre-2012 baseline"),
     )
 }
 

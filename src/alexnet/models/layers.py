@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 # §3.3: k = 2, n = 5, alpha = 1e-4, beta = 0.75.
@@ -26,14 +25,6 @@ def lrn_reference(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: flo
         s = sq[:, lo : hi + 1].sum(dim=1)
         out[:, i] = x[:, i] / (k + alpha * s) ** beta
     return out
-
-
-def lrn_sum_of_squares(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Sum of a[j]^2 over the channel window of each channel (zero outside 0..N-1)."""
-    sq = (x * x).unsqueeze(1)  # N×1×C×H×W: pool over the channel axis as if it were depth
-    half = size // 2
-    # avg_pool3d with count_include_pad gives sum/size over a zero-padded window; multiply back.
-    return F.avg_pool3d(sq, (size, 1, 1), stride=1, padding=(half, 0, 0), count_include_pad=True).squeeze(1) * size
 
 
 class LocalResponseNorm(nn.Module):

@@ -6,8 +6,7 @@ A run folder (written by training) holds:
   ``command``, if present, is the command line that started the run);
 - ``metrics.jsonl``: one JSON object per epoch with at least ``epoch, lr, train_loss,
   train_top1_err, val_top1_err, val_top5_err`` (errors are fractions). Throughput is read from
-  ``img_per_s`` (or ``images_per_s``, ``throughput``) and time from a cumulative ``elapsed_s`` (or
-  ``wall_s`` / ``epoch_s`` / ``time_s`` per epoch, summed);
+  ``img_per_s`` and ``time_s`` (cumulative training wall time);
 - ``eval.json`` (optional): ``{"center": {"top1_err", "top5_err"}, "ten_crop": {...}}``;
 - ``environment.json`` (optional): :func:`environment` as recorded on the training machine;
 - PNG figures (curves.png, filters.png, predictions.png, neighbors.png, confusion.png, ...).
@@ -243,14 +242,8 @@ def _last(rows: Sequence[dict], *keys: str) -> float | None:
 
 
 def _wall_seconds(rows: Sequence[dict]) -> float | None:
-    cumulative = _last(rows, "elapsed_s", "total_s", "wall_time_s")
-    if cumulative is not None:
-        return cumulative
-    for key in ("wall_s", "epoch_s", "epoch_time_s", "time_s"):
-        vals = [_num(r.get(key)) for r in rows]
-        if any(v is not None for v in vals):
-            return sum(v for v in vals if v is not None)
-    return None
+    # metrics.jsonl's time_s is the run's cumulative training wall time (see engine/train.py).
+    return _last(rows, "time_s")
 
 
 def _duration(seconds: float | None) -> str | None:

@@ -1,0 +1,23 @@
+"""``alexnet report RUN``: redraw a run's figures and rewrite its report.md."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="RUN", help="run folder")
+    p.add_argument("--data", default=None, help="dataset for predictions (default: the run's own)")
+    p.add_argument("--device", default="cpu")
+
+
+def run(args: argparse.Namespace) -> int:
+    from alexnet.errors import UserError
+    from alexnet.report.run import regenerate
+
+    run_dir = Path(args.run)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run folder")
+    print(regenerate(run_dir, data=args.data, device=args.device))
+    return 0

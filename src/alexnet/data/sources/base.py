@@ -1,0 +1,128 @@
+"""What every importer gives ``prepare``: classes, and per split an ordered stream of items.
+
+A source is opened (and fully validated) before any work starts, so a bad archive, a missing
+devkit or a mismatched ground truth fails in seconds with nothing written (issue 3, §3). Its
+streams are resumable: every item comes with a *cursor* (JSON-able) and ``items(split, after=c)``
+continues right after the item whose cursor was ``c``, skipping what it can without reading it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterator
+
+import numpy as np
+
+from alexnet.errors import UserError
+
+WNID_RE = re.compile(r"^n\d{8}$")
+
+# Report codes (prepare_report.json "codes"): what was converted ...
+CONVERTED = {
+    "cmyk": "CMYK converted to RGB",
+    "grayscale": "grayscale converted to RGB",
+    "palette": "palette image converted to RGB",
+    "alpha": "alpha channel composited onto white",
+    "format_mismatch": "file content does not match its extension",
+    "mode": "converted to 8-bit RGB",
+}
+# ... and why a file was skipped.
+SKIPPED = {
+    "zero_byte": "zero-byte file",
+    "truncated": "truncated or corrupt image data",
+    "not_image": "not an image",
+    "decompression_bomb": "larger than Pillow's decompression-bomb limit",
+    "unsafe_path": "archive member with an absolute path or '..'",
+    "not_regular_file": "archive member that is not a regular file",
+    "unreadable": "could not be read",
+    "corrupt_archive": "unreadable archive data",
+    "unexpected": "unexpected file in the archive",
+}
+
+
+@dataclass
+class Item:
+    """One source file: ``data`` is its encoded bytes, a path for a worker to read, or a decoded
+    uint8 H×W or H×W×3 array; ``skip`` (a SKIPPED code) marks one already known to be unusable."""
+
+    name: str
+    label: int
+    data: bytes | str | np.ndarray | None
+    skip: str | None = None
+    detail: str = ""
+
+
+@dataclass
+class Source:
+    """Base class of the importers; subclasses fill the fields and implement :meth:`items`."""
+
+    path: Path
+    kind: str = ""
+    classes: list[str] = field(default_factory=list)
+    class_names: list[str] = field(default_factory=list)
+    split_names: tuple[str, ...] = ("train", "val")
+    # Small-image datasets (CIFAR, MNIST) keep this size (H, W) unless --size is given.
+    native_size: tuple[int, int] | None = None
+
+    def count(self, split: str) -> int | None:
+        """Number of items ``items(split)`` yields, or None where only reading all would tell."""
+        return None
+
+    def estimate(self, split: str) -> int | None:
+        """A cheap estimate of the count for the progress bar when :meth:`count` is None."""
+        return None
+
+    def items(self, split: str, after: Any = None) -> Iterator[tuple[Any, Item]]:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """What meta.json records under "source"."""
+        return {"kind": self.kind, "path": str(self.path)}
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies this exact input, so that a resumed prepare continues only the same one."""
+        return {"kind": self.kind, "path": str(Path(self.path).resolve())}
+
+    def close(self) -> None:
+        pass
+
+
+def file_stamp(path: Path) -> list[Any]:
+    st = path.stat()
+    return [path.name, st.st_size, st.st_mtime_ns]
+
+
+def unsafe_member_name(name: str) -> bool:
+    """An archive member name that would land outside the folder it was extracted into: absolute
+    (``/x``, ``C:\\x``) or climbing with ``..``. We never extract, but such members are not
+    trusted as data either (issue 3, §3)."""
+    n = name.replace("\\", "/")
+    if n.startswith("/") or re.match(r"^[A-Za-z]:", n):
+        return True
+    return ".." in PurePosixPath(n).parts
+
+
+def open_tar(path: Path, what: str = "archive") -> tarfile.TarFile:
+    """Open a (possibly compressed) tar or raise a one-line UserError."""
+    try:
+        return tarfile.open(path, "r:*")
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise UserError(f"{path}: unreadable {what} ({e})") from None
+
+
+def list_tar(tf: tarfile.TarFile, path: Path, what: str = "archive") -> list[tarfile.TarInfo]:
+    """All member headers (reads the whole header chain: a truncated tar fails here, up front)."""
+    try:
+        return tf.getmembers()
+    except (tarfile.TarError, OSError, EOFError, ValueError) as e:
+        raise UserError(f"{path}: unreadable {what} ({e})") from None
+
+
+def is_hidden(rel: str) -> bool:
+    """Dot files and folders (.DS_Store, macOS ``._x`` resource forks, .ipynb_checkpoints) are
+    metadata by convention, not data."""
+    return any(part.startswith(".") for part in PurePosixPath(rel.replace(os.sep, "/")).parts)

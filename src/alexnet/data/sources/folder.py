@@ -1,0 +1,294 @@
+"""Image-folder trees: ``train/<class>/*`` and ``val/<class>/*``, or one ``<class>/*`` tree split
+by ``--val-fraction``; from a directory or straight from a tar archive (``.tar``, ``.tgz``: the
+layout fast.ai's Imagenette and Imagewoof ship in), without unpacking it.
+
+Classes are the sorted folder names (torchvision ImageFolder's convention). Every regular file
+under a class folder is an item, so files that are not images are reported, not silently
+dropped; hidden files (``.DS_Store``, macOS ``._*``) are metadata and ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+from alexnet.errors import UserError
+
+from .base import Item, Source, file_stamp, is_hidden, list_tar, open_tar, unsafe_member_name
+
+VAL_DIRS = ("val", "validation")
+
+
+@dataclass
+class Entry:
+    rel: str  # posix path relative to the tree's top
+    handle: Any  # a Path (directory tree) or a TarInfo (archive)
+    order: int  # reading order: offset in an archive, listing order in a directory
+
+
+class Tree:
+    """A tree of files: a directory or a tar archive read in place."""
+
+    path: Path
+    entries: list[Entry]
+    # (member name, report code) of archive members that are never read
+    rejected: list[tuple[str, str]]
+
+    def read(self, entries: Sequence[Entry], names: Sequence[str], labels: Sequence[int]) -> Iterator[Item]:
+        raise NotImplementedError
+
+    def stamp(self) -> list[Any]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class DirTree(Tree):
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rejected = []
+        files: list[Path] = []
+        for d, dirs, fs in os.walk(path, followlinks=True):
+            dirs[:] = [x for x in dirs if not x.startswith(".")]
+            files += [Path(d) / f for f in fs if (Path(d) / f).is_file()]
+        files.sort()
+        self.entries = [Entry(p.relative_to(path).as_posix(), p, i) for i, p in enumerate(files)]
+
+    def read(self, entries: Sequence[Entry], names: Sequence[str], labels: Sequence[int]) -> Iterator[Item]:
+        for e, name, label in zip(entries, names, labels):
+            yield Item(name, label, str(e.handle))  # a worker reads the file: reading is parallel too
+
+    def stamp(self) -> list[Any]:
+        # The listing identifies the tree well enough; stat-ing every file would cost a pass.
+        h = hashlib.sha1("\n".join(e.rel for e in self.entries).encode()).hexdigest()
+        return [str(self.path.resolve()), len(self.entries), h]
+
+
+class TarTree(Tree):
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tf = open_tar(path)
+        members = list_tar(self.tf, path)
+        self.entries, self.rejected = [], []
+        for m in members:
+            if unsafe_member_name(m.name):
+                self.rejected.append((m.name, "unsafe_path"))
+            elif m.issym() or m.islnk() or m.isdev():
+                self.rejected.append((m.name, "not_regular_file"))
+            elif m.isfile():
+                self.entries.append(Entry(PurePosixPath(m.name).as_posix(), m, m.offset_data))
+        self.entries.sort(key=lambda e: e.rel)
+
+    def read(self, entries: Sequence[Entry], names: Sequence[str], labels: Sequence[int]) -> Iterator[Item]:
+        # Archive order: a compressed tar is read forwards only once per split.
+        for e, name, label in sorted(zip(entries, names, labels), key=lambda t: t[0].order):
+            try:
+                f = self.tf.extractfile(e.handle)
+                data = f.read() if f is not None else b""
+            except (tarfile.TarError, OSError, EOFError) as err:
+                yield Item(name, label, None, skip="corrupt_archive", detail=str(err))
+                continue
+            yield Item(name, label, data)
+
+    def stamp(self) -> list[Any]:
+        return file_stamp(self.path)
+
+    def close(self) -> None:
+        self.tf.close()
+
+
+def open_tree(path: Path) -> Tree:
+    return DirTree(path) if path.is_dir() else TarTree(path)
+
+
+def _child_dirs(rels: Sequence[str], prefix: str) -> tuple[set[str], bool]:
+    """Folder names directly under ``prefix`` and whether files sit there directly."""
+    dirs, files = set(), False
+    for r in rels:
+        if r.startswith(prefix):
+            rest = r[len(prefix):].split("/")
+            if len(rest) == 1:
+                files = True
+            else:
+                dirs.add(rest[0])
+    return dirs, files
+
+
+def find_root(rels: Sequence[str]) -> str:
+    """Descend through lone wrapper folders (``imagenette2-320/``) to the tree's real top."""
+    prefix = ""
+    while True:
+        dirs, files = _child_dirs(rels, prefix)
+        if "train" in dirs or files or len(dirs) != 1:
+            return prefix
+        prefix += next(iter(dirs)) + "/"
+
+
+def held_out(rels: Sequence[str], frac: float) -> set[str]:
+    """The files of one class that --val-fraction holds out: round(frac × n) of them (at least one
+    and never all, when the class has two or more), chosen by the sha1 of their path, so the
+    split is the same on every machine and in every listing order."""
+    n = len(rels)
+    k = min(max(round(frac * n), 1), n - 1) if n >= 2 else 0
+    return set(sorted(rels, key=lambda r: hashlib.sha1(r.encode()).hexdigest())[:k])
+
+
+@dataclass
+class FolderSource(Source):
+    """``train/<class>/...`` (+ ``val/<class>/...``) or a single ``<class>/...`` tree."""
+
+    tree: Tree | None = None
+    val_fraction: float | None = None
+    names: Mapping[str, str] | None = None
+    # Hook for the extracted ImageNet tree: labels of val files lying flat in val/ (no class folders).
+    flat_val_labels: Callable[[list[str]], dict[str, int]] | None = None
+    # Hook: the full, ordered class list (e.g. the devkit's 1000 WNIDs) instead of the folders found.
+    class_order: list[str] | None = None
+    _lists: dict[str, list[tuple[Entry, int]]] = field(default_factory=dict)
+    _rejected: list[Item] = field(default_factory=list)
+    root: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.kind:
+            self.kind = "folder"
+        if self.tree is None:
+            self.tree = open_tree(self.path)
+        self._layout()
+
+    # -- layout ----------------------------------------------------------------------------
+    def _layout(self) -> None:
+        assert self.tree is not None
+        entries = [e for e in self.tree.entries if not is_hidden(e.rel)]
+        rels = [e.rel for e in entries]
+        if not rels:
+            raise UserError(f"{self.path}: no files found")
+        if self.val_fraction is not None and not 0.0 < self.val_fraction < 1.0:
+            raise UserError(f"--val-fraction {self.val_fraction}: must be between 0 and 1")
+        self.root = root = find_root(rels)
+        top_dirs, _ = _child_dirs(rels, root)
+        by_split: dict[str, list[tuple[Entry, str]]] = defaultdict(list)  # split -> (entry, path below split dir)
+        if "train" in top_dirs:
+            val_dir = next((d for d in VAL_DIRS if d in top_dirs), None)
+            if val_dir is not None and self.val_fraction is not None:
+                raise UserError(f"{self.path}: has its own {root}{val_dir}/ folder; --val-fraction is for a tree without one")
+            if val_dir is None and self.val_fraction is None:
+                raise UserError(f"{self.path}: {root}train/ has no {root}val/ beside it; pass --val-fraction F to hold out part of it")
+            for e in entries:
+                first, _, rest = e.rel[len(root):].partition("/")
+                if first == "train":
+                    by_split["train"].append((e, rest))
+                elif first == val_dir:
+                    by_split["val"].append((e, rest))
+            # other files (READMEs, csv lists) are not part of either split
+        else:
+            if self.val_fraction is None:
+                raise UserError(f"{self.path}: no train/ and val/ folders; for a single <class>/ tree pass --val-fraction F")
+            by_split["train"] = [(e, e.rel[len(root):]) for e in entries if e.rel.startswith(root)]
+
+        # Class folders: the first path component below the split folder.
+        def classify(pairs: list[tuple[Entry, str]]) -> tuple[dict[str, list[Entry]], list[Entry]]:
+            per, flat = defaultdict(list), []
+            for e, rest in pairs:
+                cls, sep, _ = rest.partition("/")
+                (per[cls].append(e) if sep else flat.append(e))
+            return per, flat
+
+        train, train_flat = classify(by_split["train"])
+        if not train:
+            raise UserError(f"{self.path}: no class folders with files under {root}{'train/' if 'train' in top_dirs else ''}")
+        found = sorted(train)
+        if self.class_order is not None:
+            unknown = [c for c in found if c not in set(self.class_order)]
+            if unknown:
+                raise UserError(f"{self.path}: class folder {unknown[0]} is not one of the devkit's {len(self.class_order)} classes")
+            self.classes = list(self.class_order)
+        else:
+            self.classes = found
+        index = {c: i for i, c in enumerate(self.classes)}
+        names = self.names or {}
+        self.class_names = [names.get(c, c) for c in self.classes]
+
+        lists: dict[str, list[tuple[Entry, int]]] = {"train": [], "val": []}
+        rejected = [(e, "unexpected", "not inside a class folder") for e in train_flat]
+        if "train" in top_dirs and self.val_fraction is None:
+            val, val_flat = classify(by_split["val"])
+            bad = sorted(set(val) - set(self.classes))
+            if bad:
+                raise UserError(f"{self.path}: {root}val/{bad[0]}: class not in {root}train/")
+            for c, es in val.items():
+                lists["val"] += [(e, index[c]) for e in es]
+            if val_flat:
+                labels = self.flat_val_labels([e.rel for e in val_flat]) if self.flat_val_labels else {}
+                if not labels and not val:
+                    raise UserError(f"{self.path}: {root}val/ holds files but no class folders, and no ground truth "
+                                    f"(an ILSVRC2012 devkit beside the tree) gives their classes")
+                for e in val_flat:
+                    if e.rel in labels:
+                        lists["val"].append((e, labels[e.rel]))
+                    else:
+                        rejected.append((e, "unexpected", "not inside a class folder"))
+            for c, es in train.items():
+                lists["train"] += [(e, index[c]) for e in es]
+        else:
+            # A stratified split (every class loses the same fraction), stable per file.
+            frac = float(self.val_fraction or 0.0)
+            for c, es in train.items():
+                val_set = held_out([e.rel for e in es], frac)
+                for e in es:
+                    lists["val" if e.rel in val_set else "train"].append((e, index[c]))
+            if not lists["val"]:
+                raise UserError(f"--val-fraction {frac}: leaves no validation images out of {sum(map(len, train.values()))}")
+        if not lists["train"]:
+            raise UserError(f"{self.path}: no training files")
+        for k in lists:
+            lists[k].sort(key=lambda t: t[0].order)
+        self._lists = lists
+        self._rejected = [Item(e.rel, -1, None, skip=code, detail=d) for e, code, d in rejected]
+        self._rejected += [Item(name, -1, None, skip=code) for name, code in self.tree.rejected]
+
+    # -- Source API ------------------------------------------------------------------------
+    def count(self, split: str) -> int | None:
+        return len(self._lists[split]) + (len(self._rejected) if split == "train" else 0)
+
+    def items(self, split: str, after: Any = None) -> Iterator[tuple[Any, Item]]:
+        assert self.tree is not None
+        start = -1 if after is None else int(after)
+        pos = 0
+        if split == "train":
+            # Files that are never read (unsafe archive names, stray files) are reported once,
+            # with the training split.
+            for it in self._rejected:
+                if pos > start:
+                    yield pos, it
+                pos += 1
+        todo = self._lists[split][max(0, start + 1 - pos):]
+        pos = max(pos, start + 1)
+        names = [self._display(e) for e, _ in todo]
+        for it in self.tree.read([e for e, _ in todo], names, [lab for _, lab in todo]):
+            yield pos, it
+            pos += 1
+
+    def _display(self, e: Entry) -> str:
+        return e.rel if isinstance(self.tree, DirTree) else f"{self.path.name}/{e.rel}"
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d.update({"layout": "train/val folders" if self.val_fraction is None else "one tree split by val_fraction",
+                  "root": self.root})
+        if self.val_fraction is not None:
+            d["val_fraction"] = self.val_fraction
+        return d
+
+    def fingerprint(self) -> dict[str, Any]:
+        assert self.tree is not None
+        return {"kind": self.kind, "tree": self.tree.stamp(), "val_fraction": self.val_fraction}
+
+    def close(self) -> None:
+        if self.tree is not None:
+            self.tree.close()

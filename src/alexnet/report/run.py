@@ -1,0 +1,74 @@
+"""A finished run's figures: curves, first-layer filters (Figure 3), predictions (Figure 4 left),
+confusion matrix; then its report.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from alexnet.report.figures import plot_confusion, plot_curves, plot_filters, plot_predictions
+from alexnet.report.markdown import read_metrics, write_run_report
+
+
+def first_conv(model: nn.Module) -> nn.Conv2d:
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            return m
+    raise ValueError("model has no convolution")
+
+
+def draw_filters(model: nn.Module, path: Path) -> Path:
+    # §3.2 / Figure 3: with two towers the first layer's kernels split 48 + 48 over the GPUs.
+    return plot_filters(first_conv(model).weight.detach().float().cpu(), path, towers=int(getattr(model, "towers", 1)))
+
+
+def make_run_figures(run: Path, *, data: str | None = None, device: str = "cpu", n_predictions: int = 8) -> list[Path]:
+    """Draw what the run folder supports: curves from metrics.jsonl; filters, predictions and the
+    confusion matrix from the weights and the validation split."""
+    from alexnet.commands.evaluate import per_class_summary
+    from alexnet.data.format import PreparedDataset
+    from alexnet.data.resolve import resolve_data
+    from alexnet.engine.evaluate import Precision, evaluate
+    from alexnet.engine.inference import augment_for, load
+
+    made: list[Path] = []
+    metrics = read_metrics(run / "metrics.jsonl") if (run / "metrics.jsonl").is_file() else []
+    if metrics:
+        made.append(plot_curves(metrics, run / "curves.png"))
+    if not (run / "model.safetensors").is_file():
+        return made
+    trained = load(run, device)
+    made.append(draw_filters(trained.model, run / "filters.png"))
+    spec = data or trained.meta.get("data")
+    if not spec:
+        return made
+    ds = PreparedDataset(resolve_data(spec, trained.meta["input_size"]), "val")
+    aug = augment_for(trained, ds)
+    prec = Precision(torch.device(device))
+    r = evaluate(trained.model, ds, aug, prec, return_probs=True)
+    probs = r["probs"]
+    labels = torch.from_numpy(ds.labels).long()
+    summary = per_class_summary(probs, labels, ds.class_names)  # type: ignore[arg-type]
+    made.append(plot_confusion(summary["_confusion"], ds.class_names, run / "confusion.png"))
+    # Figure 4 left: spread the shown images over the classes, deterministically.
+    step = max(1, len(ds) // n_predictions)
+    pick = list(range(0, len(ds), step))[:n_predictions]
+    imgs = ds.read_batch(pick)
+    made.append(plot_predictions(imgs, probs[pick], labels[pick].tolist(), ds.class_names, run / "predictions.png"))
+    return made
+
+
+def record_eval(run: Path, key: str, result: dict[str, object]) -> None:
+    """Merge one evaluation ("center" or "ten_crop") into RUN/eval.json."""
+    p = run / "eval.json"
+    d = json.loads(p.read_text()) if p.exists() else {}
+    d[key] = {k: result[k] for k in ("top1_err", "top5_err", "n") if k in result}
+    p.write_text(json.dumps(d, indent=1) + "\n")
+
+
+def regenerate(run: Path, *, data: str | None = None, device: str = "cpu") -> Path:
+    make_run_figures(run, data=data, device=device)
+    return write_run_report(run)
