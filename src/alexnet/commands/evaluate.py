@@ -41,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
     for m in members:
         if m.meta["num_classes"] != ds.num_classes:
             raise UserError(f"{m.source}: predicts {m.meta['num_classes']} classes but {data} has {ds.num_classes}")
+        if m.meta.get("source") == "torchvision":
+            _check_imagenet_order(m.source, ds.classes, str(data))
     prec = Precision(device, args.amp or "none", bool(args.channels_last))
     results = []
     probs = None
@@ -91,3 +93,16 @@ def per_class_summary(probs: torch.Tensor, labels: torch.Tensor, class_names: li
         per_class.append({"class": class_names[c] if c < len(class_names) else str(c), "n": tot,
                           "top1_err": (1 - int(conf[c, c]) / tot) if tot else None})
     return {"top1_err": 1 - c1 / max(1, n), "top5_err": 1 - c5 / max(1, n), "per_class": per_class, "_confusion": conf.numpy()}
+
+
+def _check_imagenet_order(weights: object, classes: list[str], data: str) -> None:
+    """torchvision's output unit i is the i-th ILSVRC-2012 WNID in sorted order; a dataset whose
+    labels are numbered otherwise would be scored against the wrong classes."""
+    from alexnet.data.sources.base import WNID_RE
+
+    not_wnid = [c for c in classes if not WNID_RE.match(c)]
+    if not_wnid:
+        raise UserError(f"{data}: classes are not ImageNet WNIDs (e.g. {not_wnid[0]!r}); "
+                        f"{weights} needs a dataset whose classes are the ILSVRC-2012 WNIDs in sorted order")
+    if classes != sorted(classes):
+        raise UserError(f"{data}: classes are not in sorted-WNID order, the order of {weights}'s outputs")

@@ -1,9 +1,19 @@
-"""``alexnet train``: a recipe (configs/*.yaml), overridden by the command line."""
+"""``alexnet train``: a recipe (configs/*.yaml), overridden by the command line.
+
+Long runs: ``--save-every N`` checkpoints every N steps (and every epoch end); ``--resume``
+continues RUN from its latest checkpoint, bit-exactly; SIGTERM/SIGINT checkpoint and exit
+143/130 with the command that resumes. Several GPUs or machines: launch the same command with
+``torchrun`` (see :mod:`alexnet.engine.distributed`); ``--batch-size`` stays the global batch.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import sys
+from pathlib import Path
+from typing import Any
 
 from alexnet import config as config_mod
 from alexnet import models
@@ -22,46 +32,83 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=None, help="initial learning rate (the paper's epsilon)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--save-every", type=int, default=None, help="checkpoint every N steps (and at every epoch end)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--keep", type=int, default=None, metavar="K", help="keep the newest K checkpoints (default 2; 0 = all)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its latest checkpoint (with its saved config.yaml)")
     p.add_argument("--ten-crop", action="store_true", default=None, help="10-crop in the per-epoch evaluation")
-    p.add_argument("--tensorboard", action="store_true", default=None, help="also write TensorBoard event files")
-    p.add_argument("--model-parallel", type=int, default=None, choices=[1, 2], help="2: the paper's two-GPU split (§3.2)")
+    p.add_argument("--tensorboard", action="store_true", default=None, help="also write TensorBoard event files to RUN/tb")
+    p.add_argument("--model-parallel", type=int, default=None, choices=[1, 2],
+                   help="2: the paper's two-GPU split of the towers (§3.2), model alexnet only")
     p.add_argument("--model-opt", action="append", metavar="K=V", help="model option, e.g. lrn=none, activation=tanh")
     p.add_argument("--set", action="append", metavar="K=V", help="any config field, e.g. pca_std=0 or schedule=cosine")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_engine_arguments(p)
 
 
-def config_from_args(args: argparse.Namespace) -> config_mod.TrainConfig:
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     overrides = parse_assignments(args.set, "--set")
     for key in ("data", "model", "epochs", "batch_size", "lr", "seed", "save_every", "ten_crop", "tensorboard",
                 "model_parallel", "device", "workers", "amp", "channels_last", "compile"):
         v = getattr(args, key, None)
         if v is not None:
             overrides[key] = v
+    if args.keep is not None:
+        overrides["keep_checkpoints"] = args.keep
     if args.model_opt:
         overrides["model_options"] = {**overrides.get("model_options", {}), **parse_assignments(args.model_opt, "--model-opt")}
     if args.no_progress:
         overrides["progress"] = False
-    if args.recipe is None and args.resume:
-        return _resumed_config(args, overrides)
-    cfg = config_mod.resolve(args.recipe, overrides)
-    models.info(cfg.model) if cfg.model in models.names() else None
-    return cfg
+    return overrides
 
 
-def _resumed_config(args: argparse.Namespace, overrides: dict) -> config_mod.TrainConfig:
-    """--resume without --recipe continues with the run's own saved config."""
-    from pathlib import Path
+def _finish(d: dict[str, Any], source: str) -> config_mod.TrainConfig:
+    from alexnet.engine.train import resolve_auto
 
+    return config_mod.TrainConfig.from_dict(resolve_auto(d), source=source)
+
+
+def config_from_args(args: argparse.Namespace) -> config_mod.TrainConfig:
+    overrides = _overrides(args)
+    if args.recipe is None and args.resume and (Path(args.out) / "config.yaml").is_file():
+        return _resumed_config(Path(args.out) / "config.yaml", overrides)
+    name = args.recipe or config_mod.default_recipe(overrides.get("model", config_mod.TrainConfig.model))
+    d = config_mod.load_recipe(name)
+    d.update(overrides)
+    return _finish(d, f"recipe {name}")
+
+
+def _resumed_config(path: Path, overrides: dict[str, Any]) -> config_mod.TrainConfig:
+    """--resume without --recipe continues with the run's own saved config (plus any overrides)."""
     import yaml
 
-    p = Path(args.out) / "config.yaml"
-    if not p.is_file():
-        return config_mod.resolve(None, overrides)
-    d = yaml.safe_load(p.read_text())
+    try:
+        d = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(d, dict):
+        raise UserError(f"{path}: not a saved training config")
+    opts = overrides.pop("model_options", None)
     d.update(overrides)
-    return config_mod.TrainConfig.from_dict(d, source=str(p))
+    if opts:
+        d["model_options"] = {**(d.get("model_options") or {}), **opts}
+    return _finish(d, str(path))
+
+
+def resume_command(out: str) -> str:
+    """The command that continues this run (its config is saved in RUN, so this is all it needs)."""
+    from alexnet.engine import distributed
+
+    tail = f"-m alexnet train --out {shlex.quote(out)} --resume"
+    info = distributed.from_env()
+    if distributed.under_torchrun():
+        if info.local_world_size == info.world_size:
+            return f"torchrun --standalone --nproc_per_node={info.world_size} {tail}"
+        nodes = info.world_size // max(1, info.local_world_size)
+        return (f"torchrun --nnodes={nodes} --nproc_per_node={info.local_world_size} <the same rendezvous options> {tail} "
+                f"(on every node)")
+    if Path(sys.argv[0]).name == "alexnet":
+        return f"alexnet train --out {shlex.quote(out)} --resume"
+    return f"{shlex.quote(sys.executable)} {tail}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,14 +117,18 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if cfg.model not in models.names():
         raise UserError(f"unknown model {cfg.model!r}; accepted: {', '.join(models.names())}")
+    main = int(os.environ.get("RANK", 0)) == 0
     try:
         summary = train_run(cfg, args.out, resume=args.resume)
     except Interrupted as e:
-        where = f"checkpoint {e.checkpoint}" if e.checkpoint else "no checkpoint"
-        print(f"stopped: {where}; resume with: alexnet train --out {args.out} --resume", file=sys.stderr)
+        if main:
+            where = f"checkpoint written to {e.checkpoint}" if e.checkpoint else "no checkpoint written"
+            print(f"stopped by {'SIGINT' if e.exit_code == 130 else 'SIGTERM'}: {where}\n"
+                  f"resume with: {resume_command(args.out)}", file=sys.stderr, flush=True)
         return e.exit_code
     final = summary["final"]
-    print(f"done: {summary['epochs']} epochs, {summary['steps']} steps in {summary['time_s']:.0f} s; "
-          f"val top-1 {final.get('val_top1_err', float('nan')):.4f}, top-5 {final.get('val_top5_err', float('nan')):.4f}; "
-          f"weights {summary['weights']}")
+    if main:
+        print(f"done: {summary['epochs']} epochs, {summary['steps']} steps in {summary['time_s']:.0f} s; "
+              f"val top-1 {final.get('val_top1_err', float('nan')):.4f}, top-5 {final.get('val_top5_err', float('nan')):.4f}; "
+              f"weights {summary['weights']}")
     return 0

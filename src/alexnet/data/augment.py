@@ -155,25 +155,45 @@ class Augment:
     # -- application ---------------------------------------------------------------------------
 
     def _crop(self, images: torch.Tensor, p: CropParams, noise: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-        n, _, h, w = images.shape
         dev = images.device
         sub, scale, _, _ = self._consts(dev)
+        if dev.type == "cpu" and not self.pad:
+            x = self._crop_loop(images, p, sub)
+        else:
+            x = self._crop_gather(images, p, sub)
+        if noise is not None:
+            x.add_(noise.to(dev, torch.float32)[:, :, None, None])
+        x.mul_(scale.view(1, 3, 1, 1))
+        return x.to(dtype)
+
+    def _crop_gather(self, images: torch.Tensor, p: CropParams, sub: torch.Tensor) -> torch.Tensor:
+        """One gather kernel for the whole batch (the GPU path, and padded crops)."""
+        n, _, h, w = images.shape
+        dev = images.device
         ar = torch.arange(self.crop, device=dev)
         rows = p.oy.to(dev)[:, None] + ar  # N×S
         cols = p.ox.to(dev)[:, None] + ar  # N×S
         cols = torch.where(p.flip.to(dev)[:, None], cols.flip(1), cols)
-        valid = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]  # N×S×S
         rows_c, cols_c = rows.clamp(0, h - 1), cols.clamp(0, w - 1)
-        # One flat index per output pixel: gather is far cheaper than 3-D advanced indexing.
-        lin = (rows_c[:, :, None] * w + cols_c[:, None, :]).view(n, 1, -1)  # N×1×(S·S)
+        lin = (rows_c[:, :, None] * w + cols_c[:, None, :]).view(n, 1, -1)  # N×1×(S·S) flat pixel index
         x = images.reshape(n, 3, h * w).gather(2, lin.expand(n, 3, -1)).float()  # N×3×(S·S)
-        x = x - sub.reshape(1, 3, h * w).expand(n, -1, -1).gather(2, lin.expand(n, 3, -1))
-        if noise is not None:
-            x = x + noise.to(dev, torch.float32)[:, :, None]
+        x -= sub.reshape(1, 3, h * w).expand(n, -1, -1).gather(2, lin.expand(n, 3, -1))
         if self.pad:
-            x = x * valid.view(n, 1, -1)  # padding reads as the mean (zero after subtraction)
-        x = x * scale.view(1, 3, 1)
-        return x.view(n, 3, self.crop, self.crop).to(dtype)  # N×3×S×S
+            valid = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]  # N×S×S
+            x *= valid.view(n, 1, -1)  # padding reads as the mean (zero after subtraction)
+        return x.view(n, 3, self.crop, self.crop)  # N×3×S×S
+
+    def _crop_loop(self, images: torch.Tensor, p: CropParams, sub: torch.Tensor) -> torch.Tensor:
+        """CPU: slice each sample (views, no index tensors), subtract the mean crop into one buffer."""
+        s = self.crop
+        out = torch.empty((images.shape[0], 3, s, s), dtype=torch.float32)
+        for i, (y, x, f) in enumerate(zip(p.oy.tolist(), p.ox.tolist(), p.flip.tolist())):
+            img = images[i, :, y : y + s, x : x + s]
+            m = sub[:, y : y + s, x : x + s]
+            if f:
+                img, m = img.flip(-1), m.flip(-1)
+            torch.sub(img, m, out=out[i])
+        return out
 
     def train(self, images: torch.Tensor, indices: torch.Tensor, epoch: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Random crop + flip + PCA colour noise − mean, for a uint8 N×3×H×W batch."""

@@ -1,21 +1,47 @@
-"""The training loader: worker processes decode uint8 batches into shared memory; the training
-device does the augmentation (:mod:`alexnet.data.augment`).
+"""The training loader: worker processes decode uint8 batches straight into shared-memory batch
+buffers; the training device does the augmentation (:mod:`alexnet.data.augment`).
 
 Each process reads its own slice of one global shuffle keyed by (seed, epoch), so the samples a
-global batch holds do not depend on the number of processes or workers.
+global batch holds do not depend on the number of processes or workers (the paper's two-GPU
+setup, §3.2, trained one model on one stream of batches; so do we, however many processes).
+
+Why not ``torch.utils.data.DataLoader``: it allocates a fresh shared-memory tensor for every
+batch, and on a 256×3×256×256 uint8 batch (50 MB) the page faults of that fresh memory cost about
+40% of the JPEG decoding itself (measured on the 2-core development machine: decode 115 ms, a
+fresh shared buffer 40–50 ms, a reused one 5 ms). Here a small pool of batch buffers ("slots")
+is allocated once per loader and reused: a worker decodes into a slot, the main process hands
+out views of it, and a slot goes back to the pool only when nothing outside the loader still
+holds a tensor on it (its storage's use count) and, on CUDA, once the copies queued from it have
+finished (an event). A consumer that keeps batches simply makes the pool grow.
+
+JPEG records are decoded by ``torchvision.io.decode_jpeg`` (libjpeg-turbo) in the workers, or —
+with ``decode="cuda"``/``"auto"`` — partly or wholly by nvJPEG on the GPU in the main process
+(batched ``decode_jpeg(list, device="cuda")``); the workers then only gather those records'
+bytes. Raw records are one memmap gather per batch.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Iterator
+import queue
+import signal
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from alexnet.data.format import PreparedDataset
+from alexnet.errors import UserError
+
+_RGB = 3  # torchvision.io.ImageReadMode.RGB.value: grey or CMYK records come out as RGB
+# "auto" split of each batch between CPU workers and the GPU decoder, from throughputs measured
+# on an H100 machine (../shared/ANCHORS.md): nvJPEG decode + crop about 15k img/s, decode_jpeg
+# about 1.5k img/s per CPU worker. The GPU share is G / (G + workers × C).
+_AUTO_GPU_IMG_S = 15000.0
+_AUTO_CPU_IMG_S_PER_WORKER = 1500.0
+DECODE_MODES = ("cpu", "cuda", "auto")
 
 
 @dataclass
@@ -24,7 +50,7 @@ class Batch:
     labels: torch.Tensor  # int64 N
     indices: torch.Tensor  # int64 N, positions in the dataset (the augmentation's key)
 
-    def pin_memory(self) -> "Batch":  # called by DataLoader(pin_memory=True)
+    def pin_memory(self) -> "Batch":
         return Batch(self.images.pin_memory(), self.labels.pin_memory(), self.indices.pin_memory())
 
 
@@ -38,35 +64,218 @@ def shard(indices: np.ndarray, rank: int, world_size: int) -> np.ndarray:
     return np.array_split(indices, world_size)[rank]
 
 
-class _BatchReader(Dataset):
-    """Maps a list of dataset indices to a decoded Batch; what DataLoader workers run."""
-
-    def __init__(self, ds: PreparedDataset, batches: list[np.ndarray]) -> None:
-        self.ds = ds
-        self.batches = batches
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, b: int) -> Batch:
-        idx = self.batches[b]
-        h, w = self.ds.image_size
-        out = torch.empty((len(idx), 3, h, w), dtype=torch.uint8)
-        if get_worker_info() is not None:
-            out.share_memory_()  # decode straight into shared memory: no copy when sent back
-        self.ds.read_batch(idx, out=out)
-        return Batch(out, torch.from_numpy(self.ds.labels[idx].astype(np.int64)), torch.from_numpy(idx.astype(np.int64)))
-
-
-def _identity(b: Batch) -> Batch:
-    return b
-
-
 def default_workers(ds: PreparedDataset) -> int:
     # Raw records are one memmap gather per batch: worker processes only add overhead.
     if ds.encoding == "raw":
         return 0
     return max(1, min(16, (os.cpu_count() or 2) - 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch buffers
+
+
+def _use_count(t: torch.Tensor) -> int:
+    # How many tensors share this storage (the temporary storage object made here counts 1).
+    return int(torch._C._storage_Use_Count(t.untyped_storage()._cdata))
+
+
+@dataclass
+class _Slot:
+    """One reusable batch buffer: decoded images (shared memory when workers fill it) and, for
+    records decoded on the GPU, their bytes."""
+
+    id: int
+    images: torch.Tensor  # uint8 per×3×H×W
+    data: torch.Tensor | None  # uint8 bytes of the records decoded on the device
+    baseline: int = 0
+    data_baseline: int = 0
+    busy: bool = False  # handed to a worker, or its result not yet delivered
+    event: Any = None  # CUDA event after the last device work reading this slot
+    # Page-locked views were handed out as CPU tensors: the consumer may have queued an
+    # asynchronous copy from them, so an event is recorded once it lets go of them.
+    needs_event: bool = False
+    registered: list[int] = field(default_factory=list)  # host pointers pinned by cudaHostRegister
+
+    def free(self) -> bool:
+        if self.busy or _use_count(self.images) > self.baseline:
+            return False
+        if self.data is not None and _use_count(self.data) > self.data_baseline:
+            return False
+        if self.needs_event:  # pragma: no cover - CUDA only
+            # Copies the consumer queued on the current stream were queued before this point.
+            self.event = torch.cuda.Event()
+            self.event.record()
+            self.needs_event = False
+        if self.event is not None:
+            if not self.event.query():
+                return False
+            self.event = None
+        return True
+
+
+def _new_slot(sid: int, per: int, size: tuple[int, int], data_bytes: int, shared: bool, pin: bool) -> _Slot:
+    h, w = size
+    images = torch.empty((per, 3, h, w), dtype=torch.uint8)
+    data = torch.empty(data_bytes, dtype=torch.uint8) if data_bytes else None
+    if shared:
+        images.share_memory_()
+        if data is not None:
+            data.share_memory_()
+    slot = _Slot(sid, images, data)
+    if pin and torch.cuda.is_available():
+        # Page-lock the shared buffer in place (§5 of issue 3: shared *and* pinned), so the
+        # host-to-device copy is asynchronous and needs no staging copy.
+        for t in (images, data):
+            if t is None:
+                continue
+            try:
+                err = torch.cuda.cudart().cudaHostRegister(t.data_ptr(), t.numel(), 0)
+                if int(err) == 0:
+                    slot.registered.append(t.data_ptr())
+            except Exception:  # pragma: no cover - depends on the CUDA runtime
+                pass
+    slot.baseline = _use_count(images)
+    slot.data_baseline = _use_count(data) if data is not None else 0
+    return slot
+
+
+def _unregister(slot: _Slot) -> None:
+    for ptr in slot.registered:  # pragma: no cover - CUDA only
+        try:
+            torch.cuda.cudart().cudaHostUnregister(ptr)
+        except Exception:
+            pass
+    slot.registered.clear()
+
+
+# ---------------------------------------------------------------------------------------------
+# Filling a batch (runs in the workers, or in the main process with workers=0)
+
+
+class _Filler:
+    """Decodes the records of one batch into a slot; owns the per-process scratch buffer."""
+
+    def __init__(self, ds: PreparedDataset) -> None:
+        _image_ops()
+        self.ds = ds
+        self.scratch = np.empty(0, dtype=np.uint8)
+
+    def _gather(self, off: np.ndarray, ln: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The records' bytes back to back (one concatenate from the memmap)."""
+        mm = self.ds._mm()
+        total = int(ln.sum())
+        if out is None:
+            if len(self.scratch) < total:
+                self.scratch = np.empty(max(total, 2 * len(self.scratch)), dtype=np.uint8)
+            out = self.scratch
+        if total:
+            np.concatenate([mm[o : o + n] for o, n in zip(off.tolist(), ln.tolist())], out=out[:total])
+        return out[:total]
+
+    def fill(self, idx: np.ndarray, n_cpu: int, images: torch.Tensor, data: torch.Tensor | None) -> None:
+        """Decode ``idx[:n_cpu]`` into ``images[:n_cpu]``; copy the bytes of ``idx[n_cpu:]`` into
+        ``data`` (for the device decoder)."""
+        ds = self.ds
+        h, w = ds.image_size
+        n = len(idx)
+        if ds.encoding == "raw":
+            if n:
+                mm = ds._mm().reshape(-1, h, w, 3)  # all records are H×W×3 uint8
+                images[:n].copy_(torch.from_numpy(mm[idx]).permute(0, 3, 1, 2))  # N×H×W×3 -> N×3×H×W
+            return
+        off, ln = ds.index[idx, 0], ds.index[idx, 1]
+        if n_cpu:
+            buf = torch.from_numpy(self._gather(off[:n_cpu], ln[:n_cpu]))
+            ends = np.cumsum(ln[:n_cpu]).tolist()
+            start = 0
+            for j, end in enumerate(ends):
+                img = torch.ops.image.decode_jpeg(buf[start:end], _RGB, False)
+                if img.shape != (3, h, w):
+                    raise ValueError(f"{ds.root}/{ds.split} record {int(idx[j])}: decoded to "
+                                     f"{'×'.join(map(str, img.shape))}, expected 3×{h}×{w}")
+                images[j].copy_(img)
+                start = end
+        if n_cpu < n:
+            assert data is not None
+            self._gather(off[n_cpu:], ln[n_cpu:], out=data.numpy())
+
+
+def _worker_main(ds: PreparedDataset, tasks: Any, results: Any, slots: dict[int, _Slot]) -> None:
+    # One thread per worker: parallelism comes from the processes. Ctrl-C is the main process's
+    # to handle; it stops the workers.
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    filler = _Filler(ds)
+    known = {sid: (s.images, s.data) for sid, s in slots.items()}
+    while True:
+        task = tasks.get()
+        if task is None:
+            return
+        bid, sid, new_buffers, idx, n_cpu = task
+        if new_buffers is not None:
+            known[sid] = new_buffers
+        try:
+            images, data = known[sid]
+            filler.fill(idx, n_cpu, images, data)
+            results.put((bid, None))
+        except Exception as e:  # sent back and raised in the main process
+            results.put((bid, f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+
+
+class _Pool:
+    """Worker processes, one task queue each (batches go round-robin, like DataLoader's), one
+    result queue."""
+
+    def __init__(self, ds: PreparedDataset, workers: int, slots: dict[int, _Slot]) -> None:
+        import torch.multiprocessing as mp
+
+        # fork: the dataset's index and the existing slots are inherited, not pickled; slots made
+        # later travel through the queue (torch shares their memory, it does not copy it).
+        ctx = mp.get_context("fork" if os.name == "posix" else "spawn")
+        self.results = ctx.Queue()
+        self.tasks = [ctx.Queue() for _ in range(workers)]
+        self.known: list[set[int]] = [set(slots) for _ in range(workers)]
+        self.procs = [ctx.Process(target=_worker_main, args=(ds, q, self.results, dict(slots)), daemon=True)
+                      for q in self.tasks]
+        for p in self.procs:
+            p.start()
+
+    def submit(self, bid: int, slot: _Slot, idx: np.ndarray, n_cpu: int) -> None:
+        w = bid % len(self.tasks)
+        new = None
+        if slot.id not in self.known[w]:
+            new = (slot.images, slot.data)
+            self.known[w].add(slot.id)
+        self.tasks[w].put((bid, slot.id, new, idx, n_cpu))
+
+    def get(self) -> tuple[int, str | None]:
+        while True:
+            try:
+                return self.results.get(timeout=2.0)
+            except queue.Empty:
+                for i, p in enumerate(self.procs):
+                    if not p.is_alive():
+                        raise RuntimeError(f"loader worker {i} died (exit code {p.exitcode}); out of memory? "
+                                           "try fewer --workers") from None
+
+    def close(self) -> None:
+        for q in self.tasks:
+            try:
+                q.put(None)
+            except (OSError, ValueError):
+                pass
+        for p in self.procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=5)
+        for q in [*self.tasks, self.results]:
+            q.close()
+            q.cancel_join_thread()
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 class BatchLoader:
@@ -75,7 +284,16 @@ class BatchLoader:
     ``batch_size`` is the global batch; with ``world_size`` processes each yields its share.
     Training (``shuffle=True``) drops the last partial batch; evaluation keeps every sample
     exactly once (no padding, no duplicates). ``start_batch`` skips ahead inside an epoch
-    (exact resume).
+    (exact resume). ``workers`` processes decode (-1: automatic, 0: in the main process).
+
+    ``decode``: where JPEG records are decoded: ``"cpu"`` (the workers; the default), ``"cuda"``
+    (nvJPEG in the main process, the workers only gather bytes) or ``"auto"`` (on CUDA, each
+    batch split between the two; ``gpu_fraction`` overrides the split). With a ``device``, or
+    whenever part of a batch is decoded on the GPU, ``Batch.images`` is on that device;
+    otherwise it is a CPU tensor (page-locked with ``pin_memory`` on a CUDA machine).
+
+    The images of a batch are views of a reused buffer: they stay valid as long as a tensor on
+    them is alive (the buffer is not reused before), so keeping batches is safe, only costlier.
     """
 
     def __init__(
@@ -91,11 +309,15 @@ class BatchLoader:
         pin_memory: bool = False,
         limit_batches: int = 0,
         subset: int = 0,
+        decode: str = "cpu",
+        device: torch.device | str | None = None,
+        gpu_fraction: float | None = None,
+        prefetch: int = 2,
     ) -> None:
         if batch_size % world_size:
-            from alexnet.errors import UserError
-
             raise UserError(f"batch size {batch_size} is not divisible by the {world_size} processes")
+        if decode not in DECODE_MODES:
+            raise UserError(f"decode {decode!r}: accepted: {', '.join(DECODE_MODES)}")
         self.ds = ds
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -106,11 +328,35 @@ class BatchLoader:
         self.limit_batches = limit_batches
         self.n = min(subset, len(ds)) if subset > 0 else len(ds)
         self.epoch = 0
+        self.prefetch = max(1, prefetch)
+        self.device = torch.device(device) if device is not None else None
+        # Where the device share of each batch is decoded. Tests set decode_device to "cpu" (with
+        # a gpu_fraction) to run this path's code on a machine without a GPU.
+        self.decode_device: torch.device | None = None
+        self.gpu_fraction = 0.0
+        if decode != "cpu" and ds.encoding == "jpeg":
+            cuda_ok = torch.cuda.is_available() and (self.device is None or self.device.type == "cuda")
+            if decode == "cuda" and not cuda_ok:
+                raise UserError("decode cuda: no CUDA device to decode on; use decode cpu")
+            if cuda_ok:
+                self.decode_device = self.device or torch.device("cuda", torch.cuda.current_device())
+                if gpu_fraction is not None:
+                    self.gpu_fraction = float(gpu_fraction)
+                elif decode == "cuda":
+                    self.gpu_fraction = 1.0
+                else:
+                    self.gpu_fraction = _AUTO_GPU_IMG_S / (_AUTO_GPU_IMG_S + self.workers * _AUTO_CPU_IMG_S_PER_WORKER)
+        if not 0.0 <= self.gpu_fraction <= 1.0:
+            raise UserError(f"gpu_fraction {self.gpu_fraction}: must be between 0 and 1")
+        self._slots: dict[int, _Slot] = {}
+
+    # -- which samples ---------------------------------------------------------------------------
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def global_batches(self) -> list[np.ndarray]:
+        """This process's index arrays, one per step of the epoch."""
         if self.shuffle:
             order = epoch_permutation(self.n, self.seed, self.epoch)
             nb = self.n // self.batch_size  # drop_last: every step sees a full batch
@@ -128,20 +374,136 @@ class BatchLoader:
     def __len__(self) -> int:
         return len(self.global_batches())
 
+    # -- buffers -----------------------------------------------------------------------------------
+
+    def _per(self) -> int:
+        return self.batch_size // self.world_size if self.shuffle else max(1, self.batch_size // self.world_size)
+
+    def _data_bytes(self, per: int) -> int:
+        if self.gpu_fraction <= 0 or self.ds.encoding != "jpeg" or not len(self.ds):
+            return 0
+        n_dev = per - self._n_cpu(per)
+        return int(np.sort(self.ds.index[:, 1])[-n_dev:].sum()) if n_dev else 0
+
+    def _n_cpu(self, n: int) -> int:
+        return n - int(round(n * self.gpu_fraction)) if self.ds.encoding == "jpeg" else n
+
+    def _take_slot(self, shared: bool) -> tuple[_Slot, bool]:
+        """A free slot (and whether it is new)."""
+        for s in self._slots.values():
+            if s.free():
+                s.busy = True
+                return s, False
+        per = self._per()
+        pin = self.pin_memory or (self.device is not None and self.device.type == "cuda")
+        s = _new_slot(len(self._slots), per, self.ds.image_size, self._data_bytes(per), shared, pin)
+        self._slots[s.id] = s
+        s.busy = True
+        return s, True
+
+    def close(self) -> None:
+        """Release the batch buffers (and their CUDA page-locking)."""
+        for s in self._slots.values():
+            _unregister(s)
+        self._slots.clear()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # -- iteration -------------------------------------------------------------------------------
+
+    def _deliver(self, slot: _Slot, idx: np.ndarray) -> Batch:
+        n = len(idx)
+        n_cpu = self._n_cpu(n)
+        labels = torch.from_numpy(self.ds.labels[idx].astype(np.int64))
+        indices = torch.from_numpy(idx.astype(np.int64))
+        images = slot.images[:n]
+        target = self.device
+        if n_cpu < n:
+            target = self.decode_device
+        if target is None or (target.type == "cpu" and n_cpu == n):
+            slot.needs_event = bool(slot.registered)
+            slot.busy = False
+            return Batch(images, labels, indices)
+        assert target is not None
+        out = torch.empty_like(images, device=target) if n_cpu < n else None
+        if out is None:
+            out = images.to(target, non_blocking=True)
+        elif n_cpu:
+            out[:n_cpu].copy_(images[:n_cpu], non_blocking=True)
+        if n_cpu < n:
+            assert slot.data is not None
+            ln = self.ds.index[idx[n_cpu:], 1]
+            total = int(ln.sum())
+            records = list(slot.data[:total].split(ln.tolist()))  # views: one per record
+            out[n_cpu:] = torch.stack(_decode_on(records, target))
+            del records
+        if target.type == "cuda":
+            slot.event = torch.cuda.Event()
+            slot.event.record()
+        slot.busy = False
+        return Batch(out, labels, indices)
+
     def iterate(self, start_batch: int = 0) -> Iterator[Batch]:
         batches = self.global_batches()[start_batch:]
         if not batches:
             return iter(())
-        reader = _BatchReader(self.ds, batches)
         if self.workers == 0:
-            return (reader[i] for i in range(len(reader)))
-        return iter(
-            DataLoader(
-                reader, batch_size=None, shuffle=False, num_workers=self.workers, collate_fn=_identity,
-                pin_memory=self.pin_memory, persistent_workers=False, prefetch_factor=4,
-                multiprocessing_context="fork" if os.name == "posix" else None,
-            )
-        )
+            return self._iterate_inline(batches)
+        return self._iterate_workers(batches)
+
+    def _iterate_inline(self, batches: list[np.ndarray]) -> Iterator[Batch]:
+        filler = _Filler(self.ds)
+        for idx in batches:
+            slot, _ = self._take_slot(shared=False)
+            try:
+                filler.fill(idx, self._n_cpu(len(idx)), slot.images, slot.data)
+            except BaseException:
+                slot.busy = False
+                raise
+            yield self._deliver(slot, idx)
+
+    def _iterate_workers(self, batches: list[np.ndarray]) -> Iterator[Batch]:
+        # Slots made before the workers start are inherited by them.
+        pool = _Pool(self.ds, self.workers, {k: s for k, s in self._slots.items()})
+        depth = self.workers * self.prefetch
+        in_flight: dict[int, _Slot] = {}
+        done: set[int] = set()
+        sent = 0
+        try:
+            for bid in range(len(batches)):
+                while sent < len(batches) and sent - bid < depth:
+                    slot, _ = self._take_slot(shared=True)
+                    in_flight[sent] = slot
+                    pool.submit(sent, slot, batches[sent], self._n_cpu(len(batches[sent])))
+                    sent += 1
+                while bid not in done:
+                    rid, err = pool.get()
+                    if err is not None:
+                        raise RuntimeError(f"loader worker failed on batch {rid}: {err}")
+                    done.add(rid)
+                done.discard(bid)
+                slot = in_flight.pop(bid)
+                yield self._deliver(slot, batches[bid])
+        finally:
+            pool.close()
+            for s in in_flight.values():
+                s.busy = False
 
     def __iter__(self) -> Iterator[Batch]:
         return self.iterate()
+
+
+def _image_ops() -> None:
+    import torchvision.io.image  # noqa: F401  (registers torch.ops.image.*)
+
+
+def _decode_on(records: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """Batched JPEG decode of CPU byte tensors onto ``device`` (nvJPEG on CUDA)."""
+    _image_ops()
+    if device.type == "cuda":  # pragma: no cover - needs a GPU
+        return torch.ops.image.decode_jpegs_cuda(records, _RGB, device)
+    return [torch.ops.image.decode_jpeg(r, _RGB, False).to(device) for r in records]

@@ -1,7 +1,13 @@
 """Checkpoints (atomic, loaded with ``weights_only=True``) and weights as safetensors.
 
 A checkpoint is a plain dict of tensors and primitives, so ``torch.load(weights_only=True)``
-opens it and a file crafted to run code on unpickling is refused, its code never run.
+opens it and a file crafted to run code on unpickling is refused, its code never run. Every
+command that reads weights or checkpoints goes through :func:`load_checkpoint`,
+:func:`read_weights` or :func:`load_weights` (which dispatches on the file type).
+
+Writes go to a temporary file beside the target, are fsynced and renamed over it, so a crash or
+a full disk at any moment leaves either the old file or the new one, never a torn one; old
+checkpoints are deleted only after the new one is in place.
 """
 
 from __future__ import annotations
@@ -11,8 +17,9 @@ import os
 import pickle
 import re
 import tempfile
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -21,7 +28,12 @@ from alexnet.errors import UserError
 
 CKPT_DIR = "checkpoints"
 WEIGHTS = "model.safetensors"
-_CKPT_RE = re.compile(r"ckpt-(\d+)\.pt$")
+_CKPT_RE = re.compile(r"^ckpt-(\d+)\.pt$")
+_TMP_SUFFIX = ".tmp"
+
+
+class CheckpointError(UserError):
+    """A checkpoint could not be written or read."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -37,11 +49,11 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, write: Any) -> None:
+def atomic_write(path: Path, write: Callable[[Any], object]) -> None:
     """``write(f)`` into a temporary file beside ``path``, fsync, rename over ``path``. A failure
-    (a full disk) leaves any previous file at ``path`` untouched."""
+    (a full disk) leaves any previous file at ``path`` untouched and removes the temporary file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -57,19 +69,38 @@ def atomic_write(path: Path, write: Any) -> None:
         raise
 
 
+def remove_stale_temporaries(run: Path) -> None:
+    """Temporary files a killed process left behind (never a complete checkpoint)."""
+    d = run / CKPT_DIR
+    for p in d.glob(f".ckpt-*{_TMP_SUFFIX}") if d.is_dir() else []:
+        p.unlink(missing_ok=True)
+
+
+def checkpoint_path(run: Path, step: int) -> Path:
+    return run / CKPT_DIR / f"ckpt-{step:09d}.pt"
+
+
 def save_checkpoint(run: Path, state: dict[str, Any], step: int, keep: int = 2) -> Path:
-    path = run / CKPT_DIR / f"ckpt-{step:09d}.pt"
-    atomic_write(path, lambda f: torch.save(state, f))
+    """Write ``state`` atomically as checkpoint ``step``; keep the newest ``keep`` (0: all)."""
+    path = checkpoint_path(run, step)
+    previous = latest_checkpoint(run)
+    try:
+        atomic_write(path, lambda f: torch.save(state, f))
+    except OSError as e:
+        kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+        raise CheckpointError(f"{path}: could not write the checkpoint ({e.strerror or e}); {kept}") from None
     for old in list_checkpoints(run)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
     return path
 
 
 def list_checkpoints(run: Path) -> list[Path]:
+    """The run's checkpoints, oldest first."""
     d = run / CKPT_DIR
     if not d.is_dir():
         return []
-    return sorted((p for p in d.iterdir() if _CKPT_RE.search(p.name)), key=lambda p: int(_CKPT_RE.search(p.name).group(1)))  # type: ignore[union-attr]
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _CKPT_RE.match(p.name))]
+    return [p for _, p in sorted(found)]
 
 
 def latest_checkpoint(run: Path) -> Path | None:
@@ -77,21 +108,35 @@ def latest_checkpoint(run: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load with ``weights_only=True``: tensors and primitives only; anything else is refused."""
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load with ``weights_only=True``: tensors and primitives only; a file that would import or
+    call anything on unpickling is refused with a one-line :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pickle-protocol chatter from the restricted unpickler
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "disallowed content"
-        raise UserError(f"{path}: refused to load: not a plain weights checkpoint ({first[:200]})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise UserError(f"{path}: unreadable checkpoint ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
+        # torch's message leads with generic advice (to pass weights_only=False: exactly what we
+        # must not do); the line naming the refused global is the useful one.
+        lines = [s.strip() for s in str(e).splitlines() if s.strip()]
+        why = next((s for s in lines if "GLOBAL" in s or "Unsupported" in s), lines[-1] if lines else "disallowed content")
+        raise CheckpointError(f"{path}: refused to load: not a plain tensors-only checkpoint ({why[:200]})") from None
+    except Exception as e:  # torch raises RuntimeError, EOFError, ValueError, zipfile errors ... for damaged files
+        raise CheckpointError(f"{path}: unreadable checkpoint ({_first_line(e)})") from None
     if not isinstance(obj, dict):
-        raise UserError(f"{path}: not an alexnet checkpoint (a {type(obj).__name__}, expected a dict)")
+        raise CheckpointError(f"{path}: not an alexnet checkpoint (a {type(obj).__name__}, expected a dict)")
     return obj
 
 
-# -- weights -------------------------------------------------------------------------------------
+# -- model state ---------------------------------------------------------------------------------
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -99,29 +144,80 @@ def unwrap(model: nn.Module) -> nn.Module:
     while True:
         if hasattr(model, "_orig_mod"):
             model = model._orig_mod  # type: ignore[assignment]
-        elif hasattr(model, "module") and isinstance(model.module, nn.Module):
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
             model = model.module
         else:
             return model
+
+
+def model_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state_dict in the single-device layout (a model-parallel AlexNet converts to the
+    grouped model's keys), so checkpoints and weights files do not depend on the placement."""
+    m = unwrap(model)
+    to_grouped = getattr(m, "grouped_state_dict", None)
+    return to_grouped() if callable(to_grouped) else m.state_dict()
+
+
+def load_model_state_dict(model: nn.Module, sd: dict[str, torch.Tensor]) -> None:
+    m = unwrap(model)
+    from_grouped = getattr(m, "load_grouped_state_dict", None)
+    if callable(from_grouped):
+        from_grouped(sd)
+    else:
+        m.load_state_dict(sd)
+
+
+def params_finite(model: nn.Module) -> bool:
+    """Whether every parameter is finite (one reduction per tensor, on its device)."""
+    return all(bool(torch.isfinite(p).all()) for p in unwrap(model).parameters())
+
+
+# -- weights -------------------------------------------------------------------------------------
 
 
 def save_weights(model: nn.Module, path: Path, meta: dict[str, Any]) -> None:
     """safetensors with the model's identity in the metadata (strings only)."""
     from safetensors.torch import save
 
-    sd = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
+    sd = {k: v.detach().cpu().contiguous() for k, v in model_state_dict(model).items()}
     data = save(sd, metadata={"alexnet": json.dumps(meta)})
     atomic_write(path, lambda f: f.write(data))
 
 
-def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A safetensors weights file and its alexnet metadata; a damaged file is a one-line error."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
+    path = Path(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get("alexnet")
         sd = load_file(str(path))
+        meta = json.loads(raw) if raw else {}
     except Exception as e:  # safetensors raises its own error types for corrupt headers
-        raise UserError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0][:200]})") from None
-    return sd, (json.loads(raw) if raw else {})
+        raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(e)})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: its alexnet metadata is not a JSON object")
+    return sd, meta
+
+
+def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Model weights from a ``.safetensors`` file, a training checkpoint or a plain ``.pt``/``.pth``
+    state_dict (both read with ``weights_only=True``): ``(state_dict, metadata)``; metadata is
+    empty where the file has none."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return read_weights(path)
+    d = load_checkpoint(path)
+    if isinstance(d.get("model"), dict):  # a training checkpoint
+        try:
+            meta = json.loads(d["meta"]) if isinstance(d.get("meta"), str) else {}
+        except json.JSONDecodeError:
+            meta = {}
+        d = d["model"]
+    else:
+        meta = {}
+    if not all(isinstance(v, torch.Tensor) for v in d.values()):
+        raise CheckpointError(f"{path}: not a state_dict of tensors")
+    return d, meta

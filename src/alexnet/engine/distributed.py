@@ -1,10 +1,19 @@
-"""Process-group helpers. Without torchrun everything here is a single-process no-op."""
+"""Process-group helpers for ``torchrun``. Without torchrun everything here is a single-process no-op.
+
+Single node:   torchrun --standalone --nproc_per_node=G -m alexnet train ...
+Several nodes: torchrun --nnodes=N --nproc_per_node=G --rdzv_backend=c10d --rdzv_endpoint=HOST:PORT \\
+                   --rdzv_id=JOB -m alexnet train ...
+torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; the process group is
+initialised from them (``env://``) with NCCL on GPUs and gloo on CPUs.
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -14,6 +23,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    local_world_size: int = 1
 
     @property
     def is_main(self) -> bool:
@@ -25,35 +35,64 @@ class DistInfo:
 
 
 def from_env() -> DistInfo:
-    """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK)."""
-    return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
+    """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE)."""
+    env = os.environ
+    world = int(env.get("WORLD_SIZE", 1))
+    return DistInfo(int(env.get("RANK", 0)), world, int(env.get("LOCAL_RANK", 0)), int(env.get("LOCAL_WORLD_SIZE", world)))
+
+
+def under_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and "WORLD_SIZE" in os.environ)
 
 
 def init(info: DistInfo, device: torch.device) -> None:
     if info.enabled and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # NCCL and the *_object collectives use the current device
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, init_method="env://")
 
 
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
 def shutdown() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if is_initialized():
         dist.destroy_process_group()
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized():
+    if is_initialized():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
 
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if is_initialized():
         dist.barrier()
 
 
-def broadcast_object(obj: object, src: int = 0) -> object:
-    if dist.is_available() and dist.is_initialized():
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """``obj`` from rank ``src`` on every rank (pickled between our own processes only)."""
+    if is_initialized():
         box = [obj]
         dist.broadcast_object_list(box, src=src)
         return box[0]
     return obj
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank."""
+    if is_initialized():
+        out: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj)
+        return out
+    return [obj]
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The torch RNG seed of one process after model initialisation: different per rank (each
+    process draws its own dropout masks) and a pure function of (seed, rank), so a run is
+    reproducible for a given world size."""
+    return int(np.random.SeedSequence([seed, rank, 0xD0D0]).generate_state(1, dtype=np.uint64)[0] >> 1)

@@ -63,3 +63,67 @@ def augment_for(trained: Trained, ds: PreparedDataset) -> Augment:
     """Test-time crops with the dataset's mean image and the model's input normalisation."""
     return Augment.from_stats(ds.stats(), trained.meta.get("input_size", models.info(trained.meta["model"]).input_size),
                               input_norm=trained.meta.get("input_norm", "mean_image"))
+
+
+# -- images from files (predict, neighbors) -------------------------------------------------------
+
+
+def image_size_for(trained: Trained) -> tuple[int, int]:
+    """The size the model's data was stored at (§2: 256×256 for 224×224 crops): the size its test
+    crops are cut from."""
+    size = trained.meta.get("image_size")
+    if size:
+        return int(size[0]), int(size[-1])
+    s = round(int(trained.meta.get("input_size", 224)) * 256 / 224)
+    return s, s
+
+
+def read_image(path: str | Path, size: tuple[int, int]) -> torch.Tensor:
+    """An image file as the prepared data stores it (§2): shorter side rescaled to the stored size,
+    then the central patch cropped; uint8 3×H×W. Missing, non-image or truncated files raise a
+    UserError naming the file."""
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: no such image file")
+    try:
+        with Image.open(p) as im:
+            im.load()  # decode the whole file now, so a truncated one fails here
+            rgb = im.convert("RGB")  # greyscale, palette, CMYK, RGBA: all to RGB
+    except UnidentifiedImageError:
+        raise UserError(f"{p}: not an image file (Pillow cannot identify its format)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise UserError(f"{p}: unreadable image ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
+    h, w = size
+    # The same resize and crop as torchvision's ImageClassification preset (on PIL images), so
+    # torchvision's weights see what they were trained to see.
+    rgb = TF.resize(rgb, max(h, w), interpolation=InterpolationMode.BILINEAR, antialias=True)
+    rgb = TF.center_crop(rgb, [h, w])
+    return TF.pil_to_tensor(rgb)  # uint8 3×H×W
+
+
+def file_augment(trained: Trained, data: str | None = None) -> Augment:
+    """Test-time crops for images read from files. Networks normalised with fixed per-channel
+    statistics (torchvision's) need no dataset; those trained on mean-image-subtracted input (§2)
+    need the mean image of their training set: ``data``, else the dataset recorded in the run."""
+    size = image_size_for(trained)
+    input_size = int(trained.meta.get("input_size", models.info(trained.meta["model"]).input_size))
+    norm = trained.meta.get("input_norm", "mean_image")
+    if norm == "mean_std":
+        stats = {"mean": torch.zeros(3, *size), "eigval": torch.zeros(3), "eigvec": torch.eye(3)}
+        return Augment.from_stats(stats, input_size, input_norm=norm)
+    spec = data or trained.meta.get("data")
+    if not spec:
+        raise UserError(f"{trained.source}: the model subtracts its training set's mean image; pass --data with that dataset")
+    from alexnet.data.resolve import resolve_data
+
+    try:
+        ds = PreparedDataset(resolve_data(spec, input_size), "train")
+    except UserError as e:
+        raise UserError(f"{e} (the model needs its training set's mean image: pass --data)") from None
+    if tuple(ds.image_size) != size:
+        raise UserError(f"{spec}: images are {ds.image_size[0]}×{ds.image_size[1]}, the model was trained on {size[0]}×{size[1]}")
+    return augment_for(trained, ds)

@@ -1,4 +1,24 @@
-"""The training loop: small functions that return their metrics; :func:`run` wires them."""
+"""The training loop: small functions that return their metrics; :func:`run` wires them.
+
+Runs you can trust:
+
+* **Exact resume.** A checkpoint (every ``save_every`` steps and at every epoch end) holds the
+  model, the optimizer, the schedule and its plateau state, the step, the epoch, the position in
+  the epoch with the epoch's running loss/error sums, every process's RNG states and the config.
+  Everything else is a pure function of (seed, epoch, sample index): the shuffle
+  (:func:`alexnet.data.loader.epoch_permutation`) and the augmentation
+  (:mod:`alexnet.data.augment`). So a run killed at any moment and resumed with ``--resume`` ends
+  with the same weights, bit for bit on the CPU, as one that was never stopped.
+* **Clean stops.** SIGTERM/SIGINT set a flag: the current step finishes, a checkpoint is written,
+  and :class:`Interrupted` (exit 143/130) carries its path. A second signal stops at once.
+* **Divergence.** A non-finite loss (or non-finite weights at a checkpoint) stops the run with
+  :class:`TrainingDiverged` naming the step, the loss and the last good checkpoint, which is never
+  overwritten by bad weights. ``stall_steps`` warns when the loss sits at chance level.
+* **torchrun.** Each process trains on its slice of every global batch; DDP averages the
+  gradients of the per-process mean losses, which equals the mean over the global batch since the
+  slices have equal size. Decisions that must agree (a signal, a non-finite loss) are all-reduced
+  at fixed steps; rank 0 writes logs and checkpoints and tells the others how it went.
+"""
 
 from __future__ import annotations
 
@@ -26,11 +46,16 @@ from alexnet.data.loader import BatchLoader
 from alexnet.data.resolve import open_splits, resolve_data
 from alexnet.engine import checkpoint as ckpt
 from alexnet.engine import distributed
-from alexnet.engine.evaluate import Precision, evaluate, topk_correct
+from alexnet.engine.evaluate import Precision, evaluate
 from alexnet.engine.optim import Schedule, build_optimizer, set_lr
 from alexnet.errors import UserError
 
 METRICS = "metrics.jsonl"
+# metrics.jsonl fields that measure time rather than training: they differ between a resumed run
+# and an uninterrupted one; every other field is identical.
+TIMING_FIELDS = ("img_per_s", "epoch_time_s", "time_s")
+# Fields whose recipe value may be "auto": on for CUDA, off elsewhere (the fast recipe).
+AUTO_FIELDS: dict[str, tuple[Any, Any]] = {"amp": ("bf16", "none"), "channels_last": (True, False), "compile": (True, False)}
 
 
 class TrainingDiverged(UserError):
@@ -46,22 +71,29 @@ class Interrupted(Exception):
         self.checkpoint = checkpoint
 
 
+class _StopEvaluation(Exception):
+    """Raised by the signal handler to cut a single-process evaluation short."""
+
+
 @dataclass
 class RunState:
-    """Where the run is; saved in every checkpoint."""
+    """Where the run is; saved in every checkpoint (primitives only)."""
 
-    epoch: int = 0  # the epoch in progress (0-based)
+    epoch: int = 0  # the epoch in progress (0-based) = epochs finished
     batch_in_epoch: int = 0  # batches of that epoch already trained
     step: int = 0  # optimizer steps so far
     elapsed_s: float = 0.0  # training wall time before this process
-    stall_count: int = 0
+    stall_count: int = 0  # consecutive steps with the loss at chance level
+    epoch_sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # images, loss sum, top-1 hits so far
+    epoch_time_s: float = 0.0  # time spent on this epoch before this process
 
 
 @dataclass
 class Context:
     cfg: TrainConfig
     out: Path
-    model: nn.Module
+    model: nn.Module  # what trains: maybe DDP- and compile-wrapped
+    eval_model: nn.Module  # what evaluates: never DDP-wrapped (no collectives in its forward)
     optimizer: torch.optim.Optimizer
     schedule: Schedule
     augment: Augment
@@ -71,10 +103,13 @@ class Context:
     prec: Precision
     dist: distributed.DistInfo
     meta: dict[str, Any]
+    devices: list[torch.device] = field(default_factory=list)  # every device the model occupies
     log: Callable[[str], None] = print
     scaler: Any = None
     tb: Any = None
     stop_signal: list[int] = field(default_factory=list)
+    phase: str = "setup"  # setup | train | eval | checkpoint
+    last_checkpoint: tuple[int, Path | None] | None = None  # (step, path) of the last write
     t_start: float = field(default_factory=time.time)
 
 
@@ -93,6 +128,19 @@ def pick_device(spec: str, local_rank: int = 0) -> torch.device:
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device(f"cuda:{local_rank}")
     return dev
+
+
+def resolve_auto(d: dict[str, Any]) -> dict[str, Any]:
+    """Replace ``"auto"`` in amp / channels_last / compile by the value for the device the run will
+    use: bf16 autocast, channels_last and torch.compile on CUDA; off on the CPU, where they are
+    slower or untested for this code (see configs/fast.yaml)."""
+    d = dict(d)
+    if any(d.get(k) == "auto" for k in AUTO_FIELDS):
+        cuda = pick_device(str(d.get("device", "auto"))).type == "cuda"
+        for k, (on, off) in AUTO_FIELDS.items():
+            if d.get(k) == "auto":
+                d[k] = on if cuda else off
+    return d
 
 
 def build_model(cfg: TrainConfig, num_classes: int, device: torch.device) -> nn.Module:
@@ -119,29 +167,33 @@ def make_augment(cfg: TrainConfig, ds: PreparedDataset, input_norm: str) -> Augm
                               pca_std=cfg.pca_std, crop_padding=cfg.crop_padding, input_norm=input_norm, seed=cfg.seed)
 
 
-def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
-    st = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        st["cuda"] = torch.cuda.get_rng_state(device)
+def rng_state(devices: list[torch.device]) -> dict[str, Any]:
+    """This process's RNG states: the CPU generator and that of every CUDA device it uses
+    (dropout draws from the generator of the device the activations are on)."""
+    st: dict[str, Any] = {"torch": torch.get_rng_state()}
+    cuda = sorted({d.index or 0 for d in devices if d.type == "cuda"})
+    if cuda:
+        st["cuda"] = {str(i): torch.cuda.get_rng_state(i) for i in cuda}
     return st
 
 
-def set_rng_state(st: dict[str, torch.Tensor], device: torch.device) -> None:
+def set_rng_state(st: dict[str, Any]) -> None:
     torch.set_rng_state(st["torch"])
-    if device.type == "cuda" and "cuda" in st:
-        torch.cuda.set_rng_state(st["cuda"], device)
+    for i, s in st.get("cuda", {}).items():
+        torch.cuda.set_rng_state(s, int(i))
 
 
 # -- checkpoints -----------------------------------------------------------------------------------
 
 
-def checkpoint_state(ctx: Context, state: RunState) -> dict[str, Any]:
+def checkpoint_state(ctx: Context, state: RunState, rngs: list[dict[str, Any]]) -> dict[str, Any]:
+    run = {**state.__dict__, "elapsed_s": state.elapsed_s + (time.time() - ctx.t_start), "epoch_sums": list(state.epoch_sums)}
     return {
-        "model": ckpt.unwrap(ctx.model).state_dict(),
+        "model": ckpt.model_state_dict(ctx.model),  # the single-device layout, whatever the placement
         "optimizer": ctx.optimizer.state_dict(),
         "schedule": ctx.schedule.state_dict(),
-        "run": {**state.__dict__, "elapsed_s": state.elapsed_s + (time.time() - ctx.t_start)},
-        "rng": rng_state(ctx.prec.device),
+        "run": run,
+        "rng": {"world_size": ctx.dist.world_size, "ranks": rngs},
         "scaler": ctx.scaler.state_dict() if ctx.scaler is not None else {},
         "config": ctx.cfg.to_dict(),
         "meta": json.dumps(ctx.meta),
@@ -149,22 +201,76 @@ def checkpoint_state(ctx: Context, state: RunState) -> dict[str, Any]:
 
 
 def write_checkpoint(ctx: Context, state: RunState) -> Path | None:
-    if not ctx.dist.is_main:
-        return None
-    return ckpt.save_checkpoint(ctx.out, checkpoint_state(ctx, state), state.step, keep=ctx.cfg.keep_checkpoints)
-
-
-def restore(ctx: Context, path: Path) -> RunState:
-    d = ckpt.load_checkpoint(path, map_location="cpu")
+    """Every rank calls this: the RNG states are gathered, rank 0 writes, everyone learns the outcome
+    (a failed write raises the same error on every rank instead of leaving the others waiting)."""
+    if ctx.last_checkpoint is not None and ctx.last_checkpoint[0] == state.step and state.batch_in_epoch > 0:
+        return ctx.last_checkpoint[1]  # this very state is already on disk
+    if not ckpt.params_finite(ctx.model):
+        # Never let bad weights rotate the last good checkpoint out.
+        raise _diverged(ctx, state, "the weights became non-finite")
+    phase, ctx.phase = ctx.phase, "checkpoint"
     try:
-        ckpt.unwrap(ctx.model).load_state_dict(d["model"])
+        rngs = distributed.all_gather_object(rng_state(ctx.devices))
+        result: tuple[str | None, str | None] = (None, None)
+        if ctx.dist.is_main:
+            try:
+                path = ckpt.save_checkpoint(ctx.out, checkpoint_state(ctx, state, rngs), state.step, keep=ctx.cfg.keep_checkpoints)
+                result = (str(path), None)
+            except ckpt.CheckpointError as e:
+                result = (None, str(e))
+        path_s, err = distributed.broadcast_object(result)
+    finally:
+        ctx.phase = phase
+    if err:
+        raise ckpt.CheckpointError(err)
+    path = Path(path_s) if path_s else None
+    ctx.last_checkpoint = (state.step, path)
+    return path
+
+
+def _load_for_resume(ctx: Context, path: Path | None) -> dict[str, Any] | None:
+    """The checkpoint on every rank: each reads it where it can see the file (a shared run
+    folder); otherwise rank 0 reads it and sends it (several machines without shared storage)."""
+    path_s, err = distributed.broadcast_object((str(path) if path else None, None))
+    if path_s is None:
+        return None
+    sees = distributed.all_gather_object(Path(path_s).is_file())
+    if all(sees):
+        d: dict[str, Any] | None = None
+        try:
+            d, err = ckpt.load_checkpoint(path_s), None
+        except UserError as e:
+            err = str(e)
+        errs = [e for e in distributed.all_gather_object(err) if e]
+        if errs:
+            raise ckpt.CheckpointError(errs[0])
+        return d
+    d, err = None, None
+    if ctx.dist.is_main:
+        try:
+            d = ckpt.load_checkpoint(path_s)
+        except UserError as e:
+            err = str(e)
+    d, err = distributed.broadcast_object((d, err))
+    if err:
+        raise ckpt.CheckpointError(err)
+    return d
+
+
+def restore(ctx: Context, d: dict[str, Any], path: Path) -> RunState:
+    try:
+        rng = d["rng"]
+        if int(rng["world_size"]) != ctx.dist.world_size:
+            raise UserError(f"{path}: written by a run of {rng['world_size']} process(es); resume it with the same number "
+                            f"(now {ctx.dist.world_size})")
+        ckpt.load_model_state_dict(ctx.model, d["model"])
         ctx.optimizer.load_state_dict(d["optimizer"])
         ctx.schedule.load_state_dict(d["schedule"])
         if ctx.scaler is not None and d.get("scaler"):
             ctx.scaler.load_state_dict(d["scaler"])
-        set_rng_state(d["rng"], ctx.prec.device)
+        set_rng_state(rng["ranks"][ctx.dist.rank])
         state = RunState(**d["run"])
-    except (KeyError, RuntimeError, TypeError) as e:
+    except (KeyError, RuntimeError, TypeError, ValueError, IndexError) as e:
         raise UserError(f"{path}: does not match this run's model or config ({str(e).splitlines()[0][:200]})") from None
     return state
 
@@ -172,29 +278,31 @@ def restore(ctx: Context, path: Path) -> RunState:
 # -- logging -------------------------------------------------------------------------------------
 
 
-def read_metrics(out: Path) -> list[dict[str, Any]]:
-    p = out / METRICS
-    if not p.exists():
-        return []
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
-
-
 def append_metrics(ctx: Context, row: dict[str, Any]) -> None:
     if not ctx.dist.is_main:
         return
     with open(ctx.out / METRICS, "a") as f:
         f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
     if ctx.tb is not None:
         for k, v in row.items():
-            if isinstance(v, (int, float)) and k != "epoch":
+            if isinstance(v, (int, float)) and k not in ("epoch", "step"):
                 ctx.tb.add_scalar(k, v, row["epoch"])
         ctx.tb.flush()
 
 
 def truncate_metrics(out: Path, epochs_done: int) -> None:
-    """On resume, keep only the rows of epochs that finished before the checkpoint."""
-    rows = [r for r in read_metrics(out) if r["epoch"] <= epochs_done]
-    (out / METRICS).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    """On resume, keep only the rows of epochs that finished before the checkpoint (a row written
+    after it, or torn by the kill, is dropped: the resumed run writes it again)."""
+    from alexnet.report.markdown import read_metrics  # the one reader (tolerates a torn last line)
+
+    p = out / METRICS
+    if not p.exists():
+        return
+    rows = [r for r in read_metrics(p) if r.get("epoch", 0) <= epochs_done]
+    text = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    ckpt.atomic_write(p, lambda f: f.write(text))
 
 
 # -- signals ---------------------------------------------------------------------------------------
@@ -202,7 +310,9 @@ def truncate_metrics(out: Path, epochs_done: int) -> None:
 
 @contextmanager
 def stop_on_signals(ctx: Context) -> Iterator[None]:
-    """SIGTERM/SIGINT set a flag; the loop finishes its step, checkpoints and stops."""
+    """SIGTERM/SIGINT set a flag; the loop finishes its step, checkpoints and stops. A
+    single-process evaluation in progress is abandoned (it is redone on resume). A second
+    signal stops at once."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():  # signals only reach the main thread
@@ -213,6 +323,8 @@ def stop_on_signals(ctx: Context) -> Iterator[None]:
         if ctx.stop_signal:  # a second signal: stop now
             raise KeyboardInterrupt
         ctx.stop_signal.append(signum)
+        if ctx.phase == "eval" and not ctx.dist.enabled:
+            raise _StopEvaluation
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -222,18 +334,33 @@ def stop_on_signals(ctx: Context) -> Iterator[None]:
             signal.signal(s, h)
 
 
+def _agree(ctx: Context, flag: bool) -> bool:
+    """Whether any process raised ``flag`` (a collective: every rank calls it at the same step)."""
+    if not ctx.dist.enabled:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], dtype=torch.float64, device=ctx.prec.device)
+    return bool(distributed.all_reduce_sum(t).item() > 0)
+
+
+def _exit_code(ctx: Context) -> int:
+    return 130 if ctx.stop_signal and ctx.stop_signal[0] == signal.SIGINT else 143
+
+
 # -- the loop --------------------------------------------------------------------------------------
 
 
 def train_step(ctx: Context, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step; returns the loss and the number of top-1 hits (device tensors)."""
+    """One optimizer step; returns the loss and the number of top-1 hits (device tensors).
+
+    The loss is the mean over this process's slice of the global batch; DDP averages the
+    gradients over the processes, so the step equals one on the whole global batch."""
     dev = ctx.prec.device
     x = ctx.augment.train(images.to(dev, non_blocking=True), indices, epoch)
     x = ctx.prec.prepare_input(x)
     y = labels.to(dev, non_blocking=True)
     with ctx.prec.autocast():
         logits = ctx.model(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=ctx.cfg.label_smoothing)
+    loss = F.cross_entropy(logits.float(), y, label_smoothing=ctx.cfg.label_smoothing)
     ctx.optimizer.zero_grad(set_to_none=True)
     if ctx.scaler is not None:
         ctx.scaler.scale(loss).backward()
@@ -246,148 +373,237 @@ def train_step(ctx: Context, images: torch.Tensor, labels: torch.Tensor, indices
     return loss.detach(), hits
 
 
-def check_loss(ctx: Context, state: RunState, loss: float) -> None:
-    """Stop on a non-finite loss; warn when the loss sits at chance (ln C) for long."""
+def _diverged(ctx: Context, state: RunState, what: str) -> TrainingDiverged:
+    last = ckpt.latest_checkpoint(ctx.out)
+    where = f"last good checkpoint: {last}" if last else "no checkpoint was written yet"
+    return TrainingDiverged(
+        f"{what} at step {state.step} (epoch {state.epoch + 1}); training diverged — lower the learning rate "
+        f"(now {ctx.optimizer.param_groups[0]['lr']:g}); {where}"
+    )
+
+
+def check_loss(ctx: Context, state: RunState, loss: float, step: int) -> None:
+    """Stop on a non-finite loss; warn when the loss sits at chance (ln C) for ``stall_steps``."""
     if not math.isfinite(loss):
-        last = ckpt.latest_checkpoint(ctx.out)
-        where = f"last good checkpoint: {last}" if last else "no checkpoint was written yet"
-        raise TrainingDiverged(
-            f"loss is {loss} at step {state.step} (epoch {state.epoch + 1}); training diverged — "
-            f"lower the learning rate (now {ctx.optimizer.param_groups[0]['lr']:g}); {where}"
-        )
+        state.step = step
+        raise _diverged(ctx, state, f"the loss is {loss}")
     if ctx.cfg.stall_steps > 0:
         chance = math.log(ctx.train_ds.num_classes)
         state.stall_count = state.stall_count + 1 if abs(loss - chance) < 0.02 * chance else 0
         if state.stall_count == ctx.cfg.stall_steps:
             ctx.log(f"warning: the loss has stayed at chance level (ln {ctx.train_ds.num_classes} = {chance:.3f}) for "
-                    f"{ctx.cfg.stall_steps} steps; the paper's bias-1 initialisation is known to stall in some "
-                    f"setups (try --set model_options.bias_init=0.1 or a lower --lr)")
+                    f"{ctx.cfg.stall_steps} steps (step {step}); the paper's bias-1 initialisation is known to stall in "
+                    f"some setups (try --model-opt bias_init=0.1 or a lower --lr)")
 
 
-def train_one_epoch(ctx: Context, state: RunState) -> dict[str, float]:
-    """Train the rest of epoch ``state.epoch``; returns its loss, error and throughput."""
+def train_one_epoch(ctx: Context, state: RunState) -> tuple[dict[str, float], bool]:
+    """Train the rest of epoch ``state.epoch``; returns its loss, error and throughput, and whether
+    a stop was requested (then the epoch is unfinished and ``state`` says where it stopped)."""
     cfg, loader = ctx.cfg, ctx.train_loader
     ctx.model.train()
     loader.set_epoch(state.epoch)
     n_batches = len(loader)
-    sums = torch.zeros(3, dtype=torch.float64)  # images, loss sum, hits
+    sums = torch.tensor(state.epoch_sums, dtype=torch.float64)  # images, loss sum, hits (all processes)
+    images0 = float(sums[0])
     t0 = time.time()
     bar = tqdm(total=n_batches, initial=state.batch_in_epoch, desc=f"epoch {state.epoch + 1}/{cfg.epochs}", unit="batch",
                leave=False, disable=not (cfg.progress and ctx.dist.is_main), dynamic_ncols=True, file=sys.stdout)
+    # Losses are checked (one device sync) every step on the CPU, every 20 steps on GPUs, and
+    # always at a checkpoint. The positions are fixed in the epoch, so a resumed run adds up the
+    # same blocks in the same order.
     check_every = 1 if ctx.prec.device.type == "cpu" else 20
     pending: list[torch.Tensor] = []
+    stop = False
+    ctx.phase = "train"
     for b in loader.iterate(start_batch=state.batch_in_epoch):
         set_lr(ctx.optimizer, ctx.schedule.lr_at(state.step))
         loss, hits = train_step(ctx, b.images, b.labels, b.indices, state.epoch)
         n = len(b.labels)
-        pending.append(torch.stack([torch.tensor(float(n), device=loss.device), loss * n, hits.double()]))
+        pending.append(torch.stack([torch.tensor(float(n), dtype=torch.float64, device=loss.device), loss.double() * n, hits.double()]))
         state.step += 1
         state.batch_in_epoch += 1
-        if len(pending) >= check_every or ctx.stop_signal or (cfg.save_every and state.step % cfg.save_every == 0):
-            block = torch.stack(pending).double().cpu()  # one device sync per block of steps
+        save_now = bool(cfg.save_every) and state.step % cfg.save_every == 0 and state.batch_in_epoch < n_batches
+        local_stop = bool(ctx.stop_signal) and not ctx.dist.enabled
+        if state.batch_in_epoch % check_every == 0 or save_now or state.batch_in_epoch == n_batches or local_stop:
+            block = torch.stack(pending).double()  # k×3
             pending.clear()
-            for row in block:
-                check_loss(ctx, state, float(row[1] / row[0]))
+            if ctx.dist.enabled:  # one all-reduce: every rank's sums, and whether any rank was signalled
+                flag = torch.tensor([[1.0 if ctx.stop_signal else 0.0, 0.0, 0.0]], dtype=torch.float64, device=block.device)
+                block = distributed.all_reduce_sum(torch.cat([block, flag]))
+                block, stop = block[:-1], bool(block[-1, 0] > 0)
+            else:
+                stop = local_stop
+            block = block.cpu()
+            first = state.step - len(block) + 1
+            for i, row in enumerate(block):
+                check_loss(ctx, state, float(row[1] / row[0]), first + i)
             sums += block.sum(0)
+            state.epoch_sums = sums.tolist()
             bar.set_postfix(loss=f"{float(block[-1, 1] / block[-1, 0]):.3f}", lr=f"{ctx.optimizer.param_groups[0]['lr']:.2g}")
         bar.update(1)
-        if cfg.save_every and state.step % cfg.save_every == 0 and state.batch_in_epoch < n_batches:
+        if save_now:
+            saved_time = state.epoch_time_s
+            state.epoch_time_s = saved_time + time.time() - t0
             write_checkpoint(ctx, state)
-        if ctx.stop_signal:
+            state.epoch_time_s = saved_time
+        if stop:
             break
-    if pending:
-        block = torch.stack(pending).double().cpu()
-        for row in block:
-            check_loss(ctx, state, float(row[1] / row[0]))
-        sums += block.sum(0)
     bar.close()
-    if ctx.dist.enabled:
-        sums = distributed.all_reduce_sum(sums.to(ctx.prec.device)).cpu()
     dt = time.time() - t0
+    state.epoch_time_s += dt
     n = max(1.0, float(sums[0]))
     return {"train_loss": float(sums[1]) / n, "train_top1_err": 1 - float(sums[2]) / n,
-            "img_per_s": float(sums[0]) / max(dt, 1e-9), "train_images": int(sums[0]), "epoch_time_s": dt}
+            "img_per_s": (float(sums[0]) - images0) / max(dt, 1e-9), "train_images": int(sums[0]),
+            "epoch_time_s": state.epoch_time_s}, stop
 
 
 def validate(ctx: Context, ten_crop: bool) -> dict[str, float]:
-    r = evaluate(ctx.model, ctx.val_ds, ctx.augment, ctx.prec, batch_size=ctx.cfg.eval_batch_size or ctx.cfg.batch_size,
+    r = evaluate(ctx.eval_model, ctx.val_ds, ctx.augment, ctx.prec, batch_size=ctx.cfg.eval_batch_size or ctx.cfg.batch_size,
                  ten_crop=ten_crop, workers=ctx.cfg.workers, rank=ctx.dist.rank, world_size=ctx.dist.world_size)
-    return {"val_top1_err": float(r["top1_err"]), "val_top5_err": float(r["top5_err"]), "val_loss": float(r["loss"])}  # type: ignore[arg-type]
+    return {"val_top1_err": float(r["top1_err"]), "val_top5_err": float(r["top5_err"]),  # type: ignore[arg-type]
+            "val_loss": float(r["loss"]), "val_images": int(r["n"])}  # type: ignore[arg-type]
 
 
 def setup(cfg: TrainConfig, out: Path, *, log: Callable[[str], None] = print) -> Context:
     dist_info = distributed.from_env()
     device = pick_device(cfg.device, dist_info.local_rank)
-    distributed.init(dist_info, device)
-    torch.manual_seed(cfg.seed)
     if cfg.model not in models.names():
         raise UserError(f"unknown model {cfg.model!r}; accepted: {', '.join(models.names())}")
+    if cfg.model_parallel == 2 and cfg.model != "alexnet":
+        raise UserError(f"model_parallel=2 does not apply to model {cfg.model!r}: it splits the two towers of the "
+                        f"paper's network (§3.2); accepted: model alexnet")
     mi = models.info(cfg.model)
     root = resolve_data(cfg.data, mi.input_size, seed=0)
     train_ds, val_ds = open_splits(root)
+    h, w = train_ds.image_size
+    if min(h, w) + 2 * cfg.crop_padding < mi.input_size:
+        raise UserError(f"{root}: images are {h}×{w}, smaller than the {mi.input_size}×{mi.input_size} input of "
+                        f"{cfg.model}; prepare the data at a larger size or pick a model for this size")
+    distributed.init(dist_info, device)
+    torch.manual_seed(cfg.seed)  # the same initial weights in every process (DDP also broadcasts rank 0's)
     model = build_model(cfg, train_ds.num_classes, device)
+    devices = [device]
+    if cfg.model_parallel == 2:
+        from alexnet.engine.model_parallel import ModelParallelAlexNet, model_parallel_devices
+
+        devices = model_parallel_devices(device, dist_info.local_rank)
+        if device.type == "cuda" and devices[1].index >= torch.cuda.device_count():  # type: ignore[operator]
+            raise UserError(f"model_parallel=2 needs GPUs {devices[0].index} and {devices[1].index} for this process; "
+                            f"this machine has {torch.cuda.device_count()}")
+        try:
+            model = ModelParallelAlexNet(model, devices)  # type: ignore[arg-type]
+        except ValueError as e:
+            raise UserError(f"model_parallel=2: {e}") from None
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        device = devices[0]  # input, logits and loss live on the first device
+    # Dropout masks: a stream per process, reproducible from (seed, rank) (§4.2's dropout is the
+    # only randomness drawn from torch's generators; crops, flips and colour noise are keyed hashes).
+    torch.manual_seed(distributed.rank_seed(cfg.seed, dist_info.rank))
+    plain = model
     if dist_info.enabled:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        ids = [device.index] if device.type == "cuda" and cfg.model_parallel == 1 else None
+        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    eval_model = plain
     if cfg.compile:
         model = torch.compile(model)  # type: ignore[assignment]
-    optimizer = build_optimizer(cfg, model)
+        eval_model = model if not dist_info.enabled else torch.compile(plain)  # type: ignore[assignment]
+    optimizer = build_optimizer(cfg, plain)
     loader = BatchLoader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed, workers=cfg.workers, rank=dist_info.rank,
                          world_size=dist_info.world_size, pin_memory=device.type == "cuda",
                          limit_batches=cfg.max_steps_per_epoch, subset=cfg.train_subset)
     if len(loader) == 0:
         raise UserError(f"{root}: {loader.n} training images make no full batch of {cfg.batch_size}; lower --batch-size")
     scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
-    ctx = Context(cfg=cfg, out=out, model=model, optimizer=optimizer, schedule=Schedule(cfg, len(loader)),
-                  augment=make_augment(cfg, train_ds, mi.input_norm), train_loader=loader, val_ds=val_ds, train_ds=train_ds,
-                  prec=Precision(device, cfg.amp, cfg.channels_last), dist=dist_info, meta=model_meta(cfg, train_ds),
-                  log=log if dist_info.is_main else (lambda s: None), scaler=scaler)
-    if cfg.tensorboard and dist_info.is_main:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
+    return Context(cfg=cfg, out=out, model=model, eval_model=eval_model, optimizer=optimizer, schedule=Schedule(cfg, len(loader)),
+                   augment=make_augment(cfg, train_ds, mi.input_norm), train_loader=loader, val_ds=val_ds, train_ds=train_ds,
+                   prec=Precision(device, cfg.amp, cfg.channels_last), dist=dist_info, meta=model_meta(cfg, train_ds),
+                   devices=devices, log=log if dist_info.is_main else (lambda s: None), scaler=scaler)
 
-            ctx.tb = SummaryWriter(str(out / "tb"))
-        except ImportError:
-            log("tensorboard is not installed: pip install 'alexnet[tensorboard]'; logging to metrics.jsonl only")
-    return ctx
+
+def _open_tensorboard(ctx: Context, first_epoch: int) -> None:
+    if not (ctx.cfg.tensorboard and ctx.dist.is_main):
+        return
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        ctx.log("tensorboard is not installed: pip install 'alexnet[tensorboard]'; logging to metrics.jsonl only")
+        return
+    # purge_step: on resume, TensorBoard hides the events of epochs the killed process logged
+    # after its checkpoint (they are logged again).
+    ctx.tb = SummaryWriter(str(ctx.out / "tb"), purge_step=first_epoch + 1 if first_epoch > 0 else None)
 
 
 def run(cfg: TrainConfig, out: str | Path, *, resume: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train ``cfg`` into the run folder ``out``; returns the summary (also written to summary.json)."""
-    out = Path(out)
-    if not resume and (out / METRICS).exists():
-        raise UserError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    ctx = setup(cfg, out, log=log)
-    state = RunState()
-    if resume:
-        last = ckpt.latest_checkpoint(out)
-        if last is None:
-            log(f"no checkpoint in {out}; starting from the beginning")
-        else:
-            state = restore(ctx, last)
-            if ctx.dist.is_main:
-                truncate_metrics(out, state.epoch)
-            log(f"resumed from {last} (epoch {state.epoch + 1}, batch {state.batch_in_epoch}, step {state.step})")
-    if ctx.dist.is_main:
-        save_yaml(cfg, out / "config.yaml")
-        from alexnet.report.markdown import environment
+    """Train ``cfg`` into the run folder ``out``; returns the summary (also written to summary.json).
 
-        (out / "environment.json").write_text(json.dumps(environment(), indent=1) + "\n")
-    n_params = sum(p.numel() for p in ctx.model.parameters())
+    Raises :class:`Interrupted` after a clean stop (SIGTERM/SIGINT), :class:`TrainingDiverged`
+    on a non-finite loss, :class:`~alexnet.errors.UserError` on bad input."""
+    out = Path(out)
+    dist_info = distributed.from_env()
+    if not resume and ((out / METRICS).exists() or ckpt.latest_checkpoint(out) is not None):
+        raise UserError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
+    if dist_info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    ctx: Context | None = None
+    try:
+        ctx = setup(cfg, out, log=log)
+        distributed.barrier()  # the run folder exists before anyone looks into it
+        state = RunState()
+        if resume:
+            last = ckpt.latest_checkpoint(out) if ctx.dist.is_main else None
+            d = _load_for_resume(ctx, last)
+            if d is None:
+                log(f"no checkpoint in {out}; starting from the beginning")
+            else:
+                last = Path(distributed.broadcast_object(str(last)))
+                state = restore(ctx, d, last)
+                del d
+                log(f"resumed from {last} (epoch {state.epoch + 1}, batch {state.batch_in_epoch}, step {state.step})")
+        if ctx.dist.is_main:
+            ckpt.remove_stale_temporaries(out)
+            if resume:
+                truncate_metrics(out, state.epoch)
+            save_yaml(cfg, out / "config.yaml")
+            from alexnet.report.markdown import environment
+
+            (out / "environment.json").write_text(json.dumps(environment(), indent=1) + "\n")
+        _open_tensorboard(ctx, state.epoch)
+        return _loop(ctx, state)
+    finally:
+        if ctx is not None and ctx.tb is not None:
+            ctx.tb.close()
+        distributed.shutdown()
+
+
+def _loop(ctx: Context, state: RunState) -> dict[str, Any]:
+    cfg, log = ctx.cfg, ctx.log
+    n_params = sum(p.numel() for p in ckpt.unwrap(ctx.model).parameters())
+    placement = f"devices {', '.join(map(str, ctx.devices))} (§3.2 split)" if cfg.model_parallel == 2 else f"device {ctx.prec.device}"
     log(f"training {cfg.model} ({n_params:,} parameters) on {cfg.data}: {len(ctx.train_ds):,} train / {len(ctx.val_ds):,} val "
         f"images, {ctx.train_ds.num_classes} classes, {cfg.epochs} epochs of {len(ctx.train_loader)} batches of "
-        f"{cfg.batch_size}, recipe {cfg.recipe}, device {ctx.prec.device}")
+        f"{cfg.batch_size}" + (f" ({ctx.dist.world_size} processes)" if ctx.dist.enabled else "")
+        + f", recipe {cfg.recipe}, {placement}")
     ctx.t_start = time.time()
     elapsed0 = state.elapsed_s
     row: dict[str, Any] = {}
     with stop_on_signals(ctx):
         while state.epoch < cfg.epochs:
-            lr = ctx.schedule.lr_at(state.step)
-            tr = train_one_epoch(ctx, state)
-            if ctx.stop_signal:
-                path = write_checkpoint(ctx, state)
-                raise Interrupted(143 if ctx.stop_signal[0] == signal.SIGTERM else 130, path)
-            val = validate(ctx, cfg.ten_crop) if (state.epoch + 1) % cfg.eval_every == 0 or state.epoch + 1 == cfg.epochs else {}
+            lr = ctx.schedule.lr_at(state.step - state.batch_in_epoch)  # the epoch's first step, also on resume
+            tr, stop = train_one_epoch(ctx, state)
+            if stop:
+                raise Interrupted(_exit_code(ctx), write_checkpoint(ctx, state))
+            val: dict[str, float] = {}
+            if (state.epoch + 1) % cfg.eval_every == 0 or state.epoch + 1 == cfg.epochs:
+                ctx.phase = "eval"
+                try:
+                    val = validate(ctx, cfg.ten_crop)
+                except _StopEvaluation:
+                    # The epoch's training is complete (batch_in_epoch = its length): the resumed
+                    # run goes straight to this evaluation.
+                    ctx.phase = "train"
+                    raise Interrupted(_exit_code(ctx), write_checkpoint(ctx, state)) from None
+                ctx.phase = "train"
             dropped = ctx.schedule.end_of_epoch(val.get("val_top1_err"))
             row = {"epoch": state.epoch + 1, "lr": lr, **tr, **val, "step": state.step,
                    "time_s": elapsed0 + time.time() - ctx.t_start}
@@ -397,13 +613,16 @@ def run(cfg: TrainConfig, out: str | Path, *, resume: bool = False, log: Callabl
                 + f"  lr {lr:.2g}  {tr['img_per_s']:.0f} img/s" + ("  (lr / 10)" if dropped else ""))
             state.epoch += 1
             state.batch_in_epoch = 0
-            write_checkpoint(ctx, state)
+            state.epoch_sums = [0.0, 0.0, 0.0]
+            state.epoch_time_s = 0.0
+            path = write_checkpoint(ctx, state)
+            if _agree(ctx, bool(ctx.stop_signal)) and state.epoch < cfg.epochs:
+                raise Interrupted(_exit_code(ctx), path)
     if ctx.dist.is_main:
-        ckpt.save_weights(ctx.model, out / ckpt.WEIGHTS, ctx.meta)
+        ckpt.save_weights(ctx.model, ctx.out / ckpt.WEIGHTS, ctx.meta)
     summary = {"epochs": cfg.epochs, "steps": state.step, "final": row, "time_s": elapsed0 + time.time() - ctx.t_start,
-               "weights": str(out / ckpt.WEIGHTS)}
+               "weights": str(ctx.out / ckpt.WEIGHTS)}
     if ctx.dist.is_main:
-        (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    if ctx.tb is not None:
-        ctx.tb.close()
+        (ctx.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    distributed.barrier()  # nobody tears the process group down while rank 0 still writes
     return summary

@@ -126,3 +126,29 @@ def is_hidden(rel: str) -> bool:
     """Dot files and folders (.DS_Store, macOS ``._x`` resource forks, .ipynb_checkpoints) are
     metadata by convention, not data."""
     return any(part.startswith(".") for part in PurePosixPath(rel.replace(os.sep, "/")).parts)
+
+
+def tar_damage(tf: tarfile.TarFile, members: list[tarfile.TarInfo], size: int | None) -> str | None:
+    """Why a tar is damaged past its readable members, or None when it is whole.
+
+    tarfile ends its member list quietly at the first bad header after the first one, and a
+    member cut short only fails when read; so: no member may run past the archive's ``size``
+    and nothing but zero padding may follow the last header read."""
+    if size is not None:
+        for m in members:
+            if m.offset_data + m.size > size:
+                return f"member {m.name} is cut short (the archive ends at byte {size})"
+    f = tf.fileobj
+    if f is None:
+        return None
+    try:
+        f.seek(tf.offset)
+        while True:
+            block = f.read(1 << 20)
+            if not block:
+                return None
+            if block.count(0) != len(block):
+                after = f" after member {members[-1].name}" if members else ""
+                return f"unreadable data{after} at byte {tf.offset}"
+    except (OSError, EOFError, tarfile.TarError) as e:
+        return str(e)

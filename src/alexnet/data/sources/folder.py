@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from alexnet.errors import UserError
 
-from .base import Item, Source, file_stamp, is_hidden, list_tar, open_tar, unsafe_member_name
+from .base import Item, Source, file_stamp, is_hidden, list_tar, open_tar, tar_damage, unsafe_member_name
 
 VAL_DIRS = ("val", "validation")
 
@@ -75,6 +75,11 @@ class TarTree(Tree):
         self.path = path
         self.tf = open_tar(path)
         members = list_tar(self.tf, path)
+        compressed = type(self.tf.fileobj).__module__ in ("gzip", "bz2", "lzma")
+        damage = tar_damage(self.tf, members, None if compressed else path.stat().st_size)
+        if damage:
+            self.tf.close()
+            raise UserError(f"{path}: damaged archive ({damage})")
         self.entries, self.rejected = [], []
         for m in members:
             if unsafe_member_name(m.name):

@@ -30,7 +30,7 @@ import numpy as np
 
 from alexnet.errors import UserError
 
-from .base import WNID_RE, Item, Source, file_stamp, list_tar, open_tar, unsafe_member_name
+from .base import WNID_RE, Item, Source, file_stamp, list_tar, open_tar, tar_damage, unsafe_member_name
 from .folder import FolderSource
 
 TRAIN_TAR = "ILSVRC2012_img_train.tar"
@@ -209,7 +209,8 @@ def val_number(name: str) -> int | None:
 
 
 def assign_val_labels(names: list[str], devkit: Devkit, where: str) -> tuple[dict[str, int], list[str]]:
-    """Label of each validation file, and the files that are not validation images.
+    """Label of each validation file (in file-number order), and the files that are not
+    validation images.
 
     Files named ``ILSVRC2012_val_N.*`` take line N of the ground truth; when no file is named so,
     they take the lines in sorted-name order. Their number must equal the ground truth's length.
@@ -232,7 +233,7 @@ def assign_val_labels(names: list[str], devkit: Devkit, where: str) -> tuple[dic
         raise UserError(f"{where}: validation images are not numbered 1..{len(gt)}"
                         + (f" (number {dup} repeats)" if dup is not None else ""))
     labels = devkit.val_labels()
-    return {n: labels[order[n] - 1] for n in images}, others
+    return {n: labels[order[n] - 1] for n in sorted(images, key=order.__getitem__)}, others
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,8 +278,12 @@ class ImageNetSource(Source):
         self._train_tf = tf = open_tar(path, "training archive")
         index = {w: i for i, w in enumerate(self.classes)}
         members = list_tar(tf, path, "training archive")
+        damage = tar_damage(tf, members, path.stat().st_size)
+        if damage:
+            raise UserError(f"{path}: damaged archive ({damage})")
         found = 0
-        for m in members:
+        # Canonical order, whatever the packing: class tars by WNID (then members by name).
+        for m in sorted(members, key=lambda m: m.name):
             if m.isdir():
                 continue
             base = PurePosixPath(m.name).name
@@ -306,20 +311,24 @@ class ImageNetSource(Source):
     def _open_val(self) -> None:
         path = self.path / VAL_TAR
         self._val_tf = tf = open_tar(path, "validation archive")
-        members = [m for m in list_tar(tf, path, "validation archive") if not m.isdir()]
+        listed = list_tar(tf, path, "validation archive")
+        damage = tar_damage(tf, listed, path.stat().st_size)
+        if damage:
+            raise UserError(f"{path}: damaged archive ({damage})")
+        members = [m for m in listed if not m.isdir()]
         ok = [m for m in members if m.isfile() and not unsafe_member_name(m.name)]
         assert self.devkit is not None
         labels, others = assign_val_labels([m.name for m in ok], self.devkit, str(path))
-        for m in members:  # archive order: read forwards
+        for m in members:  # what is not a validation image is reported first
             if unsafe_member_name(m.name):
                 self._val.append((m, "unsafe_path", -1))
             elif not m.isfile():
                 self._val.append((m, "not_regular_file", -1))
-            elif m.name in labels:
-                self._val.append((m, None, labels[m.name]))
-            else:
+            elif m.name in others:
                 self._val.append((m, "unexpected", -1))
-        del others
+        by_name = {m.name: m for m in ok}
+        # Then the images in file-number order: validation record k is ILSVRC2012_val_{k+1}.
+        self._val += [(by_name[n], None, lab) for n, lab in labels.items()]
 
     # -- Source API ------------------------------------------------------------------------
     def count(self, split: str) -> int | None:
@@ -355,7 +364,8 @@ class ImageNetSource(Source):
             yield k, Item(name, label, data)
 
     def _train_items(self, after: Any) -> Iterator[tuple[Any, Item]]:
-        """Cursor (i, j): member j of class tar i; (i, -1) a top-level member never opened."""
+        """Cursor (i, j): member j (by name) of class tar i (by name); (i, -1) a top-level member
+        never opened."""
         tf = self._train_tf
         assert tf is not None
         start = (-1, -1) if after is None else (int(after[0]), int(after[1]))
@@ -374,23 +384,16 @@ class ImageNetSource(Source):
                     yield [i, 0], Item(outer_name, -1, None, skip="corrupt_archive", detail=str(e))
                 continue
             with inner:
-                j = -1
-                while True:
-                    try:
-                        im = inner.next()
-                    except (tarfile.TarError, OSError, EOFError) as e:
-                        # A class tar broken part-way: the rest of it is lost, the run goes on.
-                        if (i, j + 1) > start:
-                            yield [i, j + 1], Item(f"{outer_name} (after member {j + 1})", label, None,
-                                                   skip="corrupt_archive", detail=str(e))
-                        break
-                    if im is None:
-                        break
-                    if im.isdir():
-                        continue
-                    j += 1
+                try:
+                    listed = inner.getmembers()  # headers only: seeks over the data
+                    damage = tar_damage(inner, listed, m.size)
+                except (tarfile.TarError, OSError, EOFError) as e:
+                    listed, damage = list(inner.members), str(e)
+                # Members by name: the order does not depend on how the archive was packed.
+                files = sorted((x for x in listed if not x.isdir()), key=lambda x: x.name)
+                for j, im in enumerate(files):
                     if (i, j) <= start:
-                        continue  # seeks over the member's data without reading it
+                        continue  # done in the interrupted run
                     name = f"{outer_name}/{im.name}"
                     if unsafe_member_name(im.name):
                         yield [i, j], Item(name, label, None, skip="unsafe_path")
@@ -403,6 +406,10 @@ class ImageNetSource(Source):
                             yield [i, j], Item(name, label, None, skip="corrupt_archive", detail=str(e))
                             continue
                         yield [i, j], Item(name, label, data)
+                if damage and (i, len(files)) > start:
+                    # A class tar broken part-way: what follows the damage is lost, the run goes on.
+                    yield [i, len(files)], Item(f"{outer_name} (after {len(files)} members)", label, None,
+                                                skip="corrupt_archive", detail=damage)
 
     def describe(self) -> dict[str, Any]:
         assert self.devkit is not None

@@ -1,0 +1,232 @@
+"""The training loader (issue 3 §5): one global shuffle sliced per rank, evaluation shards that
+cover every sample once, identical batches whatever the worker count or resume point, the
+device-decode path (run with the CPU decoder standing in for nvJPEG), and the bench command."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from alexnet.data.format import DatasetWriter, PreparedDataset, StatsAccumulator, write_arrays
+from alexnet.data.loader import BatchLoader, epoch_permutation, shard
+
+H, W = 40, 48  # not square: a transposed H/W shows up as a shape error
+
+
+def _photo(rng: np.random.Generator) -> np.ndarray:
+    # Smooth gradients plus noise: JPEG-friendly, and every image differs.
+    y, x = np.mgrid[0:H, 0:W]
+    base = rng.uniform(0, 255, 3)[None, None] + rng.uniform(-2, 2, 3)[None, None] * (x[..., None] + y[..., None])
+    return np.clip(base + rng.normal(0, 20, (H, W, 3)), 0, 255).astype(np.uint8)
+
+
+def _jpeg(img: np.ndarray) -> bytes:
+    b = io.BytesIO()
+    Image.fromarray(img).save(b, "JPEG", quality=90)
+    return b.getvalue()
+
+
+def make_jpeg_dataset(root: Path, n_train: int = 30, n_val: int = 25, bad: int | None = None) -> Path:
+    rng = np.random.default_rng(0)
+    out = root / "ds"
+    with DatasetWriter(out, ["a", "b", "c"]) as dw:
+        for split, n in (("train", n_train), ("val", n_val)):
+            sw = dw.split(split, "jpeg", (H, W))
+            acc = StatsAccumulator((H, W))
+            for i in range(n):
+                img = _photo(rng)
+                acc.add(img)
+                sw.add(b"not a jpeg at all" if (split == "train" and i == bad) else _jpeg(img), i % 3)
+            dw.close_split(split)
+            if split == "train":
+                dw.write_stats(*acc.finish())
+        dw.commit()
+    return out
+
+
+@pytest.fixture(scope="module")
+def jpeg_ds(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_jpeg_dataset(tmp_path_factory.mktemp("jpeg"))
+
+
+def _reference(ds: PreparedDataset, idx: torch.Tensor) -> torch.Tensor:
+    # One record at a time through the format's own decoder: independent of the loader's path.
+    return torch.stack([ds[int(i)][0] for i in idx])
+
+
+def _run(loader: BatchLoader, start: int = 0) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    return [(b.indices.clone(), b.images.clone(), b.labels.clone()) for b in loader.iterate(start)]
+
+
+def test_rank_slices_union_is_the_global_batch(jpeg_ds: Path) -> None:
+    ds = PreparedDataset(jpeg_ds, "train")
+    full = BatchLoader(ds, 12, shuffle=True, seed=3, workers=0)
+    full.set_epoch(2)
+    ref = full.global_batches()
+    assert len(ref) == 30 // 12
+    perm = epoch_permutation(30, 3, 2)
+    assert np.array_equal(np.concatenate(ref), perm[: 12 * len(ref)])
+    assert not np.array_equal(epoch_permutation(30, 3, 1), perm)  # the epoch reshuffles
+    for ws in (1, 2, 3):
+        parts = []
+        for r in range(ws):
+            lo = BatchLoader(ds, 12, shuffle=True, seed=3, workers=0, rank=r, world_size=ws)
+            lo.set_epoch(2)
+            parts.append(lo.global_batches())
+            assert len(lo) == len(ref)
+        for step, g in enumerate(ref):
+            assert np.array_equal(np.concatenate([p[step] for p in parts]), g)
+
+
+def test_rank_slices_deliver_their_images(jpeg_ds: Path) -> None:
+    ds = PreparedDataset(jpeg_ds, "train")
+    for r in range(2):
+        lo = BatchLoader(ds, 12, shuffle=True, seed=1, workers=1, rank=r, world_size=2)
+        for b in lo:
+            assert b.images.shape == (6, 3, H, W)
+            assert torch.equal(b.images, _reference(ds, b.indices))
+            assert torch.equal(b.labels, torch.from_numpy(ds.labels[b.indices.numpy()]))
+
+
+def test_batch_not_divisible_by_world_size(jpeg_ds: Path) -> None:
+    from alexnet.errors import UserError
+
+    with pytest.raises(UserError, match="not divisible"):
+        BatchLoader(PreparedDataset(jpeg_ds, "train"), 10, shuffle=True, world_size=3)
+
+
+@pytest.mark.parametrize("ws", [1, 2, 3])
+def test_evaluation_shards_cover_every_index_once(jpeg_ds: Path, ws: int) -> None:
+    ds = PreparedDataset(jpeg_ds, "val")  # 25 images: uneven shards and a partial last batch
+    seen = []
+    for r in range(ws):
+        lo = BatchLoader(ds, 6 * ws, shuffle=False, workers=1 if r == 0 else 0, rank=r, world_size=ws)
+        for b in lo:
+            assert torch.equal(b.images, _reference(ds, b.indices))
+            seen.append(b.indices)
+    allidx = torch.cat(seen).numpy()
+    assert len(allidx) == len(ds)
+    assert np.array_equal(np.sort(allidx), np.arange(len(ds)))
+    assert sorted(np.concatenate([shard(np.arange(25), r, ws) for r in range(ws)]).tolist()) == list(range(25))
+
+
+def test_same_batches_for_any_worker_count_and_resume(jpeg_ds: Path) -> None:
+    ds = PreparedDataset(jpeg_ds, "train")
+    runs = {}
+    for workers in (0, 1, 2):
+        lo = BatchLoader(ds, 4, shuffle=True, seed=7, workers=workers)
+        lo.set_epoch(1)
+        runs[workers] = _run(lo)
+    assert len(runs[0]) == 30 // 4
+    for workers in (1, 2):
+        for (i0, x0, y0), (i1, x1, y1) in zip(runs[0], runs[workers], strict=True):
+            assert torch.equal(i0, i1) and torch.equal(x0, x1) and torch.equal(y0, y1)
+    for i, x, _ in runs[0]:
+        assert torch.equal(x, _reference(ds, i))
+    # Exact resume inside the epoch, with and without workers.
+    for workers in (0, 2):
+        lo = BatchLoader(ds, 4, shuffle=True, seed=7, workers=workers)
+        lo.set_epoch(1)
+        resumed = _run(lo, start=3)
+        assert len(resumed) == len(runs[0]) - 3
+        for (i0, x0, _), (i1, x1, _) in zip(runs[0][3:], resumed, strict=True):
+            assert torch.equal(i0, i1) and torch.equal(x0, x1)
+
+
+def test_kept_batches_stay_intact_and_buffers_are_reused(jpeg_ds: Path) -> None:
+    ds = PreparedDataset(jpeg_ds, "train")
+    lo = BatchLoader(ds, 2, shuffle=True, seed=0, workers=2, prefetch=1)
+    kept = list(lo)  # holds every batch: the loader must not reuse their buffers
+    assert len(kept) == 15
+    for b in kept:
+        assert torch.equal(b.images, _reference(ds, b.indices))
+    assert len(lo._slots) >= 15
+    del kept, b
+    lo2 = BatchLoader(ds, 2, shuffle=True, seed=0, workers=2, prefetch=1)
+    for b in lo2:
+        assert torch.equal(b.images, _reference(ds, b.indices))
+    # Consumed one at a time: in-flight depth (2 workers × 1) plus the one held, plus slack.
+    assert len(lo2._slots) <= 2 + 2
+
+
+def test_global_rng_is_not_consumed(jpeg_ds: Path) -> None:
+    ds = PreparedDataset(jpeg_ds, "train")
+    state = torch.random.get_rng_state()
+    for workers in (0, 2):
+        for _ in BatchLoader(ds, 8, shuffle=True, seed=0, workers=workers):
+            pass
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
+@pytest.mark.parametrize("fraction", [0.5, 1.0])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_device_decode_path_matches_cpu(jpeg_ds: Path, fraction: float, workers: int) -> None:
+    # decode="cuda"/"auto" without a GPU: the same code path (workers gather the bytes of the
+    # device share, the main process decodes them as one batch) with the CPU decoder standing in.
+    ds = PreparedDataset(jpeg_ds, "train")
+    ref = _run(BatchLoader(ds, 8, shuffle=True, seed=5, workers=0))
+    lo = BatchLoader(ds, 8, shuffle=True, seed=5, workers=workers)
+    lo.decode_device, lo.gpu_fraction = torch.device("cpu"), fraction
+    assert lo._n_cpu(8) == (4 if fraction == 0.5 else 0)
+    got = _run(lo)
+    assert len(got) == len(ref)
+    for (i0, x0, _), (i1, x1, _) in zip(ref, got, strict=True):
+        assert torch.equal(i0, i1) and torch.equal(x0, x1)
+
+
+def test_decode_cuda_without_gpu_is_a_clear_error(jpeg_ds: Path) -> None:
+    from alexnet.errors import UserError
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(UserError, match="no CUDA device"):
+        BatchLoader(PreparedDataset(jpeg_ds, "train"), 8, shuffle=True, decode="cuda")
+    lo = BatchLoader(PreparedDataset(jpeg_ds, "train"), 8, shuffle=True, decode="auto")
+    assert lo.gpu_fraction == 0.0  # auto falls back to the CPU workers
+
+
+def test_raw_records(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    imgs = rng.integers(0, 256, (10, 5, 7, 3), dtype=np.uint8)
+    root = write_arrays(tmp_path / "raw", {"train": (imgs, np.arange(10) % 2), "val": (imgs[:3], np.zeros(3, int))}, ["x", "y"])
+    ds = PreparedDataset(root, "train")
+    for workers in (0, 2):
+        got = _run(BatchLoader(ds, 4, shuffle=True, seed=2, workers=workers))
+        assert len(got) == 2
+        for i, x, y in got:
+            assert torch.equal(x, torch.from_numpy(imgs[i.numpy()]).permute(0, 3, 1, 2))
+            assert torch.equal(y, torch.from_numpy(i.numpy() % 2))
+
+
+def test_bad_record_names_it(tmp_path: Path) -> None:
+    ds = PreparedDataset(make_jpeg_dataset(tmp_path, n_train=8, n_val=2, bad=5), "train")
+    for workers in (0, 1):
+        with pytest.raises(RuntimeError):
+            for _ in BatchLoader(ds, 8, shuffle=False, workers=workers):
+                pass
+
+
+def test_bench_data_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from alexnet.cli import main
+
+    rc = main(["bench", "data", "--make-photos", "48", "--work-dir", str(tmp_path), "--batch-size", "8",
+               "--batches", "2", "--workers", "1", "--device", "cpu", "--prepare-images", "4", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["workers"] == 1 and out["batch_size"] == 8
+    for k in ("ours_img_s", "reference_img_s", "ours_uint8_img_s", "prepare_img_s_per_core"):
+        assert out[k] > 0, k
+    assert out["images"] == "prepared 256×256 JPEG" or "256" in out["images"]
+
+
+def test_bench_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from alexnet.cli import main
+
+    assert main(["bench", "data", "--data", str(tmp_path / "missing"), "--json"]) == 2
+    assert "missing" in capsys.readouterr().err
