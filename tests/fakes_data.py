@@ -24,7 +24,8 @@ LEAVES = [(1, "n04000001", "delta, the fourth"), (2, "n01000002", "alpha"), (3, 
 PARENTS = [(5, "n00000005", "entity", [1, 2]), (6, "n00000006", "whole", [3, 4])]
 SORTED = sorted(w for _, w, _ in LEAVES)  # class index = position here
 WORDS = {w: words for _, w, words in LEAVES}
-COLORS = {"n01000002": (220, 30, 30), "n02000004": (30, 200, 40), "n03000003": (40, 60, 220), "n04000001": (230, 210, 20)}
+COLORS = {"n01000002": (220, 30, 30), "n02000004": (30, 200, 40), "n03000003": (40, 60, 220),
+          "n04000001": (230, 210, 20)}
 BORDER = (128, 128, 128)
 
 
@@ -120,14 +121,17 @@ class FakeImageNet:
 
 
 def build_imagenet(folder: Path, *, per_class: int = 2, val_ids: list[int] | None = None, gt_extra: int = 0,
-                   devkit: bool = True, bad: bool = True, traversal: bool = False, corrupt_val: bool = False) -> FakeImageNet:
+                   devkit: bool = True, bad: bool = True, traversal: bool = False,
+                   corrupt_val: bool = False) -> FakeImageNet:
     """ILSVRC2012_img_train.tar (a tar of <WNID>.tar), ILSVRC2012_img_val.tar (flat) and
     ILSVRC2012_devkit_t12.tar.gz with data/meta.mat and the validation ground truth."""
     folder.mkdir(parents=True, exist_ok=True)
     fake = FakeImageNet(folder)
     inner: list[tuple[str, bytes]] = []
     for k, (_, wnid, _) in enumerate(LEAVES):
-        members = [(f"{wnid}_{j}.JPEG", jpeg(40 + 4 * j, 30, COLORS[wnid]) if j % 2 == 0 else jpeg(30, 44, COLORS[wnid]))
+        # landscape and portrait images: the centre crop must work both ways
+        members = [(f"{wnid}_{j}.JPEG",
+                    jpeg(40 + 4 * j, 30, COLORS[wnid]) if j % 2 == 0 else jpeg(30, 44, COLORS[wnid]))
                    for j in range(per_class)]
         kept = per_class
         if bad and wnid == SORTED[0]:
@@ -138,7 +142,8 @@ def build_imagenet(folder: Path, *, per_class: int = 2, val_ids: list[int] | Non
                 if code == "grayscale":
                     fake.gray.add(f"{wnid}_{name}")
         if traversal and wnid == SORTED[1]:
-            members += [("../../escaped.JPEG", jpeg(40, 30, COLORS[wnid])), ("/tmp/absolute.JPEG", jpeg(40, 30, COLORS[wnid]))]
+            members += [("../../escaped.JPEG", jpeg(40, 30, COLORS[wnid])),
+                        ("/tmp/absolute.JPEG", jpeg(40, 30, COLORS[wnid]))]
             fake.bad["../../escaped.JPEG"] = ("skipped", "unsafe_path")
             fake.bad["/tmp/absolute.JPEG"] = ("skipped", "unsafe_path")
         fake.train_counts[wnid] = kept
@@ -212,7 +217,8 @@ def write_cifar(dest: Path, variant: str = "cifar10", *, n_train: int = 10, n_te
     """The python-version pickles (protocol 2, bytes keys, as the Python 2 originals load)."""
     if variant == "cifar10":
         folder, names = "cifar-10-batches-py", [f"class{k}" for k in range(10)]
-        train_files, test_file, meta_file, lkey, nkey = [f"data_batch_{i}" for i in range(1, 6)], "test_batch", "batches.meta", b"labels", b"label_names"
+        train_files = [f"data_batch_{i}" for i in range(1, 6)]
+        test_file, meta_file, lkey, nkey = "test_batch", "batches.meta", b"labels", b"label_names"
     else:
         folder, names = "cifar-100-python", [f"fine{k:02d}" for k in range(100)]
         train_files, test_file, meta_file, lkey, nkey = ["train"], "test", "meta", b"fine_labels", b"fine_label_names"

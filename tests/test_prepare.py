@@ -15,7 +15,7 @@ import alexnet.data.prepare as P
 from alexnet.cli import main
 from alexnet.data import DatasetError, PreparedDataset, is_prepared
 from alexnet.errors import UserError
-from fakes_data import COLORS, LEAVES, SORTED, WORDS, build_imagenet, jpeg, nearest_class, tar_bytes
+from fakes_data import COLORS, LEAVES, SORTED, WORDS, build_imagenet, nearest_class, tar_bytes
 
 
 def partial(out: Path) -> Path:
@@ -93,7 +93,8 @@ def test_unsafe_members_never_leave_dir(imagenet):
     root = out.parent
     assert not list(root.parent.rglob("escaped.JPEG")) and not Path("/tmp/absolute.JPEG").exists()
     assert not list(root.parent.rglob("outside.tar"))
-    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "prepare_report.json", "stats.safetensors", "train", "val"]
+    expected = ["meta.json", "prepare_report.json", "stats.safetensors", "train", "val"]
+    assert sorted(p.name for p in out.iterdir()) == expected
 
 
 def test_training_statistics(imagenet):
@@ -122,7 +123,6 @@ def test_refusals_leave_nothing(tmp_path, case):
     elif case == "gt_short":
         build_imagenet(src, bad=False, val_ids=[1, 2, 3])
         # the val archive keeps 3 images but the ground truth loses a line
-        gt = tmp_path / "gt"
         with tarfile.open(src / "ILSVRC2012_devkit_t12.tar.gz") as tf:
             meta = tf.extractfile("ILSVRC2012_devkit_t12/data/meta.mat").read()
         import io
@@ -225,6 +225,37 @@ def test_interrupted_prepare_never_opens_and_resumes(tmp_path, monkeypatch, fail
                 assert torch.allclose(sa[key], sb[key], atol=1e-6), key
         else:
             assert a[k] == b[k], k
+
+
+def test_ctrl_c_checkpoints_then_resumes(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    src = tmp_path / "src"
+    build_imagenet(src, per_class=4)
+    monkeypatch.setattr(P, "INLINE_CHUNK", 4)  # CHECKPOINT_SECONDS stays 60: only Ctrl-C checkpoints
+    real = P._process_chunk
+    calls = {"n": 0}
+
+    def interrupted(job):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # the user presses Ctrl-C while chunk 3 is decoded
+        return real(job)
+
+    monkeypatch.setattr(P, "_process_chunk", interrupted)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        P.prepare(src, out, size=12, workers=1, progress=False)
+    assert calls["n"] == 3  # stopped right after the chunk in hand
+    assert not is_prepared(out) and (partial(out) / "progress.json").exists()
+    calls["n"] = -10**9
+    P.prepare(src, out, size=12, workers=1, progress=False)
+    assert calls["n"] + 10**9 == len(range(12, 25, 4)) + len(range(0, 9, 4))  # the rest only
+    fresh = P.prepare(src, tmp_path / "fresh", size=12, workers=1, progress=False)
+    for split in ("train", "val"):
+        assert (fresh / split / "data.bin").read_bytes() == (out / split / "data.bin").read_bytes()
+        assert np.array_equal(np.load(fresh / split / "index.npy"), np.load(out / split / "index.npy"))
 
 
 def test_changed_options_start_clean(tmp_path, monkeypatch):

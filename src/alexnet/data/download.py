@@ -178,8 +178,8 @@ def download(name: str, out: str | os.PathLike[str], *, base_url: str | None = N
     remote = DATASETS[name]
     algo, digest = _expected(remote, checksum)
     url = url_of(name, base_url)
-    archive = fetch(url, Path(cache) if cache else cache_dir() / remote.filename, algo, digest, progress=progress) \
-        if cache is None else fetch(url, Path(cache) / remote.filename, algo, digest, progress=progress)
+    folder = Path(cache).expanduser() if cache is not None else cache_dir()
+    archive = fetch(url, folder / remote.filename, algo, digest, progress=progress)
     if progress:
         print(f"{archive}: verified ({algo}); preparing", file=sys.stderr)
     return prepare(archive, out, fmt=remote.fmt, names=remote.names or None, progress=progress, size=size,

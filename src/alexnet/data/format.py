@@ -405,16 +405,18 @@ def write_arrays(
     class_names: Sequence[str] | None = None,
     source: dict[str, Any] | None = None,
     report: dict[str, Any] | None = None,
+    encoding: str = "raw",
+    quality: int = 90,
 ) -> Path:
-    """Write in-memory uint8 N×H×W×3 arrays and labels as a raw-encoded prepared dataset."""
+    """Write in-memory uint8 N×H×W×3 arrays and labels as a prepared dataset, raw or as JPEG."""
     with DatasetWriter(Path(out), classes, class_names, source or {}, report=report or {}) as dw:
         for name, (images, labels) in splits.items():
             if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
                 raise ValueError(f"split {name}: expected uint8 N×H×W×3, got {images.dtype} {images.shape}")
             h, w = images.shape[1:3]
-            sw = dw.split(name, "raw", (h, w))
+            sw = dw.split(name, encoding, (h, w))
             for img, lab in zip(images, labels):
-                sw.add(np.ascontiguousarray(img).tobytes(), int(lab))
+                sw.add(_encode(img, encoding, quality), int(lab))
             dw.close_split(name)
             if name == "train":
                 acc = StatsAccumulator((h, w))
@@ -422,6 +424,15 @@ def write_arrays(
                     acc.add(img)
                 dw.write_stats(*acc.finish())
         return dw.commit()
+
+
+def _encode(img_hwc: np.ndarray, encoding: str, quality: int) -> bytes:
+    if encoding == "raw":
+        return np.ascontiguousarray(img_hwc).tobytes()
+    from torchvision.io import encode_jpeg
+
+    chw = torch.from_numpy(np.ascontiguousarray(img_hwc)).permute(2, 0, 1).contiguous()  # H×W×3 -> 3×H×W
+    return encode_jpeg(chw, quality=quality).numpy().tobytes()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -434,10 +445,16 @@ def decode_record(record: bytes | np.ndarray, encoding: str, image_size: tuple[i
         h, w = image_size
         arr = np.frombuffer(record, dtype=np.uint8).reshape(h, w, 3)
         return torch.from_numpy(arr.copy()).permute(2, 0, 1)  # H×W×3 -> 3×H×W
-    from torchvision.io import ImageReadMode, decode_jpeg
+    return decode_jpeg_rgb(torch.frombuffer(bytearray(record), dtype=torch.uint8))
 
-    data = torch.frombuffer(bytearray(record), dtype=torch.uint8)
-    return decode_jpeg(data, mode=ImageReadMode.RGB)
+
+def decode_jpeg_rgb(data: torch.Tensor) -> torch.Tensor:
+    """JPEG bytes (uint8 tensor) -> uint8 3×H×W RGB (grey and CMYK come out as RGB) with libjpeg-turbo.
+    Calls torchvision's registered op directly: ``torchvision.io.decode_jpeg`` warns about a
+    deprecation on every call since 0.29, and the op is the same."""
+    import torchvision.io.image  # noqa: F401  (registers torch.ops.image.*)
+
+    return torch.ops.image.decode_jpeg(data, 3, False)  # 3 = ImageReadMode.RGB
 
 
 class PreparedDataset(torch.utils.data.Dataset):

@@ -32,7 +32,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from alexnet.data.format import PreparedDataset
+from alexnet.data.format import PreparedDataset, decode_jpeg_rgb
 from alexnet.errors import UserError
 
 _RGB = 3  # torchvision.io.ImageReadMode.RGB.value: grey or CMYK records come out as RGB
@@ -190,7 +190,7 @@ class _Filler:
             ends = np.cumsum(ln[:n_cpu]).tolist()
             start = 0
             for j, end in enumerate(ends):
-                img = torch.ops.image.decode_jpeg(buf[start:end], _RGB, False)
+                img = decode_jpeg_rgb(buf[start:end])
                 if img.shape != (3, h, w):
                     raise ValueError(f"{ds.root}/{ds.split} record {int(idx[j])}: decoded to "
                                      f"{'×'.join(map(str, img.shape))}, expected 3×{h}×{w}")
@@ -506,4 +506,4 @@ def _decode_on(records: list[torch.Tensor], device: torch.device) -> list[torch.
     _image_ops()
     if device.type == "cuda":  # pragma: no cover - needs a GPU
         return torch.ops.image.decode_jpegs_cuda(records, _RGB, device)
-    return [torch.ops.image.decode_jpeg(r, _RGB, False).to(device) for r in records]
+    return [decode_jpeg_rgb(r).to(device) for r in records]

@@ -30,12 +30,13 @@ import os
 import signal
 import sys
 import tarfile
+import threading
 import time
 import warnings
 from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -200,7 +201,11 @@ def _prepare_one(item: tuple[str, Any, str | None, str], spec: Spec) -> tuple[np
     return arr, jpeg, codes, detail
 
 
-def _process_chunk(job: tuple[Spec, int, list[tuple[str, Any, str | None, str]]]) -> tuple[list[tuple[bytes | None, list[str], str]], tuple | None]:
+Job = tuple[Spec, int, list[tuple[str, Any, "str | None", str]]]  # (spec, ordinal of the first item, items)
+Result = tuple[list[tuple["bytes | None", list[str], str]], "tuple | None"]
+
+
+def _process_chunk(job: Job) -> Result:
     """A chunk of items -> per item (record or None, codes, detail), and the chunk's statistics
     sums (pixel sum as uint32: exact, and 4× smaller to send back than float64)."""
     spec, ordinal0, items = job
@@ -282,6 +287,33 @@ class Executor:
             self.pool = None
 
 
+class StopRequest:
+    """Ctrl-C while writing: the first one asks the run to stop at the next consistent point
+    (after a whole chunk), where a checkpoint is written so the rerun resumes there; a second one
+    stops at once."""
+
+    def __init__(self, progress: bool) -> None:
+        self.requested = False
+        self.progress = progress
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        if self.progress:
+            print("\nstopping after the current chunk (Ctrl-C again to stop now)", file=sys.stderr)
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 def default_workers() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -356,7 +388,8 @@ def _probe_small(source: Source, n: int = 32) -> tuple[int, int] | None:
         if it.skip is not None or it.data is None:
             continue
         try:
-            with Image.open(it.data if isinstance(it.data, str) else io.BytesIO(it.data)) as im:  # type: ignore[arg-type]
+            f = it.data if isinstance(it.data, str) else io.BytesIO(it.data)  # type: ignore[arg-type]
+            with Image.open(f) as im:
                 sizes.add((im.size[1], im.size[0]))
         except Exception:
             continue
@@ -468,7 +501,7 @@ def _prepare_source(source: Source, out: Path, *, size: int | None, workers: int
     executor = Executor(1 if cheap else nworkers)
     ok = False
     try:
-        with dw:
+        with dw, StopRequest(progress) as stop:
             for split in source.split_names:
                 state = dw.resume_state(split)
                 if dw.is_closed(split):
@@ -477,7 +510,7 @@ def _prepare_source(source: Source, out: Path, *, size: int | None, workers: int
                     report["skipped"] += state[0].get("skipped", [])
                     continue
                 _run_split(source, split, dw, Spec(target, enc, quality, stats=split == "train"), executor,
-                           report, state, progress, cheap)
+                           report, state, progress, cheap, stop)
             dw.report = {**report, "summary": {
                 "converted": len(report["converted"]), "skipped": len(report["skipped"]),
                 "by_reason": dict(Counter(c for k in ("converted", "skipped") for e in report[k] for c in e["codes"])),
@@ -516,7 +549,7 @@ def _chunks(it: Iterator[tuple[Any, Item]], size: int) -> Iterator[list[tuple[An
 
 def _run_split(source: Source, split: str, dw: DatasetWriter, spec: Spec, executor: Executor,
                report: dict[str, Any], state: tuple[dict[str, Any], dict[str, np.ndarray]] | None,
-               progress: bool, cheap: bool) -> None:
+               progress: bool, cheap: bool, stop: StopRequest | None = None) -> None:
     from tqdm import tqdm
 
     writer = dw.split(split, spec.encoding, spec.size)
@@ -532,7 +565,10 @@ def _run_split(source: Source, split: str, dw: DatasetWriter, spec: Spec, execut
     if total is None:
         total = source.estimate(split)
     workers = executor.workers
-    chunk = INLINE_CHUNK if cheap or workers == 1 else max(1, min(CHUNK, math.ceil((total or CHUNK * workers) / (workers * 4))))
+    if cheap or workers == 1:
+        chunk = INLINE_CHUNK
+    else:  # about four chunks per worker on small datasets, so that all of them get work
+        chunk = max(1, min(CHUNK, math.ceil((total or CHUNK * workers) / (workers * 4))))
     bar = tqdm(total=total, initial=ordinal, desc=f"{split:>5}", unit="img", disable=not progress,
                dynamic_ncols=True, smoothing=0.05, file=sys.stderr)
     t_start, n_start = time.time(), ordinal
@@ -559,10 +595,13 @@ def _run_split(source: Source, split: str, dw: DatasetWriter, spec: Spec, execut
         rate = (ordinal - n_start) / max(time.time() - t_start, 1e-9)
         bar.set_postfix_str(f"{rate / workers:.0f} img/s/core, {len(skipped)} skipped, {len(converted)} converted",
                             refresh=False)
-        if time.time() - last_ckpt >= CHECKPOINT_SECONDS:
+        stopping = stop is not None and stop.requested
+        if stopping or time.time() - last_ckpt >= CHECKPOINT_SECONDS:
             dw.checkpoint(split, {"cursor": cursor, "ordinal": ordinal, "converted": converted, "skipped": skipped},
                           acc.state() if acc is not None else None)
             last_ckpt = time.time()
+        if stopping:
+            raise KeyboardInterrupt
 
     try:
         next_ord = ordinal
@@ -575,6 +614,9 @@ def _run_split(source: Source, split: str, dw: DatasetWriter, spec: Spec, execut
                 consume()
         while inflight:
             consume()
+        if bar.total != ordinal:  # the total was an estimate (the ImageNet training tar)
+            bar.total = ordinal
+            bar.refresh()
     finally:
         bar.close()
     if acc is not None:
@@ -589,8 +631,8 @@ def _run_split(source: Source, split: str, dw: DatasetWriter, spec: Spec, execut
 
 
 def photo_like_jpegs(n: int, size: tuple[int, int] = (500, 375), quality: int = 90, seed: int = 0) -> list[bytes]:
-    """JPEGs shaped like ImageNet's (about 500×375, 100-150 kB at quality 90): smooth colour
-    regions, edges and texture noise, so the decoder does a photo's work."""
+    """JPEGs shaped like ImageNet's (500×375, about 90 kB at quality 90; ImageNet's average is
+    ~110 kB): smooth colour regions, edges and texture noise, so the decoder does a photo's work."""
     rng = np.random.default_rng(seed)
     w, h = size
     out = []
@@ -598,7 +640,7 @@ def photo_like_jpegs(n: int, size: tuple[int, int] = (500, 375), quality: int = 
         base = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((w, h), Image.Resampling.BICUBIC)
         mid = Image.fromarray(rng.integers(0, 256, (h // 12, w // 12, 3), dtype=np.uint8)).resize(
             (w, h), Image.Resampling.BILINEAR)
-        a = 0.6 * np.asarray(base, np.float32) + 0.4 * np.asarray(mid, np.float32) + rng.normal(0, 10, (h, w, 3))
+        a = 0.6 * np.asarray(base, np.float32) + 0.4 * np.asarray(mid, np.float32) + rng.normal(0, 16, (h, w, 3))
         buf = io.BytesIO()
         Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=quality)
         out.append(buf.getvalue())

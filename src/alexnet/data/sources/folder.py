@@ -181,9 +181,11 @@ class FolderSource(Source):
         if "train" in top_dirs:
             val_dir = next((d for d in VAL_DIRS if d in top_dirs), None)
             if val_dir is not None and self.val_fraction is not None:
-                raise UserError(f"{self.path}: has its own {root}{val_dir}/ folder; --val-fraction is for a tree without one")
+                raise UserError(f"{self.path}: has its own {root}{val_dir}/ folder; "
+                                f"--val-fraction is for a tree without one")
             if val_dir is None and self.val_fraction is None:
-                raise UserError(f"{self.path}: {root}train/ has no {root}val/ beside it; pass --val-fraction F to hold out part of it")
+                raise UserError(f"{self.path}: {root}train/ has no {root}val/ beside it; "
+                                f"pass --val-fraction F to hold out part of it")
             for e in entries:
                 first, _, rest = e.rel[len(root):].partition("/")
                 if first == "train":
@@ -193,7 +195,8 @@ class FolderSource(Source):
             # other files (READMEs, csv lists) are not part of either split
         else:
             if self.val_fraction is None:
-                raise UserError(f"{self.path}: no train/ and val/ folders; for a single <class>/ tree pass --val-fraction F")
+                raise UserError(f"{self.path}: no train/ and val/ folders; "
+                                f"for a single <class>/ tree pass --val-fraction F")
             by_split["train"] = [(e, e.rel[len(root):]) for e in entries if e.rel.startswith(root)]
 
         # Class folders: the first path component below the split folder.
@@ -206,12 +209,14 @@ class FolderSource(Source):
 
         train, train_flat = classify(by_split["train"])
         if not train:
-            raise UserError(f"{self.path}: no class folders with files under {root}{'train/' if 'train' in top_dirs else ''}")
+            where = f"{root}train/" if "train" in top_dirs else (root or "the top folder")
+            raise UserError(f"{self.path}: no class folders with files under {where}")
         found = sorted(train)
         if self.class_order is not None:
             unknown = [c for c in found if c not in set(self.class_order)]
             if unknown:
-                raise UserError(f"{self.path}: class folder {unknown[0]} is not one of the devkit's {len(self.class_order)} classes")
+                raise UserError(f"{self.path}: class folder {unknown[0]} is not one of the devkit's "
+                                f"{len(self.class_order)} classes")
             self.classes = list(self.class_order)
         else:
             self.classes = found
@@ -248,7 +253,8 @@ class FolderSource(Source):
                 for e in es:
                     lists["val" if e.rel in val_set else "train"].append((e, index[c]))
             if not lists["val"]:
-                raise UserError(f"--val-fraction {frac}: leaves no validation images out of {sum(map(len, train.values()))}")
+                n = sum(map(len, train.values()))
+                raise UserError(f"--val-fraction {frac}: leaves no validation images out of {n}")
         if not lists["train"]:
             raise UserError(f"{self.path}: no training files")
         for k in lists:

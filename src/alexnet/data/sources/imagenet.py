@@ -419,9 +419,10 @@ class ImageNetSource(Source):
 
     def fingerprint(self) -> dict[str, Any]:
         assert self.devkit is not None
+        dk = Path(self.devkit.where)
         return {"kind": self.kind, "path": str(self.path.resolve()),
                 "files": [file_stamp(self.path / TRAIN_TAR), file_stamp(self.path / VAL_TAR),
-                          file_stamp(Path(self.devkit.where)) if Path(self.devkit.where).is_file() else self.devkit.where]}
+                          file_stamp(dk) if dk.is_file() else str(dk)]}
 
     def close(self) -> None:
         for tf in (self._train_tf, self._val_tf):
