@@ -215,9 +215,10 @@ def _fake_run(run: Path, with_eval: bool = True) -> None:
               "lr": 0.01, "seed": 0, "command": "alexnet train --model alexnet-cifar --epochs 4"}
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     rows = _metrics(4)
-    for r in rows:
+    for r in rows:  # the fields engine/train.py writes: time_s is cumulative training time
         r["img_per_s"] = 1234.5
-        r["epoch_s"] = 30.0
+        r["epoch_time_s"] = 30.0
+        r["time_s"] = 30.0 * r["epoch"]
     # The last line is torn, as when training is killed while writing: it must be ignored.
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"epoch": 5, "lr"')
     if with_eval:

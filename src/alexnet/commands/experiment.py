@@ -1,0 +1,39 @@
+"""``alexnet experiment NAME --data D --out DIR [--quick] [--seeds K]``: reproduce one of the paper's
+claims; writes DIR/report.md (ours beside the paper's), DIR/results.json and PNG plots. Runs live in
+DIR/runs/<variant>-s<seed>/; rerunning the same command skips finished runs and resumes interrupted
+ones."""
+
+from __future__ import annotations
+
+import argparse
+
+from alexnet.errors import UserError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from alexnet.experiments import _REGISTRY
+
+    listing = "; ".join(f"{e.name}: {e.summary}" for e in _REGISTRY.values())
+    p.add_argument("name", metavar="NAME", help=f"the experiment: {listing}")
+    p.add_argument("--data", default="synthetic",
+                   help="'synthetic' (built in, 32×32 nets) or a prepared dataset folder (256×256 data: the paper's net)")
+    p.add_argument("--out", required=True, help="experiment folder (report.md, results.json, plots, runs/)")
+    p.add_argument("--quick", action="store_true", help="a small scale: under 5 minutes on 2 CPU cores on the built-in data")
+    p.add_argument("--seeds", type=int, default=None, metavar="K",
+                   help="seeds per variant (default 3, 1 with --quick; ensemble: the number of nets, default 5, 3 with --quick)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--workers", type=int, default=None, help="loader worker processes (default: automatic)")
+    p.add_argument("--progress", action="store_true", help="show each run's per-epoch log")
+
+
+def run(args: argparse.Namespace) -> int:
+    from alexnet.experiments import names, run_experiment
+
+    if args.name not in names():
+        raise UserError(f"unknown experiment {args.name!r}; accepted: {', '.join(names())}")
+    if args.seeds is not None and args.seeds < 1:
+        raise UserError(f"--seeds {args.seeds}: must be at least 1")
+    report = run_experiment(args.name, args.data, args.out, quick=args.quick, seeds=args.seeds, device=args.device,
+                            workers=args.workers, progress=args.progress)
+    print(f"wrote {report} (results.json and plots beside it)")
+    return 0

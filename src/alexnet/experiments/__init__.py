@@ -1,0 +1,81 @@
+"""The paper's claims as one-command experiments (``alexnet experiment NAME``).
+
+Each experiment module exposes ``TITLE``, ``CLAIM`` and ``run(runner) -> Path`` (the report), and uses
+:class:`alexnet.experiments.runner.Runner` to train its variants × seeds and write ``report.md``,
+``results.json`` and its PNG plots.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from alexnet.errors import UserError
+
+
+@dataclass(frozen=True)
+class ExperimentInfo:
+    name: str
+    module: str
+    summary: str  # what it measures (one line, for --help and the README)
+
+
+_REGISTRY: dict[str, ExperimentInfo] = {
+    e.name: e
+    for e in (
+        ExperimentInfo("relu-vs-tanh", "alexnet.experiments.relu_vs_tanh",
+                       "Figure 1: epochs and wall time to 25% training error, ReLU vs tanh, and their ratio (paper: 6×)"),
+        ExperimentInfo("lrn", "alexnet.experiments.lrn", "§3.3: local response normalisation vs none"),
+        ExperimentInfo("pooling", "alexnet.experiments.pooling", "§3.4: overlapping 3×3/2 max-pooling vs 2×2/2"),
+        ExperimentInfo("dropout", "alexnet.experiments.dropout", "§4.2: train–val gap with and without dropout"),
+        ExperimentInfo("augmentation", "alexnet.experiments.augmentation",
+                       "§4.1: no augmentation / crops + flips / + PCA colour noise"),
+        ExperimentInfo("depth", "alexnet.experiments.depth", "§7: removing each middle conv layer"),
+        ExperimentInfo("towers", "alexnet.experiments.towers", "§3.2: two towers vs one tower with half the kernels"),
+        ExperimentInfo("baselines", "alexnet.experiments.baselines",
+                       "pre-2012: HOG + linear SVM vs LeNet-5 vs the AlexNet family, top-1/top-5 and training time"),
+        ExperimentInfo("ensemble", "alexnet.experiments.ensemble",
+                       "§6: softmax average of N independently trained nets vs each single net (paper: 5 vs 1 CNN)"),
+    )
+}
+
+
+def names() -> list[str]:
+    return list(_REGISTRY)
+
+
+def info(name: str) -> ExperimentInfo:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UserError(f"unknown experiment {name!r}; accepted: {', '.join(names())}") from None
+
+
+def default_seeds(name: str, scale: str) -> int:
+    """Seeds per variant when --seeds is not given: 3 at full scale (mean ± std), 1 in quick mode
+    (the five-minute budget); an experiment may set its own (the ensemble's N)."""
+    mod = importlib.import_module(info(name).module)
+    own = getattr(mod, "DEFAULT_SEEDS", None)
+    if own:
+        return int(own[scale])
+    return 3 if scale == "full" else 1
+
+
+def run_experiment(name: str, data: str, out: str | Path, *, quick: bool = False, seeds: int | None = None,
+                   scale: str | None = None, device: str = "auto", workers: int | None = None,
+                   log: Callable[[str], None] = print, progress: bool = False) -> Path:
+    """Run experiment ``name`` on ``data`` into ``out``; returns the path of its report.md.
+    ``scale`` ("test", "quick", "full") overrides ``quick``; see :mod:`alexnet.experiments.runner`."""
+    from alexnet.experiments.runner import Runner, resolve_scale
+
+    e = info(name)
+    mod = importlib.import_module(e.module)
+    s = resolve_scale(quick, scale)
+    runner = Runner(name, data, out, quick=quick, seeds=seeds or default_seeds(name, s), scale=s, device=device,
+                    workers=workers, log=log, progress=progress)
+    return mod.run(runner)
+
+
+__all__ = ["ExperimentInfo", "default_seeds", "info", "names", "run_experiment"]

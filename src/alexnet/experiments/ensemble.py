@@ -1,0 +1,89 @@
+"""§6 (Table 2): averaging the predictions of several CNNs. The paper: one CNN 40.7 / 18.2 top-1 / top-5
+on ILSVRC-2012 val, five CNNs averaged 38.1 / 16.4 (and seven, two of them pre-trained on Fall 2011,
+36.7 / 15.4). We train N networks that differ only in their seed (initial weights, shuffle,
+augmentation draws, dropout masks), then average their softmax outputs on the validation images and
+compare each single net with the averages of the first 2 … N."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alexnet.experiments.ablation import QUICK
+from alexnet.experiments.runner import Runner, Variant, mean_std, pm
+
+TITLE = "ensembles of independently trained networks (§6, Table 2)"
+CLAIM = ("Averaging the predictions of five similar CNNs gives an error rate of 16.4% top-5 (38.1% top-1) on ILSVRC-2012 "
+         "validation, against 18.2% (40.7%) for one CNN (§6, Table 2).")
+DEFAULT_SEEDS = {"full": 5, "quick": 3, "test": 2}  # ensemble size N
+PAPER = [{"nets": 1, "top1_err": 0.407, "top5_err": 0.182}, {"nets": 5, "top1_err": 0.381, "top5_err": 0.164},
+         {"nets": 7, "top1_err": 0.367, "top5_err": 0.154, "note": "two pre-trained on ImageNet Fall 2011"}]
+
+
+def run(runner: Runner) -> Path:
+    import torch
+
+    from alexnet.engine.evaluate import topk_correct
+    from alexnet.report.figures import plot_series
+    from alexnet.report.markdown import markdown_table
+
+    if len(runner.seeds) < 2:
+        from alexnet.errors import UserError
+
+        raise UserError(f"--seeds {len(runner.seeds)}: an ensemble needs at least 2 networks")
+    model = runner.main_model()
+    base = runner.base_config(model, QUICK)
+    single = Variant("single", {}, {})
+    runs = runner.train_all(base, [single])
+    labels = None
+    probs = []
+    for r in runs:
+        p, y = runner.predict(r["run"], "val")
+        probs.append(p)
+        labels = y
+        c1, c5 = topk_correct(p, y)
+        # Centre-crop error recomputed from the saved weights (equal to the last epoch's evaluation).
+        r["top1_err"], r["top5_err"] = 1 - c1 / len(y), 1 - c5 / len(y)
+        r["nets"] = 1
+    assert labels is not None
+    n = len(labels)
+    rows: list[dict[str, Any]] = list(runs)
+    curve1, curve5 = [], []
+    m1, _, _ = mean_std(r["top1_err"] for r in runs)
+    m5, _, _ = mean_std(r["top5_err"] for r in runs)
+    curve1.append((1, m1))
+    curve5.append((1, m5))
+    for k in range(2, len(probs) + 1):
+        avg = torch.stack(probs[:k]).mean(0)  # k×N×C -> N×C: the mean of the softmax outputs
+        c1, c5 = topk_correct(avg, labels)
+        rows.append({"variant": f"ensemble-{k}", "nets": k, "seeds": [r["seed"] for r in runs[:k]],
+                     "top1_err": 1 - c1 / n, "top5_err": 1 - c5 / n,
+                     "time_s": sum(r["time_s"] or 0.0 for r in runs[:k])})
+        curve1.append((k, 1 - c1 / n))
+        curve5.append((k, 1 - c5 / n))
+    s1, sd1, _ = mean_std(r["top1_err"] for r in runs)
+    s5, sd5, _ = mean_std(r["top5_err"] for r in runs)
+    full = rows[-1]
+    table = [
+        {"": "one net (mean ± std over the N nets)", "top-1 err": pm(s1, sd1), "top-5 err": pm(s5, sd5),
+         "paper (ILSVRC-2012 val)": "1 CNN: 40.7% / 18.2%"},
+        {"": f"average of {len(runs)} nets", "top-1 err": pm(full["top1_err"], None), "top-5 err": pm(full["top5_err"], None),
+         "paper (ILSVRC-2012 val)": "5 CNNs: 38.1% / 16.4%"},
+        {"": "gain (ensemble − mean single)", "top-1 err": f"{100 * (full['top1_err'] - s1):+.2f} points",
+         "top-5 err": f"{100 * (full['top5_err'] - s5):+.2f} points", "paper (ILSVRC-2012 val)": "5 CNNs: −2.6 / −1.8 points"},
+    ]
+    fig = plot_series({"top-1": curve1, "top-5": curve5}, runner.out / "ensemble.png", xlabel="networks averaged",
+                      ylabel="validation error rate", title="Error against ensemble size (1 = mean single net)")
+    sections = ["## Result\n\n" + markdown_table(table).rstrip(),
+                "The paper's numbers (ILSVRC-2012 val, 10-crop): " + "; ".join(
+                    f"{p['nets']} CNN{'s' if p['nets'] > 1 else ''} {100 * p['top1_err']:.1f} / {100 * p['top5_err']:.1f}"
+                    + (f" ({p['note']})" if p.get("note") else "") for p in PAPER) + "."]
+    notes = ["Members differ only in their seed; each is evaluated on the centre crop, and the ensemble averages the "
+             "members' softmax outputs (the paper also averages its 10 crops; see `alexnet evaluate --ten-crop`)."]
+    if runner.scale != "full":
+        notes.append("Quick/test scale: each member is the ablations' quick run (a 2,000-image subset, 8 epochs); "
+                     "`--seeds N` sets the ensemble size (default 5, 3 with --quick).")
+    runner.write_results(rows)
+    return runner.write_report(title=TITLE, claim=CLAIM, sections=sections, base=base, rows=rows, figures=[fig],
+                               notes=notes, row_columns=["variant", "seed", "nets", "top1_err", "top5_err",
+                                                         "train_top1_err", "epochs", "time_s"])

@@ -1,0 +1,338 @@
+"""The shared machinery of every experiment: variants × seeds trained through the engine, one run
+folder each (``DIR/runs/<variant>-s<seed>/``), finished runs skipped and interrupted ones resumed,
+mean ± std over seeds, and the report skeleton (our numbers beside the paper's, the config, the scale
+and the machine).
+
+An experiment module builds :class:`Variant` objects, calls :meth:`Runner.train_all`, and hands the
+rows and its own sections to :meth:`Runner.write_report` / :meth:`Runner.write_results`.
+
+Scales. ``full``: the recipe's epochs on all the data (``cifar`` for 32×32 data, ``paper`` for the
+256×256 network). ``quick``: each experiment's own small scale, sized so that it finishes in under five
+minutes on two CPU cores on the built-in data. ``test``: a few optimizer steps, for the test suite; it
+is chosen with the ``scale`` argument or the environment variable ``ALEXNET_EXPERIMENT_SCALE=test``
+(not a CLI flag: its numbers mean nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import yaml
+
+from alexnet import config as config_mod
+from alexnet.config import TrainConfig
+from alexnet.errors import UserError
+
+SCALE_ENV = "ALEXNET_EXPERIMENT_SCALE"
+SCALES = ("test", "quick", "full")
+RUNS = "runs"
+# Config fields that may differ between an interrupted run and its resumption without changing
+# what is trained (where it runs, how it reports).
+_RUNTIME_FIELDS = ("device", "workers", "progress", "tensorboard", "eval_batch_size")
+
+# The test scale: a couple of optimizer steps per epoch, two epochs (so curves have two points).
+TEST_SCALE: dict[str, Any] = {"epochs": 2, "batch_size": 16, "max_steps_per_epoch": 2, "train_subset": 0}
+
+
+@dataclass
+class Variant:
+    """One arm of an experiment: a name (the run folder's prefix and the ``variant`` column), the
+    config fields it changes (``model_options`` is merged into the base's), and extra columns for
+    its result rows (e.g. ``activation``, ``lr``)."""
+
+    name: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataInfo:
+    spec: str  # what the user gave: "synthetic" or a prepared dataset's folder
+    root: Path  # the prepared dataset folder
+    image_size: tuple[int, int]
+    num_classes: int
+    train_images: int
+    val_images: int
+
+    @property
+    def large(self) -> bool:
+        """Images big enough for the paper's 224×224 network (stored 256×256, §2)."""
+        return min(self.image_size) >= 224
+
+
+def resolve_scale(quick: bool, scale: str | None = None) -> str:
+    """``scale`` (or $ALEXNET_EXPERIMENT_SCALE) wins; otherwise quick or full."""
+    s = scale or os.environ.get(SCALE_ENV) or ("quick" if quick else "full")
+    if s not in SCALES:
+        raise UserError(f"experiment scale {s!r} is not valid; accepted: {', '.join(SCALES)}")
+    return s
+
+
+def open_data(spec: str) -> DataInfo:
+    """``synthetic`` is the built-in set at the CIFAR net's 32×32 input (stored 36×36); a path is a
+    prepared dataset, whose image size picks the model family (:meth:`Runner.main_model`)."""
+    from alexnet.data.format import PreparedDataset
+    from alexnet.data.resolve import open_splits, resolve_data
+
+    if spec == "synthetic":
+        root = resolve_data(spec, 32)
+    else:
+        root = resolve_data(spec, 0)
+    train, val = open_splits(root)
+    return DataInfo(spec, root, tuple(train.image_size), train.num_classes, len(train), len(val))  # type: ignore[arg-type]
+
+
+def mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None, int]:
+    """Mean and sample standard deviation (n − 1) of the finite values; std is None below two values."""
+    xs = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not xs:
+        return None, None, 0
+    m = sum(xs) / len(xs)
+    if len(xs) < 2:
+        return m, None, len(xs)
+    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)), len(xs)
+
+
+def pm(mean: float | None, std: float | None, pct: bool = True, digits: int = 2) -> str:
+    """``40.70 ± 0.31%`` (a fraction as a percentage) or ``12.3 ± 0.4``; a dash for nothing."""
+    if mean is None:
+        return "—"
+    scale, unit = (100.0, "%") if pct else (1.0, "")
+    text = f"{mean * scale:.{digits}f}"
+    if std is not None:
+        text += f" ± {std * scale:.{digits}f}"
+    return text + unit
+
+
+def aggregate(rows: Sequence[Mapping[str, Any]], keys: Sequence[str], by: str = "variant") -> list[dict[str, Any]]:
+    """One row per ``by`` value (in order of first appearance): ``<key>_mean``, ``<key>_std`` for
+    each key, and ``n`` (the number of runs)."""
+    groups: dict[Any, list[Mapping[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(r[by], []).append(r)
+    out = []
+    for name, rs in groups.items():
+        agg: dict[str, Any] = {by: name, "n": len(rs)}
+        for k in keys:
+            m, s, _ = mean_std(r.get(k) for r in rs)
+            agg[f"{k}_mean"], agg[f"{k}_std"] = m, s
+        out.append(agg)
+    return out
+
+
+def _comparable(d: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if k not in _RUNTIME_FIELDS}
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    d = dict(base)
+    for k, v in over.items():
+        if k == "model_options":
+            d[k] = {**d.get(k, {}), **v}
+        else:
+            d[k] = v
+    return d
+
+
+class Runner:
+    """Trains an experiment's variants into ``out/runs`` and writes its results and report.
+
+    ``quick`` picks the experiment's quick scale; ``scale`` ("test", "quick", "full") overrides it.
+    ``seeds`` is the number of seeds per variant (seeds 0 … K−1)."""
+
+    def __init__(self, name: str, data: str, out: str | Path, *, quick: bool = False, seeds: int = 1,
+                 scale: str | None = None, device: str = "auto", workers: int | None = None,
+                 log: Callable[[str], None] = print, progress: bool = False) -> None:
+        if seeds < 1:
+            raise UserError(f"--seeds {seeds}: must be at least 1")
+        self.name = name
+        self.out = Path(out)
+        self.scale = resolve_scale(quick, scale)
+        self.seeds = list(range(seeds))
+        self.device = device
+        self.workers = workers
+        self.log = log
+        self.progress = progress
+        self.data = open_data(data)
+        self.t0 = time.time()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.trained_now = 0  # runs trained (not skipped) by this invocation
+
+    # -- which model, which recipe ----------------------------------------------------------------
+    def main_model(self) -> str:
+        """The paper's network on 256×256 data; the authors' CIFAR-10 net on small images."""
+        return "alexnet" if self.data.large else "alexnet-cifar"
+
+    def recipe(self, model: str) -> str:
+        return config_mod.default_recipe(model)
+
+    def base_config(self, model: str | None = None, quick: Mapping[str, Any] | None = None,
+                    **overrides: Any) -> dict[str, Any]:
+        """The recipe's fields for ``model`` with the scale applied: ``quick`` (the experiment's
+        quick-scale fields) in quick mode, :data:`TEST_SCALE` in test mode, nothing in full mode;
+        then ``overrides``."""
+        model = model or self.main_model()
+        d = config_mod.load_recipe(self.recipe(model))
+        d.update({"model": model, "data": self.data.spec, "device": self.device, "progress": self.progress})
+        if self.workers is not None:
+            d["workers"] = self.workers
+        if self.scale == "quick":
+            d.update(quick or {})
+        elif self.scale == "test":
+            d.update(TEST_SCALE)
+        return _merge(d, overrides)
+
+    def config(self, base: Mapping[str, Any], variant: Variant, seed: int) -> TrainConfig:
+        d = _merge(dict(base), variant.overrides)
+        d["seed"] = seed
+        return TrainConfig.from_dict(d, source=f"experiment {self.name}, variant {variant.name}")
+
+    # -- training ---------------------------------------------------------------------------------
+    def run_dir(self, variant: Variant, seed: int) -> Path:
+        return self.out / RUNS / f"{variant.name}-s{seed}"
+
+    def train(self, base: Mapping[str, Any], variant: Variant, seed: int) -> dict[str, Any]:
+        """Train one (variant, seed) unless its run folder already holds the finished run; resume it
+        if it was interrupted. Returns its result row."""
+        from alexnet.engine.train import METRICS
+        from alexnet.engine.train import run as train_run
+
+        cfg = self.config(base, variant, seed)
+        rd = self.run_dir(variant, seed)
+        summary_path = rd / "summary.json"
+        existing = rd / "config.yaml"
+        if existing.is_file():
+            old = yaml.safe_load(existing.read_text()) or {}
+            new = cfg.to_dict()
+            diff = sorted(k for k in set(_comparable(old)) | set(_comparable(new)) if old.get(k) != new.get(k))
+            if diff:
+                k = diff[0]
+                raise UserError(f"{rd}: holds a run with a different config ({k}: {old.get(k)!r}, now {new.get(k)!r}); "
+                                f"use another --out or remove that folder")
+        if summary_path.is_file():
+            self.log(f"[{self.name}] {rd.name}: finished earlier, skipped")
+        else:
+            resume = (rd / METRICS).exists() or any(rd.glob("checkpoint*")) or existing.is_file()
+            self.log(f"[{self.name}] {rd.name}: " + ("resuming" if resume else "training")
+                     + f" ({cfg.model}, {cfg.epochs} epochs)")
+            rd.mkdir(parents=True, exist_ok=True)
+            train_run(cfg, rd, resume=resume, log=lambda s: None if not self.progress else self.log(s))
+            self.trained_now += 1
+        return self.row(variant, seed, cfg, rd)
+
+    def row(self, variant: Variant, seed: int, cfg: TrainConfig, rd: Path) -> dict[str, Any]:
+        from alexnet.report.markdown import read_metrics
+
+        summary = json.loads((rd / "summary.json").read_text())
+        final = summary.get("final") or {}
+        return {
+            "variant": variant.name,
+            "seed": seed,
+            **variant.fields,
+            "top1_err": final.get("val_top1_err"),
+            "top5_err": final.get("val_top5_err"),
+            "train_top1_err": final.get("train_top1_err"),
+            "train_loss": final.get("train_loss"),
+            "val_loss": final.get("val_loss"),
+            "epochs": cfg.epochs,
+            "steps": summary.get("steps"),
+            "time_s": summary.get("time_s"),
+            "model": cfg.model,
+            "run": str(rd.relative_to(self.out)),
+            "_metrics": read_metrics(rd / "metrics.jsonl"),
+        }
+
+    def train_all(self, base: Mapping[str, Any], variants: Sequence[Variant],
+                  seeds: Sequence[int] | None = None) -> list[dict[str, Any]]:
+        """Every variant for every seed (seed-major, so a first pass over the variants finishes early)."""
+        return [self.train(base, v, s) for s in (self.seeds if seeds is None else seeds) for v in variants]
+
+    # -- evaluation of trained runs ---------------------------------------------------------------
+    def predict(self, run: str | Path, split: str = "val", limit: int = 0) -> tuple[Any, Any]:
+        """Softmax probabilities (N×C float tensor) and labels of a finished run on ``split``
+        (its first ``limit`` images when > 0), centre crop, the model in eval mode."""
+        import numpy as np
+        import torch
+
+        from alexnet.data.format import PreparedDataset
+        from alexnet.engine.evaluate import Precision, predict_probs
+        from alexnet.engine.inference import augment_for, load
+        from alexnet.engine.train import pick_device
+
+        device = pick_device(self.device)
+        trained = load(self.out / run, device)
+        ds = PreparedDataset(self.data.root, split)
+        aug = augment_for(trained, ds)
+        prec = Precision(device)
+        n = len(ds) if limit <= 0 else min(limit, len(ds))
+        probs = []
+        for start in range(0, n, 256):
+            idx = np.arange(start, min(n, start + 256))
+            probs.append(predict_probs(trained.model, ds.read_batch(idx), aug, prec, ten_crop=False).cpu())
+        return torch.cat(probs), torch.from_numpy(ds.labels[:n].astype(np.int64))
+
+    # -- output -----------------------------------------------------------------------------------
+    def write_results(self, rows: Sequence[Mapping[str, Any]]) -> Path:
+        """``results.json``: the rows without private (``_``) fields."""
+        clean = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+        p = self.out / "results.json"
+        p.write_text(json.dumps(clean, indent=1) + "\n")
+        return p
+
+    def scale_text(self, base: Mapping[str, Any]) -> str:
+        d = self.data
+        sub = base.get("train_subset") or 0
+        steps = base.get("max_steps_per_epoch") or 0
+        words = {"full": "full (the recipe's epochs on all the data)",
+                 "quick": "quick (sized for under 5 minutes on 2 CPU cores on the built-in data)",
+                 "test": "test (a few steps: the numbers mean nothing)"}[self.scale]
+        parts = [f"scale **{words}**", f"{base.get('epochs')} epochs", f"batch {base.get('batch_size')}",
+                 f"{sub if sub else d.train_images} of {d.train_images} training images",
+                 f"at most {steps} steps per epoch" if steps else "full epochs",
+                 f"{len(self.seeds)} seed(s) per variant"]
+        return ", ".join(parts)
+
+    def write_report(self, *, title: str, claim: str, sections: Sequence[str], base: Mapping[str, Any],
+                     rows: Sequence[Mapping[str, Any]], figures: Sequence[str | Path] = (),
+                     notes: Sequence[str] = (), row_columns: Sequence[str] | None = None) -> Path:
+        """``report.md``: the claim, the experiment's own sections (tables beside the paper's
+        numbers), the figures, every run, the setup (data, scale, base config, command) and the
+        machine."""
+        from alexnet.report.markdown import environment, markdown_table
+
+        cols = list(row_columns or ["variant", "seed", "top1_err", "top5_err", "train_top1_err", "epochs", "time_s"])
+        env = environment()
+        d = self.data
+        parts = [f"# Experiment `{self.name}`: {title}", f"**The paper's claim.** {claim}", *sections]
+        for fig in figures:
+            rel = Path(fig).relative_to(self.out) if Path(fig).is_absolute() else Path(fig)
+            parts.append(f"![{rel.stem}]({rel.as_posix()})")
+        if notes:
+            parts.append("## Notes\n\n" + "\n".join(f"- {n}" for n in notes))
+        parts.append("## Every run\n\n" + markdown_table([{k: r.get(k) for k in cols} for r in rows], cols,
+                                                          formats={"*_err": "pct", "time_s": ".1f"}).rstrip("\n"))
+        cfg_text = yaml.safe_dump({k: v for k, v in dict(base).items() if k not in ("progress",)}, sort_keys=False).rstrip()
+        parts.append(
+            "## Setup\n\n"
+            f"- data: `{d.spec}` ({d.root}), images {d.image_size[0]}×{d.image_size[1]}, {d.num_classes} classes, "
+            f"{d.train_images} train / {d.val_images} val images\n"
+            f"- {self.scale_text(base)}\n"
+            "- errors are on the validation split (centre crop of the final weights) unless a column says otherwise; "
+            "± is the standard deviation over seeds\n"
+            f"- command: `{' '.join(shlex.quote(a) for a in ['alexnet', *sys.argv[1:]]) if sys.argv and 'alexnet' in sys.argv[0] else 'alexnet experiment ' + self.name}`\n"
+            f"- wall time of this invocation: {time.time() - self.t0:.0f} s ({self.trained_now} run(s) trained, the rest reused)\n\n"
+            "Base config (each variant changes the fields its name says):\n\n```yaml\n" + cfg_text + "\n```")
+        env_rows = [{"": k, "value": v} for k, v in env.items()]
+        parts.append("## Machine\n\n" + markdown_table(env_rows, ["", "value"]).rstrip("\n"))
+        p = self.out / "report.md"
+        p.write_text("\n\n".join(parts) + "\n")
+        return p
+
