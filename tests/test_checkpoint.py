@@ -173,3 +173,14 @@ def test_unreadable_checkpoint_is_a_one_line_error(tmp_path: Path) -> None:
     torch.save([1, 2, 3], p)
     with pytest.raises(ckpt.CheckpointError, match="expected a dict"):
         ckpt.load_checkpoint(p)
+
+
+def test_atomic_write_gives_ordinary_file_permissions(tmp_path: Path) -> None:
+    # A temporary file from mkstemp is 0600: weights shared with other users must not stay so.
+    old = os.umask(0o022)
+    try:
+        ckpt.atomic_write(tmp_path / "w.bin", lambda f: f.write(b"abc"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "w.bin").read_bytes() == b"abc"
+    assert (tmp_path / "w.bin").stat().st_mode & 0o777 == 0o644

@@ -14,7 +14,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from alexnet.experiments import _REGISTRY
 
     listing = "; ".join(f"{e.name}: {e.summary}" for e in _REGISTRY.values())
-    p.add_argument("name", metavar="NAME", help=f"the experiment: {listing}")
+    p.add_argument("name", metavar="NAME", help="the experiment: " + listing.replace("%", "%%"))
     p.add_argument("--data", default="synthetic",
                    help="'synthetic' (built in, 32×32 nets) or a prepared dataset folder (256×256 data: the paper's net)")
     p.add_argument("--out", required=True, help="experiment folder (report.md, results.json, plots, runs/)")

@@ -59,6 +59,10 @@ def atomic_write(path: Path, write: Callable[[Any], object]) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp creates 0600; give the file the permissions a plain open() would (0666 & ~umask).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException:
