@@ -147,27 +147,6 @@ def test_hog_svm_learns_oriented_gratings(tmp_path: Path) -> None:
     assert r["top5_err"] <= r["top1_err"]
 
 
-def test_depth_strip_conv_keeps_shapes() -> None:
-    from alexnet.experiments.depth import local_option, strip_conv
-
-    net = models.create("alexnet-cifar", 10)
-    strip_conv(net, 2)
-    assert sum(isinstance(m, torch.nn.Conv2d) for m in net.features) == 2
-    assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
-    big = models.create("alexnet", 10)
-    strip_conv(big, 3)  # conv2 gives 256 maps, conv4 took 384: conv4 is rebuilt to read 256
-    convs = [m for m in big.features if isinstance(m, torch.nn.Conv2d)]
-    assert len(convs) == 4 and convs[2].in_channels == 256
-    assert big(torch.zeros(1, 3, 224, 224)).shape == (1, 10)
-    with pytest.raises(ValueError, match="middle"):
-        strip_conv(models.create("alexnet-cifar", 10), 1)
-    with local_option("alexnet-cifar"):
-        assert "remove_conv" in models.options("alexnet-cifar")
-        m = models.create("alexnet-cifar", 10, remove_conv=2)
-        assert sum(isinstance(x, torch.nn.Conv2d) for x in m.features) == 2
-    assert "remove_conv" not in models.options("alexnet-cifar")  # the registry is restored
-
-
 def test_towers_widths() -> None:
     from alexnet.experiments.towers import halved
 

@@ -156,3 +156,35 @@ def test_lrn_alpha_not_divided_by_n_unlike_torch():
     ours = LocalResponseNorm()(x)
     assert torch.allclose(ours, nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)(x), rtol=1e-5)
     assert not torch.allclose(ours, nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)(x), rtol=1e-5)
+
+
+@pytest.mark.parametrize("name,index,size", [("alexnet", 2, 224), ("alexnet", 3, 224), ("alexnet", 4, 224),
+                                             ("alexnet-owt", 3, 224), ("alexnet-cifar", 2, 32)])
+def test_remove_conv_takes_one_middle_layer_out(name: str, index: int, size: int) -> None:
+    # §7: a middle conv goes with its ReLU and LRN; its pooling stays; the next conv reads the previous maps.
+    full = models.create(name, 10)
+    cut = models.create(name, 10, remove_conv=index)
+    convs_full = [m for m in full.features if isinstance(m, nn.Conv2d)]
+    convs_cut = [m for m in cut.features if isinstance(m, nn.Conv2d)]
+    assert len(convs_cut) == len(convs_full) - 1
+    assert convs_cut[index - 1].in_channels == convs_full[index - 2].out_channels
+    assert convs_cut[index - 1].out_channels == convs_full[index].out_channels
+    pools = lambda net: sum(isinstance(m, nn.MaxPool2d) for m in net.features)  # noqa: E731
+    assert pools(cut) == pools(full)
+    lrns = lambda net: sum(isinstance(m, models.LocalResponseNorm) for m in net.features)  # noqa: E731
+    assert lrns(cut) == lrns(full) - (1 if index == 2 and lrns(full) else 0)
+    assert cut(torch.zeros(2, 3, size, size)).shape == (2, 10)
+
+
+def test_remove_conv_keeps_the_paper_init_per_layer() -> None:
+    # §5: bias 1 in conv2, conv4, conv5; with conv4 removed, conv3 keeps 0 and conv5 keeps 1.
+    net = models.create("alexnet", 10, remove_conv=4)
+    convs = [m for m in net.features if isinstance(m, nn.Conv2d)]
+    assert [float(c.bias.detach().mean()) for c in convs] == [0.0, 1.0, 0.0, 1.0]
+    assert all(abs(float(c.weight.detach().std()) - 0.01) < 1e-3 for c in convs)
+
+
+@pytest.mark.parametrize("name,index", [("alexnet", 1), ("alexnet", 5), ("alexnet-cifar", 3), ("alexnet-cifar", 1)])
+def test_remove_conv_refuses_the_first_and_last_layers(name: str, index: int) -> None:
+    with pytest.raises(ValueError, match="remove_conv"):
+        models.create(name, 10, remove_conv=index)

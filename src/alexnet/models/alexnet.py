@@ -27,7 +27,9 @@ class AlexNet(nn.Module):
       hidden=4096 (fc6, fc7), dropout_first=False (paper: fc → ReLU → dropout; torchvision puts
       dropout before each FC layer), adaptive_pool=False (torchvision pools to 6×6 adaptively),
       bias_init=1.0 (§5: the bias of conv2, conv4, conv5, fc6, fc7), init="paper" (§5: N(0, 0.01);
-      "torch" keeps PyTorch's defaults).
+      "torch" keeps PyTorch's defaults), remove_conv=0 (§7's depth ablation: 2, 3 or 4 takes that
+      middle conv layer out with its ReLU and LRN, keeping its pooling; the next layer reads the
+      previous one's maps).
     """
 
     input_size = 224
@@ -48,10 +50,13 @@ class AlexNet(nn.Module):
         bias_init: float = 1.0,
         init: str = "paper",
         in_channels: int = 3,
+        remove_conv: int = 0,
     ) -> None:
         super().__init__()
         if towers not in (1, 2):
             raise ValueError(f"towers must be 1 or 2, got {towers}")
+        if remove_conv not in (0, 2, 3, 4):
+            raise ValueError(f"remove_conv must be 0 (none) or a middle conv layer: 2, 3 or 4; got {remove_conv}")
         if len(widths) != 5:
             raise ValueError(f"widths must list 5 conv widths, got {list(widths)}")
         if not 0.0 <= dropout < 1.0:
@@ -65,7 +70,7 @@ class AlexNet(nn.Module):
         def pool() -> nn.Module:
             return nn.MaxPool2d(kernel_size=k, stride=s)
 
-        def block(conv: nn.Module, norm: bool = False, pooled: bool = False) -> list[nn.Module]:
+        def block(conv: nn.Module, norm: bool, pooled: bool) -> list[nn.Module]:
             layers = [conv, make_activation(activation)]
             if norm and (n := make_lrn(lrn)) is not None:
                 layers.append(n)  # §3.3: LRN after the ReLU, before pooling
@@ -73,14 +78,26 @@ class AlexNet(nn.Module):
                 layers.append(pool())
             return layers
 
-        # 224×224 with padding 2: (224 + 4 - 11) / 4 + 1 = 55 -> 55×55 after conv1.
-        self.features = nn.Sequential(
-            *block(nn.Conv2d(in_channels, w1, 11, stride=4, padding=2), norm=True, pooled=True),  # 27×27
-            *block(nn.Conv2d(w1, w2, 5, padding=2, groups=g), norm=True, pooled=True),  # 13×13
-            *block(nn.Conv2d(w2, w3, 3, padding=1)),  # conv3 crosses the towers
-            *block(nn.Conv2d(w3, w4, 3, padding=1, groups=g)),
-            *block(nn.Conv2d(w4, w5, 3, padding=1, groups=g), pooled=True),  # 6×6
-        )
+        # Per conv layer: (out maps, kernel, stride, padding, groups, LRN, pooled after), Figure 2.
+        # 224×224 with padding 2: (224 + 4 - 11) / 4 + 1 = 55 -> 55×55 after conv1, 27×27 after pool1.
+        specs = [
+            (w1, 11, 4, 2, 1, True, True),  # conv1 -> 27×27
+            (w2, 5, 1, 2, g, True, True),  # conv2, own tower -> 13×13
+            (w3, 3, 1, 1, 1, False, False),  # conv3 crosses the towers
+            (w4, 3, 1, 1, g, False, False),  # conv4, own tower
+            (w5, 3, 1, 1, g, False, True),  # conv5, own tower -> 6×6
+        ]
+        layers: list[nn.Module] = []
+        self._conv_numbers: list[int] = []  # which of the paper's conv1..conv5 each Conv2d is
+        maps = in_channels
+        for number, (out, kernel, stride, pad, groups, norm, pooled) in enumerate(specs, start=1):
+            if number == remove_conv:  # §7: the layer goes, its pooling stays so map sizes keep
+                layers.extend([pool()] if pooled else [])
+                continue
+            layers += block(nn.Conv2d(maps, out, kernel, stride=stride, padding=pad, groups=groups), norm, pooled)
+            self._conv_numbers.append(number)
+            maps = out
+        self.features = nn.Sequential(*layers)
         self.avgpool: nn.Module = nn.AdaptiveAvgPool2d((6, 6)) if adaptive_pool else nn.Identity()
 
         def fc(n_in: int, n_out: int) -> list[nn.Module]:
@@ -100,12 +117,12 @@ class AlexNet(nn.Module):
 
     def _init_paper(self, bias_init: float) -> None:
         # §5: weights ~ N(0, 0.01); biases 1 in conv2, conv4, conv5 and the hidden FC layers, 0 elsewhere.
-        convs = [m for m in self.features if isinstance(m, nn.Conv2d)]
+        convs = dict(zip(self._conv_numbers, (m for m in self.features if isinstance(m, nn.Conv2d))))
         fcs = [m for m in self.classifier if isinstance(m, nn.Linear)]
-        for m in convs + fcs:
+        for m in [*convs.values(), *fcs]:
             nn.init.normal_(m.weight, mean=0.0, std=0.01)
             nn.init.zeros_(m.bias)
-        for m in (convs[1], convs[3], convs[4], fcs[0], fcs[1]):
+        for m in [convs[i] for i in (2, 4, 5) if i in convs] + fcs[:2]:
             nn.init.constant_(m.bias, bias_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

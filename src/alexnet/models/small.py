@@ -37,10 +37,13 @@ class CifarNet(nn.Module):
         init: str = "he",
         bias_init: float = 0.0,
         in_channels: int = 3,
+        remove_conv: int = 0,
     ) -> None:
         super().__init__()
         if towers not in (1, 2):
             raise ValueError(f"towers must be 1 or 2, got {towers}")
+        if remove_conv not in (0, 2):
+            raise ValueError(f"remove_conv must be 0 (none) or the middle conv layer, 2; got {remove_conv}")
         if len(widths) != 3:
             raise ValueError(f"widths must list 3 conv widths, got {list(widths)}")
         if not 0.0 <= dropout < 1.0:
@@ -58,10 +61,13 @@ class CifarNet(nn.Module):
             layers.append(nn.MaxPool2d(**pool_args))  # type: ignore[arg-type]
             return layers
 
+        conv2: list[nn.Module] = (  # §7's depth ablation takes conv2 out, keeping its pooling
+            [nn.MaxPool2d(**pool_args)] if remove_conv == 2  # type: ignore[arg-type]
+            else block(nn.Conv2d(w1, w2, 5, padding=2, groups=towers), norm=True))
         self.features = nn.Sequential(
             *block(nn.Conv2d(in_channels, w1, 5, padding=2), norm=True),  # 16×16
-            *block(nn.Conv2d(w1, w2, 5, padding=2, groups=towers), norm=True),  # 8×8, own tower
-            *block(nn.Conv2d(w2, w3, 5, padding=2), norm=False),  # 4×4, crosses towers
+            *conv2,  # 8×8, own tower
+            *block(nn.Conv2d(w1 if remove_conv == 2 else w2, w3, 5, padding=2), norm=False),  # 4×4, crosses towers
         )
         self.classifier = nn.Sequential(
             *([nn.Dropout(dropout)] if dropout > 0 else []),
