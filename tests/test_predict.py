@@ -223,3 +223,27 @@ def test_pth_that_is_not_alexnet(tmp_path, tiny, capsys):
     assert main(["predict", str(p), str(tiny["images"][0])]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "classifier.6.weight" in err[0]
+
+
+def test_weights_carry_the_training_stats_so_predict_needs_no_dataset(tiny, tmp_path, capsys):
+    # A weights file sent to someone without the dataset: the mean image travels inside it.
+    from alexnet.data.format import PreparedDataset
+    from alexnet.engine.checkpoint import read_weights
+
+    img = str(tiny["images"][0])
+    with_data = _json(capsys, ["predict", str(tiny["run"]), img, "--json", "--device", "cpu"])
+    trained = load(tiny["run"])
+    stats = PreparedDataset(tiny["data"], "train").stats()
+    alone = tmp_path / "alone.safetensors"
+    save_weights(trained.model, alone, {**trained.meta, "data": str(tmp_path / "gone")}, stats)
+    sd, _ = read_weights(alone)
+    assert set(k for k in sd if k.startswith("_data_stats.")) == {"_data_stats.mean", "_data_stats.eigval", "_data_stats.eigvec"}
+    out = _json(capsys, ["predict", str(alone), img, "--json", "--device", "cpu"])
+    assert [t["label"] for t in out[0]["top5"]] == [t["label"] for t in with_data[0]["top5"]]
+    for a, b in zip(out[0]["top5"], with_data[0]["top5"]):
+        assert a["prob"] == pytest.approx(b["prob"], abs=1e-6)
+    # Without the stats and without the dataset it is one clear line, exit 2.
+    bare = tmp_path / "bare.safetensors"
+    save_weights(trained.model, bare, {**trained.meta, "data": str(tmp_path / "gone")})
+    assert main(["predict", str(bare), img, "--device", "cpu"]) == 2
+    assert "mean image" in capsys.readouterr().err

@@ -35,7 +35,11 @@ def runs(tmp_path_factory):
                         "--out", str(a), "--epochs", "1", "--batch-size", "16", "--workers", "0", "--no-progress"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    _, meta = read_weights(a / "model.safetensors")
+    sd, meta = read_weights(a / "model.safetensors")
+    # The training set's mean image travels with the weights (predict/export need no dataset).
+    from alexnet.data.format import PreparedDataset
+
+    torch.testing.assert_close(sd["_data_stats.mean"], PreparedDataset(data, "train").stats()["mean"].float())
     torch.manual_seed(123)
     b = root / "run_b"
     b.mkdir()

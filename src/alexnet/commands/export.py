@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     if out.is_dir():
         raise UserError(f"{out}: is a folder; give the file to write")
     if args.format == "safetensors":
-        ckpt.save_weights(model, out, meta)
+        ckpt.save_weights(model, out, meta, trained.stats)
     elif args.format == "onnx":
         export_onnx(model, meta, out)
     else:

@@ -179,17 +179,31 @@ def params_finite(model: nn.Module) -> bool:
 # -- weights -------------------------------------------------------------------------------------
 
 
-def save_weights(model: nn.Module, path: Path, meta: dict[str, Any]) -> None:
-    """safetensors with the model's identity in the metadata (strings only)."""
+# The training set's statistics (§2's mean image, §4.1's RGB eigenvectors) travel inside the weights
+# file under this prefix, so that predict and export need no dataset; they are not model parameters.
+STATS_PREFIX = "_data_stats."
+
+
+def save_weights(model: nn.Module, path: Path, meta: dict[str, Any], stats: dict[str, torch.Tensor] | None = None) -> None:
+    """safetensors with the model's identity in the metadata (strings only) and, when given, the
+    training set's statistics (``mean``, ``eigval``, ``eigvec``) as extra tensors."""
     from safetensors.torch import save
 
     sd = {k: v.detach().cpu().contiguous() for k, v in model_state_dict(model).items()}
+    sd.update({STATS_PREFIX + k: v.detach().cpu().float().contiguous() for k, v in (stats or {}).items()})
     data = save(sd, metadata={"alexnet": json.dumps(meta)})
     atomic_write(path, lambda f: f.write(data))
 
 
+def split_stats(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+    """A weights file's tensors as (model state_dict, training-set statistics or None)."""
+    stats = {k[len(STATS_PREFIX):]: v for k, v in sd.items() if k.startswith(STATS_PREFIX)}
+    return {k: v for k, v in sd.items() if not k.startswith(STATS_PREFIX)}, (stats or None)
+
+
 def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """A safetensors weights file and its alexnet metadata; a damaged file is a one-line error."""
+    """A safetensors weights file's tensors (the state_dict and any training-set statistics, see
+    :func:`split_stats`) and its alexnet metadata; a damaged file is a one-line error."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -212,7 +226,8 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     empty where the file has none."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        return read_weights(path)
+        sd, meta = read_weights(path)
+        return split_stats(sd)[0], meta
     d = load_checkpoint(path)
     if isinstance(d.get("model"), dict):  # a training checkpoint
         try:

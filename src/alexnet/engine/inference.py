@@ -21,6 +21,7 @@ class Trained:
     model: nn.Module
     meta: dict[str, Any]  # model, model_options, num_classes, classes, class_names, input_size, input_norm, data
     source: Path
+    stats: dict[str, torch.Tensor] | None = None  # the training set's mean image and RGB PCA, if the file has them
 
     @property
     def class_names(self) -> list[str]:
@@ -42,12 +43,14 @@ def load(path: str | Path, device: torch.device | str = "cpu") -> Trained:
     """A run folder, a ``.safetensors`` file written by this project, or (see issue 5) torchvision's
     ``alexnet-owt-*.pth``."""
     p = weights_path(Path(path))
+    stats = None
     if p.suffix in (".pth", ".pt"):
         from alexnet.engine.torchvision_weights import load_torchvision  # type: ignore[import-not-found]
 
         model, meta = load_torchvision(p)
     else:
         sd, meta = ckpt.read_weights(p)
+        sd, stats = ckpt.split_stats(sd)
         if "model" not in meta:
             raise UserError(f"{p}: safetensors file without alexnet metadata (model name, classes)")
         try:
@@ -56,7 +59,7 @@ def load(path: str | Path, device: torch.device | str = "cpu") -> Trained:
         except (ValueError, RuntimeError) as e:
             raise UserError(f"{p}: weights do not fit model {meta['model']!r} ({str(e).splitlines()[0][:200]})") from None
     model.to(device).eval()
-    return Trained(model, meta, Path(path))
+    return Trained(model, meta, Path(path), stats)
 
 
 def augment_for(trained: Trained, ds: PreparedDataset) -> Augment:
@@ -108,13 +111,20 @@ def read_image(path: str | Path, size: tuple[int, int]) -> torch.Tensor:
 def file_augment(trained: Trained, data: str | None = None) -> Augment:
     """Test-time crops for images read from files. Networks normalised with fixed per-channel
     statistics (torchvision's) need no dataset; those trained on mean-image-subtracted input (§2)
-    need the mean image of their training set: ``data``, else the dataset recorded in the run."""
+    need the mean image of their training set: ``data``, else the statistics stored in the weights
+    file, else the dataset recorded in the run."""
     size = image_size_for(trained)
     input_size = int(trained.meta.get("input_size", models.info(trained.meta["model"]).input_size))
     norm = trained.meta.get("input_norm", "mean_image")
     if norm == "mean_std":
         stats = {"mean": torch.zeros(3, *size), "eigval": torch.zeros(3), "eigvec": torch.eye(3)}
         return Augment.from_stats(stats, input_size, input_norm=norm)
+    if data is None and trained.stats is not None:
+        mean = trained.stats["mean"]  # 3×H×W at the stored image size
+        if tuple(mean.shape[-2:]) != size:
+            raise UserError(f"{trained.source}: its stored mean image is {mean.shape[-2]}×{mean.shape[-1]}, "
+                            f"the model's images are {size[0]}×{size[1]}")
+        return Augment.from_stats(trained.stats, input_size, input_norm=norm)
     spec = data or trained.meta.get("data")
     if not spec:
         raise UserError(f"{trained.source}: the model subtracts its training set's mean image; pass --data with that dataset")

@@ -619,7 +619,7 @@ def _loop(ctx: Context, state: RunState) -> dict[str, Any]:
             if _agree(ctx, bool(ctx.stop_signal)) and state.epoch < cfg.epochs:
                 raise Interrupted(_exit_code(ctx), path)
     if ctx.dist.is_main:
-        ckpt.save_weights(ctx.model, ctx.out / ckpt.WEIGHTS, ctx.meta)
+        ckpt.save_weights(ctx.model, ctx.out / ckpt.WEIGHTS, ctx.meta, ctx.train_ds.stats())
     summary = {"epochs": cfg.epochs, "steps": state.step, "final": row, "time_s": elapsed0 + time.time() - ctx.t_start,
                "weights": str(ctx.out / ckpt.WEIGHTS)}
     if ctx.dist.is_main:
