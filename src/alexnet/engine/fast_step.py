@@ -1,7 +1,8 @@
-"""A tuned training step: augmentation on the device, bf16 + channels_last, model and loss under
-``torch.compile``, the paper's update rule (§5) as one fused kernel per parameter, optional CUDA graphs.
+"""The training step (``alexnet train`` and ``benchmarks/gpu.py`` both use it): augmentation on the
+device, bf16 + channels_last, model and loss under ``torch.compile``, the paper's update rule (§5) as
+one fused kernel per parameter, optional CUDA graphs.
 
-What it changes against :func:`alexnet.engine.train.train_step`, and why:
+What it does beyond the plain augment → forward → loss → backward → ``optimizer.step()``, and why:
 
 * **Augmentation straight to the compute dtype.** :meth:`Augment.train` writes bf16 when autocast is
   bf16: the first convolution casts its input to bf16 under autocast anyway, so the numbers the network
