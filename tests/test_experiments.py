@@ -180,3 +180,34 @@ def test_summary_statistics() -> None:
     assert pm(0.407, 0.0031) == "40.70 ± 0.31%" and pm(None, None) == "—"
     agg = aggregate([{"variant": "a", "x": 1.0}, {"variant": "a", "x": 3.0}, {"variant": "b", "x": 2.0}], ["x"])
     assert [a["variant"] for a in agg] == ["a", "b"] and agg[0]["x_mean"] == 2.0 and agg[1]["x_std"] is None
+
+
+def test_retry_stuck_retrains_only_the_arm_at_chance_at_a_lower_rate() -> None:
+    from alexnet.experiments.ablation import RETRY_LR_FACTOR, retry_stuck
+    from alexnet.experiments.runner import Variant
+
+    class FakeRunner:
+        scale = "quick"
+
+        def __init__(self) -> None:
+            self.trained: list[Variant] = []
+
+        def train_all(self, base, variants):
+            self.trained += variants
+            return [{"variant": v.name, "seed": 0, "top1_err": 0.3, **v.fields} for v in variants]
+
+    ref, stuck = Variant("ref", {}, {}), Variant("none", {"model_options": {"lrn": "none"}}, {"lrn": "none"})
+    rows = [{"variant": "ref", "seed": 0, "top1_err": 0.2}, {"variant": "none", "seed": 0, "top1_err": 0.9}]
+    runner = FakeRunner()
+    out, retried = retry_stuck(runner, {"lr": 0.02}, [ref, stuck], rows, chance=0.9)
+    assert retried == {"none": (0.02, 0.02 * RETRY_LR_FACTOR)}
+    assert [v.overrides.get("lr") for v in runner.trained] == [0.02 * RETRY_LR_FACTOR]
+    assert runner.trained[0].overrides["model_options"] == {"lrn": "none"}  # the arm itself, only the rate changes
+    assert [r["variant"] for r in out] == ["ref", "none"]
+    assert out[1]["top1_err"] == 0.3 and out[1]["retried_from_lr"] == 0.02
+    # Nothing at chance, or the test scale: nothing retrained.
+    runner2 = FakeRunner()
+    assert retry_stuck(runner2, {"lr": 0.02}, [ref, stuck], rows[:1], chance=0.9) == (rows[:1], {})
+    runner2.scale = "test"
+    assert retry_stuck(runner2, {"lr": 0.02}, [ref, stuck], rows, chance=0.9) == (rows, {})
+    assert runner2.trained == []

@@ -81,7 +81,7 @@ def run(runner: Runner) -> Path:
     notes = ["Members differ only in their seed; each is evaluated on the centre crop, and the ensemble averages the "
              "members' softmax outputs (the paper also averages its 10 crops; see `alexnet evaluate --ten-crop`)."]
     if runner.scale != "full":
-        notes.append("Quick/test scale: each member is the ablations' quick run (a 2,000-image subset, 8 epochs); "
+        notes.append(f"Quick/test scale: each member is the ablations' quick run ({base['epochs']} epochs); "
                      "`--seeds N` sets the ensemble size (default 5, 3 with --quick).")
     runner.write_results(rows)
     return runner.write_report(title=TITLE, claim=CLAIM, sections=sections, base=base, rows=rows, figures=[fig],

@@ -93,6 +93,10 @@ class CifarNet(nn.Module):
                 if isinstance(m, (nn.Conv2d, nn.Linear)):
                     nn.init.normal_(m.weight, std=(2.0 / m.weight[0].numel()) ** 0.5)
                     nn.init.zeros_(m.bias)
+            # The output layer feeds the softmax, not a ReLU: the paper's N(0, 0.01) keeps the first
+            # logits near zero (loss ln C) instead of He's unit-scale logits, whose early gradients
+            # kill the ReLUs of a net without response normalisation.
+            nn.init.normal_(self.classifier[-1].weight, std=0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)
