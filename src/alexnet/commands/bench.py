@@ -282,15 +282,9 @@ def machine_info() -> dict[str, Any]:
 
 
 def _device(spec: str | None) -> torch.device:
-    if spec in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(spec)
-    except RuntimeError:
-        raise UserError(f"--device {spec}: not a device (cpu, cuda, cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {spec}: no CUDA device on this machine")
-    return dev
+    from alexnet.engine.train import pick_device  # the one device parser
+
+    return pick_device(spec or "auto")
 
 
 # ---------------------------------------------------------------------------------------------
