@@ -269,3 +269,14 @@ def test_read_metrics_rejects_bad_middle_line(tmp_path: Path) -> None:
     p.write_text('{"epoch": 1}\nnot json\n{"epoch": 3}\n')
     with pytest.raises(UserError, match="metrics.jsonl:2"):
         read_metrics(p)
+
+
+def test_prediction_samples_spread_over_classes() -> None:
+    from alexnet.report.run import prediction_samples
+
+    labels = np.arange(1000) % 10  # class-interleaved, as the built-in val split: a stride would hit 2 classes
+    pick = prediction_samples(labels, 8)
+    assert len(pick) == 8 and len(set(labels[pick].tolist())) == 8
+    assert pick == prediction_samples(labels, 8)  # deterministic
+    few = np.array([0, 0, 1, 1, 1])
+    assert sorted(prediction_samples(few, 4)) == [0, 1, 2, 3] and set(few[prediction_samples(few, 4)[:2]]) == {0, 1}

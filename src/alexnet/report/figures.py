@@ -363,7 +363,9 @@ def plot_predictions(
             ax_bar.barh(ys, p[i, top[i]], height=0.8, color=colours)
             for j in range(k):
                 ax_bar.text(0.01, ys[j], _class_name(int(top[i, j]), class_names, 26), va="center", ha="left", fontsize=7)
-                ax_bar.text(0.99, ys[j], f"{100 * p[i, top[i, j]]:.0f}%", va="center", ha="right", fontsize=6, color="0.35")
+                covered = p[i, top[i, j]] > 0.9  # the bar reaches under the percentage: white on the bar
+                ax_bar.text(0.99, ys[j], f"{100 * p[i, top[i, j]]:.0f}%", va="center", ha="right", fontsize=6,
+                            color="white" if covered else "0.35", fontweight="bold" if covered else "normal")
             ax_bar.set_xlim(0, 1)
             ax_bar.set_ylim(-0.5, k - 0.5)
             ax_bar.set_xticks([])

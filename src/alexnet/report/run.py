@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -53,12 +54,21 @@ def make_run_figures(run: Path, *, data: str | None = None, device: str = "cpu",
     labels = torch.from_numpy(ds.labels).long()
     summary = per_class_summary(probs, labels, ds.class_names)  # type: ignore[arg-type]
     made.append(plot_confusion(summary["_confusion"], ds.class_names, run / "confusion.png"))
-    # Figure 4 left: spread the shown images over the classes, deterministically.
-    step = max(1, len(ds) // n_predictions)
-    pick = list(range(0, len(ds), step))[:n_predictions]
+    pick = prediction_samples(ds.labels, n_predictions)
     imgs = ds.read_batch(pick)
     made.append(plot_predictions(imgs, probs[pick], labels[pick].tolist(), ds.class_names, run / "predictions.png"))
     return made
+
+
+def prediction_samples(labels: np.ndarray, n: int) -> list[int]:
+    """Figure 4 left: ``n`` val images of as many different classes as possible (classes evenly
+    spaced over the label range, the first image of each), deterministically."""
+    classes = np.unique(labels)
+    chosen = classes[np.linspace(0, len(classes) - 1, min(n, len(classes))).round().astype(int)]
+    pick = [int(np.flatnonzero(labels == c)[0]) for c in chosen]
+    taken = set(pick)
+    rest = [i for i in range(len(labels)) if i not in taken]
+    return pick + rest[: n - len(pick)]
 
 
 def record_eval(run: Path, key: str, result: dict[str, object]) -> None:
