@@ -79,7 +79,9 @@ def torchrun(*args: str) -> list[str]:
 
 def run_ok(cmd: list[str], **kw: object) -> subprocess.CompletedProcess:
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env(), **kw)  # type: ignore[call-overload]
-    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
+    if r.returncode != 0:  # shown under "Captured stdout" (an assertion message would be cut short)
+        print("STDOUT:", r.stdout[-3000:], "\nSTDERR:", r.stderr[-8000:])
+    assert r.returncode == 0
     return r
 
 

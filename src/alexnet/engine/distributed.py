@@ -59,6 +59,13 @@ def is_initialized() -> bool:
 
 def shutdown() -> None:
     if is_initialized():
+        # Every rank reaches this point before any tears its gloo connections down: a rank that
+        # destroys its group while a peer still talks to it makes the peer's gloo thread abort
+        # ("terminate called without an active exception", SIGABRT at exit).
+        try:
+            dist.barrier()
+        except Exception:  # a peer already gone (a crash elsewhere): nothing left to wait for
+            pass
         dist.destroy_process_group()
 
 
