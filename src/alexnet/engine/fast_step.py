@@ -69,8 +69,8 @@ class FusedPaperSGD:
     """Runs a :class:`PaperSGD`'s step with :func:`paper_sgd_update` (compiled when ``compile``).
 
     Reads ``lr``/``momentum``/``weight_decay`` from the optimizer's param groups at every call (so
-    ``set_lr`` and schedules keep working) and keeps the velocities in ``optimizer.state[p]["velocity"]``,
-    created as PaperSGD creates them."""
+    ``set_lr`` and schedules keep working) and uses the optimizer's own velocities
+    (:meth:`PaperSGD.velocities`), so checkpoints are the same either way."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, *, compile: bool = False, backend: str = "inductor") -> None:
         self.optimizer = optimizer
@@ -103,12 +103,7 @@ class FusedPaperSGD:
             for p in params:  # one call per device (the two towers of model_parallel=2 live on two)
                 by_device.setdefault(p.device, []).append(p)
             for device, ps in by_device.items():
-                vels = []
-                for p in ps:
-                    st = opt.state[p]
-                    if "velocity" not in st:
-                        st["velocity"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    vels.append(st["velocity"])
+                vels = opt.velocities(ps)  # type: ignore[attr-defined]  # a PaperSGD's own state
                 lr = self._lr_tensor(gi, float(group["lr"]), device)
                 self.update(ps, [p.grad for p in ps], vels, lr, float(group["momentum"]), float(group["weight_decay"]))
 

@@ -26,6 +26,16 @@ class PaperSGD(Optimizer):
             raise ValueError(f"lr must be > 0, got {lr}")
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
 
+    def velocities(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each parameter's velocity ``v`` (§5), created as zeros on first use."""
+        vels = []
+        for p in params:
+            st = self.state[p]
+            if "velocity" not in st:
+                st["velocity"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            vels.append(st["velocity"])
+        return vels
+
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
         loss = closure() if closure is not None else None
@@ -34,12 +44,7 @@ class PaperSGD(Optimizer):
             if not params:
                 continue
             grads = [p.grad for p in params]
-            vels = []
-            for p in params:
-                st = self.state[p]
-                if "velocity" not in st:
-                    st["velocity"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                vels.append(st["velocity"])
+            vels = self.velocities(params)
             lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
             torch._foreach_mul_(vels, mu)  # 0.9 v
             if wd:
