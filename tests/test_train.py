@@ -73,6 +73,7 @@ def test_a_short_run_learns(tmp_path: Path, capsys) -> None:
         (["--set", "no_such_field=1"], "unknown field 'no_such_field'"),
         (["--set", "amp=fp8"], "amp='fp8' is not valid"),
         (["--batch-size", "1000"], "make no full batch of 1000"),
+        (["--set", "ddp_comm_hook=int8"], "ddp_comm_hook='int8' is not valid; accepted: none, bf16, fp16"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(data: Path, tmp_path: Path, capsys, extra: list[str], expect: str) -> None:
@@ -218,3 +219,13 @@ def test_compile_runs_a_training_step(data: Path, tmp_path: Path) -> None:
     loss = _one_step(ctx)
     assert abs(loss - ref) < 1e-4 * ref
     assert isinstance(ckpt.unwrap(ctx.eval_model), models.LeNet5)
+
+
+def test_a_gradient_compression_hook_in_a_single_process_is_reported_as_having_no_effect(data: Path, tmp_path: Path) -> None:
+    lines: list[str] = []
+    cfg = TrainConfig.from_dict({**engine.resolve_auto({}), "model": "alexnet-cifar", "data": str(data), "batch_size": 16,
+                                 "workers": 0, "progress": False, "device": "cpu", "ddp_comm_hook": "bf16"})
+    ctx = engine.setup(cfg, tmp_path, log=lines.append)
+    assert not isinstance(ctx.model, torch.nn.parallel.DistributedDataParallel)
+    assert lines == ["warning: ddp_comm_hook=bf16 has no effect in a single process (it compresses the gradient all-reduce "
+                     "between torchrun processes)"]

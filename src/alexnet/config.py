@@ -63,6 +63,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     stall_steps: int = 0  # >0: warn when the loss stays at chance for this many steps
     model_parallel: int = 1  # 2: §3.2's split of the towers over two devices
+    ddp_comm_hook: str = "none"  # none | bf16 | fp16: gradients compressed for the all-reduce (torchrun)
     tensorboard: bool = False
     progress: bool = True
 
@@ -97,6 +98,8 @@ class TrainConfig:
             raise bad("lr", "a number > 0")
         if self.model_parallel not in (1, 2):
             raise bad("model_parallel", "1 or 2")
+        if self.ddp_comm_hook not in ("none", "bf16", "fp16"):
+            raise bad("ddp_comm_hook", "none, bf16, fp16")
 
 
 def recipe_names() -> list[str]:

@@ -17,7 +17,10 @@ Runs you can trust:
 * **torchrun.** Each process trains on its slice of every global batch; DDP averages the
   gradients of the per-process mean losses, which equals the mean over the global batch since the
   slices have equal size. Decisions that must agree (a signal, a non-finite loss) are all-reduced
-  at fixed steps; rank 0 writes logs and checkpoints and tells the others how it went.
+  at fixed steps; rank 0 writes logs and checkpoints and tells the others how it went. Every
+  process must have rank 0's config (:func:`check_same_config`). A checkpoint resumes on any
+  number of processes that divides its global batch (the position counts global batches of one
+  global shuffle), and workers restarted by ``torchrun --max-restarts`` resume by themselves.
 """
 
 from __future__ import annotations
@@ -261,16 +264,28 @@ def _load_for_resume(ctx: Context, path: Path | None) -> dict[str, Any] | None:
 def restore(ctx: Context, d: dict[str, Any], path: Path) -> RunState:
     try:
         rng = d["rng"]
-        if int(rng["world_size"]) != ctx.dist.world_size:
-            raise UserError(f"{path}: written by a run of {rng['world_size']} process(es); resume it with the same number "
-                            f"(now {ctx.dist.world_size})")
+        saved_batch = int(d["config"]["batch_size"])
+        if saved_batch != ctx.cfg.batch_size:
+            # The position in the epoch is a number of global batches: another batch size would
+            # skip or repeat samples.
+            raise UserError(f"{path}: written with a global batch of {saved_batch}; resume it with --batch-size "
+                            f"{saved_batch} (now {ctx.cfg.batch_size}), on any number of processes that divides it")
         ckpt.load_model_state_dict(ctx.model, d["model"])
         ctx.optimizer.load_state_dict(d["optimizer"])
         ctx.schedule.load_state_dict(d["schedule"])
         if ctx.scaler is not None and d.get("scaler"):
             ctx.scaler.load_state_dict(d["scaler"])
-        set_rng_state(rng["ranks"][ctx.dist.rank])
         state = RunState(**d["run"])
+        saved_world = int(rng["world_size"])
+        if saved_world == ctx.dist.world_size:
+            set_rng_state(rng["ranks"][ctx.dist.rank])
+        else:
+            # Another world size: the samples, their order in the global batches and their
+            # augmentation are the same (keyed by seed, epoch and sample index); only the dropout
+            # masks, drawn per process, come from a new stream per (seed, rank, step).
+            torch.manual_seed(distributed.rank_seed(ctx.cfg.seed, ctx.dist.rank, state.step))
+            ctx.log(f"resuming a checkpoint of {saved_world} process(es) with {ctx.dist.world_size}: the same samples in "
+                    f"the same global batches of {ctx.cfg.batch_size}; dropout masks from a new stream per process")
     except (KeyError, RuntimeError, TypeError, ValueError, IndexError) as e:
         raise UserError(f"{path}: does not match this run's model or config ({str(e).splitlines()[0][:200]})") from None
     return state
@@ -466,6 +481,7 @@ def setup(cfg: TrainConfig, out: Path, *, log: Callable[[str], None] = print) ->
         raise UserError(f"{root}: images are {h}×{w}, smaller than the {mi.input_size}×{mi.input_size} input of "
                         f"{cfg.model}; prepare the data at a larger size or pick a model for this size")
     distributed.init(dist_info, device)
+    check_same_config(cfg)
     torch.manual_seed(cfg.seed)  # the same initial weights in every process (DDP also broadcasts rank 0's)
     model = build_model(cfg, train_ds.num_classes, device)
     devices = [device]
@@ -490,6 +506,7 @@ def setup(cfg: TrainConfig, out: Path, *, log: Callable[[str], None] = print) ->
     if dist_info.enabled:
         ids = [device.index] if device.type == "cuda" and cfg.model_parallel == 1 else None
         model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    _register_comm_hook(cfg, model, log if dist_info.is_main else (lambda s: None))
     # With compile, the training step compiles model + loss as one function (FastStep); evaluation
     # compiles the plain model on its own.
     eval_model = torch.compile(plain) if cfg.compile else plain  # type: ignore[assignment]
@@ -511,6 +528,48 @@ def setup(cfg: TrainConfig, out: Path, *, log: Callable[[str], None] = print) ->
                    devices=devices, log=log if dist_info.is_main else (lambda s: None), scaler=scaler)
 
 
+# Config fields that may differ between processes: how each reads its data and whether it draws bars.
+LOCAL_FIELDS = ("workers", "progress")
+
+
+def check_same_config(cfg: TrainConfig) -> None:
+    """Every process must train the same config (on ``--resume`` each node reads RUN/config.yaml
+    from its own disk): rank 0's is broadcast, each process compares its own with it, and a
+    mismatch stops every process with the same one-line error (a collective: all ranks call it)."""
+    if not distributed.is_initialized():
+        return
+    mine = {k: v for k, v in cfg.to_dict().items() if k not in LOCAL_FIELDS}
+    ref = distributed.broadcast_object(mine)
+    diff = next(((k, mine.get(k), ref.get(k)) for k in sorted(set(mine) | set(ref)) if mine.get(k) != ref.get(k)), None)
+    diffs = distributed.all_gather_object(diff)
+    bad = [(r, d) for r, d in enumerate(diffs) if d is not None]
+    if bad:
+        r, (k, v, v0) = bad[0]
+        raise UserError(f"the processes do not agree on the config: rank {r} has {k}={v!r}, rank 0 has {k}={v0!r}; every "
+                        f"node needs the same RUN/config.yaml (on --resume) or the same recipe and options")
+
+
+COMM_HOOKS = {"bf16": "bf16_compress_hook", "fp16": "fp16_compress_hook"}
+
+
+def _register_comm_hook(cfg: TrainConfig, model: nn.Module, log: Callable[[str], None]) -> None:
+    """``ddp_comm_hook``: DDP all-reduces the gradients in bf16/fp16 instead of fp32 (half the
+    bytes on the wire; each process's fp32 gradient is divided by the world size, rounded, summed
+    in that dtype and cast back). Opt-in: it changes the numbers, and it only pays where the
+    all-reduce is bandwidth-bound (several nodes on a slow network); see configs/fast.yaml."""
+    if cfg.ddp_comm_hook == "none":
+        return
+    if not isinstance(model, nn.parallel.DistributedDataParallel):
+        log(f"warning: ddp_comm_hook={cfg.ddp_comm_hook} has no effect in a single process (it compresses the gradient "
+            f"all-reduce between torchrun processes)")
+        return
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    name = COMM_HOOKS[cfg.ddp_comm_hook]
+    model.register_comm_hook(None, getattr(default_hooks, name))
+    log(f"gradient all-reduce in {cfg.ddp_comm_hook} ({name})")
+
+
 def _open_tensorboard(ctx: Context, first_epoch: int) -> None:
     if not (ctx.cfg.tensorboard and ctx.dist.is_main):
         return
@@ -524,13 +583,33 @@ def _open_tensorboard(ctx: Context, first_epoch: int) -> None:
     ctx.tb = SummaryWriter(str(ctx.out / "tb"), purge_step=first_epoch + 1 if first_epoch > 0 else None)
 
 
+# The torchrun job that started the run (TORCHELASTIC_RUN_ID: torchrun's --rdzv-id, a fresh one with
+# --standalone): when torchrun --max-restarts restarts the workers, the restarted command resumes
+# the run only if this job started it (never another run that happens to be in the folder).
+ELASTIC_RUN_ID = "torchelastic_run_id"
+
+
+def _started_by_this_job(out: Path) -> bool:
+    try:
+        return (out / ELASTIC_RUN_ID).read_text().strip() == os.environ.get("TORCHELASTIC_RUN_ID")
+    except OSError:
+        return False
+
+
 def run(cfg: TrainConfig, out: str | Path, *, resume: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train ``cfg`` into the run folder ``out``; returns the summary (also written to summary.json).
+
+    Under ``torchrun --max-restarts N``, workers that the elastic agent restarted after a failure
+    (TORCHELASTIC_RESTART_COUNT > 0) resume the run from its latest checkpoint, as with
+    ``resume=True``, provided this torchrun job started it (:data:`ELASTIC_RUN_ID`).
 
     Raises :class:`Interrupted` after a clean stop (SIGTERM/SIGINT), :class:`TrainingDiverged`
     on a non-finite loss, :class:`~alexnet.errors.UserError` on bad input."""
     out = Path(out)
     dist_info = distributed.from_env()
+    restarted = not resume and distributed.restart_count() > 0
+    if restarted:
+        resume = _started_by_this_job(out)
     if not resume and ((out / METRICS).exists() or ckpt.latest_checkpoint(out) is not None):
         raise UserError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
     if dist_info.is_main:
@@ -539,6 +618,17 @@ def run(cfg: TrainConfig, out: str | Path, *, resume: bool = False, log: Callabl
     try:
         ctx = setup(cfg, out, log=log)
         distributed.barrier()  # the run folder exists before anyone looks into it
+        if restarted:  # rank 0's view of the run folder decides (other nodes may not share its disk)
+            views = distributed.all_gather_object(resume)
+            if any(views) and not views[0]:
+                raise UserError(f"torchrun restarted the workers and rank 0, now on another node, does not see this job's "
+                                f"run in {out}; restarts on several nodes need the run folder on shared storage")
+            resume = views[0]
+            if resume:
+                log(f"torchrun restarted the workers (restart {distributed.restart_count()}): resuming this job's run "
+                    f"in {out} from its latest checkpoint")
+        if ctx.dist.is_main and not resume and os.environ.get("TORCHELASTIC_RUN_ID"):
+            (out / ELASTIC_RUN_ID).write_text(os.environ["TORCHELASTIC_RUN_ID"] + "\n")
         state = RunState()
         if resume:
             last = ckpt.latest_checkpoint(out) if ctx.dist.is_main else None
