@@ -14,10 +14,10 @@ out views of it, and a slot goes back to the pool only when nothing outside the 
 holds a tensor on it (its storage's use count) and, on CUDA, once the copies queued from it have
 finished (an event). A consumer that keeps batches simply makes the pool grow.
 
-JPEG records are decoded by ``torchvision.io.decode_jpeg`` (libjpeg-turbo) in the workers, or —
-with ``decode="cuda"``/``"auto"`` — partly or wholly by nvJPEG on the GPU in the main process
-(batched ``decode_jpeg(list, device="cuda")``); the workers then only gather those records'
-bytes. Raw records are one memmap gather per batch.
+JPEG records are decoded with libjpeg-turbo in the workers, or — with ``decode="cuda"``/``"auto"``
+— partly or wholly by nvJPEG on the GPU in the main process (one batched call per batch); the
+workers then only gather those records' bytes. :mod:`alexnet.data.jpeg` picks the library
+(TorchCodec, else torchvision). Raw records are one memmap gather per batch.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from alexnet.data.format import PreparedDataset, decode_jpeg_rgb
+from alexnet.data.format import PreparedDataset
+from alexnet.data.jpeg import decode_jpeg_rgb, decode_jpegs_rgb
 from alexnet.errors import UserError
 
-_RGB = 3  # torchvision.io.ImageReadMode.RGB.value: grey or CMYK records come out as RGB
 # "auto" split of each batch between CPU workers and the GPU decoder, from throughputs measured
 # on an H100 machine (../shared/ANCHORS.md): nvJPEG decode + crop about 15k img/s, decode_jpeg
 # about 1.5k img/s per CPU worker. The GPU share is G / (G + workers × C).
@@ -157,7 +157,6 @@ class _Filler:
     """Decodes the records of one batch into a slot; owns the per-process scratch buffer."""
 
     def __init__(self, ds: PreparedDataset) -> None:
-        _image_ops()
         self.ds = ds
         self.scratch = np.empty(0, dtype=np.uint8)
 
@@ -439,7 +438,7 @@ class BatchLoader:
             ln = self.ds.index[idx[n_cpu:], 1]
             total = int(ln.sum())
             records = list(slot.data[:total].split(ln.tolist()))  # views: one per record
-            out[n_cpu:] = torch.stack(_decode_on(records, target))
+            out[n_cpu:] = torch.stack(decode_jpegs_rgb(records, target))
             del records
         if target.type == "cuda":
             slot.event = torch.cuda.Event()
@@ -495,15 +494,3 @@ class BatchLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         return self.iterate()
-
-
-def _image_ops() -> None:
-    import torchvision.io.image  # noqa: F401  (registers torch.ops.image.*)
-
-
-def _decode_on(records: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
-    """Batched JPEG decode of CPU byte tensors onto ``device`` (nvJPEG on CUDA)."""
-    _image_ops()
-    if device.type == "cuda":  # pragma: no cover - needs a GPU
-        return torch.ops.image.decode_jpegs_cuda(records, _RGB, device)
-    return [decode_jpeg_rgb(r).to(device) for r in records]
