@@ -187,15 +187,23 @@ def test_decode_cuda_without_gpu_is_a_clear_error(jpeg_ds: Path) -> None:
         pytest.skip("a GPU is present")
     with pytest.raises(UserError, match="no CUDA device"):
         BatchLoader(PreparedDataset(jpeg_ds, "train"), 8, shuffle=True, decode="cuda")
+    with pytest.raises(UserError, match="no CUDA device"):
+        BatchLoader(PreparedDataset(jpeg_ds, "train"), 8, shuffle=True, decode="cuda", device="cpu")
     lo = BatchLoader(PreparedDataset(jpeg_ds, "train"), 8, shuffle=True, decode="auto")
     assert lo.gpu_fraction == 0.0  # auto falls back to the CPU workers
 
 
-def test_raw_records(tmp_path: Path) -> None:
+def test_raw_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from alexnet.errors import UserError
+
     rng = np.random.default_rng(1)
     imgs = rng.integers(0, 256, (10, 5, 7, 3), dtype=np.uint8)
     root = write_arrays(tmp_path / "raw", {"train": (imgs, np.arange(10) % 2), "val": (imgs[:3], np.zeros(3, int))}, ["x", "y"])
     ds = PreparedDataset(root, "train")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU to decode on, but nothing to decode
+    with pytest.raises(UserError, match="stores raw pixels, not JPEG: there is nothing to decode"):
+        BatchLoader(ds, 4, shuffle=True, decode="cuda")
+    monkeypatch.undo()
     for workers in (0, 2):
         got = _run(BatchLoader(ds, 4, shuffle=True, seed=2, workers=workers))
         assert len(got) == 2

@@ -53,6 +53,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     workers: int = -1  # -1: automatic
+    decode: str = "cpu"  # cpu | cuda | auto: where JPEG records are decoded (cuda: nvJPEG; auto: split on a GPU)
     amp: str = "none"  # none | bf16 | fp16
     channels_last: bool = False
     compile: bool = False
@@ -97,6 +98,8 @@ class TrainConfig:
             raise bad("lr", "a number > 0")
         if self.model_parallel not in (1, 2):
             raise bad("model_parallel", "1 or 2")
+        if self.decode not in ("cpu", "cuda", "auto"):
+            raise bad("decode", "cpu, cuda, auto")
 
 
 def recipe_names() -> list[str]:

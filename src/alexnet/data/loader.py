@@ -381,10 +381,14 @@ class BatchLoader:
         # a gpu_fraction) to run this path's code on a machine without a GPU.
         self.decode_device: torch.device | None = None
         self.gpu_fraction = 0.0
+        cuda_ok = torch.cuda.is_available() and (self.device is None or self.device.type == "cuda")
+        if decode == "cuda" and not cuda_ok:
+            where = "this machine has no CUDA GPU" if not torch.cuda.is_available() else f"training runs on {self.device}"
+            raise UserError(f"decode=cuda: no CUDA device to decode on ({where}); use decode=cpu or auto")
+        if decode == "cuda" and ds.encoding != "jpeg":
+            raise UserError(f"decode=cuda: {ds.root} ({ds.split}) stores raw pixels, not JPEG: there is nothing to decode; "
+                            "use decode=cpu")
         if decode != "cpu" and ds.encoding == "jpeg":
-            cuda_ok = torch.cuda.is_available() and (self.device is None or self.device.type == "cuda")
-            if decode == "cuda" and not cuda_ok:
-                raise UserError("decode cuda: no CUDA device to decode on; use decode cpu")
             if cuda_ok:
                 self.decode_device = self.device or torch.device("cuda", torch.cuda.current_device())
                 if gpu_fraction is not None:

@@ -80,14 +80,17 @@ def evaluate(
                          pin_memory=prec.device.type == "cuda")
     sums = torch.zeros(4, dtype=torch.float64)  # n, top1 correct, top5 correct, loss sum
     all_probs = []
-    for b in loader:
-        probs = predict_probs(model, b.images, augment, prec, ten_crop)
-        labels = b.labels.to(probs.device)
-        c1, c5 = topk_correct(probs, labels)
-        nll = F.nll_loss(torch.log(probs.clamp_min(1e-12)), labels, reduction="sum")
-        sums += torch.tensor([len(labels), c1, c5, float(nll)], dtype=torch.float64)
-        if return_probs:
-            all_probs.append(probs.cpu())
+    try:
+        for b in loader:
+            probs = predict_probs(model, b.images, augment, prec, ten_crop)
+            labels = b.labels.to(probs.device)
+            c1, c5 = topk_correct(probs, labels)
+            nll = F.nll_loss(torch.log(probs.clamp_min(1e-12)), labels, reduction="sum")
+            sums += torch.tensor([len(labels), c1, c5, float(nll)], dtype=torch.float64)
+            if return_probs:
+                all_probs.append(probs.cpu())
+    finally:
+        loader.close()  # its workers and buffers: this loader serves this one pass
     if world_size > 1:
         sums = distributed.all_reduce_sum(sums.to(prec.device)).cpu()
     model.train(was_training)

@@ -496,7 +496,8 @@ def setup(cfg: TrainConfig, out: Path, *, log: Callable[[str], None] = print) ->
     optimizer = build_optimizer(cfg, plain)
     loader = BatchLoader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed, workers=cfg.workers, rank=dist_info.rank,
                          world_size=dist_info.world_size, pin_memory=device.type == "cuda",
-                         limit_batches=cfg.max_steps_per_epoch, subset=cfg.train_subset)
+                         limit_batches=cfg.max_steps_per_epoch, subset=cfg.train_subset,
+                         decode=cfg.decode, device=device if cfg.decode != "cpu" else None)
     if len(loader) == 0:
         raise UserError(f"{root}: {loader.n} training images make no full batch of {cfg.batch_size}; lower --batch-size")
     scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
@@ -563,6 +564,8 @@ def run(cfg: TrainConfig, out: str | Path, *, resume: bool = False, log: Callabl
     finally:
         if ctx is not None and ctx.tb is not None:
             ctx.tb.close()
+        if ctx is not None:
+            ctx.train_loader.close()  # its worker processes serve every epoch; stop them here
         distributed.shutdown()
 
 
