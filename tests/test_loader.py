@@ -296,10 +296,18 @@ def test_an_abandoned_epoch_does_not_disturb_the_next(jpeg_ds: Path) -> None:
         for b, r in zip(lo, ref, strict=True):
             assert torch.equal(b.indices, r.indices) and torch.equal(b.images, r.images)
         pids = pids or lo.worker_pids()
-        assert lo.worker_pids() == pids and not lo._orphans
+        assert lo.worker_pids() == pids and not lo._pending
         sizes.append(len(lo._slots))
     # Reused, not leaked: at most the last batch held, the 3 abandoned ones, and 2 × 2 in flight.
     assert max(sizes) <= 1 + 3 + 2 * 2
+    # An iteration left unfinished while another starts (its generator still referenced).
+    first = iter(lo)
+    next(first)
+    for b in lo:
+        assert torch.equal(b.images, _reference(ds, b.indices))
+    with pytest.raises(RuntimeError, match="iterated again"):
+        next(first)
+    assert not lo._pending and all(not s.busy for s in lo._slots.values())
     lo.close()
 
 

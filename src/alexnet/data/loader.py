@@ -402,7 +402,7 @@ class BatchLoader:
         self._slots: dict[int, _Slot] = {}
         self._pool: _Pool | None = None
         self._gen = 0  # iterations started; results of an abandoned one are told apart by it
-        self._orphans: dict[tuple[int, int], _Slot] = {}  # (iteration, batch) still being filled
+        self._pending: dict[tuple[int, int], _Slot] = {}  # (iteration, batch) handed to a worker, not yet reported
         if self.workers > 0 and len(ds):
             check_shared_memory(self.shared_bytes() * local_world_size(),
                                 f"the batch buffers of {self.workers} loader workers"
@@ -474,9 +474,9 @@ class BatchLoader:
         if self._pool is not None:
             self._pool.close()
             self._pool = None
-        for s in self._orphans.values():  # no worker writes into them any more
+        for s in self._pending.values():  # no worker writes into them any more
             s.busy = False
-        self._orphans.clear()
+        self._pending.clear()
 
     def close(self) -> None:
         """Stop the workers and release the batch buffers (and their CUDA page-locking)."""
@@ -557,23 +557,23 @@ class BatchLoader:
         sent = 0
         try:
             for bid in range(len(batches)):
+                if gen != self._gen:
+                    raise RuntimeError("this loader was iterated again before this iteration finished")
                 while sent < len(batches) and sent - bid < depth:
                     slot, _ = self._take_slot(shared=True)
-                    in_flight[sent] = slot
+                    in_flight[sent] = self._pending[(gen, sent)] = slot
                     pool.submit(gen, sent, slot, batches[sent], self._n_cpu(len(batches[sent])))
                     sent += 1
                 while bid not in done:
-                    if gen != self._gen:
-                        raise RuntimeError("this loader was iterated again before this iteration finished")
                     try:
                         rgen, rid, err = pool.get()
-                    except BaseException:
+                    except Exception:
                         self._stop_pool()  # a worker died: the next iteration starts a new pool
                         raise
+                    reported = self._pending.pop((rgen, rid), None)
                     if rgen != gen:  # a batch of an abandoned iteration: its buffer is free again
-                        orphan = self._orphans.pop((rgen, rid), None)
-                        if orphan is not None:
-                            orphan.busy = False
+                        if reported is not None:
+                            reported.busy = False
                         continue
                     if err is not None:
                         raise RuntimeError(f"loader worker failed on batch {rid}: {err}")
@@ -583,12 +583,11 @@ class BatchLoader:
                 yield self._deliver(slot, batches[bid])
         finally:
             # Batches still being filled (the consumer stopped early, or an error) keep their
-            # buffers until the workers report them; the workers themselves stay for the next epoch.
+            # buffers until the workers report them, in a later iteration; the workers themselves
+            # stay for the next epoch.
             for rid, s in in_flight.items():
-                if rid in done or self._pool is None:
+                if (gen, rid) not in self._pending:
                     s.busy = False
-                else:
-                    self._orphans[(gen, rid)] = s
 
     def __iter__(self) -> Iterator[Batch]:
         return self.iterate()
