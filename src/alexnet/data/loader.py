@@ -206,6 +206,7 @@ def _worker_main(ds: PreparedDataset, tasks: Any, results: Any, slots: dict[int,
     # to handle; it stops the workers.
     torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler: terminate() ends the worker
     filler = _Filler(ds)
     known = {sid: (s.images, s.data) for sid, s in slots.items()}
     while True:

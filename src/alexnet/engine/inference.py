@@ -85,21 +85,12 @@ def read_image(path: str | Path, size: tuple[int, int]) -> torch.Tensor:
     """An image file as the prepared data stores it (§2): shorter side rescaled to the stored size,
     then the central patch cropped; uint8 3×H×W. Missing, non-image or truncated files raise a
     UserError naming the file."""
-    from PIL import Image, UnidentifiedImageError
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms import functional as TF
 
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{p}: no such image file")
-    try:
-        with Image.open(p) as im:
-            im.load()  # decode the whole file now, so a truncated one fails here
-            rgb = im.convert("RGB")  # greyscale, palette, CMYK, RGBA: all to RGB
-    except UnidentifiedImageError:
-        raise UserError(f"{p}: not an image file (Pillow cannot identify its format)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(f"{p}: unreadable image ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
+    from alexnet.data.prepare import read_image as read_rgb
+
+    rgb = read_rgb(path)  # the same decoding and colour conversion as prepare
     h, w = size
     # The same resize and crop as torchvision's ImageClassification preset (on PIL images), so
     # torchvision's weights see what they were trained to see.

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from alexnet.errors import UserError
 
-from .base import Item, Source, file_stamp, is_hidden, list_tar, open_tar, tar_damage, unsafe_member_name
+from .base import Item, Source, file_stamp, is_hidden, list_tar, open_tar, oversized, tar_damage, unsafe_member_name
 
 VAL_DIRS = ("val", "validation")
 
@@ -95,7 +95,12 @@ class TarTree(Tree):
         for e, name, label in sorted(zip(entries, names, labels), key=lambda t: t[0].order):
             try:
                 f = self.tf.extractfile(e.handle)
-                data = f.read() if f is not None else b""
+                head = f.read(16) if f is not None else b""
+                bad = oversized(head, e.handle.size)
+                if bad is not None:
+                    yield Item(name, label, None, skip=bad[0], detail=bad[1])
+                    continue
+                data = head + f.read() if f is not None else b""
             except (tarfile.TarError, OSError, EOFError) as err:
                 yield Item(name, label, None, skip="corrupt_archive", detail=str(err))
                 continue
