@@ -34,6 +34,10 @@ class CheckpointError(UserError):
     """A checkpoint could not be written or read."""
 
 
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (a full disk); the previous one is intact."""
+
+
 def remove_stale_temporaries(run: Path) -> None:
     """Temporary files a killed process left behind (never a complete checkpoint)."""
     d = run / CKPT_DIR
@@ -53,7 +57,7 @@ def save_checkpoint(run: Path, state: dict[str, Any], step: int, keep: int = 2) 
         atomic_write(path, lambda f: torch.save(state, f))
     except OSError as e:
         kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
-        raise CheckpointError(f"could not write the checkpoint: {os_error_line(e, path)}; {kept}") from None
+        raise CheckpointWriteError(f"could not write the checkpoint: {os_error_line(e, path)}; {kept}") from None
     for old in list_checkpoints(run)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
     return path

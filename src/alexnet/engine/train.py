@@ -49,6 +49,7 @@ from alexnet.engine.evaluate import Precision, evaluate
 from alexnet.engine.fast_step import FastStep
 from alexnet.engine.optim import Schedule, build_optimizer, set_lr
 from alexnet.errors import UserError
+from alexnet.files import atomic_write_bytes, atomic_write_text, lock_folder
 
 METRICS = "metrics.jsonl"
 # metrics.jsonl fields that measure time rather than training: they differ between a resumed run
@@ -223,7 +224,7 @@ def write_checkpoint(ctx: Context, state: RunState) -> Path | None:
     finally:
         ctx.phase = phase
     if err:
-        raise ckpt.CheckpointError(err)
+        raise ckpt.CheckpointWriteError(err)
     path = Path(path_s) if path_s else None
     ctx.last_checkpoint = (state.step, path)
     return path
@@ -293,6 +294,14 @@ def append_metrics(ctx: Context, row: dict[str, Any]) -> None:
         ctx.tb.flush()
 
 
+def _last_metrics(out: Path) -> dict[str, Any]:
+    from alexnet.report.markdown import read_metrics
+
+    p = out / METRICS
+    rows = read_metrics(p) if p.is_file() else []
+    return rows[-1] if rows else {}
+
+
 def truncate_metrics(out: Path, epochs_done: int) -> None:
     """On resume, keep only the rows of epochs that finished before the checkpoint (a row written
     after it, or torn by the kill, is dropped: the resumed run writes it again)."""
@@ -303,7 +312,7 @@ def truncate_metrics(out: Path, epochs_done: int) -> None:
         return
     rows = [r for r in read_metrics(p) if r.get("epoch", 0) <= epochs_done]
     text = "".join(json.dumps(r) + "\n" for r in rows).encode()
-    ckpt.atomic_write(p, lambda f: f.write(text))
+    atomic_write_bytes(p, text)
 
 
 # -- signals ---------------------------------------------------------------------------------------
@@ -531,25 +540,27 @@ def run(cfg: TrainConfig, out: str | Path, *, resume: bool = False, log: Callabl
     on a non-finite loss, :class:`~alexnet.errors.UserError` on bad input."""
     out = Path(out)
     dist_info = distributed.from_env()
-    if not resume and ((out / METRICS).exists() or ckpt.latest_checkpoint(out) is not None):
-        raise UserError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
-    if dist_info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+    # Rank 0 writes the run folder and holds its lock for the whole run: a second train (or a
+    # second --resume) into the same folder is refused at once, before it reads or writes anything.
+    lock = lock_folder(out) if dist_info.is_main else None
     ctx: Context | None = None
     try:
+        if not resume and ((out / METRICS).exists() or ckpt.latest_checkpoint(out) is not None):
+            raise UserError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
         ctx = setup(cfg, out, log=log)
         distributed.barrier()  # the run folder exists before anyone looks into it
         state = RunState()
         if resume:
-            last = ckpt.latest_checkpoint(out) if ctx.dist.is_main else None
-            d = _load_for_resume(ctx, last)
+            d, last = _load_latest(ctx, out)
             if d is None:
                 log(f"no checkpoint in {out}; starting from the beginning")
             else:
-                last = Path(distributed.broadcast_object(str(last)))
                 state = restore(ctx, d, last)
                 del d
                 log(f"resumed from {last} (epoch {state.epoch + 1}, batch {state.batch_in_epoch}, step {state.step})")
+                done = _finished(ctx, state)
+                if done is not None:
+                    return done
         if ctx.dist.is_main:
             ckpt.remove_stale_temporaries(out)
             if resume:
@@ -557,13 +568,56 @@ def run(cfg: TrainConfig, out: str | Path, *, resume: bool = False, log: Callabl
             save_yaml(cfg, out / "config.yaml")
             from alexnet.report.markdown import environment
 
-            (out / "environment.json").write_text(json.dumps(environment(), indent=1) + "\n")
+            atomic_write_text(out / "environment.json", json.dumps(environment(), indent=1) + "\n")
         _open_tensorboard(ctx, state.epoch)
         return _loop(ctx, state)
     finally:
         if ctx is not None and ctx.tb is not None:
             ctx.tb.close()
         distributed.shutdown()
+        if lock is not None:
+            lock.release()
+
+
+def _load_latest(ctx: Context, out: Path) -> tuple[dict[str, Any] | None, Path | None]:
+    """The newest readable checkpoint of ``out`` (a collective: every rank calls it). A damaged
+    newer one (a disk that filled, a copy cut short) is set aside as ``*.damaged``, so that it is
+    never taken for the latest again, and the previous one is used; both are said."""
+    names = [str(p) for p in reversed(ckpt.list_checkpoints(out))] if ctx.dist.is_main else []
+    names = distributed.broadcast_object(names)
+    for i, name in enumerate(names):
+        try:
+            return _load_for_resume(ctx, Path(name)), Path(name)
+        except ckpt.CheckpointError as e:
+            if i + 1 == len(names):
+                raise ckpt.CheckpointError(f"{e}; no earlier checkpoint to fall back to" if i == 0 else
+                                           f"{e}; no earlier checkpoint is readable either") from None
+            if ctx.dist.is_main:
+                os.replace(name, name + ".damaged")
+            ctx.log(f"warning: {e}; set aside as {name}.damaged; resuming from the previous checkpoint {names[i + 1]}")
+    return None, None
+
+
+def _finished(ctx: Context, state: RunState) -> dict[str, Any] | None:
+    """A resumed run whose checkpoint is at or past the last epoch: its summary when it is complete
+    (nothing is trained or rewritten), None when only the final weights are missing (the loop then
+    writes them), and an error when the checkpoint is past ``epochs``."""
+    cfg, out = ctx.cfg, ctx.out
+    if state.epoch > cfg.epochs:
+        raise UserError(f"{out}: its latest checkpoint ends epoch {state.epoch}, past epochs={cfg.epochs}; nothing to "
+                        f"train and nothing changed (to train longer, give --epochs above {state.epoch})")
+    summary = None
+    if ctx.dist.is_main and state.epoch == cfg.epochs and (out / ckpt.WEIGHTS).is_file():
+        try:
+            summary = json.loads((out / "summary.json").read_text())
+        except (OSError, ValueError):
+            pass  # the final weights are there but not the summary: the loop writes both again
+    summary = distributed.broadcast_object(summary)
+    if summary is None:
+        return None
+    ctx.log(f"{out}: already finished ({state.epoch} of {cfg.epochs} epochs); nothing to do "
+            f"(to train longer, give --epochs above {cfg.epochs})")
+    return summary
 
 
 def _loop(ctx: Context, state: RunState) -> dict[str, Any]:
@@ -576,7 +630,9 @@ def _loop(ctx: Context, state: RunState) -> dict[str, Any]:
         + f", recipe {cfg.recipe}, {placement}")
     ctx.t_start = time.time()
     elapsed0 = state.elapsed_s
-    row: dict[str, Any] = {}
+    # A resumed run that had finished training but not written its final weights (a full disk)
+    # reports its last epoch's row.
+    row: dict[str, Any] = _last_metrics(ctx.out) if state.epoch >= cfg.epochs else {}
     with stop_on_signals(ctx):
         while state.epoch < cfg.epochs:
             lr = ctx.schedule.lr_at(state.step - state.batch_in_epoch)  # the epoch's first step, also on resume
@@ -613,6 +669,6 @@ def _loop(ctx: Context, state: RunState) -> dict[str, Any]:
     summary = {"epochs": cfg.epochs, "steps": state.step, "final": row, "time_s": elapsed0 + time.time() - ctx.t_start,
                "weights": str(ctx.out / ckpt.WEIGHTS)}
     if ctx.dist.is_main:
-        (ctx.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        atomic_write_text(ctx.out / "summary.json", json.dumps(summary, indent=1) + "\n")
     distributed.barrier()  # nobody tears the process group down while rank 0 still writes
     return summary
