@@ -56,6 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "log_every", None) is not None:
+            from alexnet.progress import set_log_every
+
+            set_log_every(args.log_every)
         return int(importlib.import_module(args._module).run(args) or 0)
     except UserError as e:
         print(f"alexnet {args.command}: error: {e}", file=sys.stderr)

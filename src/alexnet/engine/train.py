@@ -35,8 +35,6 @@ from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
-from tqdm import tqdm
-
 from alexnet import models
 from alexnet.config import TrainConfig, save_yaml
 from alexnet.data.augment import Augment
@@ -49,6 +47,7 @@ from alexnet.engine.evaluate import Precision, evaluate
 from alexnet.engine.fast_step import FastStep
 from alexnet.engine.optim import Schedule, build_optimizer, set_lr
 from alexnet.errors import UserError
+from alexnet.progress import Progress
 
 METRICS = "metrics.jsonl"
 # metrics.jsonl fields that measure time rather than training: they differ between a resumed run
@@ -392,8 +391,10 @@ def train_one_epoch(ctx: Context, state: RunState) -> tuple[dict[str, float], bo
     sums = torch.tensor(state.epoch_sums, dtype=torch.float64)  # images, loss sum, hits (all processes)
     images0 = float(sums[0])
     t0 = time.time()
-    bar = tqdm(total=n_batches, initial=state.batch_in_epoch, desc=f"epoch {state.epoch + 1}/{cfg.epochs}", unit="batch",
-               leave=False, disable=not (cfg.progress and ctx.dist.is_main), dynamic_ncols=True, file=sys.stdout)
+    # A bar on a terminal; in a log file a line every ALEXNET_LOG_EVERY seconds (the epoch's own
+    # summary line comes from _loop).
+    bar = Progress(n_batches, f"epoch {state.epoch + 1}/{cfg.epochs}", "batch", initial=state.batch_in_epoch,
+                   enabled=cfg.progress and ctx.dist.is_main, file=sys.stdout, leave=False)
     # Losses are checked (one device sync) every step on the CPU, every 20 steps on GPUs, and
     # always at a checkpoint. The positions are fixed in the epoch, so a resumed run adds up the
     # same blocks in the same order.
