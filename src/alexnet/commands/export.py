@@ -124,6 +124,17 @@ def export_onnx(module: nn.Module, x: torch.Tensor, meta: dict[str, Any], out: P
     return out
 
 
+def hub_module() -> Any:
+    """:mod:`alexnet.engine.hf_hub`, or one line saying how to install its optional dependency."""
+    try:
+        from alexnet.engine import hf_hub
+    except ImportError as e:
+        if (e.name or "").split(".")[0] != "huggingface_hub":
+            raise
+        raise UserError("the Hugging Face Hub needs huggingface_hub: pip install 'alexnet[hub]'") from None
+    return hf_hub
+
+
 def run(args: argparse.Namespace) -> int:
     from alexnet.engine import checkpoint as ckpt
     from alexnet.engine.inference import load
@@ -136,8 +147,7 @@ def run(args: argparse.Namespace) -> int:
     model, meta = trained.model.eval(), dict(trained.meta)
     out = Path(args.out)
     if args.format == "hub":
-        from alexnet.engine.hf_hub import export_folder
-
+        export_folder = hub_module().export_folder
         export_folder(trained, out)
     elif out.is_dir():
         raise UserError(f"{out}: is a folder; give the file to write")

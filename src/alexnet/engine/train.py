@@ -162,6 +162,23 @@ def model_meta(cfg: TrainConfig, ds: PreparedDataset) -> dict[str, Any]:
             "input_norm": mi.input_norm, "data": cfg.data, "image_size": list(ds.image_size)}
 
 
+# Config fields that say where and how fast a run ran, not what it computed: left out of the
+# recipe stored with the weights (a resumed run's weights file equals an uninterrupted one's).
+RUNTIME_FIELDS = ("device", "workers", "progress", "tensorboard", "eval_batch_size")
+
+
+def final_meta(ctx: Context, row: dict[str, Any]) -> dict[str, Any]:
+    """The weights file's metadata: what rebuilds the model (:func:`model_meta`), plus the recipe,
+    the last epoch's metrics (without timings) and the git commit, so a published file says how
+    it was made."""
+    env_file = ctx.out / "environment.json"
+    env = json.loads(env_file.read_text()) if env_file.is_file() else {}
+    return {**ctx.meta,
+            "recipe": {k: v for k, v in ctx.cfg.to_dict().items() if k not in RUNTIME_FIELDS},
+            "metrics": {k: v for k, v in row.items() if k not in TIMING_FIELDS},
+            "git_sha": env.get("git_sha"), "alexnet_version": env.get("alexnet"), "torch_version": env.get("torch")}
+
+
 def make_augment(cfg: TrainConfig, ds: PreparedDataset, input_norm: str) -> Augment:
     return Augment.from_stats(ds.stats(), models.info(cfg.model).input_size, random_crop=cfg.random_crop, flip=cfg.flip,
                               pca_std=cfg.pca_std, crop_padding=cfg.crop_padding, input_norm=input_norm, seed=cfg.seed)
@@ -610,7 +627,7 @@ def _loop(ctx: Context, state: RunState) -> dict[str, Any]:
             if _agree(ctx, bool(ctx.stop_signal)) and state.epoch < cfg.epochs:
                 raise Interrupted(_exit_code(ctx), path)
     if ctx.dist.is_main:
-        ckpt.save_weights(ctx.model, ctx.out / ckpt.WEIGHTS, ctx.meta, ctx.train_ds.stats())
+        ckpt.save_weights(ctx.model, ctx.out / ckpt.WEIGHTS, final_meta(ctx, row), ctx.train_ds.stats())
     summary = {"epochs": cfg.epochs, "steps": state.step, "final": row, "time_s": elapsed0 + time.time() - ctx.t_start,
                "weights": str(ctx.out / ckpt.WEIGHTS)}
     if ctx.dist.is_main:
