@@ -7,6 +7,7 @@ import shutil
 import time
 from pathlib import Path
 
+from alexnet.commands.common import add_log_every_argument
 from alexnet.errors import UserError
 
 DEMO_MARK = ".alexnet-demo"
@@ -17,6 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=None, help="override the demo recipe's epochs")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
+    add_log_every_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     prec = Precision(device)
     results = {}
     for key, ten in (("center", False), ("ten_crop", True)):
-        r = evaluate(trained.model, ds, aug, prec, ten_crop=ten)
+        r = evaluate(trained.model, ds, aug, prec, ten_crop=ten, progress=not args.no_progress)
         record_eval(out, key, r)
         results[key] = r
     chance = 1 - 1 / ds.num_classes

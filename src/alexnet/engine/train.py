@@ -35,8 +35,6 @@ from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
-from tqdm import tqdm
-
 from alexnet import models
 from alexnet.config import TrainConfig, save_yaml
 from alexnet.data.augment import Augment
@@ -50,6 +48,7 @@ from alexnet.engine.fast_step import FastStep
 from alexnet.engine.optim import Schedule, build_optimizer, set_lr
 from alexnet.errors import UserError
 from alexnet.files import atomic_write_bytes, atomic_write_text, lock_folder
+from alexnet.progress import Progress
 
 METRICS = "metrics.jsonl"
 # metrics.jsonl fields that measure time rather than training: they differ between a resumed run
@@ -162,6 +161,23 @@ def model_meta(cfg: TrainConfig, ds: PreparedDataset) -> dict[str, Any]:
     return {"model": cfg.model, "model_options": cfg.model_options, "num_classes": ds.num_classes,
             "classes": ds.classes, "class_names": ds.class_names, "input_size": mi.input_size,
             "input_norm": mi.input_norm, "data": cfg.data, "image_size": list(ds.image_size)}
+
+
+# Config fields that say where and how fast a run ran, not what it computed: left out of the
+# recipe stored with the weights (a resumed run's weights file equals an uninterrupted one's).
+RUNTIME_FIELDS = ("device", "workers", "progress", "tensorboard", "eval_batch_size")
+
+
+def final_meta(ctx: Context, row: dict[str, Any]) -> dict[str, Any]:
+    """The weights file's metadata: what rebuilds the model (:func:`model_meta`), plus the recipe,
+    the last epoch's metrics (without timings) and the git commit, so a published file says how
+    it was made."""
+    env_file = ctx.out / "environment.json"
+    env = json.loads(env_file.read_text()) if env_file.is_file() else {}
+    return {**ctx.meta,
+            "recipe": {k: v for k, v in ctx.cfg.to_dict().items() if k not in RUNTIME_FIELDS},
+            "metrics": {k: v for k, v in row.items() if k not in TIMING_FIELDS},
+            "git_sha": env.get("git_sha"), "alexnet_version": env.get("alexnet"), "torch_version": env.get("torch")}
 
 
 def make_augment(cfg: TrainConfig, ds: PreparedDataset, input_norm: str) -> Augment:
@@ -401,8 +417,10 @@ def train_one_epoch(ctx: Context, state: RunState) -> tuple[dict[str, float], bo
     sums = torch.tensor(state.epoch_sums, dtype=torch.float64)  # images, loss sum, hits (all processes)
     images0 = float(sums[0])
     t0 = time.time()
-    bar = tqdm(total=n_batches, initial=state.batch_in_epoch, desc=f"epoch {state.epoch + 1}/{cfg.epochs}", unit="batch",
-               leave=False, disable=not (cfg.progress and ctx.dist.is_main), dynamic_ncols=True, file=sys.stdout)
+    # A bar on a terminal; in a log file a line every ALEXNET_LOG_EVERY seconds (the epoch's own
+    # summary line comes from _loop).
+    bar = Progress(n_batches, f"epoch {state.epoch + 1}/{cfg.epochs}", "batch", initial=state.batch_in_epoch,
+                   enabled=cfg.progress and ctx.dist.is_main, file=sys.stdout, leave=False)
     # Losses are checked (one device sync) every step on the CPU, every 20 steps on GPUs, and
     # always at a checkpoint. The positions are fixed in the epoch, so a resumed run adds up the
     # same blocks in the same order.
@@ -665,7 +683,7 @@ def _loop(ctx: Context, state: RunState) -> dict[str, Any]:
             if _agree(ctx, bool(ctx.stop_signal)) and state.epoch < cfg.epochs:
                 raise Interrupted(_exit_code(ctx), path)
     if ctx.dist.is_main:
-        ckpt.save_weights(ctx.model, ctx.out / ckpt.WEIGHTS, ctx.meta, ctx.train_ds.stats())
+        ckpt.save_weights(ctx.model, ctx.out / ckpt.WEIGHTS, final_meta(ctx, row), ctx.train_ds.stats())
     summary = {"epochs": cfg.epochs, "steps": state.step, "final": row, "time_s": elapsed0 + time.time() - ctx.t_start,
                "weights": str(ctx.out / ckpt.WEIGHTS)}
     if ctx.dist.is_main:
