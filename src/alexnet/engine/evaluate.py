@@ -14,6 +14,7 @@ from alexnet.data.augment import Augment
 from alexnet.data.format import PreparedDataset
 from alexnet.data.loader import BatchLoader
 from alexnet.engine import distributed
+from alexnet.engine.checks import check_ten_crop
 from alexnet.progress import Progress
 
 
@@ -47,6 +48,8 @@ def topk_correct(logits_or_probs: torch.Tensor, labels: torch.Tensor, ks: tuple[
 def predict_probs(model: nn.Module, images: torch.Tensor, augment: Augment, prec: Precision, ten_crop: bool) -> torch.Tensor:
     """Softmax probabilities (float32, N×C) for a uint8 batch: centre crop, or the mean of the
     softmax over the 10 crops (§4.1)."""
+    if ten_crop:
+        check_ten_crop(images.shape[-2:], augment.crop)
     images = images.to(prec.device, non_blocking=True)
     with prec.autocast():
         if ten_crop:

@@ -43,6 +43,7 @@ from alexnet.data.loader import BatchLoader
 from alexnet.data.resolve import open_splits, resolve_data
 from alexnet.engine import checkpoint as ckpt
 from alexnet.engine import distributed
+from alexnet.engine.checks import check_against_data, describe_augmentation, effective_crop_padding
 from alexnet.engine.evaluate import Precision, evaluate
 from alexnet.engine.fast_step import FastStep
 from alexnet.engine.optim import Schedule, build_optimizer, set_lr
@@ -181,8 +182,10 @@ def final_meta(ctx: Context, row: dict[str, Any]) -> dict[str, Any]:
 
 
 def make_augment(cfg: TrainConfig, ds: PreparedDataset, input_norm: str) -> Augment:
-    return Augment.from_stats(ds.stats(), models.info(cfg.model).input_size, random_crop=cfg.random_crop, flip=cfg.flip,
-                              pca_std=cfg.pca_std, crop_padding=cfg.crop_padding, input_norm=input_norm, seed=cfg.seed)
+    crop = models.info(cfg.model).input_size
+    return Augment.from_stats(ds.stats(), crop, random_crop=cfg.random_crop, flip=cfg.flip, pca_std=cfg.pca_std,
+                              crop_padding=effective_crop_padding(cfg, ds.image_size, crop), input_norm=input_norm,
+                              seed=cfg.seed)
 
 
 def rng_state(devices: list[torch.device]) -> dict[str, Any]:
@@ -404,7 +407,7 @@ def check_loss(ctx: Context, state: RunState, loss: float, step: int) -> None:
         if state.stall_count == ctx.cfg.stall_steps:
             ctx.log(f"warning: the loss has stayed at chance level (ln {ctx.train_ds.num_classes} = {chance:.3f}) for "
                     f"{ctx.cfg.stall_steps} steps (step {step}); the paper's bias-1 initialisation is known to stall in "
-                    f"some setups (try --model-opt bias_init=0.1 or a lower --lr)")
+                    f"some setups (try a lower --lr, or with init=paper --model-opt bias_init=0.1)")
 
 
 def train_one_epoch(ctx: Context, state: RunState) -> tuple[dict[str, float], bool]:
@@ -488,10 +491,16 @@ def setup(cfg: TrainConfig, out: Path, *, log: Callable[[str], None] = print) ->
     mi = models.info(cfg.model)
     root = resolve_data(cfg.data, mi.input_size, seed=0)
     train_ds, val_ds = open_splits(root)
-    h, w = train_ds.image_size
-    if min(h, w) + 2 * cfg.crop_padding < mi.input_size:
-        raise UserError(f"{root}: images are {h}×{w}, smaller than the {mi.input_size}×{mi.input_size} input of "
-                        f"{cfg.model}; prepare the data at a larger size or pick a model for this size")
+    stats = train_ds.stats()
+    try:  # settings this data cannot honour: refused here, before any work, on every rank alike
+        warnings = check_against_data(cfg, image_size=train_ds.image_size, input_size=mi.input_size,
+                                      eigval=stats.get("eigval"), train_images=len(train_ds))
+    except UserError as e:
+        raise UserError(f"{root}: {e}") from None
+    if dist_info.is_main:
+        log(describe_augmentation(cfg, train_ds.image_size, mi.input_size))
+        for warning in warnings:
+            log(f"warning: {warning}")
     distributed.init(dist_info, device)
     torch.manual_seed(cfg.seed)  # the same initial weights in every process (DDP also broadcasts rank 0's)
     model = build_model(cfg, train_ds.num_classes, device)
