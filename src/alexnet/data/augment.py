@@ -141,6 +141,12 @@ class Augment:
                                 self.eigvec.double().to(device))
         return self._cache[key]
 
+    def norm_constants(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """What every crop subtracts (3×H×W, 0–255 units) and then multiplies by (3×1×1), per
+        ``input_norm``: the normalisation an exported model carries inside."""
+        sub, scale, _, _ = self._consts(torch.device(device))
+        return sub, scale
+
     # -- random parameters -------------------------------------------------------------------
 
     def params(self, indices: torch.Tensor, epoch: int) -> tuple[CropParams, torch.Tensor]:

@@ -235,6 +235,7 @@ def _worker_main(ds: PreparedDataset, tasks: Any, results: Any) -> None:
     # to handle; it stops the workers.
     torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler: terminate() ends the worker
     # torch looks a received shared buffer up in its cache of buffers already mapped, which fork
     # copied from the parent: a hit would return the parent's mapping as inherited (absent where
     # it was page-locked) instead of mapping the buffer afresh.

@@ -35,7 +35,7 @@ class CifarNet(nn.Module):
         towers: int = 1,
         widths: Sequence[int] = (32, 32, 64),
         init: str = "he",
-        bias_init: float = 0.0,
+        bias_init: float | None = None,
         in_channels: int = 3,
         remove_conv: int = 0,
     ) -> None:
@@ -50,6 +50,8 @@ class CifarNet(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if init not in ("paper", "torch", "he"):
             raise ValueError(f"unknown init {init!r}; accepted: paper, torch, he")
+        if bias_init is not None and init != "paper":
+            raise ValueError(f"bias_init={bias_init} has no effect with init={init!r}: only init='paper' sets the biases")
         w1, w2, w3 = widths
         # Pad the pools so that both 3/2 (overlapping) and 2/2 halve the map exactly.
         pool_args = dict(kernel_size=3, stride=2, padding=1) if overlapping_pool else dict(kernel_size=2, stride=2)
@@ -85,7 +87,7 @@ class CifarNet(nn.Module):
             for m in convs + [m for m in self.classifier if isinstance(m, nn.Linear)]:
                 nn.init.constant_(m.bias, 0.0)
             for m in convs[1:]:
-                nn.init.constant_(m.bias, bias_init)
+                nn.init.constant_(m.bias, bias_init or 0.0)
 
         elif init == "he":
             # He et al. 2015 for ReLU layers, for inputs of unit scale (input_norm "mean_image_std").
