@@ -35,6 +35,7 @@ from PIL import Image
 from alexnet.data.format import PreparedDataset, write_arrays
 from alexnet.data.sources import synthetic
 from alexnet.engine import checkpoint as ckpt
+from alexnet.engine.train import TIMING_FIELDS
 
 LAUNCHER = r"""
 import builtins, errno, importlib, os, signal, sys, time
@@ -109,7 +110,8 @@ if match:
         except OSError:
             path = ""
         return Full(f) if writing(mode) and match in path else f
-    builtins.open, os.fdopen = open_, fdopen
+    import io
+    builtins.open, io.open, os.fdopen = open_, open_, fdopen
 
 from alexnet.cli import main
 sys.exit(main(sys.argv[1:]))
@@ -306,3 +308,76 @@ def test_lock_is_exclusive_between_processes_and_dies_with_its_holder(tmp_path: 
     with ExclusiveLock(tmp_path / "x.lock", "X"):  # SIGKILL released it; the stale file does not block
         pass
     assert not (tmp_path / "x.lock").exists()
+
+
+# -- 6: full disks ----------------------------------------------------------------------------------
+
+
+def test_full_disk_mid_checkpoint_keeps_the_previous_one_and_resumes_exactly(ds: Path, run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    # torch.save reports the failed write as a RuntimeError; the user still reads the disk's error.
+    rc, _, err = cli(train_args(ds, out), env={"FULL_DISK_MATCH": "ckpt-000000006", "FULL_DISK_AFTER": "100000"})
+    line = one_line(err, rc)
+    prev = out / "checkpoints" / "ckpt-000000005.pt"
+    assert f"ckpt-000000006.pt: No space left on device; the previous checkpoint {prev} is intact" in line
+    assert f"free space, then resume with: " in line and f"--out {out} --resume" in line
+    assert [p.name for p in (out / "checkpoints").iterdir()] and sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "ckpt-000000002.pt", "ckpt-000000004.pt", "ckpt-000000005.pt"]  # no torn file, no temporary
+    rc, _, err = cli(resume_args(out))
+    assert rc == 0, err[-2000:]
+    assert (out / ckpt.WEIGHTS).read_bytes() == (run / ckpt.WEIGHTS).read_bytes()
+
+
+def test_full_disk_at_the_final_weights_then_resume_writes_them(ds: Path, run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    rc, _, err = cli(train_args(ds, out), env={"FULL_DISK_MATCH": "model.safetensors", "FULL_DISK_AFTER": "1000"})
+    line = one_line(err, rc)
+    assert line.startswith(f"alexnet train: error: {out / ckpt.WEIGHTS}: No space left on device; the last checkpoint "
+                           f"{out / 'checkpoints' / 'ckpt-000000010.pt'} is intact; free space, then resume with:")
+    assert not (out / ckpt.WEIGHTS).exists() and not list(out.glob(".*.tmp"))
+    rc, stdout, err = cli(resume_args(out))
+    assert rc == 0, err[-2000:]
+    assert "nan" not in stdout and "done: 2 epochs" in stdout  # the last epoch's numbers, not "val top-1 nan"
+    assert (out / ckpt.WEIGHTS).read_bytes() == (run / ckpt.WEIGHTS).read_bytes()
+    final = [{k: v for k, v in json.loads((r / "summary.json").read_text())["final"].items() if k not in TIMING_FIELDS}
+             for r in (out, run)]
+    assert final[0] == final[1]
+
+
+def tree_pixels(tree: Path, split: str) -> np.ndarray:
+    return np.stack([np.asarray(Image.open(p)) for p in sorted((tree / split).rglob("*.png"))])
+
+
+def test_full_disk_during_prepare_cuts_back_to_the_checkpoint_and_resumes(tree: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cc"
+    args = ["prepare", str(tree), "--out", str(out), "--workers", "1", "--quiet"]
+    every_chunk = {"PREPARE_CHECKPOINT_SECONDS": "0", "PREPARE_CHUNK": "4"}  # a checkpoint every 4 images
+    record = 40 * 40 * 3
+    rc, _, err = cli(args, env={**every_chunk, "FULL_DISK_MATCH": "data.bin", "FULL_DISK_AFTER": str(6 * record + 100)})
+    line = one_line(err, rc)
+    partial = Path(str(out) + ".partial")
+    assert (f"{partial}: No space left on device; the 4 images prepared up to the last checkpoint are kept in {partial}: "
+            f"free space, then rerun the same command to resume") in line
+    assert (partial / "train" / "data.bin").stat().st_size == 4 * record  # what was written since is freed
+    rc, _, err = cli(args, env=every_chunk)
+    assert rc == 0, err[-2000:]
+    for split in ("train", "val"):
+        d = PreparedDataset(out, split)
+        got = d.read_batch(range(len(d))).permute(0, 2, 3, 1).numpy()
+        np.testing.assert_array_equal(got, tree_pixels(tree, split))
+
+
+def test_whole_files_are_replaced_atomically_with_the_usual_permissions(ds: Path, run: Path, tmp_path: Path) -> None:
+    # A full disk while config.yaml is rewritten (a resume that trains longer) leaves the old one.
+    out = copy_run(run, tmp_path / "run")
+    before = (out / "config.yaml").read_bytes()
+    rc, _, err = cli(resume_args(out, "--epochs", "3"), env={"FULL_DISK_MATCH": "config.yaml", "FULL_DISK_AFTER": "10"})
+    assert "config.yaml: No space left on device" in one_line(err, rc)
+    assert (out / "config.yaml").read_bytes() == before
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    # Every file of a dataset and a run gets what a plain open() gives (0666 minus the umask).
+    mask = os.umask(0)
+    os.umask(mask)
+    files = [*ds.rglob("*"), *run.rglob("*")]
+    modes = {str(p): stat.S_IMODE(p.stat().st_mode) for p in files if p.is_file()}
+    assert modes and set(modes.values()) == {0o666 & ~mask}, modes
