@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from alexnet.data.format import DatasetWriter, PreparedDataset, StatsAccumulator, write_arrays
+from alexnet.data.format import DatasetError, DatasetWriter, PreparedDataset, StatsAccumulator, write_arrays
 from alexnet.data.loader import BatchLoader, epoch_permutation, shard
 
 H, W = 40, 48  # not square: a transposed H/W shows up as a shape error
@@ -214,8 +214,8 @@ def test_raw_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_bad_record_names_it(tmp_path: Path) -> None:
     ds = PreparedDataset(make_jpeg_dataset(tmp_path, n_train=8, n_val=2, bad=5), "train")
-    for workers in (0, 1):
-        with pytest.raises(RuntimeError):
+    for workers in (0, 1):  # one line naming the file and the record, in a worker process too
+        with pytest.raises(DatasetError, match=r"train/data.bin: record 5 cannot be decoded"):
             for _ in BatchLoader(ds, 8, shuffle=False, workers=workers):
                 pass
 

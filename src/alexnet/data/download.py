@@ -22,6 +22,7 @@ import hashlib
 import os
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,10 @@ def cache_dir() -> Path:
 def url_of(name: str, base_url: str | None = None) -> str:
     remote = DATASETS[name]
     base = base_url or os.environ.get(ENV_BASE_URL) or remote.base_url
+    parts = urllib.parse.urlsplit(base)
+    if parts.scheme not in ("http", "https", "file") or (parts.scheme != "file" and not parts.netloc):
+        where = "--base-url" if base_url else (f"${ENV_BASE_URL}" if os.environ.get(ENV_BASE_URL) else "base URL")
+        raise UserError(f"{where} {base!r}: not a URL; accepted: http://HOST/PATH, https://HOST/PATH or file:///PATH")
     return base.rstrip("/") + "/" + remote.filename
 
 

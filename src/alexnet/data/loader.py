@@ -32,7 +32,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from alexnet.data.format import PreparedDataset
+from alexnet.data.format import DatasetError, PreparedDataset
 from alexnet.data.jpeg import decode_jpeg_rgb, decode_jpegs_rgb
 from alexnet.errors import UserError
 
@@ -219,10 +219,13 @@ class _Filler:
             ends = np.cumsum(ln[:n_cpu]).tolist()
             start = 0
             for j, end in enumerate(ends):
-                img = decode_jpeg_rgb(buf[start:end])
+                try:
+                    img = decode_jpeg_rgb(buf[start:end])
+                except RuntimeError as e:
+                    raise ds.damaged(int(idx[j]), e) from None
                 if img.shape != (3, h, w):
-                    raise ValueError(f"{ds.root}/{ds.split} record {int(idx[j])}: decoded to "
-                                     f"{'×'.join(map(str, img.shape))}, expected 3×{h}×{w}")
+                    raise ds.damaged(int(idx[j]), ValueError(f"decoded to {'×'.join(map(str, img.shape))}, "
+                                                             f"expected 3×{h}×{w}"))
                 images[j].copy_(img)
                 start = end
         if n_cpu < n:
@@ -255,6 +258,8 @@ def _worker_main(ds: PreparedDataset, tasks: Any, results: Any) -> None:
             images, data = known[sid]
             filler.fill(idx, n_cpu, images, data)
             results.put((gen, bid, None))
+        except UserError as e:  # a damaged record: one line in the main process
+            results.put((gen, bid, ("user", str(e))))
         except Exception as e:  # sent back and raised in the main process
             results.put((gen, bid, f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
 
@@ -576,6 +581,8 @@ class BatchLoader:
                         if reported is not None:
                             reported.busy = False
                         continue
+                    if isinstance(err, tuple):
+                        raise DatasetError(err[1])
                     if err is not None:
                         raise RuntimeError(f"loader worker failed on batch {rid}: {err}")
                     done.add(rid)

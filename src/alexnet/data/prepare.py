@@ -567,7 +567,7 @@ def _prepare_source(source: Source, out: Path, *, size: int | None, workers: int
         kept = dw.keep_checkpointed()
         what = (f"the {kept} images prepared up to the last checkpoint are kept in {dw.tmp}: free space, then rerun "
                 f"the same command to resume" if kept else f"nothing was checkpointed yet, {dw.tmp} was removed")
-        raise UserError(f"{os_error_line(e)}; {what}") from None
+        raise UserError(f"{os_error_line(e, dw.tmp)}; {what}") from None
     finally:
         executor.close(ok)
     if progress:

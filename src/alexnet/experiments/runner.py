@@ -30,6 +30,7 @@ import yaml
 from alexnet import config as config_mod
 from alexnet.config import TrainConfig
 from alexnet.errors import UserError
+from alexnet.files import atomic_write_text
 
 SCALE_ENV = "ALEXNET_EXPERIMENT_SCALE"
 SCALES = ("test", "quick", "full")
@@ -284,7 +285,7 @@ class Runner:
         """``results.json``: the rows without private (``_``) fields."""
         clean = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
         p = self.out / "results.json"
-        p.write_text(json.dumps(clean, indent=1) + "\n")
+        atomic_write_text(p, json.dumps(clean, indent=1) + "\n")
         return p
 
     def scale_text(self, base: Mapping[str, Any]) -> str:
@@ -333,6 +334,6 @@ class Runner:
         env_rows = [{"": k, "value": v} for k, v in env.items()]
         parts.append("## Machine\n\n" + markdown_table(env_rows, ["", "value"]).rstrip("\n"))
         p = self.out / "report.md"
-        p.write_text("\n\n".join(parts) + "\n")
+        atomic_write_text(p, "\n\n".join(parts) + "\n")
         return p
 

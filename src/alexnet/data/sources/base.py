@@ -124,12 +124,24 @@ def unsafe_member_name(name: str) -> bool:
     return ".." in PurePosixPath(n).parts
 
 
+def archive_error(e: BaseException) -> str:
+    """A tarfile error in one line. ``tarfile.open(mode="r:*")`` lists every compression it tried,
+    one line each; the one that matters is the method that recognised the file (its data is
+    damaged), not the others that merely did not."""
+    lines = [s.strip() for s in str(e).splitlines() if s.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else type(e).__name__
+    methods = [s.lstrip("- ") for s in lines[1:] if s.startswith("- method")]
+    telling = [m for m in methods if not re.search(r"not an? \w+ file|invalid header|empty file", m)]
+    return (telling or methods or lines)[0][:300]
+
+
 def open_tar(path: Path, what: str = "archive") -> tarfile.TarFile:
     """Open a (possibly compressed) tar or raise a one-line UserError."""
     try:
         return tarfile.open(path, "r:*")
     except (tarfile.TarError, OSError, EOFError) as e:
-        raise UserError(f"{path}: unreadable {what} ({e})") from None
+        raise UserError(f"{path}: unreadable {what} ({archive_error(e)})") from None
 
 
 def list_tar(tf: tarfile.TarFile, path: Path, what: str = "archive") -> list[tarfile.TarInfo]:
@@ -137,7 +149,7 @@ def list_tar(tf: tarfile.TarFile, path: Path, what: str = "archive") -> list[tar
     try:
         return tf.getmembers()
     except (tarfile.TarError, OSError, EOFError, ValueError) as e:
-        raise UserError(f"{path}: unreadable {what} ({e})") from None
+        raise UserError(f"{path}: unreadable {what} ({archive_error(e)})") from None
 
 
 def is_hidden(rel: str) -> bool:
