@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 
+from alexnet.commands.common import add_log_every_argument
 from alexnet.errors import UserError
 
 
@@ -27,6 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--workers", type=int, default=None, help="loader worker processes (default: automatic)")
     p.add_argument("--progress", action="store_true", help="show each run's per-epoch log")
+    add_log_every_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:

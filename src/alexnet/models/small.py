@@ -44,7 +44,7 @@ class CifarNet(nn.Module):
         widths: Sequence[int] = (32, 32, 64),
         init: str = "he",
         init_gain: float = 1.0,
-        bias_init: float = 0.0,
+        bias_init: float | None = None,
         in_channels: int = 3,
         remove_conv: int = 0,
         input_norm: str | None = None,
@@ -69,6 +69,8 @@ class CifarNet(nn.Module):
             raise ValueError(f"unknown input_norm {input_norm!r}; accepted: mean_image, mean_image_std, mean_std")
         if pooling not in ("max", "cuda-convnet"):
             raise ValueError(f"unknown pooling {pooling!r}; accepted: max, cuda-convnet")
+        if bias_init is not None and init != "paper":
+            raise ValueError(f"bias_init={bias_init} has no effect with init={init!r}: only init='paper' sets the biases")
         self.input_norm = input_norm
         w1, w2, w3 = widths
         # Pad the pools so that both 3/2 (overlapping) and 2/2 halve the map exactly.
@@ -110,7 +112,7 @@ class CifarNet(nn.Module):
             for m in convs + [m for m in self.classifier if isinstance(m, nn.Linear)]:
                 nn.init.constant_(m.bias, 0.0)
             for m in convs[1:]:
-                nn.init.constant_(m.bias, bias_init)
+                nn.init.constant_(m.bias, bias_init or 0.0)
 
         elif init == "he":
             # He et al. 2015 for ReLU layers, for inputs of unit scale (input_norm "mean_image_std").

@@ -41,7 +41,25 @@ SKIPPED = {
     "unreadable": "could not be read",
     "corrupt_archive": "unreadable archive data",
     "unexpected": "unexpected file in the archive",
+    "too_large": "larger than any image this tool reads (over 1 GiB)",
+    "link_into_tree": "symbolic link into the tree itself (a loop, or a second copy of its files)",
 }
+
+# The first bytes of the image formats a dataset holds (JPEG, PNG, GIF, BMP, TIFF, WebP).
+IMAGE_MAGIC = (b"\xff\xd8", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
+SNIFF_BYTES = 16 << 20  # a file larger than this is read only if it starts like an image
+MAX_IMAGE_BYTES = 1 << 30  # and none larger than this is read at all
+
+
+def oversized(head: bytes, size: int) -> tuple[str, str] | None:
+    """(skip code, detail) for a file too large to read whole, judged from its size and its first
+    bytes ``head`` before reading the rest (a stray video or disk image in a class folder), or
+    None when it may be read."""
+    if size > SNIFF_BYTES and not head.startswith(IMAGE_MAGIC):
+        return "not_image", f"{size:,} bytes without an image format's signature; not read"
+    if size > MAX_IMAGE_BYTES:
+        return "too_large", f"{size:,} bytes; not read"
+    return None
 
 
 @dataclass

@@ -160,5 +160,8 @@ class CifarSource(Source):
         return {"kind": self.kind, "path": str(self.path), "val": "the test set"}
 
     def fingerprint(self) -> dict[str, Any]:
-        stamp = file_stamp(self.path) if self.path.is_file() else str(self.path.resolve())
-        return {"kind": self.kind, "path": stamp}
+        if self.path.is_file():
+            return {"kind": self.kind, "path": file_stamp(self.path)}
+        # An extracted folder: every batch file's size and modification time, not just the name.
+        return {"kind": self.kind, "path": str(self.path.resolve()),
+                "files": [file_stamp(f) for f in sorted(self.path.iterdir()) if f.is_file()]}
