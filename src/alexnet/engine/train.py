@@ -161,7 +161,7 @@ def model_meta(cfg: TrainConfig, ds: PreparedDataset) -> dict[str, Any]:
     mi = models.info(cfg.model)
     return {"model": cfg.model, "model_options": cfg.model_options, "num_classes": ds.num_classes,
             "classes": ds.classes, "class_names": ds.class_names, "input_size": mi.input_size,
-            "input_norm": mi.input_norm, "data": cfg.data, "image_size": list(ds.image_size)}
+            "input_norm": models.input_norm(cfg.model, cfg.model_options), "data": cfg.data, "image_size": list(ds.image_size)}
 
 
 # Config fields that say where and how fast a run ran, not what it computed: left out of the
@@ -537,7 +537,7 @@ def setup(cfg: TrainConfig, out: Path, *, log: Callable[[str], None] = print) ->
     if len(loader) == 0:
         raise UserError(f"{root}: {loader.n} training images make no full batch of {cfg.batch_size}; lower --batch-size")
     scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
-    augment = make_augment(cfg, train_ds, mi.input_norm)
+    augment = make_augment(cfg, train_ds, models.input_norm(cfg.model, cfg.model_options))
     # The paper's update as one fused kernel per parameter pays off on a GPU (memory-bound); on the
     # CPU PaperSGD's foreach passes are as fast. Both compute the same rule (§5).
     step = FastStep(model, optimizer, augment, device, amp=cfg.amp, channels_last=cfg.channels_last, compile=cfg.compile,
