@@ -412,5 +412,7 @@ def write_run_report(run_dir: str | Path) -> Path:
     out += [_table([{"key": k, "value": v} for k, v in environment().items()], ["key", "value"]), ""]
 
     path = run / "report.md"
-    path.write_text("\n".join(out).rstrip() + "\n", encoding="utf-8")
+    from alexnet.files import atomic_write_text
+
+    atomic_write_text(path, "\n".join(out).rstrip() + "\n")
     return path

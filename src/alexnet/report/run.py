@@ -73,10 +73,17 @@ def prediction_samples(labels: np.ndarray, n: int) -> list[int]:
 
 def record_eval(run: Path, key: str, result: dict[str, object]) -> None:
     """Merge one evaluation ("center" or "ten_crop") into RUN/eval.json."""
+    from alexnet.files import atomic_write_text
+
     p = run / "eval.json"
-    d = json.loads(p.read_text()) if p.exists() else {}
+    try:
+        d = json.loads(p.read_text()) if p.exists() else {}
+    except ValueError:
+        d = {}  # unreadable: replaced by this evaluation rather than failing after it
+    if not isinstance(d, dict):
+        d = {}
     d[key] = {k: result[k] for k in ("top1_err", "top5_err", "n") if k in result}
-    p.write_text(json.dumps(d, indent=1) + "\n")
+    atomic_write_text(p, json.dumps(d, indent=1) + "\n")
 
 
 def regenerate(run: Path, *, data: str | None = None, device: str = "cpu") -> Path:
