@@ -123,13 +123,13 @@ DRIVER = r"""
 import contextlib, io, json, sys, traceback
 from alexnet.cli import main
 for argv in json.loads(sys.argv[1]):
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
         try:
             rc = main(argv)
         except BaseException:
             rc, _ = "uncaught", traceback.print_exc()
-    print(json.dumps({"argv": argv, "rc": rc, "err": err.getvalue()}), flush=True)
+    print(json.dumps({"argv": argv, "rc": rc, "err": err.getvalue(), "out": out.getvalue()}), flush=True)
 """
 
 
@@ -381,3 +381,136 @@ def test_whole_files_are_replaced_atomically_with_the_usual_permissions(ds: Path
     files = [*ds.rglob("*"), *run.rglob("*")]
     modes = {str(p): stat.S_IMODE(p.stat().st_mode) for p in files if p.is_file()}
     assert modes and set(modes.values()) == {0o666 & ~mask}, modes
+
+
+# -- 5: damaged datasets ------------------------------------------------------------------------------
+
+
+def _damage_dataset(good: Path, dest: Path, how: str) -> Path:
+    d = shutil.copytree(good, dest)
+    t = d / "train"
+    if how == "index truncated":
+        data = (t / "index.npy").read_bytes()
+        (t / "index.npy").write_bytes(data[: len(data) // 2])
+    elif how == "index random":
+        (t / "index.npy").write_bytes(np.random.default_rng(0).integers(0, 256, 400, dtype=np.uint8).tobytes())
+    elif how == "index offsets past data.bin":
+        index = np.load(t / "index.npy")
+        index[7, 0] += 10_000_000
+        np.save(t / "index.npy", index)
+    elif how == "data.bin truncated":
+        with open(t / "data.bin", "r+b") as f:
+            f.truncate((t / "data.bin").stat().st_size // 2)
+    elif how == "data.bin empty":
+        (t / "data.bin").write_bytes(b"")
+    elif how == "stats truncated":
+        data = (d / "stats.safetensors").read_bytes()
+        (d / "stats.safetensors").write_bytes(data[:100])
+    elif how == "meta.json missing keys":
+        meta = json.loads((d / "meta.json").read_text())
+        del meta["splits"]
+        (d / "meta.json").write_text(json.dumps(meta))
+    elif how == "label out of range":
+        index = np.load(t / "index.npy")
+        index[3, 2] = 10
+        np.save(t / "index.npy", index)
+    elif how == "jpeg record zeroed":
+        index = np.load(t / "index.npy")
+        with open(t / "data.bin", "r+b") as f:
+            f.seek(int(index[5, 0]))
+            f.write(bytes(int(index[5, 1])))
+    else:
+        raise AssertionError(how)
+    return d
+
+
+DATASET_DAMAGE = {  # what is damaged -> what the one line says
+    "index truncated": "train/index.npy: unreadable index",
+    "index random": "train/index.npy: unreadable index",
+    "index offsets past data.bin": "train/data.bin: record 7 (bytes",
+    "data.bin truncated": "lies outside the file's",
+    "data.bin empty": "train/data.bin: record 0 (bytes 0..",
+    "stats truncated": "stats.safetensors: unreadable",
+    "meta.json missing keys": "meta.json: damaged (no 'splits' or 'classes')",
+    "label out of range": "train/index.npy: record 3 has label 10, but the dataset has 10 classes",
+    "jpeg record zeroed": "train/data.bin: record 5 cannot be decoded",
+}
+
+
+def test_damaged_dataset_files_end_in_one_line_naming_the_file(tmp_path: Path) -> None:
+    g = np.random.default_rng(1)
+    arrays = {s: (g.integers(0, 256, (n, 36, 36, 3), dtype=np.uint8), np.arange(n) % 10) for s, n in (("train", 40), ("val", 20))}
+    good = write_arrays(tmp_path / "good", arrays, classes=[f"k{i}" for i in range(10)], encoding="jpeg")
+    cases = []
+    for i, how in enumerate(DATASET_DAMAGE):
+        d = _damage_dataset(good, tmp_path / f"bad{i}", how)
+        cases.append(["train", "--data", str(d), "--model", "lenet5", "--out", str(tmp_path / f"out{i}"), "--epochs", "1",
+                      "--batch-size", "8", "--workers", "0", "--no-progress"])
+    for how, r in zip(DATASET_DAMAGE, drive(cases)):
+        line = one_line(r["err"], r["rc"])
+        assert DATASET_DAMAGE[how] in line, (how, line)
+        assert str(tmp_path / f"bad{list(DATASET_DAMAGE).index(how)}") in line, (how, line)
+
+
+# -- 10, 11, 12: damaged runs and resume mistakes ------------------------------------------------------
+
+
+def test_damaged_run_files_and_resume_mistakes(run: Path, tmp_path: Path) -> None:
+    ck = "checkpoints/ckpt-000000010.pt"
+
+    def damaged(name: str, rel: str, data: bytes | None) -> Path:
+        out = copy_run(run, tmp_path / name)
+        if data is None:
+            (out / rel).unlink()
+        else:
+            (out / rel).write_bytes(data)
+        return out
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    no_config = damaged("noconfig", "config.yaml", None)
+    shutil.rmtree(no_config / "checkpoints")
+    (no_config / "checkpoints").mkdir()
+    for keep in ("ckpt-000000002.pt", "ckpt-000000004.pt"):
+        shutil.copy(run / "checkpoints" / keep, no_config / "checkpoints" / keep)
+    short = copy_run(run, tmp_path / "short")
+    config_before = (short / "config.yaml").read_bytes()
+    torn = copy_run(run, tmp_path / "torn")
+    shutil.rmtree(torn / "checkpoints")
+    (torn / "checkpoints").mkdir()
+    for keep in ("ckpt-000000008.pt", "ckpt-000000010.pt"):
+        shutil.copy(run / "checkpoints" / keep, torn / "checkpoints" / keep)
+    (torn / ck).write_bytes((run / ck).read_bytes()[:5000])  # the latest checkpoint cut short
+    only_torn = damaged("onlytorn", ck, (run / ck).read_bytes()[:5000])
+    for p in (only_torn / "checkpoints").iterdir():
+        if p.name != "ckpt-000000010.pt":
+            p.unlink()
+    (torn / ckpt.WEIGHTS).unlink()
+    (torn / "summary.json").unlink()
+    cases = {
+        "empty folder": (resume_args(empty), f"nothing to resume in {empty} (no config.yaml and no checkpoint)"),
+        "mistyped folder": (resume_args(tmp_path / "rnu"), f"nothing to resume in {tmp_path / 'rnu'} (no such folder)"),
+        "epochs below the checkpoint": (resume_args(short, "--epochs", "1"),
+                                        f"{short}: its latest checkpoint ends epoch 2, past epochs=1; nothing to train"),
+        "only checkpoint torn": (resume_args(only_torn), "ckpt-000000010.pt: unreadable checkpoint"),
+        "config.yaml damaged": (resume_args(damaged("badyaml", "config.yaml", b"epochs: [\n")), "config.yaml: not valid YAML"),
+        "metrics.jsonl garbage": (resume_args(damaged("badmetrics", "metrics.jsonl", b"{not json}\n{}\n"), "--epochs", "3"),
+                                  "metrics.jsonl:1: not JSON"),
+        "weights truncated, evaluate": (["evaluate", str(damaged("badweights", ckpt.WEIGHTS, b"\x00" * 100))],
+                                        "model.safetensors: not a readable safetensors file"),
+    }
+    results = drive([argv for argv, _ in cases.values()] + [resume_args(no_config), resume_args(torn)])
+    for (name, (_, want)), r in zip(cases.items(), results):
+        assert want in one_line(r["err"], r["rc"]), (name, r["err"])
+    assert (short / "config.yaml").read_bytes() == config_before  # the refusal rewrote nothing
+    # config.yaml lost: the checkpoint's config is used (and said); the run continues to its end.
+    r = results[len(cases)]
+    assert r["rc"] == 0 and "config.yaml is missing; using the config saved in" in r["err"], r["err"][-2000:]
+    assert (no_config / ckpt.WEIGHTS).read_bytes() == (run / ckpt.WEIGHTS).read_bytes()
+    # A torn latest checkpoint: set aside, the previous one used, both said; nothing else lost.
+    r = results[len(cases) + 1]
+    assert r["rc"] == 0, r
+    assert (f"warning: {torn / ck}: unreadable checkpoint" in r["out"] and f"set aside as {torn / ck}.damaged; resuming "
+            f"from the previous checkpoint {torn / 'checkpoints' / 'ckpt-000000008.pt'}" in r["out"]), r["out"]
+    assert (torn / (ck + ".damaged")).is_file()
+    assert (torn / ckpt.WEIGHTS).read_bytes() == (run / ckpt.WEIGHTS).read_bytes()
