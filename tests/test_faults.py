@@ -514,3 +514,96 @@ def test_damaged_run_files_and_resume_mistakes(run: Path, tmp_path: Path) -> Non
             f"from the previous checkpoint {torn / 'checkpoints' / 'ckpt-000000008.pt'}" in r["out"]), r["out"]
     assert (torn / (ck + ".damaged")).is_file()
     assert (torn / ckpt.WEIGHTS).read_bytes() == (run / ckpt.WEIGHTS).read_bytes()
+
+
+# -- 9: signals during set-up -------------------------------------------------------------------------
+
+
+def test_sigterm_while_train_builds_the_data_cache_exits_143_and_leaves_no_partial_folders(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    a = Proc(["train", "--data", "synthetic", "--model", "lenet5", "--out", str(tmp_path / "run"), "--epochs", "1",
+              "--workers", "0", "--no-progress"], tmp_path, pause_at="alexnet.data.sources.synthetic:generate:1",
+             env={"ALEXNET_CACHE": str(cache)})
+    a.wait_paused()
+    a.p.send_signal(signal.SIGTERM)
+    rc, _, err = a.finish()
+    assert one_line(err, rc, code=143) == "alexnet train: terminated"
+    assert not [p.name for p in cache.rglob("*") if p.is_dir() or p.suffix == ".lock"], list(cache.rglob("*"))
+
+
+def test_ctrl_c_while_the_command_starts_is_one_line(tmp_path: Path) -> None:
+    # Within the first second Python is importing torch and the commands: no traceback either way.
+    p = subprocess.Popen([sys.executable, "-m", "alexnet", "train", "--data", "synthetic", "--model", "lenet5", "--out",
+                          str(tmp_path / "run")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "ALEXNET_CACHE": str(tmp_path / "cache")})
+    time.sleep(0.3)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+
+
+def test_sigterm_during_prepare_keeps_the_work_and_the_rerun_resumes(tree: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cc"
+    args = ["prepare", str(tree), "--out", str(out), "--workers", "1", "--quiet"]
+    a = Proc(args, tmp_path, pause_at="alexnet.data.format:SplitWriter.add:6", env={"PREPARE_CHUNK": "4"})
+    a.wait_paused()
+    a.p.send_signal(signal.SIGTERM)  # like Ctrl-C: finish the chunk, checkpoint, stop
+    rc, _, err = a.finish()
+    assert one_line(err, rc, code=143) == "alexnet prepare: terminated"
+    progress = json.loads((Path(str(out) + ".partial") / "progress.json").read_text())
+    assert progress["splits"]["train"]["rows"] == 8
+    rc, _, err = cli(args, env={"PREPARE_CHUNK": "4"})
+    assert rc == 0, err[-2000:]
+    d = PreparedDataset(out, "train")
+    np.testing.assert_array_equal(d.read_batch(range(len(d))).permute(0, 2, 3, 1).numpy(), tree_pixels(tree, "train"))
+
+
+@pytest.mark.slow
+def test_sigterm_during_an_experiment_checkpoints_and_prints_the_resume_command(ds: Path, tmp_path: Path) -> None:
+    out = tmp_path / "exp"
+    a = Proc(["experiment", "dropout", "--data", str(ds), "--out", str(out), "--device", "cpu", "--workers", "0"], tmp_path,
+             pause_at="alexnet.engine.train:train_step:2", env={"ALEXNET_EXPERIMENT_SCALE": "test"})
+    a.wait_paused()
+    a.p.send_signal(signal.SIGTERM)
+    rc, _, err = a.finish()
+    assert rc == 143 and "Traceback" not in err, err[-3000:]
+    assert "stopped by SIGTERM: checkpoint written to" in err
+    assert f"resume with: alexnet experiment dropout --data {ds} --out {out}" in err
+    assert list(out.rglob("ckpt-*.pt"))
+
+
+# -- 7, 8, 9: bad values and places, one line each -----------------------------------------------------
+
+
+def test_bad_config_values_and_unwritable_places_are_one_line(ds: Path, run: Path, tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    base = ["train", "--data", str(ds), "--model", "lenet5", "--out", str(tmp_path / "never")]
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    (tmp_path / "cifar").mkdir()
+    (tmp_path / "cifar" / "cifar-10-python.tar.gz").write_bytes(b"\x1f\x8b\x08\x00" + bytes(200))
+    cases: list[tuple[list[str], str]] = []
+    for field, value, accepted in [("epochs", '"ten"', "an integer ≥ 1"), ("batch_size", "[8]", "an integer ≥ 1"),
+                                   ("lr", '"fast"', "a number > 0"), ("step_epochs", "3", "a list of epochs"),
+                                   ("model_options", "3", "a mapping"), ("epochs", "1.5", "an integer ≥ 1")]:
+        r = tmp_path / f"{field}-{len(cases)}.yaml"
+        r.write_text(f"model: lenet5\n{field}: {value}\n")
+        cases.append(([*base, "--recipe", str(r)], f"{field}="))
+    cases += [
+        ([*base, "--set", "epochs=ten"], "epochs='ten' is not valid; accepted: an integer ≥ 1"),
+        ([*base, "--seed", "-1"], "seed=-1 is not valid; accepted: an integer ≥ 0"),
+        ([*base, "--save-every", "-3"], "save_every=-3 is not valid"),
+        ([*base, "--workers", "-7"], "workers=-7 is not valid; accepted: an integer ≥ 0, or -1 for automatic"),
+        ([*base, "--keep", "-1"], "keep_checkpoints=-1 is not valid"),
+        (["train", "--data", str(ds), "--model", "lenet5", "--out", str(a_file / "run")], f"{a_file / 'run'}: cannot be created"),
+        (["prepare", str(ds), "--out", str(a_file / "ds")], f"{a_file / 'ds'}: cannot be created"),
+        (["evaluate", str(copy_run(run, tmp_path / "r2")), "--confusion", str(a_file / "c.png")],
+         f"--confusion {a_file / 'c.png'}: cannot be written"),
+        (["download", "cifar10", "--out", str(tmp_path / "dl"), "--base-url", "not-a-url"], "--base-url 'not-a-url': not a URL"),
+        (["prepare", str(tmp_path / "cifar"), "--out", str(tmp_path / "c-out")], "unreadable CIFAR archive"),
+    ]
+    del recipe
+    for (argv, want), r in zip(cases, drive([argv for argv, _ in cases])):
+        assert want in one_line(r["err"], r["rc"]), (argv, r["err"])
+    assert not (tmp_path / "r2" / "eval.json").exists()  # refused before the evaluation, not after it
