@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -607,3 +608,120 @@ def test_bad_config_values_and_unwritable_places_are_one_line(ds: Path, run: Pat
     for (argv, want), r in zip(cases, drive([argv for argv, _ in cases])):
         assert want in one_line(r["err"], r["rc"]), (argv, r["err"])
     assert not (tmp_path / "r2" / "eval.json").exists()  # refused before the evaluation, not after it
+
+
+# -- 3, 4, 9, 13, 14: what a folder tree may hold ---------------------------------------------------
+
+
+def test_symlinks_into_the_tree_are_skipped_and_reported_not_followed(tmp_path: Path) -> None:
+    from alexnet.data.prepare import prepare
+
+    t = image_tree(tmp_path / "t", per_class=3, val_per_class=2)
+    (t / "train" / "c0" / "loop").symlink_to("..")  # train/c0/loop -> train: a loop
+    (t / "train" / "c1" / "val-copy").symlink_to(t / "val" / "c1")  # val leaking into train
+    (t / "train" / "c1" / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    outside = image_tree(tmp_path / "elsewhere", per_class=1, val_per_class=0)
+    (t / "train" / "c0" / "shared").symlink_to(outside / "train" / "c0")  # outside the tree: followed
+    out = prepare(t, tmp_path / "out", workers=1, progress=False)
+    assert len(PreparedDataset(out, "train")) == 3 + 3 + 1 and len(PreparedDataset(out, "val")) == 4
+    report = json.loads((out / "prepare_report.json").read_text())
+    skipped = {e["file"]: e["codes"] for e in report["skipped"]}
+    assert skipped == {"train/c0/loop": ["link_into_tree"], "train/c1/val-copy": ["link_into_tree"],
+                       "train/c1/dangling.png": ["unreadable"]}
+
+
+def test_source_stamp_sees_sizes_and_mtimes_and_odd_file_names(tmp_path: Path) -> None:
+    from alexnet.data.sources.folder import FolderSource
+
+    t = image_tree(tmp_path / "t", per_class=2, val_per_class=1)
+    bad_name = os.fsencode(t / "train" / "c0") + b"/caf\xe9.png"  # Latin-1, not UTF-8
+    shutil.copy(t / "train" / "c0" / "00.png", bad_name)
+    stamp = FolderSource(t).fingerprint()
+    img = t / "train" / "c1" / "01.png"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(img)  # same name, new content
+    assert FolderSource(t).fingerprint() != stamp
+    stamp = FolderSource(t).fingerprint()
+    os.utime(img, ns=(img.stat().st_atime_ns, img.stat().st_mtime_ns + 10**9))  # touched
+    assert FolderSource(t).fingerprint() != stamp
+    r = drive([["prepare", str(t), "--out", str(tmp_path / "out"), "--workers", "1", "--quiet"]])[0]
+    assert r["rc"] == 0 and "Traceback" not in r["err"], r["err"][-2000:]
+    assert len(PreparedDataset(tmp_path / "out", "train")) == 5
+
+
+def test_predict_and_prepare_read_16_bit_images_alike(tmp_path: Path) -> None:
+    from alexnet.data.prepare import load_image
+    from alexnet.engine.inference import read_image
+
+    a = (np.arange(36 * 36, dtype=np.uint16).reshape(36, 36) * 50 + 1000).astype(np.uint16)  # 1000 .. 65750
+    path = tmp_path / "deep.png"
+    Image.fromarray(a).save(path)  # 16-bit greyscale PNG
+    assert Image.open(path).mode.startswith("I")
+    prepared = np.asarray(load_image(path.read_bytes(), path.name, (36, 36))[0])
+    predicted = read_image(path, (36, 36)).permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(predicted, prepared)
+    np.testing.assert_array_equal(predicted[..., 0], np.rint(a / 257).astype(np.uint8))  # scaled, not clipped
+
+
+def test_huge_stray_files_are_judged_by_size_and_signature_without_being_read(tmp_path: Path) -> None:
+    from alexnet.data.prepare import Skip, read_file
+
+    video = tmp_path / "movie.mkv"
+    with open(video, "wb") as f:
+        f.write(b"\x1aE\xdf\xa3")  # Matroska's signature
+        f.truncate(64 << 20)  # sparse: no disk used
+    with pytest.raises(Skip) as e:
+        read_file(video)
+    assert e.value.code == "not_image" and "not read" in e.value.detail
+    huge = tmp_path / "huge.jpg"
+    with open(huge, "wb") as f:
+        f.write(b"\xff\xd8\xff\xe0")
+        f.truncate((1 << 30) + 1)
+    with pytest.raises(Skip) as e:
+        read_file(huge)
+    assert e.value.code == "too_large"
+    assert read_file(_small_png(tmp_path)).startswith(b"\x89PNG")  # ordinary files are read as before
+
+
+def _small_png(tmp: Path) -> Path:
+    p = tmp / "small.png"
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(p)
+    return p
+
+
+# -- a real full (and read-only) disk, where the machine lets us mount one -----------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    d = tmp_path / "disk"
+    d.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root (the ENOSPC-injection tests cover the same paths)")
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(d)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+def test_a_real_full_disk_during_prepare_and_a_read_only_one(tree: Path, run: Path, small_disk: Path, tmp_path: Path) -> None:
+    out = small_disk / "cc"
+    args = ["prepare", str(tree), "--out", str(out), "--workers", "1", "--quiet"]
+    every_chunk = {"PREPARE_CHECKPOINT_SECONDS": "0", "PREPARE_CHUNK": "4"}
+    rc, _, err = cli(args, env=every_chunk)  # 16 training images of 4,800 bytes and the statistics checkpoints do not fit in 128 kB
+    line = one_line(err, rc)
+    partial = Path(str(out) + ".partial")
+    m = re.search(rf"No space left on device; the (\d+) images prepared up to the last checkpoint are kept in {partial}", line)
+    assert m, line
+    assert (partial / "train" / "data.bin").stat().st_size == int(m.group(1)) * 40 * 40 * 3
+    subprocess.run(["mount", "-o", "remount,size=2m", str(small_disk)], check=True)  # space freed
+    rc, _, err = cli(args, env=every_chunk)
+    assert rc == 0, err[-2000:]
+    d = PreparedDataset(out, "train")
+    np.testing.assert_array_equal(d.read_batch(range(len(d))).permute(0, 2, 3, 1).numpy(), tree_pixels(tree, "train"))
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    results = drive([["train", "--data", str(out), "--model", "lenet5", "--out", str(small_disk / "run")],
+                     ["evaluate", str(copy_run(run, tmp_path / "r")), "--confusion", str(small_disk / "c.png")]])
+    assert f"{small_disk / 'run'}: cannot be created" in one_line(results[0]["err"], results[0]["rc"])
+    assert "Read-only file system" in one_line(results[1]["err"], results[1]["rc"])
