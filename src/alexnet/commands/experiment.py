@@ -38,7 +38,17 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"unknown experiment {args.name!r}; accepted: {', '.join(names())}")
     if args.seeds is not None and args.seeds < 1:
         raise UserError(f"--seeds {args.seeds}: must be at least 1")
-    report = run_experiment(args.name, args.data, args.out, quick=args.quick, seeds=args.seeds, device=args.device,
-                            workers=args.workers, progress=args.progress, factors=args.factors)
+    from alexnet.engine.train import Interrupted
+
+    try:
+        report = run_experiment(args.name, args.data, args.out, quick=args.quick, seeds=args.seeds, device=args.device,
+                                workers=args.workers, progress=args.progress, factors=args.factors)
+    except Interrupted as e:
+        import sys
+
+        where = f"the run in progress wrote {e.checkpoint}" if e.checkpoint else "the run in progress had no checkpoint yet"
+        print(f"stopped by {'SIGINT' if e.exit_code == 130 else 'SIGTERM'}: {where}; finished runs are kept; "
+              f"the same command resumes", file=sys.stderr, flush=True)
+        return e.exit_code
     print(f"wrote {report} (results.json and plots beside it)")
     return 0
