@@ -44,6 +44,7 @@ from alexnet.files import atomic_write_text
 SCALE_ENV = "ALEXNET_EXPERIMENT_SCALE"
 SCALES = ("test", "quick", "full")
 RUNS = "runs"
+DIVERGED = "diverged.json"  # in a run folder: the run stopped on a non-finite loss
 # Config fields that may differ between an interrupted run and its resumption without changing
 # what is trained (where it runs, how it reports).
 _RUNTIME_FIELDS = ("device", "workers", "progress", "tensorboard", "eval_batch_size")
@@ -274,7 +275,7 @@ class Runner:
     def train(self, base: Mapping[str, Any], variant: Variant, seed: int) -> dict[str, Any]:
         """Train one (variant, seed) unless its run folder already holds the finished run; resume it
         if it was interrupted. Returns its result row."""
-        from alexnet.engine.train import METRICS
+        from alexnet.engine.train import METRICS, TrainingDiverged
         from alexnet.engine.train import run as train_run
 
         cfg = self.config(base, variant, seed)
@@ -291,21 +292,35 @@ class Runner:
                                 f"use another --out or remove that folder")
         if summary_path.is_file():
             self.log(f"[{self.name}] {rd.name}: finished earlier, skipped")
+        elif (rd / DIVERGED).is_file():
+            self.log(f"[{self.name}] {rd.name}: diverged earlier, skipped")
         else:
             resume = (rd / METRICS).exists() or any(rd.glob("checkpoint*")) or existing.is_file()
             self.log(f"[{self.name}] {rd.name}: " + ("resuming" if resume else "training")
                      + f" ({cfg.model}, {cfg.epochs} epochs)")
             rd.mkdir(parents=True, exist_ok=True)
-            train_run(cfg, rd, resume=resume, log=lambda s: None if not self.progress else self.log(s))
+            try:
+                train_run(cfg, rd, resume=resume, log=lambda s: None if not self.progress else self.log(s))
+            except TrainingDiverged as e:
+                # A rate of the sweep at which the net diverges is a result (that rate fails), not an
+                # error of the experiment: recorded, and counted at chance level.
+                (rd / DIVERGED).write_text(json.dumps({"error": str(e)}) + "\n")
+                self.log(f"[{self.name}] {rd.name}: diverged ({e}); counted as a failed run at chance-level error")
             self.trained_now += 1
         return self.row(variant, seed, cfg, rd)
 
     def row(self, variant: Variant, seed: int, cfg: TrainConfig, rd: Path) -> dict[str, Any]:
         from alexnet.report.markdown import read_metrics
 
-        summary = json.loads((rd / "summary.json").read_text())
+        diverged = not (rd / "summary.json").is_file() and (rd / DIVERGED).is_file()
+        summary = {} if diverged else json.loads((rd / "summary.json").read_text())
         final = summary.get("final") or {}
+        metrics = read_metrics(rd / "metrics.jsonl") if (rd / "metrics.jsonl").is_file() else []
+        if diverged:  # chance level: the weights are not finite
+            c = self.data.num_classes
+            final = {"val_top1_err": 1 - 1 / c, "val_top5_err": max(0.0, 1 - 5 / c)}
         return {
+            "diverged": diverged,
             "variant": variant.name,
             "seed": seed,
             **variant.fields,
@@ -319,7 +334,7 @@ class Runner:
             "time_s": summary.get("time_s"),
             "model": cfg.model,
             "run": str(rd.relative_to(self.out)),
-            "_metrics": read_metrics(rd / "metrics.jsonl"),
+            "_metrics": metrics,
         }
 
     def train_all(self, base: Mapping[str, Any], variants: Sequence[Variant],
@@ -386,6 +401,11 @@ class Runner:
     def add_val_halves(self, row: dict[str, Any]) -> None:
         """Top-1/top-5 error of a finished run's final weights (centre crop) on the selection and the
         report half of the validation images (:func:`selection_half`), cached in its run folder."""
+        if row.get("diverged"):  # no finite weights to evaluate: chance level on both halves
+            c = self.data.num_classes
+            for name in ("select", "report"):
+                row[f"{name}_top1_err"], row[f"{name}_top5_err"] = 1 - 1 / c, max(0.0, 1 - 5 / c)
+            return
         cache = self.out / row["run"] / "val_halves.json"
         if cache.is_file():
             row.update(json.loads(cache.read_text()))
@@ -463,6 +483,10 @@ class Runner:
         cols = list(row_columns or ["variant", "seed", "top1_err", "top5_err", "train_top1_err", "epochs", "time_s"])
         env = environment()
         d = self.data
+        diverged = [str(r["run"]) for r in rows if r.get("diverged")]
+        if diverged:
+            notes = [f"{len(diverged)} run(s) diverged (a non-finite loss) and count at chance-level error: "
+                     + ", ".join(f"`{d}`" for d in diverged) + ".", *notes]
         parts = [f"# Experiment `{self.name}`: {title}", f"**The paper's claim.** {claim}", *sections]
         for fig in figures:
             rel = Path(fig).relative_to(self.out) if Path(fig).is_absolute() else Path(fig)
