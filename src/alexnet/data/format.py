@@ -429,10 +429,18 @@ def write_arrays(
 def _encode(img_hwc: np.ndarray, encoding: str, quality: int) -> bytes:
     if encoding == "raw":
         return np.ascontiguousarray(img_hwc).tobytes()
-    from torchvision.io import encode_jpeg
+    return encode_jpeg(img_hwc, quality)
 
-    chw = torch.from_numpy(np.ascontiguousarray(img_hwc)).permute(2, 0, 1).contiguous()  # H×W×3 -> 3×H×W
-    return encode_jpeg(chw, quality=quality).numpy().tobytes()
+
+def encode_jpeg(img_hwc: np.ndarray, quality: int = 90) -> bytes:
+    """A uint8 H×W×3 RGB image as JPEG bytes (libjpeg-turbo, through torchvision)."""
+    from torchvision.io import encode_jpeg as _encode_jpeg
+
+    img_hwc = np.ascontiguousarray(img_hwc)
+    if not img_hwc.flags.writeable:  # e.g. np.asarray(a PIL image): torch warns about read-only memory
+        img_hwc = img_hwc.copy()
+    chw = torch.from_numpy(img_hwc).permute(2, 0, 1).contiguous()  # H×W×3 -> 3×H×W
+    return _encode_jpeg(chw, quality=quality).numpy().tobytes()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -491,6 +499,11 @@ class PreparedDataset(torch.utils.data.Dataset):
         if self._data is None:
             self._data = np.memmap(self._data_path, dtype=np.uint8, mode="r")
         return self._data
+
+    def data(self) -> np.memmap:
+        """The split's data.bin, every record back to back, as a read-only uint8 memmap (record ``i``
+        is ``data()[off : off + length]`` with ``off, length, _ = index[i]``)."""
+        return self._mm()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

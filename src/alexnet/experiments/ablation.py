@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from alexnet.experiments.runner import Runner, Variant, aggregate, pm
+from alexnet.report.figures import plot_bars
+from alexnet.report.tables import markdown_table
 
 # Quick scale on the built-in data (alexnet-cifar, the cifar recipe with its augmentation): all
 # 5,000 training images for 10 epochs (about a minute per run on 2 cores; the net is then well past
@@ -34,9 +36,6 @@ class PaperDiff:
 def run_ablation(runner: Runner, *, title: str, claim: str, reference: Variant, others: Sequence[Variant],
                  paper: Sequence[PaperDiff], base: Mapping[str, Any], notes: Sequence[str] = (),
                  extra_sections: Sequence[str] = (), quick_note: str | None = None) -> Path:
-    from alexnet.report.figures import plot_bars
-    from alexnet.report.markdown import markdown_table
-
     variants = [reference, *others]
     rows = runner.train_all(base, variants)
     chance = 1 - 1 / runner.data.num_classes

@@ -18,8 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from alexnet import models
+from alexnet.data.format import PreparedDataset, is_prepared, write_arrays
 from alexnet.experiments.ablation import QUICK
-from alexnet.experiments.runner import Runner, Variant, pm
+from alexnet.experiments.runner import Runner, Variant, mean_std, pm
+from alexnet.report.figures import plot_bars
+from alexnet.report.tables import markdown_table
 
 TITLE = "HOG + linear SVM vs LeNet-5 vs the AlexNet family"
 CLAIM = ("Before 2012, the winners used hand-crafted features (SIFT, HOG) with SVMs: on ILSVRC-2012 the runner-up, "
@@ -54,8 +58,6 @@ def hog_features(images: np.ndarray) -> np.ndarray:
 
 def read_images(root: Path, split: str, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """uint8 N×H×W×3 images and int labels of ``indices`` of a prepared split."""
-    from alexnet.data.format import PreparedDataset
-
     ds = PreparedDataset(root, split)
     chunks = [ds.read_batch(indices[i:i + 512]).permute(0, 2, 3, 1).numpy() for i in range(0, len(indices), 512)]  # N×H×W×3
     images = np.concatenate(chunks) if chunks else np.zeros((0, *ds.image_size, 3), np.uint8)
@@ -94,8 +96,6 @@ def downscaled(runner: Runner, size: int = SMALL_SIZE) -> Path:
     import torch
     import torch.nn.functional as F
 
-    from alexnet.data.format import PreparedDataset, is_prepared, write_arrays
-
     out = runner.out / f"data-{size}"
     if is_prepared(out):
         return out
@@ -114,10 +114,6 @@ def downscaled(runner: Runner, size: int = SMALL_SIZE) -> Path:
 
 
 def run(runner: Runner) -> Path:
-    from alexnet import models
-    from alexnet.report.figures import plot_bars
-    from alexnet.report.markdown import markdown_table
-
     d = runner.data
     small_data = d.spec if not d.large else str(downscaled(runner))
     base_small = runner.base_config("alexnet-cifar", QUICK, data=small_data)
@@ -153,8 +149,6 @@ def run(runner: Runner) -> Path:
     table = []
     for v in dict.fromkeys(r["variant"] for r in rows):
         rs = [r for r in rows if r["variant"] == v]
-        from alexnet.experiments.runner import mean_std
-
         t1, s1, _ = mean_std(r["top1_err"] for r in rs)
         t5, s5, _ = mean_std(r["top5_err"] for r in rs)
         tt, _, _ = mean_std(r["time_s"] for r in rs)

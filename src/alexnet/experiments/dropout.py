@@ -9,7 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from alexnet.engine.evaluate import topk_correct
 from alexnet.experiments.runner import Runner, Variant, aggregate, pm
+from alexnet.report.figures import plot_bars, plot_series
+from alexnet.report.tables import markdown_table
 
 TITLE = "dropout and overfitting (§4.2)"
 CLAIM = ("Without dropout, our network exhibits substantial overfitting. Dropout roughly doubles the number of "
@@ -20,10 +23,6 @@ QUICK: dict[str, Any] = {"epochs": 40, "batch_size": 64, "train_subset": 1000, "
 
 
 def run(runner: Runner) -> Path:
-    from alexnet.engine.evaluate import topk_correct
-    from alexnet.report.figures import plot_bars, plot_series
-    from alexnet.report.markdown import markdown_table
-
     model = runner.main_model()
     base = runner.base_config(model, QUICK)
     # The paper's network has dropout 0.5 on fc6 and fc7; the CIFAR net (one FC layer) has none by

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from alexnet.experiments.runner import Runner, Variant, mean_std
+from alexnet.report.figures import plot_series
+from alexnet.report.tables import markdown_table
 
 TITLE = "ReLU vs tanh: epochs to 25% training error (Figure 1)"
 CLAIM = ("A four-layer convolutional network with ReLUs reaches 25% training error on CIFAR-10 six times faster "
@@ -83,9 +85,6 @@ def _best_lr(rows: Sequence[dict[str, Any]], activation: str) -> float:
 
 
 def run(runner: Runner) -> Path:
-    from alexnet.report.figures import plot_series
-    from alexnet.report.markdown import markdown_table
-
     model = runner.main_model()
     overrides = dict(NO_REGULARISATION)
     if model == "alexnet":

@@ -25,11 +25,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import numpy as np
+import torch
 import yaml
 
 from alexnet import config as config_mod
 from alexnet.config import TrainConfig
+from alexnet.data.format import PreparedDataset
+from alexnet.data.resolve import open_splits, resolve_data
+from alexnet.engine.device import pick_device
+from alexnet.engine.evaluate import Precision, predict_probs
+from alexnet.engine.inference import augment_for, load
+from alexnet.engine.metrics import read_metrics
+from alexnet.engine.train import METRICS
+from alexnet.engine.train import run as train_run
+from alexnet.environment import environment
 from alexnet.errors import UserError
+from alexnet.report.tables import markdown_table
 
 SCALE_ENV = "ALEXNET_EXPERIMENT_SCALE"
 SCALES = ("test", "quick", "full")
@@ -79,9 +91,6 @@ def resolve_scale(quick: bool, scale: str | None = None) -> str:
 def open_data(spec: str) -> DataInfo:
     """``synthetic`` is the built-in set at the CIFAR net's 32×32 input (stored 36×36); a path is a
     prepared dataset, whose image size picks the model family (:meth:`Runner.main_model`)."""
-    from alexnet.data.format import PreparedDataset
-    from alexnet.data.resolve import open_splits, resolve_data
-
     if spec == "synthetic":
         root = resolve_data(spec, 32)
     else:
@@ -202,9 +211,6 @@ class Runner:
     def train(self, base: Mapping[str, Any], variant: Variant, seed: int) -> dict[str, Any]:
         """Train one (variant, seed) unless its run folder already holds the finished run; resume it
         if it was interrupted. Returns its result row."""
-        from alexnet.engine.train import METRICS
-        from alexnet.engine.train import run as train_run
-
         cfg = self.config(base, variant, seed)
         rd = self.run_dir(variant, seed)
         summary_path = rd / "summary.json"
@@ -229,8 +235,6 @@ class Runner:
         return self.row(variant, seed, cfg, rd)
 
     def row(self, variant: Variant, seed: int, cfg: TrainConfig, rd: Path) -> dict[str, Any]:
-        from alexnet.report.markdown import read_metrics
-
         summary = json.loads((rd / "summary.json").read_text())
         final = summary.get("final") or {}
         return {
@@ -259,14 +263,6 @@ class Runner:
     def predict(self, run: str | Path, split: str = "val", limit: int = 0) -> tuple[Any, Any]:
         """Softmax probabilities (N×C float tensor) and labels of a finished run on ``split``
         (its first ``limit`` images when > 0), centre crop, the model in eval mode."""
-        import numpy as np
-        import torch
-
-        from alexnet.data.format import PreparedDataset
-        from alexnet.engine.evaluate import Precision, predict_probs
-        from alexnet.engine.inference import augment_for, load
-        from alexnet.engine.train import pick_device
-
         device = pick_device(self.device)
         trained = load(self.out / run, device)
         ds = PreparedDataset(self.data.root, split)
@@ -306,8 +302,6 @@ class Runner:
         """``report.md``: the claim, the experiment's own sections (tables beside the paper's
         numbers), the figures, every run, the setup (data, scale, base config, command) and the
         machine."""
-        from alexnet.report.markdown import environment, markdown_table
-
         cols = list(row_columns or ["variant", "seed", "top1_err", "top5_err", "train_top1_err", "epochs", "time_s"])
         env = environment()
         d = self.data

@@ -10,6 +10,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from alexnet.data.format import PreparedDataset
+from alexnet.data.resolve import resolve_data
+from alexnet.engine.evaluate import Precision, evaluate, per_class_summary
+from alexnet.engine.inference import augment_for, load
 from alexnet.report.figures import plot_confusion, plot_curves, plot_filters, plot_predictions
 from alexnet.report.markdown import read_metrics, write_run_report
 
@@ -29,12 +33,6 @@ def draw_filters(model: nn.Module, path: Path) -> Path:
 def make_run_figures(run: Path, *, data: str | None = None, device: str = "cpu", n_predictions: int = 8) -> list[Path]:
     """Draw what the run folder supports: curves from metrics.jsonl; filters, predictions and the
     confusion matrix from the weights and the validation split."""
-    from alexnet.commands.evaluate import per_class_summary
-    from alexnet.data.format import PreparedDataset
-    from alexnet.data.resolve import resolve_data
-    from alexnet.engine.evaluate import Precision, evaluate
-    from alexnet.engine.inference import augment_for, load
-
     made: list[Path] = []
     metrics = read_metrics(run / "metrics.jsonl") if (run / "metrics.jsonl").is_file() else []
     if metrics:

@@ -38,6 +38,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from alexnet.data.format import DatasetError, is_prepared, write_arrays
 from alexnet.errors import UserError
 
 # Bump when the rendering changes: it is part of the cache folder name and of meta.json's
@@ -376,8 +377,6 @@ def build(out: str | os.PathLike[str], *, size: int = 36, train_per_class: int =
           val_per_class: int = 100, seed: int = 0) -> Path:
     """Draw the train and val splits (different split ids, hence different images) and write them
     as a raw-encoded prepared dataset at ``out``; returns its path."""
-    from alexnet.data.format import write_arrays
-
     for name, value in (("train_per_class", train_per_class), ("val_per_class", val_per_class)):
         if value < 1:
             raise UserError(f"synthetic {name} {value}: must be at least 1")
@@ -407,8 +406,6 @@ def cached(input_size: int, *, seed: int = 0, train_per_class: int = 500, val_pe
     writer's own ``<out>.partial`` is shared and cleared by every new writer, so two writers of
     the same ``out`` would destroy each other's work.)
     """
-    from alexnet.data.format import DatasetError, is_prepared
-
     size = default_size(input_size)
     out = cache_root(root) / (f"synthetic-v{GENERATOR_VERSION}-s{size}-seed{seed}-{train_per_class}-{val_per_class}")
     if is_prepared(out):
