@@ -15,14 +15,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from alexnet.environment import environment
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
-    from alexnet.report.markdown import environment
-
     rows = []
     for i in range(args.runs):
         with tempfile.TemporaryDirectory() as tmp:
