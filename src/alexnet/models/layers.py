@@ -58,7 +58,9 @@ class LocalResponseNorm(nn.Module):
         return self.alpha / self.size if self.divide_alpha_by_n else self.alpha
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from alexnet.models import lrn_fast  # late import: optional fused kernels
+        # Imported at the first forward: lrn_fast imports Triton where it is installed (a slow
+        # import), which building a model or reading the registry does not need.
+        from alexnet.models import lrn_fast
 
         return lrn_fast.local_response_norm(x, self.size, self.effective_alpha, self.beta, self.k)
 
