@@ -72,6 +72,7 @@ def test_a_short_run_learns(tmp_path: Path, capsys) -> None:
         (["--model", "alexnet"], "images are 36×36, smaller than the 224×224 input of alexnet"),
         (["--set", "no_such_field=1"], "unknown field 'no_such_field'"),
         (["--set", "amp=fp8"], "amp='fp8' is not valid"),
+        (["--set", "decode=gpu"], "decode='gpu' is not valid; accepted: cpu, cuda, auto"),
         (["--batch-size", "1000"], "make no full batch of 1000"),
     ],
 )
@@ -85,6 +86,18 @@ def test_bad_input_is_one_line_and_exit_2(data: Path, tmp_path: Path, capsys, ex
     line = one_line_error(capsys.readouterr().err)
     assert rc == 2
     assert expect in line, line
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_decode_cuda_without_a_gpu_is_refused_in_one_line(data: Path, tmp_path: Path, capsys) -> None:
+    rc = main(args(data, tmp_path / "run", "--epochs", "1", "--set", "decode=cuda"))
+    line = one_line_error(capsys.readouterr().err)
+    assert rc == 2
+    assert "decode=cuda: no CUDA device to decode on (this machine has no CUDA GPU); use decode=cpu or auto" in line
+    # The fast recipe decodes on the GPU where there is one, and on the CPU here.
+    from alexnet.config import load_recipe
+
+    assert load_recipe("fast")["decode"] == "auto" and TrainConfig().decode == "cpu"
 
 
 def test_an_existing_run_is_not_overwritten_without_resume(data: Path, tmp_path: Path, capsys) -> None:

@@ -98,15 +98,14 @@ def bench_reference(folder: Path, device: torch.device, workers: int, batch_size
 def bench_prepare(n: int, seed: int = 0) -> tuple[float, str]:
     """``prepare``'s per-core throughput on ImageNet-sized (500×375, q90) real-photo JPEGs: its own
     per-image work (decode, resize, crop, encode, statistics) on one worker."""
-    from alexnet.data.format import encode_jpeg
     from alexnet.data.prepare import prepare_throughput
-    from alexnet.perf.fixtures import photo_crops
+    from alexnet.perf.fixtures import jpeg_bytes, photo_crops
 
     with tempfile.TemporaryDirectory(prefix="alexnet-bench-prep-") as tmp:
         files = []
         for i, img in enumerate(photo_crops(n, (375, 500), seed + 7)):
             files.append(Path(tmp) / f"{i:05d}.JPEG")
-            files[-1].write_bytes(encode_jpeg(img))
+            files[-1].write_bytes(jpeg_bytes(img))
         r = prepare_throughput(files, workers=1)
     return float(r["img_s_per_core"]), "alexnet.data.prepare.prepare_throughput (1 worker, real-photo 500×375 q90)"
 

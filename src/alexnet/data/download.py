@@ -22,6 +22,7 @@ import hashlib
 import os
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +84,10 @@ def cache_dir() -> Path:
 def url_of(name: str, base_url: str | None = None) -> str:
     remote = DATASETS[name]
     base = base_url or os.environ.get(ENV_BASE_URL) or remote.base_url
+    parts = urllib.parse.urlsplit(base)
+    if parts.scheme not in ("http", "https", "file") or (parts.scheme != "file" and not parts.netloc):
+        where = "--base-url" if base_url else (f"${ENV_BASE_URL}" if os.environ.get(ENV_BASE_URL) else "base URL")
+        raise UserError(f"{where} {base!r}: not a URL; accepted: http://HOST/PATH, https://HOST/PATH or file:///PATH")
     return base.rstrip("/") + "/" + remote.filename
 
 
@@ -109,7 +114,7 @@ def _expected(remote: Remote, checksum: str | None) -> tuple[str, str]:
 def fetch(url: str, dest: Path, algo: str, digest: str, *, progress: bool = True) -> Path:
     """Download ``url`` to ``dest`` through ``dest.part`` (continued with a Range request when a
     previous attempt left one), verify its ``algo`` digest, then move it into place."""
-    from tqdm import tqdm
+    from alexnet.progress import Progress
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.exists():
@@ -140,8 +145,8 @@ def fetch(url: str, dest: Path, algo: str, digest: str, *, progress: bool = True
                 have, mode = 0, "wb"  # no range support: start again
             length = resp.headers.get("Content-Length")
             total = have + int(length) if length and length.isdigit() else None
-            bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
-                       disable=not progress, file=sys.stderr, dynamic_ncols=True)
+            bar = Progress(total, dest.name, "B", initial=have, enabled=progress, file=sys.stderr, unit_scale=True,
+                           unit_divisor=1024)
             try:
                 with open(part, mode) as f:
                     for block in iter(lambda: resp.read(CHUNK), b""):

@@ -36,16 +36,15 @@ from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
-from tqdm import tqdm
-
 from alexnet import models
 from alexnet.config import TrainConfig, save_yaml
 from alexnet.data.augment import Augment
 from alexnet.data.format import PreparedDataset
 from alexnet.data.loader import BatchLoader
 from alexnet.data.resolve import open_splits, resolve_data
-from alexnet.engine import distributed
 from alexnet.engine import checkpoint as ckpt
+from alexnet.engine import distributed
+from alexnet.engine.checks import check_against_data, describe_augmentation, effective_crop_padding
 from alexnet.engine.device import pick_device
 from alexnet.engine.evaluate import Precision, evaluate
 from alexnet.engine.fast_step import FastStep
@@ -54,6 +53,8 @@ from alexnet.engine.model_parallel import ModelParallelAlexNet, model_parallel_d
 from alexnet.engine.optim import Schedule, build_optimizer, set_lr
 from alexnet.environment import environment
 from alexnet.errors import UserError
+from alexnet.files import atomic_write_bytes, atomic_write_text, lock_folder
+from alexnet.progress import Progress
 
 METRICS = "metrics.jsonl"
 # metrics.jsonl fields that measure time rather than training: they differ between a resumed run
@@ -151,12 +152,31 @@ def model_meta(cfg: TrainConfig, ds: PreparedDataset) -> dict[str, Any]:
     mi = models.info(cfg.model)
     return {"model": cfg.model, "model_options": cfg.model_options, "num_classes": ds.num_classes,
             "classes": ds.classes, "class_names": ds.class_names, "input_size": mi.input_size,
-            "input_norm": mi.input_norm, "data": cfg.data, "image_size": list(ds.image_size)}
+            "input_norm": models.input_norm(cfg.model, cfg.model_options), "data": cfg.data, "image_size": list(ds.image_size)}
+
+
+# Config fields that say where and how fast a run ran, not what it computed: left out of the
+# recipe stored with the weights (a resumed run's weights file equals an uninterrupted one's).
+RUNTIME_FIELDS = ("device", "workers", "progress", "tensorboard", "eval_batch_size")
+
+
+def final_meta(ctx: Context, row: dict[str, Any]) -> dict[str, Any]:
+    """The weights file's metadata: what rebuilds the model (:func:`model_meta`), plus the recipe,
+    the last epoch's metrics (without timings) and the git commit, so a published file says how
+    it was made."""
+    env_file = ctx.out / "environment.json"
+    env = json.loads(env_file.read_text()) if env_file.is_file() else {}
+    return {**ctx.meta,
+            "recipe": {k: v for k, v in ctx.cfg.to_dict().items() if k not in RUNTIME_FIELDS},
+            "metrics": {k: v for k, v in row.items() if k not in TIMING_FIELDS},
+            "git_sha": env.get("git_sha"), "alexnet_version": env.get("alexnet"), "torch_version": env.get("torch")}
 
 
 def make_augment(cfg: TrainConfig, ds: PreparedDataset, input_norm: str) -> Augment:
-    return Augment.from_stats(ds.stats(), models.info(cfg.model).input_size, random_crop=cfg.random_crop, flip=cfg.flip,
-                              pca_std=cfg.pca_std, crop_padding=cfg.crop_padding, input_norm=input_norm, seed=cfg.seed)
+    crop = models.info(cfg.model).input_size
+    return Augment.from_stats(ds.stats(), crop, random_crop=cfg.random_crop, flip=cfg.flip, pca_std=cfg.pca_std,
+                              crop_padding=effective_crop_padding(cfg, ds.image_size, crop), input_norm=input_norm,
+                              seed=cfg.seed)
 
 
 def rng_state(devices: list[torch.device]) -> dict[str, Any]:
@@ -214,7 +234,7 @@ def write_checkpoint(ctx: Context, state: RunState) -> Path | None:
     finally:
         ctx.phase = phase
     if err:
-        raise ckpt.CheckpointError(err)
+        raise ckpt.CheckpointWriteError(err)
     path = Path(path_s) if path_s else None
     ctx.last_checkpoint = (state.step, path)
     return path
@@ -284,6 +304,12 @@ def append_metrics(ctx: Context, row: dict[str, Any]) -> None:
         ctx.tb.flush()
 
 
+def _last_metrics(out: Path) -> dict[str, Any]:
+    p = out / METRICS
+    rows = read_metrics(p) if p.is_file() else []
+    return rows[-1] if rows else {}
+
+
 def truncate_metrics(out: Path, epochs_done: int) -> None:
     """On resume, keep only the rows of epochs that finished before the checkpoint (a row written
     after it, or torn by the kill, is dropped: the resumed run writes it again)."""
@@ -292,7 +318,7 @@ def truncate_metrics(out: Path, epochs_done: int) -> None:
         return
     rows = [r for r in read_metrics(p) if r.get("epoch", 0) <= epochs_done]
     text = "".join(json.dumps(r) + "\n" for r in rows).encode()
-    ckpt.atomic_write(p, lambda f: f.write(text))
+    atomic_write_bytes(p, text)
 
 
 # -- signals ---------------------------------------------------------------------------------------
@@ -366,7 +392,7 @@ def check_loss(ctx: Context, state: RunState, loss: float, step: int) -> None:
         if state.stall_count == ctx.cfg.stall_steps:
             ctx.log(f"warning: the loss has stayed at chance level (ln {ctx.train_ds.num_classes} = {chance:.3f}) for "
                     f"{ctx.cfg.stall_steps} steps (step {step}); the paper's bias-1 initialisation is known to stall in "
-                    f"some setups (try --model-opt bias_init=0.1 or a lower --lr)")
+                    f"some setups (try a lower --lr, or with init=paper --model-opt bias_init=0.1)")
 
 
 def train_one_epoch(ctx: Context, state: RunState) -> tuple[dict[str, float], bool]:
@@ -379,8 +405,10 @@ def train_one_epoch(ctx: Context, state: RunState) -> tuple[dict[str, float], bo
     sums = torch.tensor(state.epoch_sums, dtype=torch.float64)  # images, loss sum, hits (all processes)
     images0 = float(sums[0])
     t0 = time.time()
-    bar = tqdm(total=n_batches, initial=state.batch_in_epoch, desc=f"epoch {state.epoch + 1}/{cfg.epochs}", unit="batch",
-               leave=False, disable=not (cfg.progress and ctx.dist.is_main), dynamic_ncols=True, file=sys.stdout)
+    # A bar on a terminal; in a log file a line every ALEXNET_LOG_EVERY seconds (the epoch's own
+    # summary line comes from _loop).
+    bar = Progress(n_batches, f"epoch {state.epoch + 1}/{cfg.epochs}", "batch", initial=state.batch_in_epoch,
+                   enabled=cfg.progress and ctx.dist.is_main, file=sys.stdout, leave=False)
     # Losses are checked (one device sync) every step on the CPU, every 20 steps on GPUs, and
     # always at a checkpoint. The positions are fixed in the epoch, so a resumed run adds up the
     # same blocks in the same order.
@@ -448,10 +476,16 @@ def setup(cfg: TrainConfig, out: Path, *, log: Callable[[str], None] = print) ->
     mi = models.info(cfg.model)
     root = resolve_data(cfg.data, mi.input_size, seed=0)
     train_ds, val_ds = open_splits(root)
-    h, w = train_ds.image_size
-    if min(h, w) + 2 * cfg.crop_padding < mi.input_size:
-        raise UserError(f"{root}: images are {h}×{w}, smaller than the {mi.input_size}×{mi.input_size} input of "
-                        f"{cfg.model}; prepare the data at a larger size or pick a model for this size")
+    stats = train_ds.stats()
+    try:  # settings this data cannot honour: refused here, before any work, on every rank alike
+        warnings = check_against_data(cfg, image_size=train_ds.image_size, input_size=mi.input_size,
+                                      eigval=stats.get("eigval"), train_images=len(train_ds))
+    except UserError as e:
+        raise UserError(f"{root}: {e}") from None
+    if dist_info.is_main:
+        log(describe_augmentation(cfg, train_ds.image_size, mi.input_size))
+        for warning in warnings:
+            log(f"warning: {warning}")
     distributed.init(dist_info, device)
     torch.manual_seed(cfg.seed)  # the same initial weights in every process (DDP also broadcasts rank 0's)
     model = build_model(cfg, train_ds.num_classes, device)
@@ -481,11 +515,12 @@ def setup(cfg: TrainConfig, out: Path, *, log: Callable[[str], None] = print) ->
     optimizer = build_optimizer(cfg, plain)
     loader = BatchLoader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed, workers=cfg.workers, rank=dist_info.rank,
                          world_size=dist_info.world_size, pin_memory=device.type == "cuda",
-                         limit_batches=cfg.max_steps_per_epoch, subset=cfg.train_subset)
+                         limit_batches=cfg.max_steps_per_epoch, subset=cfg.train_subset,
+                         decode=cfg.decode, device=device if cfg.decode != "cpu" else None)
     if len(loader) == 0:
         raise UserError(f"{root}: {loader.n} training images make no full batch of {cfg.batch_size}; lower --batch-size")
     scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
-    augment = make_augment(cfg, train_ds, mi.input_norm)
+    augment = make_augment(cfg, train_ds, models.input_norm(cfg.model, cfg.model_options))
     # The paper's update as one fused kernel per parameter pays off on a GPU (memory-bound); on the
     # CPU PaperSGD's foreach passes are as fast. Both compute the same rule (§5).
     step = FastStep(model, optimizer, augment, device, amp=cfg.amp, channels_last=cfg.channels_last, compile=cfg.compile,
@@ -516,37 +551,84 @@ def run(cfg: TrainConfig, out: str | Path, *, resume: bool = False, log: Callabl
     on a non-finite loss, :class:`~alexnet.errors.UserError` on bad input."""
     out = Path(out)
     dist_info = distributed.from_env()
-    if not resume and ((out / METRICS).exists() or ckpt.latest_checkpoint(out) is not None):
-        raise UserError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
-    if dist_info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+    # Rank 0 writes the run folder and holds its lock for the whole run: a second train (or a
+    # second --resume) into the same folder is refused at once, before it reads or writes anything.
+    lock = lock_folder(out) if dist_info.is_main else None
     ctx: Context | None = None
     try:
+        if not resume and ((out / METRICS).exists() or ckpt.latest_checkpoint(out) is not None):
+            raise UserError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
         ctx = setup(cfg, out, log=log)
         distributed.barrier()  # the run folder exists before anyone looks into it
         state = RunState()
         if resume:
-            last = ckpt.latest_checkpoint(out) if ctx.dist.is_main else None
-            d = _load_for_resume(ctx, last)
+            d, last = _load_latest(ctx, out)
             if d is None:
                 log(f"no checkpoint in {out}; starting from the beginning")
             else:
-                last = Path(distributed.broadcast_object(str(last)))
                 state = restore(ctx, d, last)
                 del d
                 log(f"resumed from {last} (epoch {state.epoch + 1}, batch {state.batch_in_epoch}, step {state.step})")
+                done = _finished(ctx, state)
+                if done is not None:
+                    return done
         if ctx.dist.is_main:
             ckpt.remove_stale_temporaries(out)
             if resume:
                 truncate_metrics(out, state.epoch)
             save_yaml(cfg, out / "config.yaml")
-            (out / "environment.json").write_text(json.dumps(environment(), indent=1) + "\n")
+            atomic_write_text(out / "environment.json", json.dumps(environment(), indent=1) + "\n")
         _open_tensorboard(ctx, state.epoch)
         return _loop(ctx, state)
     finally:
         if ctx is not None and ctx.tb is not None:
             ctx.tb.close()
+        if ctx is not None:
+            ctx.train_loader.close()  # its worker processes serve every epoch; stop them here
         distributed.shutdown()
+        if lock is not None:
+            lock.release()
+
+
+def _load_latest(ctx: Context, out: Path) -> tuple[dict[str, Any] | None, Path | None]:
+    """The newest readable checkpoint of ``out`` (a collective: every rank calls it). A damaged
+    newer one (a disk that filled, a copy cut short) is set aside as ``*.damaged``, so that it is
+    never taken for the latest again, and the previous one is used; both are said."""
+    names = [str(p) for p in reversed(ckpt.list_checkpoints(out))] if ctx.dist.is_main else []
+    names = distributed.broadcast_object(names)
+    for i, name in enumerate(names):
+        try:
+            return _load_for_resume(ctx, Path(name)), Path(name)
+        except ckpt.CheckpointError as e:
+            if i + 1 == len(names):
+                raise ckpt.CheckpointError(f"{e}; no earlier checkpoint to fall back to" if i == 0 else
+                                           f"{e}; no earlier checkpoint is readable either") from None
+            if ctx.dist.is_main:
+                os.replace(name, name + ".damaged")
+            ctx.log(f"warning: {e}; set aside as {name}.damaged; resuming from the previous checkpoint {names[i + 1]}")
+    return None, None
+
+
+def _finished(ctx: Context, state: RunState) -> dict[str, Any] | None:
+    """A resumed run whose checkpoint is at or past the last epoch: its summary when it is complete
+    (nothing is trained or rewritten), None when only the final weights are missing (the loop then
+    writes them), and an error when the checkpoint is past ``epochs``."""
+    cfg, out = ctx.cfg, ctx.out
+    if state.epoch > cfg.epochs:
+        raise UserError(f"{out}: its latest checkpoint ends epoch {state.epoch}, past epochs={cfg.epochs}; nothing to "
+                        f"train and nothing changed (to train longer, give --epochs above {state.epoch})")
+    summary = None
+    if ctx.dist.is_main and state.epoch == cfg.epochs and (out / ckpt.WEIGHTS).is_file():
+        try:
+            summary = json.loads((out / "summary.json").read_text())
+        except (OSError, ValueError):
+            pass  # the final weights are there but not the summary: the loop writes both again
+    summary = distributed.broadcast_object(summary)
+    if summary is None:
+        return None
+    ctx.log(f"{out}: already finished ({state.epoch} of {cfg.epochs} epochs); nothing to do "
+            f"(to train longer, give --epochs above {cfg.epochs})")
+    return summary
 
 
 def _loop(ctx: Context, state: RunState) -> dict[str, Any]:
@@ -559,7 +641,9 @@ def _loop(ctx: Context, state: RunState) -> dict[str, Any]:
         + f", recipe {cfg.recipe}, {placement}")
     ctx.t_start = time.time()
     elapsed0 = state.elapsed_s
-    row: dict[str, Any] = {}
+    # A resumed run that had finished training but not written its final weights (a full disk)
+    # reports its last epoch's row.
+    row: dict[str, Any] = _last_metrics(ctx.out) if state.epoch >= cfg.epochs else {}
     with stop_on_signals(ctx):
         while state.epoch < cfg.epochs:
             lr = ctx.schedule.lr_at(state.step - state.batch_in_epoch)  # the epoch's first step, also on resume
@@ -592,10 +676,10 @@ def _loop(ctx: Context, state: RunState) -> dict[str, Any]:
             if _agree(ctx, bool(ctx.stop_signal)) and state.epoch < cfg.epochs:
                 raise Interrupted(_exit_code(ctx), path)
     if ctx.dist.is_main:
-        ckpt.save_weights(ctx.model, ctx.out / ckpt.WEIGHTS, ctx.meta, ctx.train_ds.stats())
+        ckpt.save_weights(ctx.model, ctx.out / ckpt.WEIGHTS, final_meta(ctx, row), ctx.train_ds.stats())
     summary = {"epochs": cfg.epochs, "steps": state.step, "final": row, "time_s": elapsed0 + time.time() - ctx.t_start,
                "weights": str(ctx.out / ckpt.WEIGHTS)}
     if ctx.dist.is_main:
-        (ctx.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        atomic_write_text(ctx.out / "summary.json", json.dumps(summary, indent=1) + "\n")
     distributed.barrier()  # nobody tears the process group down while rank 0 still writes
     return summary

@@ -12,15 +12,24 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import torch
 from PIL import Image
 
-from alexnet.data.format import DatasetWriter, PreparedDataset, StatsAccumulator, encode_jpeg
+from alexnet.data.format import DatasetWriter, PreparedDataset, StatsAccumulator
+from alexnet.data.jpeg import encode_jpeg
 from alexnet.data.sources import synthetic
 from alexnet.errors import UserError
 
 # scikit-image's bundled colour photographs (no download needed).
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
           "stereo_motorcycle")
+
+
+def jpeg_bytes(img_hwc: np.ndarray, quality: int = 90) -> bytes:
+    """A uint8 H×W×3 RGB image as JPEG bytes (:func:`alexnet.data.jpeg.encode_jpeg`, the one encoder)."""
+    # A copy: np.asarray(a PIL image) is read-only, which torch warns about.
+    chw = torch.from_numpy(np.array(img_hwc, dtype=np.uint8, order="C")).permute(2, 0, 1).contiguous()
+    return encode_jpeg(chw, quality).numpy().tobytes()
 
 
 def source_photos() -> list[np.ndarray]:
@@ -82,7 +91,7 @@ def _chunk(task: tuple[str, int, tuple[int, int], int, int, int, bool]) -> tuple
     for img in _images(kind, n, size, seed, start):
         if acc is not None:
             acc.add(img)
-        out.append(encode_jpeg(img, quality))
+        out.append(jpeg_bytes(img, quality))
     return out, (acc.state() if acc is not None else None)
 
 
@@ -156,5 +165,5 @@ def make_image_folder(out: Path, n: int, size: tuple[int, int], *, kind: str = "
     return out
 
 
-__all__ = ["PHOTOS", "jpeg_chunks", "make_image_folder", "make_photo_dataset", "photo_crops", "photos_available",
+__all__ = ["PHOTOS", "jpeg_bytes", "jpeg_chunks", "make_image_folder", "make_photo_dataset", "photo_crops", "photos_available",
            "source_photos", "write_image_folder"]

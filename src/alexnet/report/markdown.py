@@ -27,6 +27,7 @@ import yaml
 from alexnet.engine.metrics import read_metrics
 from alexnet.environment import environment
 from alexnet.errors import UserError
+from alexnet.files import atomic_write_text
 from alexnet.report.tables import format_value, markdown_table
 
 __all__ = ["PAPER_REFERENCE", "write_run_report"]
@@ -139,7 +140,7 @@ def write_run_report(run_dir: str | Path) -> Path:
     out = (_title(run, config, metrics) + _what_was_run(config) + _results(metrics, evaluation) + _paper_context(data)
            + _figures(run) + _per_epoch(metrics) + _configuration(config) + _environment(trained_env))
     path = run / "report.md"
-    path.write_text("\n".join(out).rstrip() + "\n", encoding="utf-8")
+    atomic_write_text(path, "\n".join(out).rstrip() + "\n")
     return path
 
 

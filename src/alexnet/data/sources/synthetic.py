@@ -406,6 +406,26 @@ def cache_root(root: str | os.PathLike[str] | None = None) -> Path:
     return Path(env) if env else Path.home() / ".cache" / "alexnet"
 
 
+def _remove_orphans(out: Path) -> None:
+    """Staging folders (and their lock files) of builders that were killed outright (SIGKILL, a
+    power cut: no cleanup ran); a builder still alive keeps its own."""
+    for p in [*out.parent.glob(f".{out.name}.*"), *out.parent.glob(f"..{out.name}.*")]:
+        pid = p.name.lstrip(".")[len(out.name) + 1:].split("-")[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # alive
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue  # alive, but another user's
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
 def cached(input_size: int, *, seed: int = 0, train_per_class: int = 500, val_per_class: int = 100,
            root: str | os.PathLike[str] | None = None) -> Path:
     """The synthetic dataset for a network of ``input_size``, built once into the cache folder
@@ -421,6 +441,7 @@ def cached(input_size: int, *, seed: int = 0, train_per_class: int = 500, val_pe
     if is_prepared(out):
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_orphans(out)
     staging = out.parent / f".{out.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         build(staging, size=size, train_per_class=train_per_class, val_per_class=val_per_class, seed=seed)
