@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alexnet.data.format import is_prepared
+from alexnet.data.prepare import prepare
 from alexnet.errors import UserError
 
 ENV_BASE_URL = "ALEXNET_DOWNLOAD_BASE_URL"
@@ -169,9 +171,6 @@ def download(name: str, out: str | os.PathLike[str], *, base_url: str | None = N
              cache: str | os.PathLike[str] | None = None, checksum: str | None = None,
              size: int | None = None, workers: int | None = None) -> Path:
     """Download dataset ``name`` (one of DATASETS), verify it, and prepare it into ``out``."""
-    from alexnet.data.format import is_prepared
-    from alexnet.data.prepare import prepare
-
     if name not in DATASETS:
         raise UserError(f"{name}: unknown dataset; available: {', '.join(DATASETS)}")
     out = Path(out).expanduser()
