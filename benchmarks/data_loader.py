@@ -3,6 +3,7 @@
     python benchmarks/data_loader.py                         # workers 1 and 2, CUDA if available
     python benchmarks/data_loader.py --workers 1 2 --device cpu
     python benchmarks/data_loader.py --workers 15 --decode auto   # a 16-core GPU machine
+    python benchmarks/data_loader.py --images 720                 # a small dataset: timing spans epochs
 
 Builds one real-photo 256×256 JPEG dataset (scikit-image photos, q90) and its image-folder copy,
 then runs ``alexnet bench data`` on them once per worker count (see alexnet/commands/bench.py for
@@ -32,6 +33,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--batches", type=int, default=8)
     p.add_argument("--prepare-images", type=int, default=64)
+    p.add_argument("--images", type=int, default=0,
+                   help="dataset size (default: enough that no timing spans an epoch); small sizes time epoch restarts")
     p.add_argument("--note", default="", help="free text stored with the results (e.g. machine shared with other jobs)")
     p.add_argument("--out", default=str(ROOT / "results"))
     args = p.parse_args()
@@ -41,7 +44,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="alexnet-bench-") as work:
         # One photo set large enough that no worker count's timing spans an epoch.
         warm = 2 * max(args.workers) + 1
-        n = (warm + args.batches + 1) * args.batch_size
+        n = args.images or (warm + args.batches + 1) * args.batch_size
         for i, w in enumerate(args.workers):
             ns = argparse.Namespace(data=None, make_photos=n, work_dir=work, workers=w, device=args.device,
                                     decode=args.decode, batch_size=args.batch_size, batches=args.batches, warmup=None,
@@ -50,7 +53,8 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             rows.append(row)
     kind = re.sub(r"[^a-z0-9]+", "-", (machine["gpu"] or machine["cpu"] or "cpu").lower()).strip("-")[:40]
-    out = Path(args.out) / f"data-{kind}-{time.strftime('%Y-%m-%d')}.json"
+    size = f"-{args.images}img" if args.images else ""
+    out = Path(args.out) / f"data-{kind}{size}-{time.strftime('%Y-%m-%d')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"benchmark": "bench data", "note": args.note, **machine,
                                "config": vars(args), "rows": rows}, indent=1) + "\n")

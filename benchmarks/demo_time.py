@@ -1,7 +1,12 @@
-"""Time `alexnet demo` end to end (a cold run: the built-in data is rebuilt) and record the
-evidence beside the result: machine, versions, git SHA, date.
+"""Time `alexnet demo` end to end (a cold run: the built-in data is rebuilt) once per seed, and
+record the spread of its final error over the seeds beside the evidence: machine, versions, git
+SHA, date, and the load average before and after (other processes on the machine inflate the
+wall time, not the error).
 
-    python benchmarks/demo_time.py [--runs 1] [--out benchmarks/results]
+    python benchmarks/demo_time.py [--seeds 0 1 2] [--jobs 1] [--threads N] [--out benchmarks/results]
+
+``--jobs J`` runs J seeds at once (for the error band on a busy machine; their wall times then
+measure the sharing, not the demo); ``--threads N`` sets OMP_NUM_THREADS for each demo process.
 """
 
 from __future__ import annotations
@@ -9,38 +14,80 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+ERRORS = ("val_top1_err_center", "val_top5_err_center", "val_top1_err_ten_crop", "val_top5_err_ten_crop")
+
+
+def summarise(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Mean, sample standard deviation (0 for one row), min and max of each error and the wall time."""
+    out = {}
+    for key in (*ERRORS, "wall_s"):
+        vals = [float(r[key]) for r in rows]
+        out[key] = {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+                    "min": min(vals), "max": max(vals)}
+    return out
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="one cold demo run per seed (default: 0)")
+    ap.add_argument("--jobs", type=int, default=1, help="seeds run at once (default 1: wall times measure the demo)")
+    ap.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS for each demo process (default: unset)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
     from alexnet.report.markdown import environment
 
+    env0 = environment()
+    load_before = os.getloadavg()
     rows = []
-    for i in range(args.runs):
-        with tempfile.TemporaryDirectory() as tmp:
-            env = {**os.environ, "ALEXNET_CACHE": str(Path(tmp) / "cache")}  # cold: data built inside the timing
-            t0 = time.time()
-            r = subprocess.run([sys.executable, "-m", "alexnet", "demo", "--out", str(Path(tmp) / "demo"), "--no-progress"],
-                               env=env, capture_output=True, text=True)
+    extra = {"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}
+    with tempfile.TemporaryDirectory() as tmp:
+        pending = list(args.seeds)
+        running: list[tuple[int, subprocess.Popen, float]] = []
+        while pending or running:
+            while pending and len(running) < args.jobs:
+                seed = pending.pop(0)
+                d = Path(tmp) / f"seed{seed}"
+                d.mkdir()
+                env = {**os.environ, **extra, "ALEXNET_CACHE": str(d / "cache")}  # cold: data built inside the timing
+                cmd = [sys.executable, "-m", "alexnet", "demo", "--out", str(d / "demo"), "--no-progress", "--seed", str(seed)]
+                with open(d / "console.log", "w") as log:
+                    running.append((seed, subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), time.time()))
+            done = [r for r in running if r[1].poll() is not None]
+            if not done:
+                time.sleep(0.5)
+                continue
+            seed, proc, t0 = done[0]
+            running.remove(done[0])
             wall = time.time() - t0
-            if r.returncode != 0:
-                print(r.stdout, r.stderr, file=sys.stderr)
+            if proc.returncode != 0:
+                print((Path(tmp) / f"seed{seed}" / "console.log").read_text(), file=sys.stderr)
+                for _, other, _ in running:
+                    other.kill()
+                    other.wait()
                 return 1
-            ev = json.loads((Path(tmp) / "demo" / "eval.json").read_text())
-            metrics = [json.loads(l) for l in (Path(tmp) / "demo" / "metrics.jsonl").read_text().splitlines()]
-        rows.append({"run": i, "wall_s": round(wall, 1), "epochs": len(metrics), "train_img_per_s": round(metrics[-1]["img_per_s"]),
-                     "val_top1_err_center": ev["center"]["top1_err"], "val_top5_err_center": ev["center"]["top5_err"],
-                     "val_top1_err_ten_crop": ev["ten_crop"]["top1_err"], "val_top5_err_ten_crop": ev["ten_crop"]["top5_err"]})
-        print(json.dumps(rows[-1]))
-    result = {"benchmark": "demo", "command": "alexnet demo", "environment": environment(), "rows": rows}
+            d = Path(tmp) / f"seed{seed}" / "demo"
+            ev = json.loads((d / "eval.json").read_text())
+            metrics = [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()]
+            rows.append({"seed": seed, "wall_s": round(wall, 1), "epochs": len(metrics), "train_img_per_s": round(metrics[-1]["img_per_s"]),
+                         "val_top1_err_center": ev["center"]["top1_err"], "val_top5_err_center": ev["center"]["top5_err"],
+                         "val_top1_err_ten_crop": ev["ten_crop"]["top1_err"], "val_top5_err_ten_crop": ev["ten_crop"]["top5_err"],
+                         "val_top1_err_per_epoch": [m.get("val_top1_err") for m in metrics],
+                         "lr_per_epoch": [m["lr"] for m in metrics]})
+            print(json.dumps({k: v for k, v in rows[-1].items() if not k.endswith("_per_epoch")}), flush=True)
+    result = {"benchmark": "demo", "command": "alexnet demo --seed S", "environment": env0,
+              "jobs": args.jobs, "omp_num_threads": args.threads or None,
+              "load_average_1_5_15min": {"before": [round(x, 2) for x in load_before],
+                                         "after": [round(x, 2) for x in os.getloadavg()]},
+              "rows": rows, "summary": summarise(rows)}
+    for key, s in result["summary"].items():
+        print(f"{key}: {s['mean']:.4f} ± {s['std']:.4f} (min {s['min']:.4f}, max {s['max']:.4f}) over {len(rows)} seed(s)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"demo-{time.strftime('%Y-%m-%d')}.json"

@@ -24,7 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "neighbors": ("alexnet.commands.neighbors", "nearest neighbours in the last hidden layer (Figure 4 right)"),
     "filters": ("alexnet.commands.filters", "the first-layer kernels as an image (Figure 3)"),
     "report": ("alexnet.commands.report", "regenerate a run's report"),
-    "export": ("alexnet.commands.export", "export weights to safetensors, ONNX or TorchScript"),
+    "export": ("alexnet.commands.export", "export weights, a self-contained ONNX or torch.export graph, or a Hub folder"),
+    "push": ("alexnet.commands.push", "upload a run's weights and model card to the Hugging Face Hub"),
     "experiment": ("alexnet.commands.experiment", "reproduce one of the paper's claims"),
     "bench": ("alexnet.commands.bench", "measure throughput"),
 }
@@ -80,6 +81,10 @@ def _main(argv: Sequence[str] | None) -> int:
         parser = build_parser()
         args = parser.parse_args(argv)
         command = args.command
+        if getattr(args, "log_every", None) is not None:
+            from alexnet.progress import set_log_every
+
+            set_log_every(args.log_every)
         return int(importlib.import_module(args._module).run(args) or 0)
     except UserError as e:
         print(f"alexnet {command}: error: {e}", file=sys.stderr)

@@ -7,6 +7,7 @@ import shutil
 import time
 from pathlib import Path
 
+from alexnet.commands.common import add_log_every_argument
 from alexnet.errors import UserError
 
 DEMO_MARK = ".alexnet-demo"
@@ -15,8 +16,10 @@ DEMO_MARK = ".alexnet-demo"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo; a previous demo there is replaced)")
     p.add_argument("--epochs", type=int, default=None, help="override the demo recipe's epochs")
+    p.add_argument("--seed", type=int, default=None, help="override the demo recipe's seed (initial weights, shuffle, augmentation)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
+    add_log_every_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,12 +47,15 @@ def run(args: argparse.Namespace) -> int:
     overrides: dict[str, object] = {"device": args.device, "progress": not args.no_progress}
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
+    if args.seed is not None:
+        overrides["seed"] = args.seed
     cfg = config_mod.resolve("demo", overrides)
     print(f"[1/4] built-in dataset: 10 shape classes, stored 36×36 for 32×32 crops (cached after the first run)")
     root = resolve_data(cfg.data, 32)
     print(f"      {root}")
     print(f"[2/4] training {cfg.model} with the paper's update rule, crops, flips and PCA colour noise "
-          f"({cfg.epochs} epochs, batch {cfg.batch_size})")
+          f"({cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr:g} divided by 10 after epochs "
+          f"{', '.join(map(str, cfg.step_epochs))}, seed {cfg.seed})")
     train_run(cfg, out)
 
     print("[3/4] evaluating on the validation split: centre crop and the 10-crop average (§4.1)")
@@ -60,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     prec = Precision(device)
     results = {}
     for key, ten in (("center", False), ("ten_crop", True)):
-        r = evaluate(trained.model, ds, aug, prec, ten_crop=ten)
+        r = evaluate(trained.model, ds, aug, prec, ten_crop=ten, progress=not args.no_progress)
         record_eval(out, key, r)
         results[key] = r
     chance = 1 - 1 / ds.num_classes

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from alexnet.commands.common import add_engine_arguments
+from alexnet.commands.common import add_engine_arguments, add_log_every_argument
 from alexnet.errors import UserError
 
 
@@ -22,7 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--confusion", default=None, metavar="PNG", help="also draw the confusion matrix here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or periodic progress lines")
     add_engine_arguments(p)
+    add_log_every_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,7 +72,8 @@ def _run(args: argparse.Namespace, record: bool) -> int:
     probs = None
     for m in members:
         r = evaluate(m.model, ds, augment_for(m, ds), prec, batch_size=args.batch_size, ten_crop=args.ten_crop,
-                     workers=-1 if args.workers is None else args.workers, return_probs=True)
+                     workers=-1 if args.workers is None else args.workers, return_probs=True,
+                     progress=not args.quiet)
         p = r.pop("probs")
         probs = p if probs is None else probs + p  # type: ignore[operator]
         results.append({"run": str(m.source), **r})

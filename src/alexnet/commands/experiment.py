@@ -9,6 +9,7 @@ import argparse
 import shlex
 import sys
 
+from alexnet.commands.common import add_log_every_argument
 from alexnet.errors import UserError
 
 
@@ -22,10 +23,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="experiment folder (report.md, results.json, plots, runs/)")
     p.add_argument("--quick", action="store_true", help="a small scale: under 5 minutes on 2 CPU cores on the built-in data")
     p.add_argument("--seeds", type=int, default=None, metavar="K",
-                   help="seeds per variant (default 3, 1 with --quick; ensemble: the number of nets, default 5, 3 with --quick)")
+                   help="seeds per arm (default 3; relu-vs-tanh 2 with --quick; ensemble: the number of nets, default 5, "
+                        "3 with --quick); every arm gets the same learning-rate sweep and seeds")
+    p.add_argument("--factors", action="store_true",
+                   help="relu-vs-tanh: also vary one factor at a time (init scale, input scale, LRN); always on at full scale")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--workers", type=int, default=None, help="loader worker processes (default: automatic)")
     p.add_argument("--progress", action="store_true", help="show each run's per-epoch log")
+    add_log_every_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     with lock_folder(args.out):  # one experiment process per folder (each run inside is locked too)
         try:
             report = run_experiment(args.name, args.data, args.out, quick=args.quick, seeds=args.seeds,
-                                    device=args.device, workers=args.workers, progress=args.progress)
+                                    device=args.device, workers=args.workers, progress=args.progress,
+                                    factors=args.factors)
         except Interrupted as e:
             # Like train: the run in progress wrote a checkpoint; the same command resumes it and
             # reuses the finished runs.

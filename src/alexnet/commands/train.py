@@ -17,7 +17,7 @@ from typing import Any
 
 from alexnet import config as config_mod
 from alexnet import models
-from alexnet.commands.common import add_engine_arguments, parse_assignments
+from alexnet.commands.common import add_log_every_argument, add_engine_arguments, parse_assignments
 from alexnet.errors import UserError
 
 
@@ -42,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-opt", action="append", metavar="K=V", help="model option, e.g. lrn=none, activation=tanh")
     p.add_argument("--set", action="append", metavar="K=V", help="any config field, e.g. pca_std=0 or schedule=cosine")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_log_every_argument(p)
     add_engine_arguments(p)
 
 

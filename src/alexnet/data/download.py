@@ -121,7 +121,7 @@ def fetch(url: str, dest: Path, algo: str, digest: str, *, progress: bool = True
 
 
 def _fetch(url: str, dest: Path, algo: str, digest: str, *, progress: bool = True) -> Path:
-    from tqdm import tqdm
+    from alexnet.progress import Progress
 
     if dest.exists():
         if _digest(dest, algo) == digest:
@@ -151,8 +151,8 @@ def _fetch(url: str, dest: Path, algo: str, digest: str, *, progress: bool = Tru
                 have, mode = 0, "wb"  # no range support: start again
             length = resp.headers.get("Content-Length")
             total = have + int(length) if length and length.isdigit() else None
-            bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
-                       disable=not progress, file=sys.stderr, dynamic_ncols=True)
+            bar = Progress(total, dest.name, "B", initial=have, enabled=progress, file=sys.stderr, unit_scale=True,
+                           unit_divisor=1024)
             try:
                 with open(part, mode) as f:
                     for block in iter(lambda: resp.read(CHUNK), b""):

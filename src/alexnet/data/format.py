@@ -37,6 +37,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
+from alexnet.data.jpeg import decode_jpeg_rgb, encode_jpeg
 from alexnet.errors import UserError
 from alexnet.files import ExclusiveLock, atomic_write, atomic_write_bytes, atomic_write_text
 
@@ -489,8 +490,6 @@ def write_arrays(
 def _encode(img_hwc: np.ndarray, encoding: str, quality: int) -> bytes:
     if encoding == "raw":
         return np.ascontiguousarray(img_hwc).tobytes()
-    from torchvision.io import encode_jpeg
-
     chw = torch.from_numpy(np.ascontiguousarray(img_hwc)).permute(2, 0, 1).contiguous()  # H×W×3 -> 3×H×W
     return encode_jpeg(chw, quality=quality).numpy().tobytes()
 
@@ -506,15 +505,6 @@ def decode_record(record: bytes | np.ndarray, encoding: str, image_size: tuple[i
         arr = np.frombuffer(record, dtype=np.uint8).reshape(h, w, 3)
         return torch.from_numpy(arr.copy()).permute(2, 0, 1)  # H×W×3 -> 3×H×W
     return decode_jpeg_rgb(torch.frombuffer(bytearray(record), dtype=torch.uint8))
-
-
-def decode_jpeg_rgb(data: torch.Tensor) -> torch.Tensor:
-    """JPEG bytes (uint8 tensor) -> uint8 3×H×W RGB (grey and CMYK come out as RGB) with libjpeg-turbo.
-    Calls torchvision's registered op directly: ``torchvision.io.decode_jpeg`` warns about a
-    deprecation on every call since 0.29, and the op is the same."""
-    import torchvision.io.image  # noqa: F401  (registers torch.ops.image.*)
-
-    return torch.ops.image.decode_jpeg(data, 3, False)  # 3 = ImageReadMode.RGB
 
 
 class PreparedDataset(torch.utils.data.Dataset):

@@ -45,6 +45,7 @@ from alexnet.data.format import ENCODINGS, FORMAT_VERSION, DatasetWriter, StatsA
 from alexnet.data.sources.base import CONVERTED, IMAGE_MAGIC, SKIPPED, Item, Source, oversized
 from alexnet.errors import Terminated, UserError
 from alexnet.files import os_error_line
+from alexnet.progress import Progress
 
 FORMATS = ("imagenet", "imagenet-tree", "folder", "cifar", "idx", "synthetic")
 DEFAULT_SIZE = 256  # §2: "rescaled the image such that the shorter side was of length 256"
@@ -597,8 +598,6 @@ def _chunks(it: Iterator[tuple[Any, Item]], size: int) -> Iterator[list[tuple[An
 def _run_split(source: Source, split: str, dw: DatasetWriter, spec: Spec, executor: Executor,
                report: dict[str, Any], state: tuple[dict[str, Any], dict[str, np.ndarray]] | None,
                progress: bool, cheap: bool, stop: StopRequest | None = None) -> None:
-    from tqdm import tqdm
-
     writer = dw.split(split, spec.encoding, spec.size)
     acc = StatsAccumulator(spec.size, PIXELS_PER_IMAGE) if spec.stats else None
     st, arrays = state if state is not None else ({}, {})
@@ -616,8 +615,7 @@ def _run_split(source: Source, split: str, dw: DatasetWriter, spec: Spec, execut
         chunk = INLINE_CHUNK
     else:  # about four chunks per worker on small datasets, so that all of them get work
         chunk = max(1, min(CHUNK, math.ceil((total or CHUNK * workers) / (workers * 4))))
-    bar = tqdm(total=total, initial=ordinal, desc=f"{split:>5}", unit="img", disable=not progress,
-               dynamic_ncols=True, smoothing=0.05, file=sys.stderr)
+    bar = Progress(total, f"{split:>5}", "img", initial=ordinal, enabled=progress, file=sys.stderr, smoothing=0.05)
     t_start, n_start = time.time(), ordinal
     last_ckpt = time.time()
     inflight: deque[tuple[Any, list[Item], int, Any]] = deque()
@@ -662,8 +660,7 @@ def _run_split(source: Source, split: str, dw: DatasetWriter, spec: Spec, execut
         while inflight:
             consume()
         if bar.total != ordinal:  # the total was an estimate (the ImageNet training tar)
-            bar.total = ordinal
-            bar.refresh()
+            bar.set_total(ordinal)
     finally:
         bar.close()
     if acc is not None:

@@ -14,6 +14,8 @@ from alexnet.data.augment import Augment
 from alexnet.data.format import PreparedDataset
 from alexnet.data.loader import BatchLoader
 from alexnet.engine import distributed
+from alexnet.engine.checks import check_ten_crop
+from alexnet.progress import Progress
 
 
 @dataclass
@@ -46,6 +48,8 @@ def topk_correct(logits_or_probs: torch.Tensor, labels: torch.Tensor, ks: tuple[
 def predict_probs(model: nn.Module, images: torch.Tensor, augment: Augment, prec: Precision, ten_crop: bool) -> torch.Tensor:
     """Softmax probabilities (float32, N×C) for a uint8 batch: centre crop, or the mean of the
     softmax over the 10 crops (§4.1)."""
+    if ten_crop:
+        check_ten_crop(images.shape[-2:], augment.crop)
     images = images.to(prec.device, non_blocking=True)
     with prec.autocast():
         if ten_crop:
@@ -71,23 +75,32 @@ def evaluate(
     rank: int = 0,
     world_size: int = 1,
     return_probs: bool = False,
+    progress: bool = False,
 ) -> dict[str, object]:
     """Top-1/top-5 error and loss over the whole split, each image counted exactly once (across
-    processes too: contiguous unpadded shards, sums all-reduced)."""
+    processes too: contiguous unpadded shards, sums all-reduced). ``progress``: a bar on a
+    terminal, a periodic line elsewhere (:class:`alexnet.progress.Progress`), from rank 0."""
     was_training = model.training
     model.eval()
     loader = BatchLoader(ds, batch_size * world_size, shuffle=False, workers=workers, rank=rank, world_size=world_size,
                          pin_memory=prec.device.type == "cuda")
     sums = torch.zeros(4, dtype=torch.float64)  # n, top1 correct, top5 correct, loss sum
     all_probs = []
-    for b in loader:
-        probs = predict_probs(model, b.images, augment, prec, ten_crop)
-        labels = b.labels.to(probs.device)
-        c1, c5 = topk_correct(probs, labels)
-        nll = F.nll_loss(torch.log(probs.clamp_min(1e-12)), labels, reduction="sum")
-        sums += torch.tensor([len(labels), c1, c5, float(nll)], dtype=torch.float64)
-        if return_probs:
-            all_probs.append(probs.cpu())
+    bar = Progress(len(loader), "evaluate" + (" (10-crop)" if ten_crop else ""), "batch", enabled=progress and rank == 0,
+                   leave=False)
+    try:
+        for b in loader:
+            probs = predict_probs(model, b.images, augment, prec, ten_crop)
+            labels = b.labels.to(probs.device)
+            c1, c5 = topk_correct(probs, labels)
+            nll = F.nll_loss(torch.log(probs.clamp_min(1e-12)), labels, reduction="sum")
+            sums += torch.tensor([len(labels), c1, c5, float(nll)], dtype=torch.float64)
+            if return_probs:
+                all_probs.append(probs.cpu())
+            bar.update(1)
+    finally:
+        loader.close()  # its workers and buffers: this loader serves this one pass
+    bar.close()
     if world_size > 1:
         sums = distributed.all_reduce_sum(sums.to(prec.device)).cpu()
     model.train(was_training)

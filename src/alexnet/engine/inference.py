@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from alexnet import models
@@ -128,3 +129,34 @@ def file_augment(trained: Trained, data: str | None = None) -> Augment:
     if tuple(ds.image_size) != size:
         raise UserError(f"{spec}: images are {ds.image_size[0]}×{ds.image_size[1]}, the model was trained on {size[0]}×{size[1]}")
     return augment_for(trained, ds)
+
+
+class ImageClassifier(nn.Module):
+    """A trained network with its test-time preprocessing inside, for exports that run without
+    this package: uint8 RGB images N×3×H×W at the size the training data was stored at (§2:
+    shorter side rescaled to 256, central 256×256 patch) in, class probabilities N×C out. Inside:
+    the central crop, the normalisation the network was trained with (§2: minus the training set's
+    mean image), the network and the softmax, computed as :meth:`Augment.center` and
+    :func:`alexnet.engine.evaluate.predict_probs` compute them, so the top-5 equals ``alexnet predict``'s."""
+
+    def __init__(self, model: nn.Module, augment: Augment) -> None:
+        super().__init__()
+        h, w = augment.size
+        s = augment.crop
+        self.image_size, self.crop = (h, w), s
+        self.top, self.left = (h - s) // 2, (w - s) // 2
+        sub, scale = augment.norm_constants()
+        self.register_buffer("mean_crop", sub[:, self.top : self.top + s, self.left : self.left + s].clone())
+        self.register_buffer("scale", scale.view(1, 3, 1, 1).clone())
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        s = self.crop
+        x = images[:, :, self.top : self.top + s, self.left : self.left + s].float()
+        x = (x - self.mean_crop) * self.scale
+        return F.softmax(self.model(x).float(), dim=1)
+
+
+def image_classifier(trained: Trained, data: str | None = None) -> ImageClassifier:
+    """``trained`` with its preprocessing (see :func:`file_augment` for where the mean image comes from)."""
+    return ImageClassifier(trained.model, file_augment(trained, data)).eval()

@@ -28,9 +28,10 @@ Crossings are explicit ``.to(device)`` copies; autograd sends the gradients back
 grouped single-device model in this package normalises across all 96 (256) maps, so its two
 boundary maps on each side see maps of the other tower. To stay numerically equal to it, each
 tower receives a 2-map halo from the other before its LRN (``lrn_halo=True``, the default: a copy
-of 2/48 of layer 1's and 2/128 of layer 2's maps). ``lrn_halo=False`` normalises strictly within
-each tower, as two separate GPUs would; the output then differs from the grouped model's in the
-maps next to the tower boundary.
+of 2/48 of layer 1's and 2/128 of layer 2's maps). A grouped model built with the model option
+``lrn_halo=False`` normalises each tower's maps among themselves, as two separate GPUs would; its
+split then exchanges no halo and stays equal to it. ``ModelParallelAlexNet(..., lrn_halo=...)``
+follows the grouped model unless told otherwise.
 
 Weights convert both ways with the grouped model's ``state_dict`` (:meth:`from_grouped`,
 :meth:`to_grouped`); checkpoints and ``model.safetensors`` always hold the grouped layout, so a run
@@ -69,14 +70,14 @@ class ModelParallelAlexNet(nn.Module):
     ``ModelParallelAlexNet(m, devs)(x)`` equals ``m(x)`` up to float summation order.
     """
 
-    def __init__(self, grouped: AlexNet, devices: Sequence[str | torch.device], *, lrn_halo: bool = True) -> None:
+    def __init__(self, grouped: AlexNet, devices: Sequence[str | torch.device], *, lrn_halo: bool | None = None) -> None:
         super().__init__()
         if not isinstance(grouped, AlexNet) or getattr(grouped, "towers", 1) != 2:
             raise ValueError("model parallelism splits the two towers of the paper's network: model 'alexnet' with towers=2")
         if len(devices) != 2:
             raise ValueError(f"model parallelism needs 2 devices, got {list(devices)}")
         self.devices = [torch.device(d) for d in devices]
-        self.lrn_halo = lrn_halo
+        self.lrn_halo = bool(getattr(grouped, "lrn_halo", True)) if lrn_halo is None else lrn_halo
         self.input_size = getattr(grouped, "input_size", 224)
         self.feature_kinds: list[str] = []
         towers_f: list[list[nn.Module]] = [[], []]
@@ -99,7 +100,10 @@ class ModelParallelAlexNet(nn.Module):
             else:
                 kind = _LRN if isinstance(m, LocalResponseNorm) else _LOCAL
                 for t in (0, 1):
-                    towers_f[t].append(copy.deepcopy(m))
+                    c = copy.deepcopy(m)
+                    if kind == _LRN:
+                        c.groups = 1  # each tower holds one group of the grouped model's maps
+                    towers_f[t].append(c)
             self.feature_kinds.append(kind)
         self.features = nn.ModuleList([nn.ModuleList(towers_f[t]) for t in (0, 1)])
         self.avgpool = nn.ModuleList([copy.deepcopy(grouped.avgpool) for _ in (0, 1)])

@@ -15,6 +15,9 @@ from alexnet.models.layers import make_activation, make_lrn
 
 PAPER_WIDTHS = (96, 256, 384, 384, 256)
 OWT_WIDTHS = (64, 192, 384, 256, 256)
+# What alexnet_owt changes from the paper's defaults: torchvision's layout.
+OWT_OPTIONS: dict[str, object] = dict(lrn="none", towers=1, widths=OWT_WIDTHS, dropout_first=True, adaptive_pool=True,
+                                      init="torch")
 
 
 class AlexNet(nn.Module):
@@ -26,8 +29,11 @@ class AlexNet(nn.Module):
       towers=2 (§3.2: conv2, conv4, conv5 see only their own tower), widths (conv kernels),
       hidden=4096 (fc6, fc7), dropout_first=False (paper: fc → ReLU → dropout; torchvision puts
       dropout before each FC layer), adaptive_pool=False (torchvision pools to 6×6 adaptively),
-      bias_init=1.0 (§5: the bias of conv2, conv4, conv5, fc6, fc7), init="paper" (§5: N(0, 0.01);
-      "torch" keeps PyTorch's defaults), remove_conv=0 (§7's depth ablation: 2, 3 or 4 takes that
+      bias_init=1.0 (§5: the bias of conv2, conv4, conv5, fc6, fc7; only with init="paper"),
+      init="paper" (§5: N(0, 0.01); "torch" keeps PyTorch's defaults), lrn_halo=True (on one device
+      LRN's window of 5 maps crosses the tower boundary: the last 2 maps of tower 1 and the first 2
+      of tower 2 see each other's; False normalises each tower's maps among themselves, as the
+      paper's two GPUs did, §3.2), remove_conv=0 (§7's depth ablation: 2, 3 or 4 takes that
       middle conv layer out with its ReLU and LRN, keeping its pooling; the next layer reads the
       previous one's maps).
     """
@@ -47,14 +53,21 @@ class AlexNet(nn.Module):
         hidden: int = 4096,
         dropout_first: bool = False,
         adaptive_pool: bool = False,
-        bias_init: float = 1.0,
+        bias_init: float | None = None,
         init: str = "paper",
         in_channels: int = 3,
         remove_conv: int = 0,
+        lrn_halo: bool = True,
     ) -> None:
         super().__init__()
         if towers not in (1, 2):
             raise ValueError(f"towers must be 1 or 2, got {towers}")
+        if not lrn_halo and towers != 2:
+            raise ValueError(f"lrn_halo=False has no effect with towers={towers}: it keeps LRN within each of the two towers")
+        if not lrn_halo and make_lrn(lrn) is None:
+            raise ValueError(f"lrn_halo=False has no effect with lrn={lrn!r}: there is no response normalisation")
+        if bias_init is not None and init != "paper":
+            raise ValueError(f"bias_init={bias_init} has no effect with init={init!r}: only init='paper' (§5) sets the biases")
         if remove_conv not in (0, 2, 3, 4):
             raise ValueError(f"remove_conv must be 0 (none) or a middle conv layer: 2, 3 or 4; got {remove_conv}")
         if len(widths) != 5:
@@ -72,7 +85,7 @@ class AlexNet(nn.Module):
 
         def block(conv: nn.Module, norm: bool, pooled: bool) -> list[nn.Module]:
             layers = [conv, make_activation(activation)]
-            if norm and (n := make_lrn(lrn)) is not None:
+            if norm and (n := make_lrn(lrn, groups=1 if lrn_halo else g)) is not None:
                 layers.append(n)  # §3.3: LRN after the ReLU, before pooling
             if pooled:
                 layers.append(pool())
@@ -112,8 +125,9 @@ class AlexNet(nn.Module):
             nn.Linear(hidden, num_classes),
         )
         self.towers = towers
+        self.lrn_halo = lrn_halo
         if init == "paper":
-            self._init_paper(bias_init)
+            self._init_paper(1.0 if bias_init is None else bias_init)
 
     def _init_paper(self, bias_init: float) -> None:
         # §5: weights ~ N(0, 0.01); biases 1 in conv2, conv4, conv5 and the hidden FC layers, 0 elsewhere.
@@ -140,7 +154,4 @@ def alexnet(num_classes: int = 1000, **options: object) -> AlexNet:
 def alexnet_owt(num_classes: int = 1000, **options: object) -> AlexNet:
     """Krizhevsky 2014's one-weird-trick net, laid out exactly as ``torchvision.models.alexnet``
     (same state_dict keys and shapes, 61,100,840 parameters)."""
-    defaults: dict[str, object] = dict(
-        lrn="none", towers=1, widths=OWT_WIDTHS, dropout_first=True, adaptive_pool=True, init="torch"
-    )
-    return AlexNet(num_classes, **{**defaults, **options})  # type: ignore[arg-type]
+    return AlexNet(num_classes, **{**OWT_OPTIONS, **options})  # type: ignore[arg-type]

@@ -33,6 +33,8 @@ class LocalResponseNorm(nn.Module):
     Unlike ``torch.nn.LocalResponseNorm`` and Caffe, ``alpha`` is *not* divided by ``size``:
     §3.3: alpha multiplies the plain sum of squares. ``divide_alpha_by_n=True`` gives the
     convention of the authors' released cuda-convnet config (effective alpha = alpha / n).
+    ``groups=2``: the channels are two towers normalised separately (the sums never cross from
+    one half into the other), as on the paper's two GPUs (§3.2), each of which held half the maps.
     """
 
     def __init__(
@@ -42,10 +44,14 @@ class LocalResponseNorm(nn.Module):
         beta: float = 0.75,
         k: float = 2.0,
         divide_alpha_by_n: bool = False,
+        groups: int = 1,
     ) -> None:
         super().__init__()
         if size < 1 or size % 2 == 0:
             raise ValueError(f"LRN size must be a positive odd number, got {size}")
+        if groups < 1:
+            raise ValueError(f"LRN groups must be ≥ 1, got {groups}")
+        self.groups = int(groups)
         self.size = size
         self.alpha = alpha
         self.beta = beta
@@ -59,10 +65,18 @@ class LocalResponseNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from alexnet.models import lrn_fast  # late import: optional fused kernels
 
-        return lrn_fast.local_response_norm(x, self.size, self.effective_alpha, self.beta, self.k)
+        g = self.groups
+        if g == 1:
+            return lrn_fast.local_response_norm(x, self.size, self.effective_alpha, self.beta, self.k)
+        n, c, h, w = x.shape
+        if c % g:
+            raise ValueError(f"LRN with groups={g} needs a multiple of {g} channels, got {c}")
+        y = lrn_fast.local_response_norm(x.reshape(n * g, c // g, h, w), self.size, self.effective_alpha, self.beta, self.k)
+        return y.reshape(n, c, h, w)  # each tower's maps normalised among themselves
 
     def extra_repr(self) -> str:
-        return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, divide_alpha_by_n={self.divide_alpha_by_n}"
+        return (f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, divide_alpha_by_n={self.divide_alpha_by_n}"
+                + (f", groups={self.groups}" if self.groups != 1 else ""))
 
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -92,7 +106,7 @@ def make_activation(name: str) -> nn.Module:
         raise ValueError(f"unknown activation {name!r}; accepted: {', '.join(activation_names())}") from None
 
 
-def make_lrn(mode: bool | str, **overrides: float) -> nn.Module | None:
+def make_lrn(mode: bool | str, **overrides: float | int) -> nn.Module | None:
     """``mode``: True/"paper" (alpha not divided by n), "released" (alpha / n, the authors' config),
     False/"none" (no normalisation)."""
     if mode is True or mode == "paper":
