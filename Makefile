@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench clean
+.PHONY: demo test test-compat install bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,11 +23,35 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/alexnet demo
 
+# lint-imports: the layer contract in pyproject.toml (a backward import fails here).
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 bench: $(STAMP)
 	$(PY) benchmarks/demo_time.py
 
+# The GPU machine's preinstalled stack (torch 2.11, torchvision 0.26, no TorchCodec), in a second
+# venv: `make test-compat` runs the GPU-relevant tests on it (models, LRN, the fast step, loader,
+# augmentation, JPEG codecs, `benchmarks/gpu.py --device cpu --tiny`). Not part of `make test`.
+# PyPI's Linux torch wheels are CUDA builds: the first run downloads about 3 GB.
+COMPAT_VENV := .venv-compat
+COMPAT_PY := $(COMPAT_VENV)/bin/python
+COMPAT_STAMP := $(COMPAT_VENV)/.installed
+COMPAT_TESTS := tests/test_models.py tests/test_lrn_fast.py tests/test_bench_gpu.py tests/test_loader.py \
+	tests/test_augment.py tests/test_jpeg.py tests/test_optim.py
+
+$(COMPAT_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_PY) -m pip install -q "torch==2.11.0" "torchvision==0.26.0"
+	$(COMPAT_PY) -m pip install -q -e ".[test,baselines]"  # baselines: scikit-image, for bench data's photos
+	$(COMPAT_PY) -m pip uninstall -q -y torchcodec  # the GPU machine has none: the torchvision fallback is tested
+	touch $(COMPAT_STAMP)
+
+test-compat: $(COMPAT_STAMP)
+	$(COMPAT_PY) -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+	$(COMPAT_PY) -m pytest $(COMPAT_TESTS)
+	$(COMPAT_PY) benchmarks/gpu.py --device cpu --tiny --out $(COMPAT_VENV)/gpu-tiny
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(COMPAT_VENV) runs

@@ -104,3 +104,65 @@ def test_too_small_images_are_refused():
 
     with pytest.raises(UserError, match="smaller than the model input"):
         make_aug(h=12, crop=16)
+
+
+def _pinned_aug():
+    eigvec = torch.tensor([[0.6, 0.8, 0.0], [-0.8, 0.6, 0.0], [0.0, 0.0, 1.0]])
+    return Augment(torch.zeros(3, 12, 12), torch.tensor([0.2, 0.02, 0.005]), eigvec, 8, seed=5, crop_padding=1)
+
+
+PINNED_IDX = [0, 1, 7, 123456, 2**31 + 5]
+
+
+def test_parameters_are_pinned_for_their_keys():
+    # Values computed before the parameters moved to the device: the same (seed, epoch, index)
+    # must keep giving the same crop, flip and colour noise (resumed runs and old results rely on it).
+    p, noise = _pinned_aug().params(torch.tensor(PINNED_IDX), 3)
+    assert p.oy.tolist() == [-1, 2, 3, 4, 1]
+    assert p.ox.tolist() == [0, 4, 1, 0, 4]
+    assert p.flip.tolist() == [True, True, False, True, True]
+    expect = torch.tensor([[-3.849523752, 5.072010059, -0.077183868], [-3.09111315, 3.311146826, -0.109313787],
+                           [-4.614146197, 5.776638504, 0.201190337], [-7.722818878, 11.373477031, -0.059818327],
+                           [-0.547872463, -0.290642517, -0.081107866]], dtype=torch.float64)
+    assert torch.allclose(noise, expect, atol=1e-8, rtol=0)
+
+
+def test_training_step_builds_nothing_on_the_host():
+    # On a GPU, every host tensor the augmentation made would be a blocking host-to-device copy
+    # stalling the stream. The "meta" device stands in for the GPU: every op of a step is recorded,
+    # and the only host tensor allowed is the indices, copied once without blocking.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.host_ops, self.copies = [], []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            tensors = [a for a in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
+            out = func(*args, **kwargs)
+            outs = [o for o in torch.utils._pytree.tree_leaves(out) if isinstance(o, torch.Tensor)]
+            if any(t.device.type == "cpu" for t in tensors) and any(o.device.type == "meta" for o in outs):
+                self.copies.append((func, tuple(t.shape for t in tensors), kwargs.get("non_blocking", False)))
+            elif any(t.device.type == "cpu" for t in tensors + outs):
+                self.host_ops.append(func)
+            return out
+
+    for kw in ({}, {"crop_padding": 2}, {"input_norm": "mean_image_std"}):
+        aug = make_aug(**kw)
+        x = images(6).to("meta")
+        idx = torch.arange(100, 106)
+        aug.train(x, idx, epoch=1)  # the first step puts the mean image etc. on the device once
+        with Record() as rec:
+            out = aug.train(x, idx, epoch=2)
+        assert out.device.type == "meta" and out.shape == (6, 3, 8, 8)
+        assert rec.host_ops == []
+        assert len(rec.copies) == 1, rec.copies
+        func, shapes, non_blocking = rec.copies[0]
+        assert shapes == ((6,),) and non_blocking  # the indices, queued without waiting
+        with Record() as rec:
+            aug.center(x)
+            aug.ten_crop(x)
+        assert rec.host_ops == [] and rec.copies == []
+

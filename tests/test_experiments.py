@@ -1,6 +1,9 @@
 """`alexnet experiment`: every experiment at the hidden test scale on a tiny synthetic dataset
-writes report.md, a PNG and results.json rows; reruns skip finished runs; the ReLU/tanh ratio logic;
-the HOG + SVM baseline; the depth ablation's layer removal; unknown names exit 2."""
+writes report.md, a PNG and results.json rows; reruns skip finished runs; every arm gets the same
+learning-rate sweep, seeds, epochs and schedule and no arm is retrained alone; Welch's interval and
+the "within seed noise" verdict; Figure 1's net (no regularisation, cuda-convnet's layers and init,
+raw input) and its training error over the whole training set; the ReLU/tanh ratio logic; the HOG +
+SVM baseline; the depth ablation's layer removal; unknown names exit 2."""
 
 from __future__ import annotations
 
@@ -43,16 +46,36 @@ def _check_outputs(out: Path) -> list[dict]:
     return rows
 
 
+def _configs(out: Path) -> dict[str, dict]:
+    import yaml
+
+    return {p.parent.name: yaml.safe_load(p.read_text()) for p in sorted(out.glob("runs/*/config.yaml"))}
+
+
 @pytest.mark.parametrize("name", [n for n in names() if n not in ("relu-vs-tanh", "baselines")])
 def test_experiment_writes_report_plot_and_rows(name: str, tiny: Path, tmp_path: Path) -> None:
-    _run(name, tiny, tmp_path / name)
+    # One seed (the sweep's) keeps this smoke test short; the ensemble needs two nets.
+    _run(name, tiny, tmp_path / name, seeds=2 if name == "ensemble" else 1)
     rows = _check_outputs(tmp_path / name)
     variants = {r["variant"] for r in rows}
     assert len(variants) >= 2, variants
+    report = (tmp_path / name / "report.md").read_text()
     if name == "ensemble":
         assert any(r["variant"].startswith("ensemble-") for r in rows)
+        assert "[95% CI over the nets]" in report
+        return
     if name == "dropout":
         assert all("gap_top1" in r for r in rows)
+    # Every arm at every rate of one sweep, the same epochs and schedule.
+    arms = {r["arm"] for r in rows}
+    assert len(arms) >= 2
+    plans = {a: sorted((r["lr"], r["seed"]) for r in rows if r["arm"] == a) for a in arms}
+    assert len({tuple(p) for p in plans.values()}) == 1, plans
+    assert len({r["lr"] for r in rows}) == 2
+    cfgs = _configs(tmp_path / name).values()
+    for key in ("epochs", "schedule", "step_epochs", "batch_size", "train_subset", "max_steps_per_epoch"):
+        assert len({json.dumps(c[key]) for c in cfgs}) == 1, key
+    assert "## Learning-rate sweep" in report and "chosen rate" in report
 
 
 def test_relu_vs_tanh_and_rerun_skips(tiny: Path, tmp_path: Path) -> None:
@@ -61,7 +84,15 @@ def test_relu_vs_tanh_and_rerun_skips(tiny: Path, tmp_path: Path) -> None:
     rows = _check_outputs(out)
     assert {r["activation"] for r in rows} == {"relu", "tanh"}
     assert all("epochs_to_25" in r and "ratio_kind" in r for r in rows)
-    assert sum(r["best_lr"] for r in rows) == 2  # one best rate per activation
+    # The sweep on seed 0, then seed 1 at each activation's best rate: one best rate per activation.
+    assert {(r["activation"], r["lr"]) for r in rows if r["best_lr"]} == {(a, r["chosen_lr"]) for r in rows for a in [r["activation"]]}
+    assert sorted(r["seed"] for r in rows if r["best_lr"]) == [0, 0, 1, 1]
+    for name, c in _configs(out).items():  # no regularisation of any kind, the Figure-1 net
+        assert c["weight_decay"] == 0 and c["pca_std"] == 0 and c["label_smoothing"] == 0, name
+        assert not c["random_crop"] and not c["flip"] and c["schedule"] == "constant", name
+        mo = c["model_options"]
+        assert mo["lrn"] == "none" and mo["dropout"] == 0 and mo["init"] == "paper", name
+        assert mo["input_norm"] == "mean_image" and mo["pooling"] == "cuda-convnet", name
     weights = sorted(out.glob("runs/*/model.safetensors"))
     stamps = {p: p.stat().st_mtime_ns for p in weights}
     logs: list[str] = []
@@ -74,6 +105,18 @@ def test_relu_vs_tanh_and_rerun_skips(tiny: Path, tmp_path: Path) -> None:
 def test_interrupted_run_resumes(tiny: Path, tmp_path: Path) -> None:
     out = tmp_path / "lrn"
     _run("lrn", tiny, out)
+    # Two seeds at the test scale: both arms at both rates on seed 0, then each at its chosen rate
+    # on seed 1 — six runs, whatever the arms' errors; nothing else.
+    rows = json.loads((out / "results.json").read_text())
+    plan = sorted((r["arm"], r["lr"], r["seed"]) for r in rows)
+    chosen = {r["arm"]: r["chosen_lr"] for r in rows}
+    rates = rows[0]["sweep_rates"]
+    assert len(rates) == 2 and all(r["sweep_rates"] == rates for r in rows)
+    assert plan == sorted([(a, lr, 0) for a in ("lrn-paper", "lrn-none") for lr in rates]
+                          + [(a, chosen[a], 1) for a in ("lrn-paper", "lrn-none")])
+    assert len(list(out.glob("runs/*/summary.json"))) == 6
+    none_rows = [r for r in rows if r["arm"] == "lrn-none"]
+    assert all("delta_top1_vs_reference" in r and "verdict" in r for r in none_rows)
     victim = next(iter(sorted(out.glob("runs/*"))))
     (victim / "summary.json").unlink()  # as if killed after its last checkpoint
     (victim / "model.safetensors").unlink()
@@ -182,32 +225,238 @@ def test_summary_statistics() -> None:
     assert [a["variant"] for a in agg] == ["a", "b"] and agg[0]["x_mean"] == 2.0 and agg[1]["x_std"] is None
 
 
-def test_retry_stuck_retrains_only_the_arm_at_chance_at_a_lower_rate() -> None:
-    from alexnet.experiments.ablation import RETRY_LR_FACTOR, retry_stuck
+# -- fair comparisons ------------------------------------------------------------------------------
+
+
+def _fake_runner(tiny: Path, tmp_path: Path, seeds: int, scale: str = "quick"):
+    """A Runner whose ``train`` records what it is asked to train instead of training."""
+    from alexnet.experiments.runner import Runner
+
+    runner = Runner("fake", str(tiny), tmp_path / "fake", seeds=seeds, scale=scale, device="cpu", log=lambda s: None)
+    runner.trained = []  # type: ignore[attr-defined]
+
+    def train(base, variant, seed):  # noqa: ANN001
+        runner.trained.append((variant.fields["arm"], variant.overrides["lr"], seed,  # type: ignore[attr-defined]
+                               json.dumps(variant.overrides.get("model_options", {}), sort_keys=True)))
+        return {"variant": variant.name, "seed": seed, **variant.fields, "run": f"runs/{variant.name}-s{seed}",
+                "epochs": base.get("epochs")}
+
+    runner.train = train  # type: ignore[method-assign]
+    return runner
+
+
+def test_sweep_gives_every_arm_the_same_rates_and_seeds_and_retrains_no_arm_alone(tiny: Path, tmp_path: Path) -> None:
     from alexnet.experiments.runner import Variant
 
-    class FakeRunner:
-        scale = "quick"
+    # The "none" arm sits at chance at every rate (a dead net): it is not retrained at another rate.
+    err = {("ref", 0.005): 0.30, ("ref", 0.02): 0.20, ("none", 0.005): 0.40, ("none", 0.02): 0.90}
 
-        def __init__(self) -> None:
-            self.trained: list[Variant] = []
+    def measure(r: dict) -> None:
+        r["select_top1_err"] = err[(r["arm"], r["lr"])]
 
-        def train_all(self, base, variants):
-            self.trained += variants
-            return [{"variant": v.name, "seed": 0, "top1_err": 0.3, **v.fields} for v in variants]
+    runner = _fake_runner(tiny, tmp_path, seeds=3)
+    arms = [Variant("ref", {"model_options": {"lrn": "paper"}}, {}), Variant("none", {"model_options": {"lrn": "none"}}, {})]
+    sw = runner.sweep({"lr": 0.02, "epochs": 6}, arms, measure=measure)
+    assert sw.rates == (0.005, 0.02) and sw.sweep_seeds == [0]
+    assert sw.best == {"ref": 0.02, "none": 0.005}  # each arm at its own best rate
+    trained = [(a, lr, seed) for a, lr, seed, _ in runner.trained]  # type: ignore[attr-defined]
+    assert sorted(trained) == sorted([(a, lr, 0) for a in ("ref", "none") for lr in (0.005, 0.02)]
+                                     + [("ref", 0.02, s) for s in (1, 2)] + [("none", 0.005, s) for s in (1, 2)])
+    assert len(set(trained)) == len(trained)  # nothing trained twice
+    # Each arm keeps its own options at every rate; only the rate changes.
+    assert {opts for a, _, _, opts in runner.trained if a == "none"} == {'{"lrn": "none"}'}  # type: ignore[attr-defined]
+    assert [r["seed"] for r in sw.chosen("ref")] == [0, 1, 2] and [r["seed"] for r in sw.chosen("none")] == [0, 1, 2]
+    assert all(r["sweep_rates"] == [0.005, 0.02] and r["chosen_lr"] == sw.best[r["arm"]] for r in sw.rows)
+    assert "**20.00%**" in sw.table(lambda v: f"{100 * v:.2f}%")
 
-    ref, stuck = Variant("ref", {}, {}), Variant("none", {"model_options": {"lrn": "none"}}, {"lrn": "none"})
-    rows = [{"variant": "ref", "seed": 0, "top1_err": 0.2}, {"variant": "none", "seed": 0, "top1_err": 0.9}]
-    runner = FakeRunner()
-    out, retried = retry_stuck(runner, {"lr": 0.02}, [ref, stuck], rows, chance=0.9)
-    assert retried == {"none": (0.02, 0.02 * RETRY_LR_FACTOR)}
-    assert [v.overrides.get("lr") for v in runner.trained] == [0.02 * RETRY_LR_FACTOR]
-    assert runner.trained[0].overrides["model_options"] == {"lrn": "none"}  # the arm itself, only the rate changes
-    assert [r["variant"] for r in out] == ["ref", "none"]
-    assert out[1]["top1_err"] == 0.3 and out[1]["retried_from_lr"] == 0.02
-    # Nothing at chance, or the test scale: nothing retrained.
-    runner2 = FakeRunner()
-    assert retry_stuck(runner2, {"lr": 0.02}, [ref, stuck], rows[:1], chance=0.9) == (rows[:1], {})
-    runner2.scale = "test"
-    assert retry_stuck(runner2, {"lr": 0.02}, [ref, stuck], rows, chance=0.9) == (rows, {})
-    assert runner2.trained == []
+
+def test_full_scale_sweeps_every_seed_over_a_wider_range(tiny: Path, tmp_path: Path) -> None:
+    from alexnet.experiments.runner import Variant
+
+    runner = _fake_runner(tiny, tmp_path, seeds=3, scale="full")
+    sw = runner.sweep({"lr": 0.02}, [Variant("a"), Variant("b")], measure=lambda r: r.update(select_top1_err=r["lr"]))
+    assert sw.rates == (0.005, 0.01, 0.02, 0.04) and sw.sweep_seeds == [0, 1, 2]
+    assert len(runner.trained) == 2 * 4 * 3  # type: ignore[attr-defined]
+    assert sw.best == {"a": 0.005, "b": 0.005}
+
+
+def test_sweep_ties_go_to_the_tie_breaker_then_the_lower_rate(tiny: Path, tmp_path: Path) -> None:
+    from alexnet.experiments.runner import Variant
+
+    runner = _fake_runner(tiny, tmp_path, seeds=1)
+    sw = runner.sweep({"lr": 0.02}, [Variant("a")], rates=(0.01, 0.02, 0.04), score=lambda r: 5.0,
+                      tie=lambda r: {0.01: 0.3, 0.02: 0.1, 0.04: 0.1}[r["lr"]], measure=lambda r: None)
+    assert sw.best == {"a": 0.02}
+
+
+def test_welch_matches_scipy_and_the_hand_computation() -> None:
+    from scipy import stats as sps
+
+    from alexnet.experiments.stats import welch
+
+    d = welch([1.0, 2.0, 3.0], [4.0, 5.0, 6.0])
+    # diff 3, se = sqrt(1/3 + 1/3), Welch df = 4, t_0.975(4) = 2.7764
+    assert d.diff == pytest.approx(3.0) and d.df == pytest.approx(4.0)
+    half = 2.7764451051977987 * math.sqrt(2 / 3)
+    assert (d.low, d.high) == (pytest.approx(3 - half), pytest.approx(3 + half))
+    a, b = [0.21, 0.25, 0.19, 0.30], [0.27, 0.35, 0.31]
+    d = welch(a, b)
+    ref = sps.ttest_ind(b, a, equal_var=False)
+    ci = ref.confidence_interval(0.95)
+    assert d.p == pytest.approx(ref.pvalue) and d.low == pytest.approx(ci.low) and d.high == pytest.approx(ci.high)
+    assert d.text() == "+7.25 [-1.43, +15.93], p = 0.084"  # points: 100 × (0.31 − 0.2375)
+
+
+def test_verdicts_say_within_seed_noise_and_the_direction() -> None:
+    from alexnet.experiments.stats import AGAINST, NO_SPREAD, PAPER_DIRECTION, WITHIN_NOISE, one_sample, welch
+
+    noisy = welch([0.20, 0.30], [0.22, 0.27])
+    assert noisy.within_noise and noisy.verdict(+1.0) == WITHIN_NOISE == "within seed noise"
+    clear = welch([0.10, 0.11, 0.12], [0.20, 0.21, 0.22])  # b worse by 10 points, every seed
+    assert not clear.within_noise and clear.low > 0
+    assert clear.verdict(+1.0) == PAPER_DIRECTION and clear.verdict(-1.0) == AGAINST
+    one = welch([0.1], [0.2])
+    assert one.diff == pytest.approx(0.1) and not one.tested and one.verdict(+1.0) == NO_SPREAD
+    assert welch([], [0.2]).verdict() == "—"
+    exact = welch([0.1, 0.1], [0.2, 0.2])  # no spread at all, a real difference
+    assert exact.verdict(+1.0) == PAPER_DIRECTION
+    g = one_sample([-0.03, -0.02, -0.04])
+    assert g.diff == pytest.approx(-0.03) and g.high < 0 and g.verdict(-1.0) == PAPER_DIRECTION
+
+
+def test_selection_half_is_class_balanced_whatever_the_order() -> None:
+    from alexnet.experiments.runner import selection_half
+
+    for labels in (np.arange(40) % 4, np.repeat(np.arange(4), 10)):  # interleaved, sorted
+        sel = selection_half(labels)
+        assert sel.sum() == 20
+        for c in range(4):
+            assert sel[labels == c].sum() == 5
+
+
+def test_factors_are_refused_for_other_experiments(tiny: Path, tmp_path: Path) -> None:
+    from alexnet.errors import UserError
+
+    with pytest.raises(UserError, match="--factors applies to experiment 'relu-vs-tanh' only"):
+        _run("lrn", tiny, tmp_path / "x", factors=True)
+
+
+# -- Figure 1 ------------------------------------------------------------------------------------
+
+
+def test_figure1_net_is_cuda_convnets_without_regularisation() -> None:
+    from torch import nn
+
+    from alexnet.experiments.relu_vs_tanh import FIGURE1_NET, SWEEP_FULL, SWEEP_QUICK
+
+    torch.manual_seed(0)
+    for act, cls in (("relu", nn.ReLU), ("tanh", nn.Tanh)):
+        net = models.create("alexnet-cifar", 10, **FIGURE1_NET, activation=act)
+        kinds = [type(m).__name__ for m in net.features]
+        assert kinds == ["Conv2d", cls.__name__, "MaxPool2d", "Conv2d", cls.__name__, "AvgPool2d",
+                         "Conv2d", cls.__name__, "AvgPool2d"]
+        assert not any(isinstance(m, (nn.Dropout, models.LocalResponseNorm, nn.LocalResponseNorm)) for m in net.modules())
+        convs = [m for m in net.features if isinstance(m, nn.Conv2d)]
+        assert [(c.out_channels, c.kernel_size) for c in convs] == [(32, (5, 5)), (32, (5, 5)), (64, (5, 5))]
+        fcs = [m for m in net.modules() if isinstance(m, nn.Linear)]
+        assert len(fcs) == 1 and fcs[0].out_features == 10
+        # cuda-convnet's initW: 1e-4 in conv1, 1e-2 elsewhere; biases 0.
+        assert convs[0].weight.std().item() == pytest.approx(1e-4, rel=0.1)
+        for m in convs[1:] + fcs:
+            assert m.weight.std().item() == pytest.approx(1e-2, rel=0.1)
+        assert all(float(m.bias.detach().abs().max()) == 0.0 for m in convs + fcs)
+        assert net(torch.randn(2, 3, 32, 32) * 60).shape == (2, 10)
+    assert models.input_norm("alexnet-cifar", FIGURE1_NET) == "mean_image"  # raw 0–255 minus the mean image
+    assert models.input_norm("alexnet-cifar", {}) == "mean_image_std"
+    for sweep in (SWEEP_QUICK, SWEEP_FULL):  # at least five rates over two decades
+        assert len(sweep) >= 5 and max(sweep) / min(sweep) >= 100
+
+
+def test_cifar_net_init_gain_and_options_are_checked() -> None:
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = models.create("alexnet-cifar", 10, init="paper", init_gain=10.0, lrn="none")
+    conv1 = next(m for m in net.features if isinstance(m, nn.Conv2d))
+    assert conv1.weight.std().item() == pytest.approx(1e-3, rel=0.1)
+    for bad in ({"pooling": "mean"}, {"input_norm": "raw"}, {"init_gain": 0.0}, {"init": "torch", "init_gain": 2.0}):
+        with pytest.raises(ValueError):
+            models.create("alexnet-cifar", 10, **bad)
+
+
+def test_figure1_training_error_covers_the_whole_training_set(tiny: Path, tmp_path: Path) -> None:
+    """The quick and full configs train on every image each epoch (no subset, no step limit, a batch
+    dividing the set), and the engine's running error then counts every training image; the
+    weights record the raw input scale."""
+    from safetensors import safe_open
+
+    from alexnet.config import TrainConfig
+    from alexnet.engine.train import run as train_run
+    from alexnet.experiments.relu_vs_tanh import BATCH, FIGURE1_NET, FULL, NO_REGULARISATION, QUICK
+    from alexnet.engine.metrics import read_metrics
+
+    for scale in (QUICK, FULL):
+        assert scale["train_subset"] == 0 and scale["max_steps_per_epoch"] == 0 and scale["batch_size"] == BATCH
+    assert 5000 % BATCH == 0 and 50000 % BATCH == 0  # the built-in set and CIFAR-10
+    cfg = TrainConfig.from_dict({**TrainConfig().to_dict(), "model": "alexnet-cifar", "data": str(tiny), "device": "cpu",
+                                 "workers": 0, "progress": False, "epochs": 1, "lr": 0.01, **NO_REGULARISATION,
+                                 **{k: v for k, v in QUICK.items() if k != "epochs"},
+                                 "model_options": {**FIGURE1_NET, "activation": "tanh"}})
+    train_run(cfg, tmp_path / "run", log=lambda s: None)
+    (m,) = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert m["train_images"] == 200  # 10 classes × 20: every training image once
+    with safe_open(str(tmp_path / "run" / "model.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["alexnet"])["input_norm"] == "mean_image"
+
+
+def test_ratio_stats_pairs_seeds_and_bounds_not_reached() -> None:
+    from alexnet.experiments.relu_vs_tanh import ratio_stats
+    from alexnet.experiments.runner import Sweep
+
+    def row(act: str, seed: int, ep: int | None) -> dict:
+        return {"arm": act, "activation": act, "seed": seed, "lr": 0.01, "chosen": True, "epochs_to_25": ep,
+                "reached": ep is not None, "time_to_25_s": None if ep is None else ep * 2.0, "time_s": 20.0,
+                "epochs": 10, "train_top1_err": 0.1}
+
+    rows = [row("relu", 0, 2), row("tanh", 0, 8), row("relu", 1, 2), row("tanh", 1, 12)]
+    sw = Sweep(rows, ["relu", "tanh"], (0.01,), [0], [0, 1], {"relu": 0.01, "tanh": 0.01}, {}, "")
+    st = ratio_stats(sw, 10)
+    assert [p["ratio"] for p in st["per_seed"]] == [4.0, 6.0]
+    assert st["ratio_mean"] == pytest.approx(5.0) and st["ratio_std"] == pytest.approx(math.sqrt(2))
+    assert st["ratio_of_means"]["ratio"] == pytest.approx(5.0)
+    rows[3]["epochs_to_25"], rows[3]["reached"] = None, False  # tanh seed 1 never got there in 10 epochs
+    st = ratio_stats(sw, 10)
+    assert st["per_seed"][1]["kind"] == "lower" and st["ratio_mean"] is None
+    assert st["ratio_of_means"]["kind"] == "lower"  # not all tanh seeds reached it: a bound
+
+
+def test_relu_vs_tanh_factor_study(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from alexnet.experiments import relu_vs_tanh
+
+    monkeypatch.setattr(relu_vs_tanh, "FACTORS", {"lrn": relu_vs_tanh.FACTORS["lrn"]})  # one factor keeps it short
+    out = tmp_path / "rvt-f"
+    _run("relu-vs-tanh", tiny, out, seeds=1, factors=True)
+    rows = _check_outputs(out)
+    assert {r["setting"] for r in rows} == {"figure1", "lrn"}
+    cfgs = _configs(out)
+    assert {c["model_options"]["lrn"] for n, c in cfgs.items() if n.startswith("lrn-")} == {"paper"}
+    assert {c["model_options"]["lrn"] for n, c in cfgs.items() if not n.startswith("lrn-")} == {"none"}
+    assert "one factor at a time" in (out / "report.md").read_text()
+
+
+def test_a_diverging_rate_is_a_failed_run_not_an_error(tiny: Path, tmp_path: Path) -> None:
+    """A rate of the sweep at which the net diverges is recorded (chance-level error) and loses the
+    selection; the experiment goes on, and a rerun does not train it again."""
+    from alexnet.experiments.runner import Runner, Variant
+
+    logs: list[str] = []
+    runner = Runner("div", str(tiny), tmp_path / "div", seeds=1, scale="test", device="cpu", workers=0, log=logs.append)
+    base = runner.base_config("alexnet-cifar")
+    sw = runner.sweep(base, [Variant("a")], rates=(0.01, 1e9))
+    by = {r["lr"]: r for r in sw.rows}
+    assert by[1e9]["diverged"] and by[1e9]["select_top1_err"] == pytest.approx(0.9)
+    assert not by[0.01]["diverged"] and sw.best == {"a": 0.01}
+    assert any("diverged (" in s for s in logs)
+    logs.clear()
+    runner.sweep(base, [Variant("a")], rates=(0.01, 1e9))
+    assert any("diverged earlier, skipped" in s for s in logs) and not any("training" in s for s in logs)

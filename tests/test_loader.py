@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from alexnet.data.format import DatasetWriter, PreparedDataset, StatsAccumulator, write_arrays
+from alexnet.data.format import DatasetError, DatasetWriter, PreparedDataset, StatsAccumulator, write_arrays
 from alexnet.data.loader import BatchLoader, epoch_permutation, shard
 
 H, W = 40, 48  # not square: a transposed H/W shows up as a shape error
@@ -187,15 +187,23 @@ def test_decode_cuda_without_gpu_is_a_clear_error(jpeg_ds: Path) -> None:
         pytest.skip("a GPU is present")
     with pytest.raises(UserError, match="no CUDA device"):
         BatchLoader(PreparedDataset(jpeg_ds, "train"), 8, shuffle=True, decode="cuda")
+    with pytest.raises(UserError, match="no CUDA device"):
+        BatchLoader(PreparedDataset(jpeg_ds, "train"), 8, shuffle=True, decode="cuda", device="cpu")
     lo = BatchLoader(PreparedDataset(jpeg_ds, "train"), 8, shuffle=True, decode="auto")
     assert lo.gpu_fraction == 0.0  # auto falls back to the CPU workers
 
 
-def test_raw_records(tmp_path: Path) -> None:
+def test_raw_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from alexnet.errors import UserError
+
     rng = np.random.default_rng(1)
     imgs = rng.integers(0, 256, (10, 5, 7, 3), dtype=np.uint8)
     root = write_arrays(tmp_path / "raw", {"train": (imgs, np.arange(10) % 2), "val": (imgs[:3], np.zeros(3, int))}, ["x", "y"])
     ds = PreparedDataset(root, "train")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU to decode on, but nothing to decode
+    with pytest.raises(UserError, match="stores raw pixels, not JPEG: there is nothing to decode"):
+        BatchLoader(ds, 4, shuffle=True, decode="cuda")
+    monkeypatch.undo()
     for workers in (0, 2):
         got = _run(BatchLoader(ds, 4, shuffle=True, seed=2, workers=workers))
         assert len(got) == 2
@@ -206,8 +214,8 @@ def test_raw_records(tmp_path: Path) -> None:
 
 def test_bad_record_names_it(tmp_path: Path) -> None:
     ds = PreparedDataset(make_jpeg_dataset(tmp_path, n_train=8, n_val=2, bad=5), "train")
-    for workers in (0, 1):
-        with pytest.raises(RuntimeError):
+    for workers in (0, 1):  # one line naming the file and the record, in a worker process too
+        with pytest.raises(DatasetError, match=r"train/data.bin: record 5 cannot be decoded"):
             for _ in BatchLoader(ds, 8, shuffle=False, workers=workers):
                 pass
 
@@ -230,3 +238,173 @@ def test_bench_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
 
     assert main(["bench", "data", "--data", str(tmp_path / "missing"), "--json"]) == 2
     assert "missing" in capsys.readouterr().err
+
+
+# -- worker pool across epochs -----------------------------------------------------------------
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _shm_mappings() -> int:
+    # Shared batch buffers are mapped from /dev/shm (torch unlinks the names at once, so they
+    # show here as "(deleted)"): a buffer nobody releases stays mapped.
+    with open("/proc/self/maps") as f:
+        return sum("/dev/shm/" in line for line in f)
+
+
+def test_workers_persist_across_epochs_with_the_same_batches(jpeg_ds: Path) -> None:
+    from alexnet.data.augment import Augment
+
+    ds = PreparedDataset(jpeg_ds, "train")
+    aug = Augment.from_stats(ds.stats(), 32, seed=4)
+    lo = BatchLoader(ds, 8, shuffle=True, seed=4, workers=2)
+    assert lo.worker_pids() == []
+    pids = None
+    for epoch in range(3):
+        lo.set_epoch(epoch)
+        ref = BatchLoader(ds, 8, shuffle=True, seed=4, workers=0)
+        ref.set_epoch(epoch)
+        for b, r in zip(lo, ref, strict=True):
+            assert torch.equal(b.indices, r.indices) and torch.equal(b.images, r.images)
+            assert torch.equal(aug.train(b.images, b.indices, epoch), aug.train(r.images, r.indices, epoch))
+        if pids is None:
+            pids = lo.worker_pids()
+            assert len(pids) == 2
+        assert lo.worker_pids() == pids  # the same processes serve every epoch
+    assert len(lo._slots) <= 2 * 2 + 2
+    lo.close()
+
+
+def test_an_abandoned_epoch_does_not_disturb_the_next(jpeg_ds: Path) -> None:
+    ds = PreparedDataset(jpeg_ds, "train")
+    lo = BatchLoader(ds, 4, shuffle=True, seed=1, workers=2, prefetch=2)
+    pids, sizes = None, []
+    for epoch in range(0, 6, 2):
+        lo.set_epoch(epoch)
+        for _ in lo:  # stop after one batch: three more are still being filled
+            break
+        del _
+        lo.set_epoch(epoch + 1)
+        ref = BatchLoader(ds, 4, shuffle=True, seed=1, workers=0)
+        ref.set_epoch(epoch + 1)
+        for b, r in zip(lo, ref, strict=True):
+            assert torch.equal(b.indices, r.indices) and torch.equal(b.images, r.images)
+        pids = pids or lo.worker_pids()
+        assert lo.worker_pids() == pids and not lo._pending
+        sizes.append(len(lo._slots))
+    # Reused, not leaked: at most the last batch held, the 3 abandoned ones, and 2 × 2 in flight.
+    assert max(sizes) <= 1 + 3 + 2 * 2
+    # An iteration left unfinished while another starts (its generator still referenced).
+    first = iter(lo)
+    next(first)
+    for b in lo:
+        assert torch.equal(b.images, _reference(ds, b.indices))
+    with pytest.raises(RuntimeError, match="iterated again"):
+        next(first)
+    assert not lo._pending and all(not s.busy for s in lo._slots.values())
+    lo.close()
+
+
+def test_close_stops_the_workers_and_unmaps_the_buffers(jpeg_ds: Path) -> None:
+    import gc
+
+    ds = PreparedDataset(jpeg_ds, "train")
+    before = _shm_mappings()
+    lo = BatchLoader(ds, 8, shuffle=True, workers=2)
+    for _ in lo:
+        pass
+    pids = lo.worker_pids()
+    assert all(_alive(p) for p in pids) and _shm_mappings() > before
+    lo.close()
+    assert lo.worker_pids() == [] and not any(_alive(p) for p in pids)
+    del _
+    gc.collect()
+    assert _shm_mappings() == before
+    # A loader dropped without close() stops its workers too.
+    lo = BatchLoader(ds, 8, shuffle=True, workers=2)
+    next(iter(lo))
+    pids = lo.worker_pids()
+    del lo
+    gc.collect()
+    assert not any(_alive(p) for p in pids)
+    assert _shm_mappings() == before
+
+
+def test_buffers_reach_workers_through_the_queue_not_fork(jpeg_ds: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The CUDA driver excludes page-locked memory from fork (MADV_DONTFORK): a worker forked after
+    # the buffers were pinned that wrote into an inherited buffer would crash. Emulate the pinning
+    # with madvise, then force new workers to start while the pinned buffers exist.
+    import ctypes
+    import mmap
+
+    import alexnet.data.loader as loader_mod
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    new_slot = loader_mod._new_slot
+
+    def pinned_slot(*args: object, **kwargs: object) -> object:
+        slot = new_slot(*args, **kwargs)  # type: ignore[arg-type]
+        ptr, n = slot.images.data_ptr(), slot.images.untyped_storage().nbytes()
+        assert ptr % mmap.PAGESIZE == 0
+        assert libc.madvise(ctypes.c_void_p(ptr), ctypes.c_size_t(-(-n // mmap.PAGESIZE) * mmap.PAGESIZE), 10) == 0
+        return slot
+
+    monkeypatch.setattr(loader_mod, "_new_slot", pinned_slot)
+    ds = PreparedDataset(jpeg_ds, "train")
+    lo = BatchLoader(ds, 8, shuffle=True, seed=2, workers=2)
+    for epoch in range(2):
+        lo.set_epoch(epoch)
+        for b in lo:
+            assert torch.equal(b.images, _reference(ds, b.indices))
+        lo._stop_pool()  # as after a worker died: the next epoch forks new workers
+    lo.close()
+
+
+# -- workers per node, shared memory --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cpus,procs,expect", [(16, 1, 15), (16, 8, 1), (128, 8, 15), (64, 1, 16), (2, 1, 1), (2, 2, 1)])
+def test_default_workers_are_shared_by_the_nodes_processes(jpeg_ds: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          cpus: int, procs: int, expect: int) -> None:
+    from alexnet.data.loader import default_workers
+
+    monkeypatch.setattr("os.cpu_count", lambda: cpus)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(procs))
+    assert default_workers(PreparedDataset(jpeg_ds, "train")) == expect
+
+
+class _Statvfs:
+    def __init__(self, free: int) -> None:
+        self.f_bavail, self.f_frsize = free // 4096, 4096
+
+
+def test_small_dev_shm_is_refused_up_front(jpeg_ds: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from alexnet.errors import UserError
+
+    ds = PreparedDataset(jpeg_ds, "train")
+    need = (2 * 2 + 2) * 8 * 3 * H * W  # workers × prefetch in flight, one consumed, one spare
+    seen = []
+
+    def statvfs(path: str) -> _Statvfs:
+        seen.append(path)
+        return _Statvfs(free)
+
+    monkeypatch.setattr("os.statvfs", statvfs)
+    free = need + 4096
+    assert BatchLoader(ds, 8, shuffle=True, workers=2).shared_bytes() == need
+    assert seen == ["/dev/shm"]
+    free = need - 4096
+    with pytest.raises(UserError, match=r"/dev/shm has 0 MiB free.*--shm-size=.*fewer loader workers"):
+        BatchLoader(ds, 8, shuffle=True, workers=2)
+    BatchLoader(ds, 8, shuffle=True, workers=0)  # no workers: no shared memory
+    # Every process of the node needs its own buffers.
+    free = need + 4096
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.raises(UserError, match="each of this node's 2 processes"):
+        BatchLoader(ds, 8, shuffle=True, workers=2)

@@ -7,10 +7,12 @@ import argparse
 import importlib.util
 import importlib
 import os
+import signal
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
-from alexnet.errors import UserError
+from alexnet import __version__
+from alexnet.errors import Terminated, UserError
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -23,7 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "neighbors": ("alexnet.commands.neighbors", "nearest neighbours in the last hidden layer (Figure 4 right)"),
     "filters": ("alexnet.commands.filters", "the first-layer kernels as an image (Figure 3)"),
     "report": ("alexnet.commands.report", "regenerate a run's report"),
-    "export": ("alexnet.commands.export", "export weights to safetensors, ONNX or TorchScript"),
+    "export": ("alexnet.commands.export", "export weights, a self-contained ONNX or torch.export graph, or a Hub folder"),
+    "push": ("alexnet.commands.push", "upload a run's weights and model card to the Hugging Face Hub"),
     "experiment": ("alexnet.commands.experiment", "reproduce one of the paper's claims"),
     "bench": ("alexnet.commands.bench", "measure throughput"),
 }
@@ -40,8 +43,6 @@ def _available() -> dict[str, tuple[str, str]]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="alexnet", description="AlexNet (Krizhevsky, Sutskever & Hinton, NIPS 2012), reproduced.")
-    from alexnet import __version__
-
     parser.add_argument("--version", action="version", version=f"alexnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
@@ -52,20 +53,58 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C from the first moment (imports included), so cleanup code runs and
+    # partial work is kept or removed as it would be for Ctrl-C; the training loop and prepare
+    # install their own handlers on top of this one.
+    import threading
+
+    main_thread = threading.current_thread() is threading.main_thread()  # only it can set handlers
+    previous = signal.getsignal(signal.SIGTERM) if main_thread else None
+    if previous == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminate)
     try:
+        return _main(argv)
+    finally:
+        if previous == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    command = "command"
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        command = args.command
+        if getattr(args, "log_every", None) is not None:
+            from alexnet.progress import set_log_every
+
+            set_log_every(args.log_every)
         return int(importlib.import_module(args._module).run(args) or 0)
     except UserError as e:
-        print(f"alexnet {args.command}: error: {e}", file=sys.stderr)
+        print(f"alexnet {command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"alexnet {args.command}: interrupted", file=sys.stderr)
+        print(f"alexnet {command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"alexnet {command}: terminated", file=sys.stderr)
+        return 143
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except OSError as e:
+        # A fault of the machine rather than of the code (a full disk, a read-only place, a file
+        # removed under us): one line naming the file. Writers keep their last good state.
+        from alexnet.files import DISK_FULL, os_error_line
+
+        hint = "; free space, then rerun the command (what was written before is intact)" if e.errno in DISK_FULL else ""
+        print(f"alexnet {command}: error: {os_error_line(e)}{hint}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ the resolved config is written into every run folder and checkpoint."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import yaml
 
 from alexnet.errors import UserError
+from alexnet.files import atomic_write_text
 
 RECIPE_DIR = Path(__file__).parent / "configs"
 
@@ -53,6 +55,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     workers: int = -1  # -1: automatic
+    decode: str = "cpu"  # cpu | cuda | auto: where JPEG records are decoded (cuda: nvJPEG; auto: split on a GPU)
     amp: str = "none"  # none | bf16 | fp16
     channels_last: bool = False
     compile: bool = False
@@ -63,6 +66,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     stall_steps: int = 0  # >0: warn when the loss stays at chance for this many steps
     model_parallel: int = 1  # 2: §3.2's split of the towers over two devices
+    ddp_comm_hook: str = "none"  # none | bf16 | fp16: gradients compressed for the all-reduce (torchrun)
     tensorboard: bool = False
     progress: bool = True
 
@@ -80,23 +84,91 @@ class TrainConfig:
         return cfg
 
     def validate(self) -> None:
-        def bad(name: str, accepted: str) -> UserError:
-            return UserError(f"{name}={getattr(self, name)!r} is not valid; accepted: {accepted}")
+        """Every field's type and range, checked here and only here (recipes, --set, flags and
+        saved configs all pass through it); the first bad field is a one-line UserError."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            kind, check, accepted = _RULES[f.name]
+            if not (_is(value, kind) and check(value)):
+                raise UserError(f"{f.name}={value!r} is not valid; accepted: {accepted}")
 
-        if self.optimizer not in ("paper", "sgd", "nesterov"):
-            raise bad("optimizer", "paper, sgd, nesterov")
-        if self.schedule not in ("plateau", "cosine", "step", "constant"):
-            raise bad("schedule", "plateau, cosine, step, constant")
-        if self.amp not in ("none", "bf16", "fp16"):
-            raise bad("amp", "none, bf16, fp16")
-        if self.epochs < 1:
-            raise bad("epochs", "an integer ≥ 1")
-        if self.batch_size < 1:
-            raise bad("batch_size", "an integer ≥ 1")
-        if not self.lr > 0:
-            raise bad("lr", "a number > 0")
-        if self.model_parallel not in (1, 2):
-            raise bad("model_parallel", "1 or 2")
+
+def _is(value: Any, kind: str) -> bool:
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "str":
+        return isinstance(value, str)
+    if kind == "list[int]":
+        return isinstance(value, list) and all(_is(v, "int") for v in value)
+    if kind == "dict":
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    raise AssertionError(kind)  # pragma: no cover
+
+
+def _any(value: Any) -> bool:
+    return True
+
+
+def _int(lo: int) -> tuple[str, Any, str]:
+    return "int", lambda v: v >= lo, f"an integer ≥ {lo}"
+
+
+def _choice(*options: str) -> tuple[str, Any, str]:
+    return "str", lambda v: v in options, ", ".join(options)
+
+
+# field -> (type, range check, what is accepted: the message's wording)
+_RULES: dict[str, tuple[str, Any, str]] = {
+    "model": ("str", lambda v: bool(v), "a model name"),
+    "model_options": ("dict", _any, "a mapping of option names to values, e.g. {lrn: none}"),
+    "data": ("str", lambda v: bool(v), "'synthetic' or a prepared dataset folder"),
+    "recipe": ("str", _any, "a recipe name"),
+    "epochs": _int(1),
+    "batch_size": _int(1),
+    "lr": ("float", lambda v: v > 0, "a number > 0"),
+    "momentum": ("float", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "weight_decay": ("float", lambda v: v >= 0, "a number ≥ 0"),
+    "weight_decay_biases": ("bool", _any, "true or false"),
+    "optimizer": _choice("paper", "sgd", "nesterov"),
+    "label_smoothing": ("float", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "schedule": _choice("plateau", "cosine", "step", "constant"),
+    "plateau_patience": _int(0),
+    "plateau_threshold": ("float", lambda v: v >= 0, "a number ≥ 0"),
+    "lr_drop_factor": ("float", lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "max_lr_drops": _int(0),
+    "step_epochs": ("list[int]", lambda v: all(e >= 1 for e in v), "a list of epochs ≥ 1, e.g. [30, 60]"),
+    "warmup_epochs": ("float", lambda v: v >= 0, "a number ≥ 0"),
+    "min_lr": ("float", lambda v: v >= 0, "a number ≥ 0"),
+    "lr_scaling_batch": _int(0),
+    "random_crop": ("bool", _any, "true or false"),
+    "flip": ("bool", _any, "true or false"),
+    "pca_std": ("float", lambda v: v >= 0, "a number ≥ 0"),
+    "crop_padding": _int(0),
+    "eval_every": _int(1),
+    "ten_crop": ("bool", _any, "true or false"),
+    "seed": _int(0),
+    "device": ("str", lambda v: bool(v), "auto, cpu, cuda, cuda:N"),
+    "workers": ("int", lambda v: v >= -1, "an integer ≥ 0, or -1 for automatic"),
+    "decode": _choice("cpu", "cuda", "auto"),
+    "amp": _choice("none", "bf16", "fp16"),
+    "channels_last": ("bool", _any, "true or false"),
+    "compile": ("bool", _any, "true or false"),
+    "eval_batch_size": _int(0),
+    "max_steps_per_epoch": _int(0),
+    "train_subset": _int(0),
+    "save_every": _int(0),
+    "keep_checkpoints": _int(0),
+    "stall_steps": _int(0),
+    "model_parallel": ("int", lambda v: v in (1, 2), "1 or 2"),
+    "ddp_comm_hook": _choice("none", "bf16", "fp16"),
+    "tensorboard": ("bool", _any, "true or false"),
+    "progress": ("bool", _any, "true or false"),
+}
+assert set(_RULES) == {f.name for f in dataclasses.fields(TrainConfig)}, "every TrainConfig field has a rule"
 
 
 def recipe_names() -> list[str]:
@@ -137,7 +209,7 @@ def resolve(recipe: str | None, overrides: dict[str, Any]) -> TrainConfig:
 
 def save_yaml(cfg: TrainConfig | dict[str, Any], path: str | Path) -> None:
     d = cfg.to_dict() if isinstance(cfg, TrainConfig) else cfg
-    Path(path).write_text(yaml.safe_dump(d, sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(d, sort_keys=False))
 
 
 def parse_value(text: str) -> Any:

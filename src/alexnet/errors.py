@@ -3,3 +3,9 @@
 
 class UserError(Exception):
     """Bad input from the user: the message names the file or value and the reason."""
+
+
+class Terminated(BaseException):
+    """SIGTERM outside the training loop's own handling: the command unwinds (its cleanup runs,
+    partial work is kept where it can be resumed) and exits 143. A BaseException, like
+    KeyboardInterrupt, so that no ``except Exception`` swallows it."""

@@ -31,3 +31,10 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--amp", choices=["none", "bf16", "fp16"], default=None, help="autocast dtype")
     g.add_argument("--channels-last", action="store_true", default=None, help="NHWC memory format")
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+
+
+def add_log_every_argument(p: argparse.ArgumentParser) -> None:
+    """``--log-every SECONDS``: applied by :func:`alexnet.cli.main` (see :mod:`alexnet.progress`)."""
+    p.add_argument("--log-every", type=float, default=None, metavar="SECONDS",
+                   help="when the output is not a terminal: a progress line every SECONDS (default: $ALEXNET_LOG_EVERY "
+                        "or 30; 0 = none) instead of a redrawn bar")

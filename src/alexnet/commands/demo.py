@@ -7,6 +7,7 @@ import shutil
 import time
 from pathlib import Path
 
+from alexnet.commands.common import add_log_every_argument
 from alexnet.errors import UserError
 
 DEMO_MARK = ".alexnet-demo"
@@ -18,6 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="override the demo recipe's seed (initial weights, shuffle, augmentation)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
+    add_log_every_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,9 +28,9 @@ def run(args: argparse.Namespace) -> int:
     from alexnet import config as config_mod
     from alexnet.data.format import PreparedDataset
     from alexnet.data.resolve import resolve_data
+    from alexnet.engine.device import pick_device
     from alexnet.engine.evaluate import Precision, evaluate
     from alexnet.engine.inference import augment_for, load
-    from alexnet.engine.train import pick_device
     from alexnet.engine.train import run as train_run
     from alexnet.report.markdown import write_run_report
     from alexnet.report.run import make_run_figures, record_eval
@@ -64,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     prec = Precision(device)
     results = {}
     for key, ten in (("center", False), ("ten_crop", True)):
-        r = evaluate(trained.model, ds, aug, prec, ten_crop=ten)
+        r = evaluate(trained.model, ds, aug, prec, ten_crop=ten, progress=not args.no_progress)
         record_eval(out, key, r)
         results[key] = r
     chance = 1 - 1 / ds.num_classes

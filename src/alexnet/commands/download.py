@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from alexnet.commands.common import add_log_every_argument
 from alexnet.data.download import DATASETS, ENV_BASE_URL
 
 
@@ -21,6 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=None, help="as in 'alexnet prepare' (default 256; CIFAR native 32)")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or summary")
+    add_log_every_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,7 +6,10 @@ ones."""
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 
+from alexnet.commands.common import add_log_every_argument
 from alexnet.errors import UserError
 
 
@@ -20,10 +23,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="experiment folder (report.md, results.json, plots, runs/)")
     p.add_argument("--quick", action="store_true", help="a small scale: under 5 minutes on 2 CPU cores on the built-in data")
     p.add_argument("--seeds", type=int, default=None, metavar="K",
-                   help="seeds per variant (default 3, 1 with --quick; ensemble: the number of nets, default 5, 3 with --quick)")
+                   help="seeds per arm (default 3; relu-vs-tanh 2 with --quick; ensemble: the number of nets, default 5, "
+                        "3 with --quick); every arm gets the same learning-rate sweep and seeds")
+    p.add_argument("--factors", action="store_true",
+                   help="relu-vs-tanh: also vary one factor at a time (init scale, input scale, LRN); always on at full scale")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--workers", type=int, default=None, help="loader worker processes (default: automatic)")
     p.add_argument("--progress", action="store_true", help="show each run's per-epoch log")
+    add_log_every_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,7 +40,27 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"unknown experiment {args.name!r}; accepted: {', '.join(names())}")
     if args.seeds is not None and args.seeds < 1:
         raise UserError(f"--seeds {args.seeds}: must be at least 1")
-    report = run_experiment(args.name, args.data, args.out, quick=args.quick, seeds=args.seeds, device=args.device,
-                            workers=args.workers, progress=args.progress)
+    from alexnet.engine.train import Interrupted
+    from alexnet.files import lock_folder
+
+    with lock_folder(args.out):  # one experiment process per folder (each run inside is locked too)
+        try:
+            report = run_experiment(args.name, args.data, args.out, quick=args.quick, seeds=args.seeds,
+                                    device=args.device, workers=args.workers, progress=args.progress,
+                                    factors=args.factors)
+        except Interrupted as e:
+            # Like train: the run in progress wrote a checkpoint; the same command resumes it and
+            # reuses the finished runs.
+            where = f"checkpoint written to {e.checkpoint}" if e.checkpoint else "no checkpoint written"
+            again = " ".join(shlex.quote(a) for a in ["alexnet", "experiment", *_argv()])
+            print(f"stopped by {'SIGINT' if e.exit_code == 130 else 'SIGTERM'}: {where}\nresume with: {again}",
+                  file=sys.stderr, flush=True)
+            return e.exit_code
     print(f"wrote {report} (results.json and plots beside it)")
     return 0
+
+
+def _argv() -> list[str]:
+    """This command's arguments after ``experiment`` (as typed)."""
+    argv = sys.argv[1:]
+    return argv[argv.index("experiment") + 1:] if "experiment" in argv else argv

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from alexnet.commands.common import add_log_every_argument
 from alexnet.data.prepare import FORMATS
 
 
@@ -25,6 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-fraction", type=float, default=None, metavar="F",
                    help="for a tree without val/: hold out this fraction of every class as val")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    add_log_every_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:

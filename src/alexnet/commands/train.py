@@ -17,7 +17,7 @@ from typing import Any
 
 from alexnet import config as config_mod
 from alexnet import models
-from alexnet.commands.common import add_engine_arguments, parse_assignments
+from alexnet.commands.common import add_log_every_argument, add_engine_arguments, parse_assignments
 from alexnet.errors import UserError
 
 
@@ -42,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-opt", action="append", metavar="K=V", help="model option, e.g. lrn=none, activation=tanh")
     p.add_argument("--set", action="append", metavar="K=V", help="any config field, e.g. pca_std=0 or schedule=cosine")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_log_every_argument(p)
     add_engine_arguments(p)
 
 
@@ -69,8 +70,19 @@ def _finish(d: dict[str, Any], source: str) -> config_mod.TrainConfig:
 
 def config_from_args(args: argparse.Namespace) -> config_mod.TrainConfig:
     overrides = _overrides(args)
-    if args.recipe is None and args.resume and (Path(args.out) / "config.yaml").is_file():
-        return _resumed_config(Path(args.out) / "config.yaml", overrides)
+    if args.resume:
+        out = Path(args.out)
+        from alexnet.engine import checkpoint as ckpt
+
+        last = ckpt.latest_checkpoint(out)
+        if not (out / "config.yaml").is_file() and last is None:
+            # Never a silent fresh default run in a mistyped or empty folder.
+            what = "no such folder" if not out.exists() else "no config.yaml and no checkpoint"
+            raise UserError(f"nothing to resume in {out} ({what}); to start a new run, leave out --resume")
+        if args.recipe is None:
+            if (out / "config.yaml").is_file():
+                return _resumed_config(out / "config.yaml", overrides)
+            return _checkpoint_config(last, overrides)  # type: ignore[arg-type]
     name = args.recipe or config_mod.default_recipe(overrides.get("model", config_mod.TrainConfig.model))
     d = config_mod.load_recipe(name)
     d.update(overrides)
@@ -87,11 +99,26 @@ def _resumed_config(path: Path, overrides: dict[str, Any]) -> config_mod.TrainCo
         raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(d, dict):
         raise UserError(f"{path}: not a saved training config")
+    return _merge(d, overrides, str(path))
+
+
+def _checkpoint_config(path: Path, overrides: dict[str, Any]) -> config_mod.TrainConfig:
+    """--resume in a run folder that lost its config.yaml: every checkpoint carries the config."""
+    from alexnet.engine import checkpoint as ckpt
+
+    d = ckpt.load_checkpoint(path).get("config")
+    if not isinstance(d, dict):
+        raise UserError(f"{path}: holds no training config; pass --recipe and the options the run was started with")
+    print(f"{path.parent.parent}/config.yaml is missing; using the config saved in {path}", file=sys.stderr)
+    return _merge(d, overrides, f"{path} (its config)")
+
+
+def _merge(d: dict[str, Any], overrides: dict[str, Any], source: str) -> config_mod.TrainConfig:
     opts = overrides.pop("model_options", None)
     d.update(overrides)
     if opts:
         d["model_options"] = {**(d.get("model_options") or {}), **opts}
-    return _finish(d, str(path))
+    return _finish(d, source)
 
 
 def resume_command(out: str) -> str:
@@ -112,6 +139,7 @@ def resume_command(out: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from alexnet.engine.checkpoint import CheckpointWriteError
     from alexnet.engine.train import Interrupted, run as train_run
 
     cfg = config_from_args(args)
@@ -120,6 +148,20 @@ def run(args: argparse.Namespace) -> int:
     main = int(os.environ.get("RANK", 0)) == 0
     try:
         summary = train_run(cfg, args.out, resume=args.resume)
+    except (OSError, CheckpointWriteError) as e:
+        # A full disk (or a place that stopped taking writes): the checkpoints written before are
+        # intact; say which one the resume starts from.
+        from alexnet.engine.checkpoint import latest_checkpoint
+        from alexnet.files import DISK_FULL, os_error_line
+
+        if isinstance(e, OSError):
+            last = latest_checkpoint(Path(args.out))
+            what = f"the last checkpoint {last} is intact" if last else "no checkpoint was written yet"
+            line = f"{os_error_line(e, args.out)}; {what}"
+        else:
+            line = str(e)
+        full = not isinstance(e, OSError) or e.errno in DISK_FULL
+        raise UserError(f"{line}; {'free space, then ' if full else ''}resume with: {resume_command(args.out)}") from None
     except Interrupted as e:
         if main:
             where = f"checkpoint written to {e.checkpoint}" if e.checkpoint else "no checkpoint written"

@@ -37,11 +37,21 @@ def _hash32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
+def _hash32_int(x: int) -> int:
+    """:func:`_hash32` on one Python integer (the same arithmetic, no tensor)."""
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & _M32
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & _M32
+    return x ^ (x >> 16)
+
+
 def sample_keys(seed: int, epoch: int, indices: torch.Tensor) -> torch.Tensor:
-    """Per-sample 32-bit keys from (seed, epoch, index)."""
-    base = _hash32(torch.tensor([seed & _M32], dtype=torch.int64))
-    base = _hash32(base ^ (epoch & _M32))
-    return _hash32((indices.to(torch.int64) & _M32) ^ base.to(indices.device))
+    """Per-sample 32-bit keys from (seed, epoch, index), computed where ``indices`` live.
+    The (seed, epoch) part is a Python integer: it reaches the device as a kernel argument, not
+    as a copied tensor."""
+    base = _hash32_int(_hash32_int(seed & _M32) ^ (epoch & _M32))
+    return _hash32((indices.to(torch.int64) & _M32) ^ base)
 
 
 def uniform(keys: torch.Tensor, stream: int) -> torch.Tensor:
@@ -126,13 +136,23 @@ class Augment:
             else:  # (x/255 - m) / s  ==  (x - 255 m) / (255 s)
                 sub = torch.tensor(IMAGENET_MEAN).view(3, 1, 1).expand_as(self.mean) * 255.0
                 scale = 1.0 / (255.0 * torch.tensor(IMAGENET_STD).view(3, 1, 1))
-            self._cache[key] = (sub.contiguous().to(device), scale.to(device), self.eigval.to(device), self.eigvec.to(device))
+            # The eigen-decomposition in float64, as the colour noise is computed (see params).
+            self._cache[key] = (sub.contiguous().to(device), scale.to(device), self.eigval.double().to(device),
+                                self.eigvec.double().to(device))
         return self._cache[key]
+
+    def norm_constants(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """What every crop subtracts (3×H×W, 0–255 units) and then multiplies by (3×1×1), per
+        ``input_norm``: the normalisation an exported model carries inside."""
+        sub, scale, _, _ = self._consts(torch.device(device))
+        return sub, scale
 
     # -- random parameters -------------------------------------------------------------------
 
     def params(self, indices: torch.Tensor, epoch: int) -> tuple[CropParams, torch.Tensor]:
-        """Crop/flip parameters and the per-image RGB noise (N×3, 0–255 units) for these samples."""
+        """Crop/flip parameters and the per-image RGB noise (N×3, 0–255 units) for these samples,
+        computed on ``indices``' device: with the indices on the GPU nothing is built on the host
+        and copied (a blocking copy per parameter would stall the stream every step)."""
         keys = sample_keys(self.seed, epoch, indices)
         h, w = self.size
         span_y, span_x = h + 2 * self.pad - self.crop + 1, w + 2 * self.pad - self.crop + 1
@@ -147,7 +167,8 @@ class Augment:
             # §4.1: add [p1 p2 p3][a1 l1, a2 l2, a3 l3]^T, a ~ N(0, 0.1), once per image per use.
             # Applied on the [0, 1] scale where the eigenvalues live, then to pixel units.
             alpha = torch.stack([normal(keys, _PCA + c) for c in range(3)], dim=1) * self.pca_std  # N×3
-            noise = (alpha * self.eigval.double().to(alpha.device)) @ self.eigvec.double().to(alpha.device).T * 255.0
+            _, _, eigval, eigvec = self._consts(keys.device)
+            noise = (alpha * eigval) @ eigvec.T * 255.0
         else:
             noise = torch.zeros(len(keys), 3, dtype=torch.float64, device=keys.device)
         return CropParams(oy, ox, flip), noise
@@ -196,16 +217,20 @@ class Augment:
         return out
 
     def train(self, images: torch.Tensor, indices: torch.Tensor, epoch: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Random crop + flip + PCA colour noise − mean, for a uint8 N×3×H×W batch."""
-        p, noise = self.params(indices, epoch)
+        """Random crop + flip + PCA colour noise − mean, for a uint8 N×3×H×W batch.
+
+        ``indices`` may be on the host: they are the step's one host-to-device transfer, queued
+        without waiting (every random parameter is then derived from them on the device)."""
+        p, noise = self.params(indices.to(images.device, non_blocking=True), epoch)
         return self._crop(images, p, noise if self.pca_std > 0 else None, dtype)
 
     def center(self, images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The central crop (test time)."""
         n, _, h, w = images.shape
-        oy = torch.full((n,), (h - self.crop) // 2, dtype=torch.long)
-        ox = torch.full((n,), (w - self.crop) // 2, dtype=torch.long)
-        return self._crop(images, CropParams(oy, ox, torch.zeros(n, dtype=torch.bool)), None, dtype)
+        dev = images.device
+        oy = torch.full((n,), (h - self.crop) // 2, dtype=torch.long, device=dev)
+        ox = torch.full((n,), (w - self.crop) // 2, dtype=torch.long, device=dev)
+        return self._crop(images, CropParams(oy, ox, torch.zeros(n, dtype=torch.bool, device=dev)), None, dtype)
 
     def ten_crop(self, images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """§4.1: the four corner patches and the centre patch, and their reflections: 10×N×3×S×S."""
@@ -215,7 +240,8 @@ class Augment:
         views = []
         for flip in (False, True):
             for y, x in corners:
-                p = CropParams(torch.full((n,), y, dtype=torch.long), torch.full((n,), x, dtype=torch.long),
-                               torch.full((n,), flip, dtype=torch.bool))
+                dev = images.device
+                p = CropParams(torch.full((n,), y, dtype=torch.long, device=dev), torch.full((n,), x, dtype=torch.long, device=dev),
+                               torch.full((n,), flip, dtype=torch.bool, device=dev))
                 views.append(self._crop(images, p, None, dtype))
         return torch.stack(views)

@@ -37,7 +37,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
+from alexnet.data.jpeg import decode_jpeg_rgb, encode_jpeg
 from alexnet.errors import UserError
+from alexnet.files import ExclusiveLock, atomic_write, atomic_write_bytes, atomic_write_text
 
 FORMAT_NAME = "alexnet-prepared"
 FORMAT_VERSION = 1
@@ -131,7 +133,7 @@ class SplitWriter:
         self._f.flush()
         os.fsync(self._f.fileno())
         index = np.asarray(self._rows, dtype=np.int64).reshape(-1, 3)
-        _atomic_save_npy(self.folder / "index.partial.npy", index)
+        atomic_write(self.folder / "index.partial.npy", lambda f: np.save(f, index))
         return len(index)
 
     def close(self) -> dict[str, Any]:
@@ -139,26 +141,11 @@ class SplitWriter:
         os.fsync(self._f.fileno())
         self._f.close()
         index = np.asarray(self._rows, dtype=np.int64).reshape(-1, 3)
-        np.save(self.folder / "index.npy", index)
+        atomic_write(self.folder / "index.npy", lambda f: np.save(f, index))
         (self.folder / "index.partial.npy").unlink(missing_ok=True)
         counts = np.bincount(index[:, 2]).tolist() if len(index) else []
         return {"count": len(index), "encoding": self.encoding, "image_size": list(self.image_size),
                 "bytes": int(self._offset), "class_counts": counts}
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -175,9 +162,20 @@ class DatasetWriter:
     splits: dict[str, dict[str, Any]] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
     fingerprint: dict[str, Any] | None = None
+    lock: ExclusiveLock | None = None
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
+        self._own_lock = self.lock is None
+        if self.lock is None:
+            self.lock = lock_dataset(self.out)
+        try:
+            self._start()
+        except BaseException:
+            self._unlock()
+            raise
+
+    def _start(self) -> None:
         if is_prepared(self.out):
             raise DatasetError(f"{self.out}: a prepared dataset is already there; remove it or choose another --out")
         if self.out.exists() and any(self.out.iterdir()):
@@ -225,7 +223,7 @@ class DatasetWriter:
         return progress
 
     def _save_progress(self) -> None:
-        _atomic_write_text(self.tmp / "progress.json", json.dumps(self._progress) + "\n")
+        atomic_write_text(self.tmp / "progress.json", json.dumps(self._progress) + "\n")
 
     def split(self, name: str, encoding: str, image_size: tuple[int, int]) -> SplitWriter:
         """A writer for split ``name``; it continues a checkpointed split of the same geometry."""
@@ -263,9 +261,7 @@ class DatasetWriter:
             seq = self._progress.get("seq", 0) + 1
             self._progress["seq"] = seq
             fname = f"{name}.state{seq}.npz"
-            tmp = self.tmp / (fname + ".tmp.npz")
-            np.savez(tmp, **arrays)
-            os.replace(tmp, self.tmp / fname)
+            atomic_write(self.tmp / fname, lambda f: np.savez(f, **arrays))
             entry["arrays"] = fname
         elif old:
             entry["arrays"] = old
@@ -290,17 +286,19 @@ class DatasetWriter:
             self._store(name, {"closed": self.splits[name]}, state, arrays)
 
     def write_stats(self, mean: torch.Tensor, eigval: torch.Tensor, eigvec: torch.Tensor) -> None:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        save_file({"mean": mean.float().contiguous(), "eigval": eigval.float().contiguous(),
-                   "eigvec": eigvec.float().contiguous()}, str(self.tmp / "stats.safetensors"))
+        atomic_write_bytes(self.tmp / "stats.safetensors", save({
+            "mean": mean.float().contiguous(), "eigval": eigval.float().contiguous(),
+            "eigvec": eigvec.float().contiguous()}))
 
     def commit(self) -> Path:
         for name in list(self._open):
             self.close_split(name)
         if not (self.tmp / "stats.safetensors").exists():
             raise DatasetError(f"{self.out}: no training statistics were written")
-        (self.tmp / "prepare_report.json").write_text(json.dumps(self.report, indent=1) + "\n")
+        self._verify()
+        atomic_write_text(self.tmp / "prepare_report.json", json.dumps(self.report, indent=1) + "\n")
         meta = {
             "format": FORMAT_NAME, "version": FORMAT_VERSION,
             "classes": list(self.classes),
@@ -312,21 +310,71 @@ class DatasetWriter:
         for p in [self.tmp / "progress.json", *self.tmp.glob("*.state*.npz"), *self.tmp.glob("*/index.partial.npy")]:
             p.unlink(missing_ok=True)
         # meta.json last: its presence is what makes the folder a dataset.
-        _atomic_write_text(self.tmp / "meta.json", json.dumps(meta, indent=1) + "\n")
+        atomic_write_text(self.tmp / "meta.json", json.dumps(meta, indent=1) + "\n")
         if self.out.exists():
             self.out.rmdir()  # empty (checked in __post_init__)
         os.replace(self.tmp, self.out)
+        self._unlock()
         return self.out
+
+    def _verify(self) -> None:
+        """Every split's data.bin holds exactly the bytes its index describes: nothing else
+        (another writer, a disk that lied) can have changed them behind this writer's back."""
+        for name, info in self.splits.items():
+            folder = self.tmp / name
+            try:
+                index = np.load(folder / "index.npy")
+                size = (folder / "data.bin").stat().st_size
+            except (OSError, ValueError) as e:
+                raise DatasetError(f"{folder}: cannot verify the split before committing ({e})") from None
+            end = int(index[-1, 0] + index[-1, 1]) if len(index) else 0  # records are appended in order
+            if len(index) != info["count"] or size != end or size != info["bytes"]:
+                raise DatasetError(f"{folder / 'data.bin'}: {size} bytes, but its index of {len(index)} records ends at "
+                                   f"byte {end}; not committed (was another process writing here?)")
 
     def abort(self) -> None:
         self.release()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def release(self) -> None:
-        """Close open files and keep the partial folder (for a later resume)."""
+        """Close open files, unlock, and keep the partial folder (for a later resume)."""
         for w in self._open.values():
             w._f.close()
         self._open.clear()
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self.lock is not None and self._own_lock:  # a lock given by the caller is the caller's to release
+            self.lock.release()
+
+    def keep_checkpointed(self) -> int:
+        """After a failed write (a full disk): cut every unfinished split back to its last
+        checkpoint, freeing what was written since, and return how many records are kept for a
+        resume; with nothing checkpointed the partial folder is removed and 0 returned."""
+        from alexnet.files import remove_temporaries
+
+        self.release()
+        kept = 0
+        try:
+            progress = json.loads((self.tmp / "progress.json").read_text())
+            for name, st in progress.get("splits", {}).items():
+                if "closed" in st:
+                    kept += int(st["closed"]["count"])
+                    continue
+                folder, n, end = self.tmp / name, int(st["rows"]), 0
+                if n:
+                    rows = np.load(folder / "index.partial.npy")
+                    end = int(rows[n - 1, 0] + rows[n - 1, 1])
+                os.truncate(folder / "data.bin", end)
+                remove_temporaries(folder)
+                kept += n
+        except (OSError, ValueError, KeyError, IndexError):
+            kept = 0
+        if kept == 0:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        else:
+            remove_temporaries(self.tmp)
+        return kept
 
     def __enter__(self) -> "DatasetWriter":
         return self
@@ -337,6 +385,19 @@ class DatasetWriter:
                 self.release()
             else:
                 self.abort()
+
+
+def lock_dataset(out: str | os.PathLike[str]) -> ExclusiveLock:
+    """The lock every writer of the dataset ``out`` (and of ``out.partial``) holds while it writes:
+    ``.<name>.lock`` beside it."""
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        from alexnet.files import os_error_line
+
+        raise DatasetError(f"{out}: cannot be created ({os_error_line(e)})") from None
+    return ExclusiveLock(out.parent / f".{out.name}.lock", out)
 
 
 class StatsAccumulator:
@@ -429,8 +490,6 @@ def write_arrays(
 def _encode(img_hwc: np.ndarray, encoding: str, quality: int) -> bytes:
     if encoding == "raw":
         return np.ascontiguousarray(img_hwc).tobytes()
-    from torchvision.io import encode_jpeg
-
     chw = torch.from_numpy(np.ascontiguousarray(img_hwc)).permute(2, 0, 1).contiguous()  # H×W×3 -> 3×H×W
     return encode_jpeg(chw, quality=quality).numpy().tobytes()
 
@@ -448,31 +507,75 @@ def decode_record(record: bytes | np.ndarray, encoding: str, image_size: tuple[i
     return decode_jpeg_rgb(torch.frombuffer(bytearray(record), dtype=torch.uint8))
 
 
-def decode_jpeg_rgb(data: torch.Tensor) -> torch.Tensor:
-    """JPEG bytes (uint8 tensor) -> uint8 3×H×W RGB (grey and CMYK come out as RGB) with libjpeg-turbo.
-    Calls torchvision's registered op directly: ``torchvision.io.decode_jpeg`` warns about a
-    deprecation on every call since 0.29, and the op is the same."""
-    import torchvision.io.image  # noqa: F401  (registers torch.ops.image.*)
-
-    return torch.ops.image.decode_jpeg(data, 3, False)  # 3 = ImageReadMode.RGB
-
-
 class PreparedDataset(torch.utils.data.Dataset):
     """One split of a prepared dataset: ``ds[i] -> (uint8 3×H×W tensor, int label)``."""
 
     def __init__(self, root: str | os.PathLike[str], split: str = "train") -> None:
         self.root = Path(root)
         self.meta = read_meta(self.root)
-        if split not in self.meta["splits"]:
-            raise DatasetError(f"{self.root}: no split {split!r}; it has {', '.join(self.meta['splits'])}")
+        meta_path = self.root / "meta.json"
+        splits, classes = self.meta.get("splits"), self.meta.get("classes")
+        if not isinstance(splits, dict) or not isinstance(classes, list) or not classes:
+            raise DatasetError(f"{meta_path}: damaged (no 'splits' or 'classes'); prepare the dataset again")
+        self.meta.setdefault("class_names", list(classes))
+        if split not in splits:
+            raise DatasetError(f"{self.root}: no split {split!r}; it has {', '.join(splits)}")
         self.split = split
-        info = self.meta["splits"][split]
-        self.encoding: str = info["encoding"]
-        self.image_size: tuple[int, int] = tuple(info["image_size"])  # type: ignore[assignment]
-        self.index = np.load(self.root / split / "index.npy")
-        self.labels = self.index[:, 2].copy()
+        info = splits[split]
+        try:
+            self.encoding: str = info["encoding"]
+            self.image_size: tuple[int, int] = (int(info["image_size"][0]), int(info["image_size"][1]))
+            count = int(info["count"])
+        except (KeyError, TypeError, ValueError, IndexError):
+            raise DatasetError(f"{meta_path}: split {split!r} lacks its encoding, image_size or count; "
+                               f"prepare the dataset again") from None
+        if self.encoding not in ENCODINGS:
+            raise DatasetError(f"{meta_path}: split {split!r} has unknown encoding {self.encoding!r}")
         self._data_path = self.root / split / "data.bin"
+        self.index = self._load_index(self.root / split / "index.npy", count)
+        self.labels = self.index[:, 2].copy()
         self._data: np.memmap | None = None
+
+    def _load_index(self, path: Path, count: int) -> np.ndarray:
+        """index.npy, checked against meta.json and data.bin: what the loader trusts blindly later
+        (offsets inside the file, labels below the class count) is checked once here."""
+        try:
+            index = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            raise DatasetError(f"{path}: unreadable index ({str(e).splitlines()[0][:200]}); prepare the dataset again") from None
+        if index.dtype != np.int64 or index.ndim != 2 or index.shape[1] != 3:
+            raise DatasetError(f"{path}: not an index (int64 N×3 expected, got {index.dtype} {index.shape})")
+        if len(index) != count:
+            raise DatasetError(f"{path}: {len(index)} records, meta.json says {count}; prepare the dataset again")
+        try:
+            size = self._data_path.stat().st_size
+        except OSError as e:
+            raise DatasetError(f"{self._data_path}: {e.strerror or e}") from None
+        off, length, label = index[:, 0], index[:, 1], index[:, 2]
+        bad = np.flatnonzero((off < 0) | (length <= 0) | (off + length > size))
+        if len(bad):
+            i = int(bad[0])
+            raise DatasetError(f"{self._data_path}: record {i} (bytes {off[i]}..{off[i] + length[i]}) lies outside the "
+                               f"file's {size} bytes; the dataset is damaged: prepare it again")
+        if self.encoding == "raw":
+            h, w = self.image_size
+            rec = h * w * 3
+            bad = np.flatnonzero((length != rec) | (off != np.arange(len(index)) * rec))
+            if len(bad):
+                raise DatasetError(f"{path}: record {int(bad[0])} is not the {rec}-byte raw {h}×{w} image at its place; "
+                                   f"the dataset is damaged: prepare it again")
+        n = len(self.meta["classes"])
+        bad = np.flatnonzero((label < 0) | (label >= n))
+        if len(bad):
+            i = int(bad[0])
+            raise DatasetError(f"{path}: record {i} has label {label[i]}, but the dataset has {n} classes")
+        return index
+
+    def damaged(self, i: int, e: BaseException) -> DatasetError:
+        """The error for record ``i`` that does not decode."""
+        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        return DatasetError(f"{self._data_path}: record {i} cannot be decoded ({why}); the dataset is damaged: "
+                            f"prepare it again")
 
     @property
     def classes(self) -> list[str]:
@@ -492,6 +595,11 @@ class PreparedDataset(torch.utils.data.Dataset):
             self._data = np.memmap(self._data_path, dtype=np.uint8, mode="r")
         return self._data
 
+    def data(self) -> np.memmap:
+        """The split's data.bin, every record back to back, as a read-only uint8 memmap (record ``i``
+        is ``data()[off : off + length]`` with ``off, length, _ = index[i]``)."""
+        return self._mm()
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_data"] = None
@@ -507,7 +615,11 @@ class PreparedDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         if not -len(self) <= i < len(self):
             raise IndexError(i)
-        return decode_record(self.record(i).tobytes(), self.encoding, self.image_size), int(self.labels[i])
+        try:
+            img = decode_record(self.record(i).tobytes(), self.encoding, self.image_size)
+        except RuntimeError as e:
+            raise self.damaged(i, e) from None
+        return img, int(self.labels[i])
 
     def read_batch(self, indices: Sequence[int] | np.ndarray, out: torch.Tensor | None = None) -> torch.Tensor:
         """Decode ``indices`` into a uint8 N×3×H×W tensor (into ``out`` when given)."""
@@ -521,10 +633,25 @@ class PreparedDataset(torch.utils.data.Dataset):
             out.copy_(torch.from_numpy(np.ascontiguousarray(mm[idx])).permute(0, 3, 1, 2))
         else:
             for j, i in enumerate(idx):
-                out[j] = decode_record(self.record(int(i)).tobytes(), self.encoding, self.image_size)
+                try:
+                    out[j] = decode_record(self.record(int(i)).tobytes(), self.encoding, self.image_size)
+                except RuntimeError as e:
+                    raise self.damaged(int(i), e) from None
         return out
 
     def stats(self) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
-        return load_file(str(self.root / "stats.safetensors"))
+        path = self.root / "stats.safetensors"
+        h, w = self.image_size
+        try:
+            st = load_file(str(path))
+        except Exception as e:  # safetensors raises its own error types for damaged files
+            why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise DatasetError(f"{path}: unreadable ({why}); prepare the dataset again") from None
+        want = {"mean": (3, h, w), "eigval": (3,), "eigvec": (3, 3)}
+        for k, shape in want.items():
+            if k not in st or tuple(st[k].shape) != shape:
+                got = tuple(st[k].shape) if k in st else "missing"
+                raise DatasetError(f"{path}: {k!r} should be {'×'.join(map(str, shape))}, got {got}; prepare the dataset again")
+        return st

@@ -14,10 +14,10 @@ out views of it, and a slot goes back to the pool only when nothing outside the 
 holds a tensor on it (its storage's use count) and, on CUDA, once the copies queued from it have
 finished (an event). A consumer that keeps batches simply makes the pool grow.
 
-JPEG records are decoded by ``torchvision.io.decode_jpeg`` (libjpeg-turbo) in the workers, or —
-with ``decode="cuda"``/``"auto"`` — partly or wholly by nvJPEG on the GPU in the main process
-(batched ``decode_jpeg(list, device="cuda")``); the workers then only gather those records'
-bytes. Raw records are one memmap gather per batch.
+JPEG records are decoded with libjpeg-turbo in the workers, or — with ``decode="cuda"``/``"auto"``
+— partly or wholly by nvJPEG on the GPU in the main process (one batched call per batch); the
+workers then only gather those records' bytes. :mod:`alexnet.data.jpeg` picks the library
+(TorchCodec, else torchvision). Raw records are one memmap gather per batch.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from alexnet.data.format import PreparedDataset, decode_jpeg_rgb
+from alexnet.data.format import DatasetError, PreparedDataset
+from alexnet.data.jpeg import decode_jpeg_rgb, decode_jpegs_rgb
 from alexnet.errors import UserError
 
-_RGB = 3  # torchvision.io.ImageReadMode.RGB.value: grey or CMYK records come out as RGB
 # "auto" split of each batch between CPU workers and the GPU decoder, from throughputs measured
 # on an H100 machine (../shared/ANCHORS.md): nvJPEG decode + crop about 15k img/s, decode_jpeg
 # about 1.5k img/s per CPU worker. The GPU share is G / (G + workers × C).
@@ -64,11 +64,41 @@ def shard(indices: np.ndarray, rank: int, world_size: int) -> np.ndarray:
     return np.array_split(indices, world_size)[rank]
 
 
+def local_world_size() -> int:
+    """Processes on this node (``LOCAL_WORLD_SIZE``, set by torchrun; 1 otherwise)."""
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
 def default_workers(ds: PreparedDataset) -> int:
+    """Decoding workers per process: the node's cores, less one per process for the training
+    loop, shared among the node's processes (8 ranks on a 16-core node get 1 each, not 15), at
+    most 16."""
     # Raw records are one memmap gather per batch: worker processes only add overhead.
     if ds.encoding == "raw":
         return 0
-    return max(1, min(16, (os.cpu_count() or 2) - 1))
+    procs = local_world_size()
+    return max(1, min(16, ((os.cpu_count() or 2) - procs) // procs))
+
+
+SHM = "/dev/shm"
+
+
+def check_shared_memory(need: int, what: str, path: str = SHM) -> None:
+    """Refuse up front, in one line saying what to do, when ``path`` (the tmpfs that shared
+    batch buffers live in) has less than ``need`` bytes free; Docker's default is 64 MB."""
+    try:
+        st = os.statvfs(path)
+    except OSError:  # no such tmpfs (not Linux): torch shares memory another way
+        return
+    free = st.f_bavail * st.f_frsize
+    if free < need:
+        raise UserError(
+            f"{path} has {free / 2**20:.0f} MiB free, but {what} need about {need / 2**20:.0f} MiB of shared memory: "
+            f"give the machine or container more (docker run --shm-size={max(1, -(-need // 2**30) + 1)}g, or a larger "
+            f"tmpfs on {path}), or use fewer loader workers (--workers) or a smaller batch")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,13 +187,12 @@ class _Filler:
     """Decodes the records of one batch into a slot; owns the per-process scratch buffer."""
 
     def __init__(self, ds: PreparedDataset) -> None:
-        _image_ops()
         self.ds = ds
         self.scratch = np.empty(0, dtype=np.uint8)
 
     def _gather(self, off: np.ndarray, ln: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """The records' bytes back to back (one concatenate from the memmap)."""
-        mm = self.ds._mm()
+        mm = self.ds.data()
         total = int(ln.sum())
         if out is None:
             if len(self.scratch) < total:
@@ -181,7 +210,7 @@ class _Filler:
         n = len(idx)
         if ds.encoding == "raw":
             if n:
-                mm = ds._mm().reshape(-1, h, w, 3)  # all records are H×W×3 uint8
+                mm = ds.data().reshape(-1, h, w, 3)  # all records are H×W×3 uint8
                 images[:n].copy_(torch.from_numpy(mm[idx]).permute(0, 3, 1, 2))  # N×H×W×3 -> N×3×H×W
             return
         off, ln = ds.index[idx, 0], ds.index[idx, 1]
@@ -190,10 +219,13 @@ class _Filler:
             ends = np.cumsum(ln[:n_cpu]).tolist()
             start = 0
             for j, end in enumerate(ends):
-                img = decode_jpeg_rgb(buf[start:end])
+                try:
+                    img = decode_jpeg_rgb(buf[start:end])
+                except RuntimeError as e:
+                    raise ds.damaged(int(idx[j]), e) from None
                 if img.shape != (3, h, w):
-                    raise ValueError(f"{ds.root}/{ds.split} record {int(idx[j])}: decoded to "
-                                     f"{'×'.join(map(str, img.shape))}, expected 3×{h}×{w}")
+                    raise ds.damaged(int(idx[j]), ValueError(f"decoded to {'×'.join(map(str, img.shape))}, "
+                                                             f"expected 3×{h}×{w}"))
                 images[j].copy_(img)
                 start = end
         if n_cpu < n:
@@ -201,55 +233,72 @@ class _Filler:
             self._gather(off[n_cpu:], ln[n_cpu:], out=data.numpy())
 
 
-def _worker_main(ds: PreparedDataset, tasks: Any, results: Any, slots: dict[int, _Slot]) -> None:
+def _worker_main(ds: PreparedDataset, tasks: Any, results: Any) -> None:
     # One thread per worker: parallelism comes from the processes. Ctrl-C is the main process's
     # to handle; it stops the workers.
     torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler: terminate() ends the worker
+    # torch looks a received shared buffer up in its cache of buffers already mapped, which fork
+    # copied from the parent: a hit would return the parent's mapping as inherited (absent where
+    # it was page-locked) instead of mapping the buffer afresh.
+    from torch.multiprocessing import reductions
+
+    reductions.shared_cache.clear()
     filler = _Filler(ds)
-    known = {sid: (s.images, s.data) for sid, s in slots.items()}
+    known: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
     while True:
         task = tasks.get()
         if task is None:
             return
-        bid, sid, new_buffers, idx, n_cpu = task
+        gen, bid, sid, new_buffers, idx, n_cpu = task
         if new_buffers is not None:
             known[sid] = new_buffers
         try:
             images, data = known[sid]
             filler.fill(idx, n_cpu, images, data)
-            results.put((bid, None))
+            results.put((gen, bid, None))
+        except UserError as e:  # a damaged record: one line in the main process
+            results.put((gen, bid, ("user", str(e))))
         except Exception as e:  # sent back and raised in the main process
-            results.put((bid, f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+            results.put((gen, bid, f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
 
 
 class _Pool:
     """Worker processes, one task queue each (batches go round-robin, like DataLoader's), one
-    result queue."""
+    result queue. The pool lives as long as its loader (every epoch reuses it, like DataLoader's
+    ``persistent_workers``).
 
-    def __init__(self, ds: PreparedDataset, workers: int, slots: dict[int, _Slot]) -> None:
+    Batch buffers always travel through the task queue (torch shares their memory, it does not
+    copy it), the first time a worker is to fill one; none is inherited through ``fork``. A buffer
+    page-locked for the GPU (``cudaHostRegister``) is not carried into a forked child as it was
+    (the CUDA driver excludes page-locked ranges from ``fork``), so a worker writing into an
+    inherited one would crash or write into memory the GPU no longer reads."""
+
+    def __init__(self, ds: PreparedDataset, workers: int) -> None:
         import torch.multiprocessing as mp
 
-        # fork: the dataset's index and the existing slots are inherited, not pickled; slots made
-        # later travel through the queue (torch shares their memory, it does not copy it).
+        from alexnet.data import jpeg
+
+        jpeg.backend()  # import the codec library once, before the fork, not in every worker
+        # fork: the dataset's index is inherited, not pickled (spawn elsewhere).
         ctx = mp.get_context("fork" if os.name == "posix" else "spawn")
         self.results = ctx.Queue()
         self.tasks = [ctx.Queue() for _ in range(workers)]
-        self.known: list[set[int]] = [set(slots) for _ in range(workers)]
-        self.procs = [ctx.Process(target=_worker_main, args=(ds, q, self.results, dict(slots)), daemon=True)
-                      for q in self.tasks]
+        self.known: list[set[int]] = [set() for _ in range(workers)]
+        self.procs = [ctx.Process(target=_worker_main, args=(ds, q, self.results), daemon=True) for q in self.tasks]
         for p in self.procs:
             p.start()
 
-    def submit(self, bid: int, slot: _Slot, idx: np.ndarray, n_cpu: int) -> None:
+    def submit(self, gen: int, bid: int, slot: _Slot, idx: np.ndarray, n_cpu: int) -> None:
         w = bid % len(self.tasks)
         new = None
         if slot.id not in self.known[w]:
             new = (slot.images, slot.data)
             self.known[w].add(slot.id)
-        self.tasks[w].put((bid, slot.id, new, idx, n_cpu))
+        self.tasks[w].put((gen, bid, slot.id, new, idx, n_cpu))
 
-    def get(self) -> tuple[int, str | None]:
+    def get(self) -> tuple[int, int, str | None]:
         while True:
             try:
                 return self.results.get(timeout=2.0)
@@ -294,6 +343,10 @@ class BatchLoader:
 
     The images of a batch are views of a reused buffer: they stay valid as long as a tensor on
     them is alive (the buffer is not reused before), so keeping batches is safe, only costlier.
+
+    The worker processes start with the first iteration and serve every later epoch (a small
+    dataset does not pay their start-up per epoch); :meth:`close` (or dropping the loader) stops
+    them and frees the buffers.
     """
 
     def __init__(
@@ -334,10 +387,14 @@ class BatchLoader:
         # a gpu_fraction) to run this path's code on a machine without a GPU.
         self.decode_device: torch.device | None = None
         self.gpu_fraction = 0.0
+        cuda_ok = torch.cuda.is_available() and (self.device is None or self.device.type == "cuda")
+        if decode == "cuda" and not cuda_ok:
+            where = "this machine has no CUDA GPU" if not torch.cuda.is_available() else f"training runs on {self.device}"
+            raise UserError(f"decode=cuda: no CUDA device to decode on ({where}); use decode=cpu or auto")
+        if decode == "cuda" and ds.encoding != "jpeg":
+            raise UserError(f"decode=cuda: {ds.root} ({ds.split}) stores raw pixels, not JPEG: there is nothing to decode; "
+                            "use decode=cpu")
         if decode != "cpu" and ds.encoding == "jpeg":
-            cuda_ok = torch.cuda.is_available() and (self.device is None or self.device.type == "cuda")
-            if decode == "cuda" and not cuda_ok:
-                raise UserError("decode cuda: no CUDA device to decode on; use decode cpu")
             if cuda_ok:
                 self.decode_device = self.device or torch.device("cuda", torch.cuda.current_device())
                 if gpu_fraction is not None:
@@ -349,6 +406,13 @@ class BatchLoader:
         if not 0.0 <= self.gpu_fraction <= 1.0:
             raise UserError(f"gpu_fraction {self.gpu_fraction}: must be between 0 and 1")
         self._slots: dict[int, _Slot] = {}
+        self._pool: _Pool | None = None
+        self._gen = 0  # iterations started; results of an abandoned one are told apart by it
+        self._pending: dict[tuple[int, int], _Slot] = {}  # (iteration, batch) handed to a worker, not yet reported
+        if self.workers > 0 and len(ds):
+            check_shared_memory(self.shared_bytes() * local_world_size(),
+                                f"the batch buffers of {self.workers} loader workers"
+                                + (f" in each of this node's {local_world_size()} processes" if local_world_size() > 1 else ""))
 
     # -- which samples ---------------------------------------------------------------------------
 
@@ -388,6 +452,13 @@ class BatchLoader:
     def _n_cpu(self, n: int) -> int:
         return n - int(round(n * self.gpu_fraction)) if self.ds.encoding == "jpeg" else n
 
+    def shared_bytes(self) -> int:
+        """Shared memory the worker buffers take at steady state: the batches in flight
+        (workers × prefetch), the one being consumed and one spare."""
+        per = self._per()
+        h, w = self.ds.image_size
+        return (self.workers * self.prefetch + 2) * (per * 3 * h * w + self._data_bytes(per))
+
     def _take_slot(self, shared: bool) -> tuple[_Slot, bool]:
         """A free slot (and whether it is new)."""
         for s in self._slots.values():
@@ -401,8 +472,21 @@ class BatchLoader:
         s.busy = True
         return s, True
 
+    def worker_pids(self) -> list[int]:
+        """Process ids of the running workers (none before the first iteration or after close)."""
+        return [p.pid for p in self._pool.procs] if self._pool is not None else []  # type: ignore[misc]
+
+    def _stop_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+        for s in self._pending.values():  # no worker writes into them any more
+            s.busy = False
+        self._pending.clear()
+
     def close(self) -> None:
-        """Release the batch buffers (and their CUDA page-locking)."""
+        """Stop the workers and release the batch buffers (and their CUDA page-locking)."""
+        self._stop_pool()
         for s in self._slots.values():
             _unregister(s)
         self._slots.clear()
@@ -439,7 +523,7 @@ class BatchLoader:
             ln = self.ds.index[idx[n_cpu:], 1]
             total = int(ln.sum())
             records = list(slot.data[:total].split(ln.tolist()))  # views: one per record
-            out[n_cpu:] = torch.stack(_decode_on(records, target))
+            out[n_cpu:] = torch.stack(decode_jpegs_rgb(records, target))
             del records
         if target.type == "cuda":
             slot.event = torch.cuda.Event()
@@ -467,21 +551,38 @@ class BatchLoader:
             yield self._deliver(slot, idx)
 
     def _iterate_workers(self, batches: list[np.ndarray]) -> Iterator[Batch]:
-        # Slots made before the workers start are inherited by them.
-        pool = _Pool(self.ds, self.workers, {k: s for k, s in self._slots.items()})
+        if self._pool is None:
+            # Started before any buffer exists; buffers reach the workers through their queues.
+            self._pool = _Pool(self.ds, self.workers)
+        pool = self._pool
+        self._gen += 1
+        gen = self._gen
         depth = self.workers * self.prefetch
         in_flight: dict[int, _Slot] = {}
         done: set[int] = set()
         sent = 0
         try:
             for bid in range(len(batches)):
+                if gen != self._gen:
+                    raise RuntimeError("this loader was iterated again before this iteration finished")
                 while sent < len(batches) and sent - bid < depth:
                     slot, _ = self._take_slot(shared=True)
-                    in_flight[sent] = slot
-                    pool.submit(sent, slot, batches[sent], self._n_cpu(len(batches[sent])))
+                    in_flight[sent] = self._pending[(gen, sent)] = slot
+                    pool.submit(gen, sent, slot, batches[sent], self._n_cpu(len(batches[sent])))
                     sent += 1
                 while bid not in done:
-                    rid, err = pool.get()
+                    try:
+                        rgen, rid, err = pool.get()
+                    except Exception:
+                        self._stop_pool()  # a worker died: the next iteration starts a new pool
+                        raise
+                    reported = self._pending.pop((rgen, rid), None)
+                    if rgen != gen:  # a batch of an abandoned iteration: its buffer is free again
+                        if reported is not None:
+                            reported.busy = False
+                        continue
+                    if isinstance(err, tuple):
+                        raise DatasetError(err[1])
                     if err is not None:
                         raise RuntimeError(f"loader worker failed on batch {rid}: {err}")
                     done.add(rid)
@@ -489,21 +590,12 @@ class BatchLoader:
                 slot = in_flight.pop(bid)
                 yield self._deliver(slot, batches[bid])
         finally:
-            pool.close()
-            for s in in_flight.values():
-                s.busy = False
+            # Batches still being filled (the consumer stopped early, or an error) keep their
+            # buffers until the workers report them, in a later iteration; the workers themselves
+            # stay for the next epoch.
+            for rid, s in in_flight.items():
+                if (gen, rid) not in self._pending:
+                    s.busy = False
 
     def __iter__(self) -> Iterator[Batch]:
         return self.iterate()
-
-
-def _image_ops() -> None:
-    import torchvision.io.image  # noqa: F401  (registers torch.ops.image.*)
-
-
-def _decode_on(records: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
-    """Batched JPEG decode of CPU byte tensors onto ``device`` (nvJPEG on CUDA)."""
-    _image_ops()
-    if device.type == "cuda":  # pragma: no cover - needs a GPU
-        return torch.ops.image.decode_jpegs_cuda(records, _RGB, device)
-    return [decode_jpeg_rgb(r).to(device) for r in records]

@@ -41,9 +41,11 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from alexnet.data.format import ENCODINGS, FORMAT_VERSION, DatasetWriter, StatsAccumulator, is_prepared
-from alexnet.data.sources.base import CONVERTED, SKIPPED, Item, Source
-from alexnet.errors import UserError
+from alexnet.data.format import ENCODINGS, FORMAT_VERSION, DatasetWriter, StatsAccumulator, is_prepared, lock_dataset
+from alexnet.data.sources.base import CONVERTED, IMAGE_MAGIC, SKIPPED, Item, Source, oversized
+from alexnet.errors import Terminated, UserError
+from alexnet.files import os_error_line
+from alexnet.progress import Progress
 
 FORMATS = ("imagenet", "imagenet-tree", "folder", "cifar", "idx", "synthetic")
 DEFAULT_SIZE = 256  # §2: "rescaled the image such that the shorter side was of length 256"
@@ -56,7 +58,6 @@ STATS_SEED = 0
 
 _EXT_FORMAT = {".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".png": "PNG", ".gif": "GIF", ".bmp": "BMP",
                ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP"}
-_MAGIC = (b"\xff\xd8", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,7 +148,7 @@ def load_image(data: bytes, name: str, size: tuple[int, int] | None = None) -> t
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise Skip("decompression_bomb", str(e)) from None
         except UnidentifiedImageError:
-            raise Skip("truncated" if data.startswith(_MAGIC) else "not_image") from None
+            raise Skip("truncated" if data.startswith(IMAGE_MAGIC) else "not_image") from None
         except Exception as e:
             raise Skip("truncated", f"{type(e).__name__}: {e}") from None
         expected = _EXT_FORMAT.get(PurePosixPath(name).suffix.lower())
@@ -174,6 +175,34 @@ def load_image(data: bytes, name: str, size: tuple[int, int] | None = None) -> t
     return im, codes, detail
 
 
+def read_file(path: str | os.PathLike[str]) -> bytes:
+    """An image file's bytes; a file too large to be an image is judged by its size and first
+    bytes and never read whole (Skip)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+            bad = oversized(head, os.fstat(f.fileno()).st_size)
+            if bad is not None:
+                raise Skip(*bad)
+            return head + f.read()
+    except OSError as e:
+        raise Skip("unreadable", e.strerror or str(e)) from None
+
+
+def read_image(path: str | os.PathLike[str]) -> Image.Image:
+    """An image file as 8-bit RGB, converted exactly as ``prepare`` converts it (16-bit samples
+    scaled by 1/257, CMYK, palette, alpha composited onto white); anything unusable is a
+    UserError naming the file and the reason. The one reader of image files for every command."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: no such image file")
+    try:
+        return load_image(read_file(p), p.name)[0]
+    except Skip as s:
+        reason = SKIPPED.get(s.code, s.code)
+        raise UserError(f"{p}: {reason}" + (f" ({s.detail.splitlines()[0][:200]})" if s.detail else "")) from None
+
+
 def _prepare_one(item: tuple[str, Any, str | None, str], spec: Spec) -> tuple[np.ndarray, bytes | None, list[str], str]:
     """-> (H×W×3 uint8 pixels, encoded JPEG or None for raw, codes, detail)."""
     name, data, _, _ = item
@@ -186,11 +215,7 @@ def _prepare_one(item: tuple[str, Any, str | None, str], spec: Spec) -> tuple[np
         detail = ""
     else:
         if isinstance(data, str):
-            try:
-                with open(data, "rb") as f:
-                    data = f.read()
-            except OSError as e:
-                raise Skip("unreadable", str(e)) from None
+            data = read_file(data)
         im, codes, detail = load_image(data, name, spec.size)
     arr = np.asarray(im, dtype=np.uint8)
     jpeg = None
@@ -257,6 +282,7 @@ class _Done:
 
 def _worker_init() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler: the pool ends its workers
 
 
 class Executor:
@@ -288,30 +314,34 @@ class Executor:
 
 
 class StopRequest:
-    """Ctrl-C while writing: the first one asks the run to stop at the next consistent point
-    (after a whole chunk), where a checkpoint is written so the rerun resumes there; a second one
-    stops at once."""
+    """Ctrl-C or SIGTERM while writing: the first one asks the run to stop at the next consistent
+    point (after a whole chunk), where a checkpoint is written so the rerun resumes there; a second
+    one stops at once. :meth:`stop` raises KeyboardInterrupt (exit 130) or Terminated (143)."""
 
     def __init__(self, progress: bool) -> None:
         self.requested = False
+        self.signum: int | None = None
         self.progress = progress
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
+
+    def stop(self) -> None:
+        raise Terminated if self.signum == signal.SIGTERM else KeyboardInterrupt
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
+            self.stop()
+        self.requested, self.signum = True, signum
         if self.progress:
             print("\nstopping after the current chunk (Ctrl-C again to stop now)", file=sys.stderr)
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for s, h in self._previous.items():
+            signal.signal(s, h)
 
 
 def default_workers() -> int:
@@ -428,7 +458,7 @@ def summarize(report: Mapping[str, Any]) -> str:
 def prepare(src: str | os.PathLike[str], out: str | os.PathLike[str], *, size: int | None = None,
             workers: int | None = None, fmt: str | None = None, quality: int = 90, encoding: str | None = None,
             val_fraction: float | None = None, progress: bool = True,
-            names: Mapping[str, str] | None = None) -> Path:
+            names: Mapping[str, str] | None = None, lock: Any = None) -> Path:
     """Prepare ``src`` into the dataset folder ``out`` and return ``out``.
 
     ``src``: the folder of the ILSVRC-2012 archives, an extracted ImageNet tree, an image-folder
@@ -439,6 +469,8 @@ def prepare(src: str | os.PathLike[str], out: str | os.PathLike[str], *, size: i
     by default raw for images of at most 64 pixels a side, JPEG above. ``workers``: decoding
     processes (default: all cores). ``val_fraction``: for a tree without a val/ folder, the part
     of every class held out as ``val``. ``names``: class -> human-readable name overrides.
+    ``lock``: the dataset's lock (:func:`~alexnet.data.format.lock_dataset`) when the caller
+    already holds it; otherwise it is taken here.
     """
     out = Path(out).expanduser()
     if size is not None and not 1 <= int(size) <= 8192:
@@ -462,12 +494,21 @@ def prepare(src: str | os.PathLike[str], out: str | os.PathLike[str], *, size: i
     if sp.is_dir() and (out.resolve() == sp or sp in out.resolve().parents):
         raise UserError(f"{out}: --out must not be inside the source folder {src}")
 
-    source = open_source(src, fmt, val_fraction=val_fraction, names=names)
+    # Held until the dataset is committed or this process ends: a second prepare into the same
+    # --out is refused here, before it reads the source or touches OUT.partial.
+    own = lock is None
+    if own:
+        lock = lock_dataset(out)
     try:
-        return _prepare_source(source, out, size=size, workers=workers, quality=quality, encoding=encoding,
-                               progress=progress)
+        source = open_source(src, fmt, val_fraction=val_fraction, names=names)
+        try:
+            return _prepare_source(source, out, size=size, workers=workers, quality=quality, encoding=encoding,
+                                   progress=progress, lock=lock)
+        finally:
+            source.close()
     finally:
-        source.close()
+        if own:
+            lock.release()
 
 
 def _plan(source: Source, size: int | None, encoding: str | None) -> tuple[tuple[int, int], str, str]:
@@ -483,7 +524,7 @@ def _plan(source: Source, size: int | None, encoding: str | None) -> tuple[tuple
 
 
 def _prepare_source(source: Source, out: Path, *, size: int | None, workers: int | None, quality: int,
-                    encoding: str | None, progress: bool) -> Path:
+                    encoding: str | None, progress: bool, lock: Any = None) -> Path:
     target, enc, how = _plan(source, size, encoding)
     nworkers = default_workers() if workers is None else max(1, workers)
     cheap = source.native_size is not None and target == source.native_size and enc == "raw"
@@ -495,7 +536,7 @@ def _prepare_source(source: Source, out: Path, *, size: int | None, workers: int
                    "pixels_per_image": PIXELS_PER_IMAGE, "stats_seed": STATS_SEED}
     report: dict[str, Any] = {"source": describe, "converted": [], "skipped": []}
     t0 = time.time()
-    dw = DatasetWriter(out, source.classes, source.class_names, describe, fingerprint=fingerprint)
+    dw = DatasetWriter(out, source.classes, source.class_names, describe, fingerprint=fingerprint, lock=lock)
     if dw.resumed and progress:
         print(f"resuming the interrupted prepare in {dw.tmp}", file=sys.stderr)
     executor = Executor(1 if cheap else nworkers)
@@ -520,11 +561,18 @@ def _prepare_source(source: Source, out: Path, *, size: int | None, workers: int
     except UserError:
         dw.abort()  # e.g. every training image was unusable: nothing worth resuming
         raise
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated):
         if progress:
             print(f"\ninterrupted: the work so far is kept in {dw.tmp}; rerun the same command to resume",
                   file=sys.stderr)
         raise
+    except OSError as e:
+        # A full disk (or any failed write): cut the partial dataset back to its last checkpoint,
+        # which frees the space written since and is exactly what a rerun resumes from.
+        kept = dw.keep_checkpointed()
+        what = (f"the {kept} images prepared up to the last checkpoint are kept in {dw.tmp}: free space, then rerun "
+                f"the same command to resume" if kept else f"nothing was checkpointed yet, {dw.tmp} was removed")
+        raise UserError(f"{os_error_line(e, dw.tmp)}; {what}") from None
     finally:
         executor.close(ok)
     if progress:
@@ -550,8 +598,6 @@ def _chunks(it: Iterator[tuple[Any, Item]], size: int) -> Iterator[list[tuple[An
 def _run_split(source: Source, split: str, dw: DatasetWriter, spec: Spec, executor: Executor,
                report: dict[str, Any], state: tuple[dict[str, Any], dict[str, np.ndarray]] | None,
                progress: bool, cheap: bool, stop: StopRequest | None = None) -> None:
-    from tqdm import tqdm
-
     writer = dw.split(split, spec.encoding, spec.size)
     acc = StatsAccumulator(spec.size, PIXELS_PER_IMAGE) if spec.stats else None
     st, arrays = state if state is not None else ({}, {})
@@ -569,8 +615,7 @@ def _run_split(source: Source, split: str, dw: DatasetWriter, spec: Spec, execut
         chunk = INLINE_CHUNK
     else:  # about four chunks per worker on small datasets, so that all of them get work
         chunk = max(1, min(CHUNK, math.ceil((total or CHUNK * workers) / (workers * 4))))
-    bar = tqdm(total=total, initial=ordinal, desc=f"{split:>5}", unit="img", disable=not progress,
-               dynamic_ncols=True, smoothing=0.05, file=sys.stderr)
+    bar = Progress(total, f"{split:>5}", "img", initial=ordinal, enabled=progress, file=sys.stderr, smoothing=0.05)
     t_start, n_start = time.time(), ordinal
     last_ckpt = time.time()
     inflight: deque[tuple[Any, list[Item], int, Any]] = deque()
@@ -601,7 +646,7 @@ def _run_split(source: Source, split: str, dw: DatasetWriter, spec: Spec, execut
                           acc.state() if acc is not None else None)
             last_ckpt = time.time()
         if stopping:
-            raise KeyboardInterrupt
+            stop.stop()  # type: ignore[union-attr]
 
     try:
         next_ord = ordinal
@@ -615,8 +660,7 @@ def _run_split(source: Source, split: str, dw: DatasetWriter, spec: Spec, execut
         while inflight:
             consume()
         if bar.total != ordinal:  # the total was an estimate (the ImageNet training tar)
-            bar.total = ordinal
-            bar.refresh()
+            bar.set_total(ordinal)
     finally:
         bar.close()
     if acc is not None:

@@ -13,70 +13,35 @@ checkpoints are deleted only after the new one is in place.
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import re
-import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from alexnet.errors import UserError
+from alexnet.files import TMP_SUFFIX, atomic_write, atomic_write_bytes, os_error_line
 
 CKPT_DIR = "checkpoints"
 WEIGHTS = "model.safetensors"
 _CKPT_RE = re.compile(r"^ckpt-(\d+)\.pt$")
-_TMP_SUFFIX = ".tmp"
 
 
 class CheckpointError(UserError):
     """A checkpoint could not be written or read."""
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, write: Callable[[Any], object]) -> None:
-    """``write(f)`` into a temporary file beside ``path``, fsync, rename over ``path``. A failure
-    (a full disk) leaves any previous file at ``path`` untouched and removes the temporary file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp creates 0600; give the file the permissions a plain open() would (0666 & ~umask).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (a full disk); the previous one is intact."""
 
 
 def remove_stale_temporaries(run: Path) -> None:
     """Temporary files a killed process left behind (never a complete checkpoint)."""
     d = run / CKPT_DIR
-    for p in d.glob(f".ckpt-*{_TMP_SUFFIX}") if d.is_dir() else []:
+    for p in d.glob(f".ckpt-*{TMP_SUFFIX}") if d.is_dir() else []:
         p.unlink(missing_ok=True)
 
 
@@ -92,7 +57,7 @@ def save_checkpoint(run: Path, state: dict[str, Any], step: int, keep: int = 2) 
         atomic_write(path, lambda f: torch.save(state, f))
     except OSError as e:
         kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
-        raise CheckpointError(f"{path}: could not write the checkpoint ({e.strerror or e}); {kept}") from None
+        raise CheckpointWriteError(f"could not write the checkpoint: {os_error_line(e, path)}; {kept}") from None
     for old in list_checkpoints(run)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
     return path
@@ -192,7 +157,7 @@ def save_weights(model: nn.Module, path: Path, meta: dict[str, Any], stats: dict
     sd = {k: v.detach().cpu().contiguous() for k, v in model_state_dict(model).items()}
     sd.update({STATS_PREFIX + k: v.detach().cpu().float().contiguous() for k, v in (stats or {}).items()})
     data = save(sd, metadata={"alexnet": json.dumps(meta)})
-    atomic_write(path, lambda f: f.write(data))
+    atomic_write_bytes(path, data)
 
 
 def split_stats(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:

@@ -7,12 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from alexnet import models
 from alexnet.data.augment import Augment
 from alexnet.data.format import PreparedDataset
+from alexnet.data.resolve import resolve_data
 from alexnet.engine import checkpoint as ckpt
+from alexnet.engine.torchvision_weights import load_torchvision
 from alexnet.errors import UserError
 
 
@@ -40,13 +43,11 @@ def weights_path(path: Path) -> Path:
 
 
 def load(path: str | Path, device: torch.device | str = "cpu") -> Trained:
-    """A run folder, a ``.safetensors`` file written by this project, or (see issue 5) torchvision's
+    """A run folder, a ``.safetensors`` file written by this project, or torchvision's
     ``alexnet-owt-*.pth``."""
     p = weights_path(Path(path))
     stats = None
     if p.suffix in (".pth", ".pt"):
-        from alexnet.engine.torchvision_weights import load_torchvision  # type: ignore[import-not-found]
-
         model, meta = load_torchvision(p)
     else:
         sd, meta = ckpt.read_weights(p)
@@ -85,21 +86,12 @@ def read_image(path: str | Path, size: tuple[int, int]) -> torch.Tensor:
     """An image file as the prepared data stores it (§2): shorter side rescaled to the stored size,
     then the central patch cropped; uint8 3×H×W. Missing, non-image or truncated files raise a
     UserError naming the file."""
-    from PIL import Image, UnidentifiedImageError
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms import functional as TF
 
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{p}: no such image file")
-    try:
-        with Image.open(p) as im:
-            im.load()  # decode the whole file now, so a truncated one fails here
-            rgb = im.convert("RGB")  # greyscale, palette, CMYK, RGBA: all to RGB
-    except UnidentifiedImageError:
-        raise UserError(f"{p}: not an image file (Pillow cannot identify its format)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(f"{p}: unreadable image ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
+    from alexnet.data.prepare import read_image as read_rgb
+
+    rgb = read_rgb(path)  # the same decoding and colour conversion as prepare
     h, w = size
     # The same resize and crop as torchvision's ImageClassification preset (on PIL images), so
     # torchvision's weights see what they were trained to see.
@@ -128,8 +120,6 @@ def file_augment(trained: Trained, data: str | None = None) -> Augment:
     spec = data or trained.meta.get("data")
     if not spec:
         raise UserError(f"{trained.source}: the model subtracts its training set's mean image; pass --data with that dataset")
-    from alexnet.data.resolve import resolve_data
-
     try:
         ds = PreparedDataset(resolve_data(spec, input_size), "train")
     except UserError as e:
@@ -137,3 +127,34 @@ def file_augment(trained: Trained, data: str | None = None) -> Augment:
     if tuple(ds.image_size) != size:
         raise UserError(f"{spec}: images are {ds.image_size[0]}×{ds.image_size[1]}, the model was trained on {size[0]}×{size[1]}")
     return augment_for(trained, ds)
+
+
+class ImageClassifier(nn.Module):
+    """A trained network with its test-time preprocessing inside, for exports that run without
+    this package: uint8 RGB images N×3×H×W at the size the training data was stored at (§2:
+    shorter side rescaled to 256, central 256×256 patch) in, class probabilities N×C out. Inside:
+    the central crop, the normalisation the network was trained with (§2: minus the training set's
+    mean image), the network and the softmax, computed as :meth:`Augment.center` and
+    :func:`alexnet.engine.evaluate.predict_probs` compute them, so the top-5 equals ``alexnet predict``'s."""
+
+    def __init__(self, model: nn.Module, augment: Augment) -> None:
+        super().__init__()
+        h, w = augment.size
+        s = augment.crop
+        self.image_size, self.crop = (h, w), s
+        self.top, self.left = (h - s) // 2, (w - s) // 2
+        sub, scale = augment.norm_constants()
+        self.register_buffer("mean_crop", sub[:, self.top : self.top + s, self.left : self.left + s].clone())
+        self.register_buffer("scale", scale.view(1, 3, 1, 1).clone())
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        s = self.crop
+        x = images[:, :, self.top : self.top + s, self.left : self.left + s].float()
+        x = (x - self.mean_crop) * self.scale
+        return F.softmax(self.model(x).float(), dim=1)
+
+
+def image_classifier(trained: Trained, data: str | None = None) -> ImageClassifier:
+    """``trained`` with its preprocessing (see :func:`file_augment` for where the mean image comes from)."""
+    return ImageClassifier(trained.model, file_augment(trained, data)).eval()

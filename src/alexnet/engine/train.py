@@ -17,7 +17,10 @@ Runs you can trust:
 * **torchrun.** Each process trains on its slice of every global batch; DDP averages the
   gradients of the per-process mean losses, which equals the mean over the global batch since the
   slices have equal size. Decisions that must agree (a signal, a non-finite loss) are all-reduced
-  at fixed steps; rank 0 writes logs and checkpoints and tells the others how it went.
+  at fixed steps; rank 0 writes logs and checkpoints and tells the others how it went. Every
+  process must have rank 0's config (:func:`check_same_config`). A checkpoint resumes on any
+  number of processes that divides its global batch (the position counts global batches of one
+  global shuffle), and workers restarted by ``torchrun --max-restarts`` resume by themselves.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,8 +39,6 @@ from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
-from tqdm import tqdm
-
 from alexnet import models
 from alexnet.config import TrainConfig, save_yaml
 from alexnet.data.augment import Augment
@@ -46,10 +48,16 @@ from alexnet.data.resolve import open_splits, resolve_data
 from alexnet.engine import checkpoint as ckpt
 from alexnet.engine import distributed
 from alexnet.engine.checks import check_against_data, describe_augmentation, effective_crop_padding
+from alexnet.engine.device import pick_device
 from alexnet.engine.evaluate import Precision, evaluate
 from alexnet.engine.fast_step import FastStep
+from alexnet.engine.metrics import read_metrics
+from alexnet.engine.model_parallel import ModelParallelAlexNet, model_parallel_devices
 from alexnet.engine.optim import Schedule, build_optimizer, set_lr
+from alexnet.environment import environment
 from alexnet.errors import UserError
+from alexnet.files import atomic_write_bytes, atomic_write_text, lock_folder
+from alexnet.progress import Progress
 
 METRICS = "metrics.jsonl"
 # metrics.jsonl fields that measure time rather than training: they differ between a resumed run
@@ -118,20 +126,6 @@ class Context:
 # -- set-up --------------------------------------------------------------------------------------
 
 
-def pick_device(spec: str, local_rank: int = 0) -> torch.device:
-    if spec == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        dev = torch.device(spec)
-    except RuntimeError:
-        raise UserError(f"device {spec!r} is not valid; accepted: auto, cpu, cuda, cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {spec!r}: CUDA is not available on this machine")
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device(f"cuda:{local_rank}")
-    return dev
-
-
 def resolve_auto(d: dict[str, Any]) -> dict[str, Any]:
     """Replace ``"auto"`` in amp / channels_last / compile by the value for the device the run will
     use: bf16 autocast, channels_last and torch.compile on CUDA; off on the CPU, where they are
@@ -161,7 +155,24 @@ def model_meta(cfg: TrainConfig, ds: PreparedDataset) -> dict[str, Any]:
     mi = models.info(cfg.model)
     return {"model": cfg.model, "model_options": cfg.model_options, "num_classes": ds.num_classes,
             "classes": ds.classes, "class_names": ds.class_names, "input_size": mi.input_size,
-            "input_norm": mi.input_norm, "data": cfg.data, "image_size": list(ds.image_size)}
+            "input_norm": models.input_norm(cfg.model, cfg.model_options), "data": cfg.data, "image_size": list(ds.image_size)}
+
+
+# Config fields that say where and how fast a run ran, not what it computed: left out of the
+# recipe stored with the weights (a resumed run's weights file equals an uninterrupted one's).
+RUNTIME_FIELDS = ("device", "workers", "progress", "tensorboard", "eval_batch_size")
+
+
+def final_meta(ctx: Context, row: dict[str, Any]) -> dict[str, Any]:
+    """The weights file's metadata: what rebuilds the model (:func:`model_meta`), plus the recipe,
+    the last epoch's metrics (without timings) and the git commit, so a published file says how
+    it was made."""
+    env_file = ctx.out / "environment.json"
+    env = json.loads(env_file.read_text()) if env_file.is_file() else {}
+    return {**ctx.meta,
+            "recipe": {k: v for k, v in ctx.cfg.to_dict().items() if k not in RUNTIME_FIELDS},
+            "metrics": {k: v for k, v in row.items() if k not in TIMING_FIELDS},
+            "git_sha": env.get("git_sha"), "alexnet_version": env.get("alexnet"), "torch_version": env.get("torch")}
 
 
 def make_augment(cfg: TrainConfig, ds: PreparedDataset, input_norm: str) -> Augment:
@@ -226,7 +237,7 @@ def write_checkpoint(ctx: Context, state: RunState) -> Path | None:
     finally:
         ctx.phase = phase
     if err:
-        raise ckpt.CheckpointError(err)
+        raise ckpt.CheckpointWriteError(err)
     path = Path(path_s) if path_s else None
     ctx.last_checkpoint = (state.step, path)
     return path
@@ -264,16 +275,28 @@ def _load_for_resume(ctx: Context, path: Path | None) -> dict[str, Any] | None:
 def restore(ctx: Context, d: dict[str, Any], path: Path) -> RunState:
     try:
         rng = d["rng"]
-        if int(rng["world_size"]) != ctx.dist.world_size:
-            raise UserError(f"{path}: written by a run of {rng['world_size']} process(es); resume it with the same number "
-                            f"(now {ctx.dist.world_size})")
+        saved_batch = int(d["config"]["batch_size"])
+        if saved_batch != ctx.cfg.batch_size:
+            # The position in the epoch is a number of global batches: another batch size would
+            # skip or repeat samples.
+            raise UserError(f"{path}: written with a global batch of {saved_batch}; resume it with --batch-size "
+                            f"{saved_batch} (now {ctx.cfg.batch_size}), on any number of processes that divides it")
         ckpt.load_model_state_dict(ctx.model, d["model"])
         ctx.optimizer.load_state_dict(d["optimizer"])
         ctx.schedule.load_state_dict(d["schedule"])
         if ctx.scaler is not None and d.get("scaler"):
             ctx.scaler.load_state_dict(d["scaler"])
-        set_rng_state(rng["ranks"][ctx.dist.rank])
         state = RunState(**d["run"])
+        saved_world = int(rng["world_size"])
+        if saved_world == ctx.dist.world_size:
+            set_rng_state(rng["ranks"][ctx.dist.rank])
+        else:
+            # Another world size: the samples, their order in the global batches and their
+            # augmentation are the same (keyed by seed, epoch and sample index); only the dropout
+            # masks, drawn per process, come from a new stream per (seed, rank, step).
+            torch.manual_seed(distributed.rank_seed(ctx.cfg.seed, ctx.dist.rank, state.step))
+            ctx.log(f"resuming a checkpoint of {saved_world} process(es) with {ctx.dist.world_size}: the same samples in "
+                    f"the same global batches of {ctx.cfg.batch_size}; dropout masks from a new stream per process")
     except (KeyError, RuntimeError, TypeError, ValueError, IndexError) as e:
         raise UserError(f"{path}: does not match this run's model or config ({str(e).splitlines()[0][:200]})") from None
     return state
@@ -296,17 +319,21 @@ def append_metrics(ctx: Context, row: dict[str, Any]) -> None:
         ctx.tb.flush()
 
 
+def _last_metrics(out: Path) -> dict[str, Any]:
+    p = out / METRICS
+    rows = read_metrics(p) if p.is_file() else []
+    return rows[-1] if rows else {}
+
+
 def truncate_metrics(out: Path, epochs_done: int) -> None:
     """On resume, keep only the rows of epochs that finished before the checkpoint (a row written
     after it, or torn by the kill, is dropped: the resumed run writes it again)."""
-    from alexnet.report.markdown import read_metrics  # the one reader (tolerates a torn last line)
-
     p = out / METRICS
     if not p.exists():
         return
     rows = [r for r in read_metrics(p) if r.get("epoch", 0) <= epochs_done]
     text = "".join(json.dumps(r) + "\n" for r in rows).encode()
-    ckpt.atomic_write(p, lambda f: f.write(text))
+    atomic_write_bytes(p, text)
 
 
 # -- signals ---------------------------------------------------------------------------------------
@@ -317,8 +344,6 @@ def stop_on_signals(ctx: Context) -> Iterator[None]:
     """SIGTERM/SIGINT set a flag; the loop finishes its step, checkpoints and stops. A
     single-process evaluation in progress is abandoned (it is redone on resume). A second
     signal stops at once."""
-    import threading
-
     if threading.current_thread() is not threading.main_thread():  # signals only reach the main thread
         yield
         return
@@ -395,8 +420,10 @@ def train_one_epoch(ctx: Context, state: RunState) -> tuple[dict[str, float], bo
     sums = torch.tensor(state.epoch_sums, dtype=torch.float64)  # images, loss sum, hits (all processes)
     images0 = float(sums[0])
     t0 = time.time()
-    bar = tqdm(total=n_batches, initial=state.batch_in_epoch, desc=f"epoch {state.epoch + 1}/{cfg.epochs}", unit="batch",
-               leave=False, disable=not (cfg.progress and ctx.dist.is_main), dynamic_ncols=True, file=sys.stdout)
+    # A bar on a terminal; in a log file a line every ALEXNET_LOG_EVERY seconds (the epoch's own
+    # summary line comes from _loop).
+    bar = Progress(n_batches, f"epoch {state.epoch + 1}/{cfg.epochs}", "batch", initial=state.batch_in_epoch,
+                   enabled=cfg.progress and ctx.dist.is_main, file=sys.stdout, leave=False)
     # Losses are checked (one device sync) every step on the CPU, every 20 steps on GPUs, and
     # always at a checkpoint. The positions are fixed in the epoch, so a resumed run adds up the
     # same blocks in the same order.
@@ -475,12 +502,11 @@ def setup(cfg: TrainConfig, out: Path, *, log: Callable[[str], None] = print) ->
         for warning in warnings:
             log(f"warning: {warning}")
     distributed.init(dist_info, device)
+    check_same_config(cfg)
     torch.manual_seed(cfg.seed)  # the same initial weights in every process (DDP also broadcasts rank 0's)
     model = build_model(cfg, train_ds.num_classes, device)
     devices = [device]
     if cfg.model_parallel == 2:
-        from alexnet.engine.model_parallel import ModelParallelAlexNet, model_parallel_devices
-
         devices = model_parallel_devices(device, dist_info.local_rank)
         if device.type == "cuda" and devices[1].index >= torch.cuda.device_count():  # type: ignore[operator]
             raise UserError(f"model_parallel=2 needs GPUs {devices[0].index} and {devices[1].index} for this process; "
@@ -499,17 +525,19 @@ def setup(cfg: TrainConfig, out: Path, *, log: Callable[[str], None] = print) ->
     if dist_info.enabled:
         ids = [device.index] if device.type == "cuda" and cfg.model_parallel == 1 else None
         model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    _register_comm_hook(cfg, model, log if dist_info.is_main else (lambda s: None))
     # With compile, the training step compiles model + loss as one function (FastStep); evaluation
     # compiles the plain model on its own.
     eval_model = torch.compile(plain) if cfg.compile else plain  # type: ignore[assignment]
     optimizer = build_optimizer(cfg, plain)
     loader = BatchLoader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed, workers=cfg.workers, rank=dist_info.rank,
                          world_size=dist_info.world_size, pin_memory=device.type == "cuda",
-                         limit_batches=cfg.max_steps_per_epoch, subset=cfg.train_subset)
+                         limit_batches=cfg.max_steps_per_epoch, subset=cfg.train_subset,
+                         decode=cfg.decode, device=device if cfg.decode != "cpu" else None)
     if len(loader) == 0:
         raise UserError(f"{root}: {loader.n} training images make no full batch of {cfg.batch_size}; lower --batch-size")
     scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
-    augment = make_augment(cfg, train_ds, mi.input_norm)
+    augment = make_augment(cfg, train_ds, models.input_norm(cfg.model, cfg.model_options))
     # The paper's update as one fused kernel per parameter pays off on a GPU (memory-bound); on the
     # CPU PaperSGD's foreach passes are as fast. Both compute the same rule (§5).
     step = FastStep(model, optimizer, augment, device, amp=cfg.amp, channels_last=cfg.channels_last, compile=cfg.compile,
@@ -518,6 +546,48 @@ def setup(cfg: TrainConfig, out: Path, *, log: Callable[[str], None] = print) ->
                    augment=augment, train_loader=loader, val_ds=val_ds, train_ds=train_ds,
                    prec=Precision(device, cfg.amp, cfg.channels_last), step=step, dist=dist_info, meta=model_meta(cfg, train_ds),
                    devices=devices, log=log if dist_info.is_main else (lambda s: None), scaler=scaler)
+
+
+# Config fields that may differ between processes: how each reads its data and whether it draws bars.
+LOCAL_FIELDS = ("workers", "progress")
+
+
+def check_same_config(cfg: TrainConfig) -> None:
+    """Every process must train the same config (on ``--resume`` each node reads RUN/config.yaml
+    from its own disk): rank 0's is broadcast, each process compares its own with it, and a
+    mismatch stops every process with the same one-line error (a collective: all ranks call it)."""
+    if not distributed.is_initialized():
+        return
+    mine = {k: v for k, v in cfg.to_dict().items() if k not in LOCAL_FIELDS}
+    ref = distributed.broadcast_object(mine)
+    diff = next(((k, mine.get(k), ref.get(k)) for k in sorted(set(mine) | set(ref)) if mine.get(k) != ref.get(k)), None)
+    diffs = distributed.all_gather_object(diff)
+    bad = [(r, d) for r, d in enumerate(diffs) if d is not None]
+    if bad:
+        r, (k, v, v0) = bad[0]
+        raise UserError(f"the processes do not agree on the config: rank {r} has {k}={v!r}, rank 0 has {k}={v0!r}; every "
+                        f"node needs the same RUN/config.yaml (on --resume) or the same recipe and options")
+
+
+COMM_HOOKS = {"bf16": "bf16_compress_hook", "fp16": "fp16_compress_hook"}
+
+
+def _register_comm_hook(cfg: TrainConfig, model: nn.Module, log: Callable[[str], None]) -> None:
+    """``ddp_comm_hook``: DDP all-reduces the gradients in bf16/fp16 instead of fp32 (half the
+    bytes on the wire; each process's fp32 gradient is divided by the world size, rounded, summed
+    in that dtype and cast back). Opt-in: it changes the numbers, and it only pays where the
+    all-reduce is bandwidth-bound (several nodes on a slow network); see configs/fast.yaml."""
+    if cfg.ddp_comm_hook == "none":
+        return
+    if not isinstance(model, nn.parallel.DistributedDataParallel):
+        log(f"warning: ddp_comm_hook={cfg.ddp_comm_hook} has no effect in a single process (it compresses the gradient "
+            f"all-reduce between torchrun processes)")
+        return
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    name = COMM_HOOKS[cfg.ddp_comm_hook]
+    model.register_comm_hook(None, getattr(default_hooks, name))
+    log(f"gradient all-reduce in {cfg.ddp_comm_hook} ({name})")
 
 
 def _open_tensorboard(ctx: Context, first_epoch: int) -> None:
@@ -533,46 +603,122 @@ def _open_tensorboard(ctx: Context, first_epoch: int) -> None:
     ctx.tb = SummaryWriter(str(ctx.out / "tb"), purge_step=first_epoch + 1 if first_epoch > 0 else None)
 
 
+# The torchrun job that started the run (TORCHELASTIC_RUN_ID: torchrun's --rdzv-id, a fresh one with
+# --standalone): when torchrun --max-restarts restarts the workers, the restarted command resumes
+# the run only if this job started it (never another run that happens to be in the folder).
+ELASTIC_RUN_ID = "torchelastic_run_id"
+
+
+def _started_by_this_job(out: Path) -> bool:
+    try:
+        return (out / ELASTIC_RUN_ID).read_text().strip() == os.environ.get("TORCHELASTIC_RUN_ID")
+    except OSError:
+        return False
+
+
 def run(cfg: TrainConfig, out: str | Path, *, resume: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train ``cfg`` into the run folder ``out``; returns the summary (also written to summary.json).
+
+    Under ``torchrun --max-restarts N``, workers that the elastic agent restarted after a failure
+    (TORCHELASTIC_RESTART_COUNT > 0) resume the run from its latest checkpoint, as with
+    ``resume=True``, provided this torchrun job started it (:data:`ELASTIC_RUN_ID`).
 
     Raises :class:`Interrupted` after a clean stop (SIGTERM/SIGINT), :class:`TrainingDiverged`
     on a non-finite loss, :class:`~alexnet.errors.UserError` on bad input."""
     out = Path(out)
     dist_info = distributed.from_env()
-    if not resume and ((out / METRICS).exists() or ckpt.latest_checkpoint(out) is not None):
-        raise UserError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
-    if dist_info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+    restarted = not resume and distributed.restart_count() > 0
+    if restarted:
+        resume = _started_by_this_job(out)
+    # Rank 0 writes the run folder and holds its lock for the whole run: a second train (or a
+    # second --resume) into the same folder is refused at once, before it reads or writes anything.
+    lock = lock_folder(out) if dist_info.is_main else None
     ctx: Context | None = None
     try:
+        if not resume and ((out / METRICS).exists() or ckpt.latest_checkpoint(out) is not None):
+            raise UserError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
         ctx = setup(cfg, out, log=log)
         distributed.barrier()  # the run folder exists before anyone looks into it
+        if restarted:  # rank 0's view of the run folder decides (other nodes may not share its disk)
+            views = distributed.all_gather_object(resume)
+            if any(views) and not views[0]:
+                raise UserError(f"torchrun restarted the workers and rank 0, now on another node, does not see this job's "
+                                f"run in {out}; restarts on several nodes need the run folder on shared storage")
+            resume = views[0]
+            if resume:
+                log(f"torchrun restarted the workers (restart {distributed.restart_count()}): resuming this job's run "
+                    f"in {out} from its latest checkpoint")
+        if ctx.dist.is_main and not resume and os.environ.get("TORCHELASTIC_RUN_ID"):
+            atomic_write_text(out / ELASTIC_RUN_ID, os.environ["TORCHELASTIC_RUN_ID"] + "\n")
         state = RunState()
         if resume:
-            last = ckpt.latest_checkpoint(out) if ctx.dist.is_main else None
-            d = _load_for_resume(ctx, last)
+            d, last = _load_latest(ctx, out)
             if d is None:
                 log(f"no checkpoint in {out}; starting from the beginning")
             else:
-                last = Path(distributed.broadcast_object(str(last)))
                 state = restore(ctx, d, last)
                 del d
                 log(f"resumed from {last} (epoch {state.epoch + 1}, batch {state.batch_in_epoch}, step {state.step})")
+                done = _finished(ctx, state)
+                if done is not None:
+                    return done
         if ctx.dist.is_main:
             ckpt.remove_stale_temporaries(out)
             if resume:
                 truncate_metrics(out, state.epoch)
             save_yaml(cfg, out / "config.yaml")
-            from alexnet.report.markdown import environment
-
-            (out / "environment.json").write_text(json.dumps(environment(), indent=1) + "\n")
+            atomic_write_text(out / "environment.json", json.dumps(environment(), indent=1) + "\n")
         _open_tensorboard(ctx, state.epoch)
         return _loop(ctx, state)
     finally:
         if ctx is not None and ctx.tb is not None:
             ctx.tb.close()
+        if ctx is not None:
+            ctx.train_loader.close()  # its worker processes serve every epoch; stop them here
         distributed.shutdown()
+        if lock is not None:
+            lock.release()
+
+
+def _load_latest(ctx: Context, out: Path) -> tuple[dict[str, Any] | None, Path | None]:
+    """The newest readable checkpoint of ``out`` (a collective: every rank calls it). A damaged
+    newer one (a disk that filled, a copy cut short) is set aside as ``*.damaged``, so that it is
+    never taken for the latest again, and the previous one is used; both are said."""
+    names = [str(p) for p in reversed(ckpt.list_checkpoints(out))] if ctx.dist.is_main else []
+    names = distributed.broadcast_object(names)
+    for i, name in enumerate(names):
+        try:
+            return _load_for_resume(ctx, Path(name)), Path(name)
+        except ckpt.CheckpointError as e:
+            if i + 1 == len(names):
+                raise ckpt.CheckpointError(f"{e}; no earlier checkpoint to fall back to" if i == 0 else
+                                           f"{e}; no earlier checkpoint is readable either") from None
+            if ctx.dist.is_main:
+                os.replace(name, name + ".damaged")
+            ctx.log(f"warning: {e}; set aside as {name}.damaged; resuming from the previous checkpoint {names[i + 1]}")
+    return None, None
+
+
+def _finished(ctx: Context, state: RunState) -> dict[str, Any] | None:
+    """A resumed run whose checkpoint is at or past the last epoch: its summary when it is complete
+    (nothing is trained or rewritten), None when only the final weights are missing (the loop then
+    writes them), and an error when the checkpoint is past ``epochs``."""
+    cfg, out = ctx.cfg, ctx.out
+    if state.epoch > cfg.epochs:
+        raise UserError(f"{out}: its latest checkpoint ends epoch {state.epoch}, past epochs={cfg.epochs}; nothing to "
+                        f"train and nothing changed (to train longer, give --epochs above {state.epoch})")
+    summary = None
+    if ctx.dist.is_main and state.epoch == cfg.epochs and (out / ckpt.WEIGHTS).is_file():
+        try:
+            summary = json.loads((out / "summary.json").read_text())
+        except (OSError, ValueError):
+            pass  # the final weights are there but not the summary: the loop writes both again
+    summary = distributed.broadcast_object(summary)
+    if summary is None:
+        return None
+    ctx.log(f"{out}: already finished ({state.epoch} of {cfg.epochs} epochs); nothing to do "
+            f"(to train longer, give --epochs above {cfg.epochs})")
+    return summary
 
 
 def _loop(ctx: Context, state: RunState) -> dict[str, Any]:
@@ -585,7 +731,9 @@ def _loop(ctx: Context, state: RunState) -> dict[str, Any]:
         + f", recipe {cfg.recipe}, {placement}")
     ctx.t_start = time.time()
     elapsed0 = state.elapsed_s
-    row: dict[str, Any] = {}
+    # A resumed run that had finished training but not written its final weights (a full disk)
+    # reports its last epoch's row.
+    row: dict[str, Any] = _last_metrics(ctx.out) if state.epoch >= cfg.epochs else {}
     with stop_on_signals(ctx):
         while state.epoch < cfg.epochs:
             lr = ctx.schedule.lr_at(state.step - state.batch_in_epoch)  # the epoch's first step, also on resume
@@ -618,10 +766,10 @@ def _loop(ctx: Context, state: RunState) -> dict[str, Any]:
             if _agree(ctx, bool(ctx.stop_signal)) and state.epoch < cfg.epochs:
                 raise Interrupted(_exit_code(ctx), path)
     if ctx.dist.is_main:
-        ckpt.save_weights(ctx.model, ctx.out / ckpt.WEIGHTS, ctx.meta, ctx.train_ds.stats())
+        ckpt.save_weights(ctx.model, ctx.out / ckpt.WEIGHTS, final_meta(ctx, row), ctx.train_ds.stats())
     summary = {"epochs": cfg.epochs, "steps": state.step, "final": row, "time_s": elapsed0 + time.time() - ctx.t_start,
                "weights": str(ctx.out / ckpt.WEIGHTS)}
     if ctx.dist.is_main:
-        (ctx.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        atomic_write_text(ctx.out / "summary.json", json.dumps(summary, indent=1) + "\n")
     distributed.barrier()  # nobody tears the process group down while rank 0 still writes
     return summary

@@ -42,6 +42,9 @@ _REGISTRY: dict[str, ExperimentInfo] = {
 }
 
 
+FACTORS_EXPERIMENT = "relu-vs-tanh"  # the one experiment with a factor study
+
+
 def names() -> list[str]:
     return list(_REGISTRY)
 
@@ -54,27 +57,33 @@ def info(name: str) -> ExperimentInfo:
 
 
 def default_seeds(name: str, scale: str) -> int:
-    """Seeds per variant when --seeds is not given: 3 at full scale (mean ± std), 1 in quick mode
-    (the five-minute budget); an experiment may set its own (the ensemble's N)."""
+    """Seeds per arm when --seeds is not given: 3 (mean ± std and a Welch interval; at the quick
+    scale the learning-rate sweep runs on the first, the others at each arm's chosen rate), 2 at
+    the test scale; an experiment may set its own (the ensemble's N)."""
     mod = importlib.import_module(info(name).module)
     own = getattr(mod, "DEFAULT_SEEDS", None)
     if own:
         return int(own[scale])
-    return 3 if scale == "full" else 1
+    return 2 if scale == "test" else 3
 
 
 def run_experiment(name: str, data: str, out: str | Path, *, quick: bool = False, seeds: int | None = None,
                    scale: str | None = None, device: str = "auto", workers: int | None = None,
-                   log: Callable[[str], None] = print, progress: bool = False) -> Path:
+                   log: Callable[[str], None] = print, progress: bool = False, factors: bool = False) -> Path:
     """Run experiment ``name`` on ``data`` into ``out``; returns the path of its report.md.
-    ``scale`` ("test", "quick", "full") overrides ``quick``; see :mod:`alexnet.experiments.runner`."""
+    ``scale`` ("test", "quick", "full") overrides ``quick``; see :mod:`alexnet.experiments.runner`.
+    ``factors``: relu-vs-tanh's one-factor-at-a-time study at any scale (refused for the others)."""
+    # Here, not at the top: the registry above is read by the CLI's parser, and the runner imports
+    # torch and the whole engine.
     from alexnet.experiments.runner import Runner, resolve_scale
 
     e = info(name)
+    if factors and name != FACTORS_EXPERIMENT:
+        raise UserError(f"--factors applies to experiment {FACTORS_EXPERIMENT!r} only, not {name!r}")
     mod = importlib.import_module(e.module)
     s = resolve_scale(quick, scale)
     runner = Runner(name, data, out, quick=quick, seeds=seeds or default_seeds(name, s), scale=s, device=device,
-                    workers=workers, log=log, progress=progress)
+                    workers=workers, log=log, progress=progress, factors=factors)
     return mod.run(runner)
 
 

@@ -1,6 +1,8 @@
-"""The common shape of the architecture ablations (LRN, pooling, towers, depth): a reference variant
-and one or more changed variants, trained alike; top-1/top-5 error as mean ± std over seeds, the
-difference to the reference beside the paper's difference, and a bar chart."""
+"""The common shape of the ablations (LRN, pooling, towers, depth, augmentation): a reference arm and
+one or more changed arms, trained alike by :meth:`Runner.sweep` — the same learning-rate sweep, each
+arm at its own best rate, the same epochs, schedule and seeds. The report gives top-1/top-5 error as
+mean ± std over seeds, the difference to the reference with Welch's 95% interval (or "within seed
+noise"), the paper's difference beside it, and bar charts."""
 
 from __future__ import annotations
 
@@ -8,16 +10,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from alexnet.experiments.runner import Runner, Variant, aggregate, pm
+from alexnet.experiments.runner import Runner, Sweep, Variant, aggregate, pm
+from alexnet.experiments.stats import welch
+from alexnet.report.figures import plot_bars
+from alexnet.report.tables import markdown_table
 
 # Quick scale on the built-in data (alexnet-cifar, the cifar recipe with its augmentation): all
-# 5,000 training images for 10 epochs (about a minute per run on 2 cores; the net is then well past
-# its initial plateau, ~25% val error), validation every 5 epochs (the final epoch is always evaluated).
-QUICK: dict[str, Any] = {"epochs": 10, "batch_size": 64, "train_subset": 0, "eval_every": 5}
-# An arm that stays at chance at the base learning rate is retrained once at this fraction of it:
-# without LRN's damping (k = 2 divides activations by ~1.7) the small net diverges at the rate the
-# normalised net trains at; the paper tuned each of its nets' rates too.
-RETRY_LR_FACTOR = 0.25
+# 5,000 training images for 6 epochs, the last at a tenth of the rate (the same step schedule for
+# every arm, so the final error is not the noise of whichever step the run ended on); validation
+# every 3 epochs. With the sweep (2 rates on seed 0, seeds 1 and 2 at each arm's chosen rate) a
+# two-arm ablation trains 8 runs: under five minutes on 2 idle cores.
+QUICK: dict[str, Any] = {"epochs": 6, "batch_size": 64, "train_subset": 0, "eval_every": 3,
+                         "schedule": "step", "step_epochs": [5]}
 
 
 @dataclass
@@ -29,89 +33,116 @@ class PaperDiff:
     top1: float | None
     top5: float | None
     data: str = "ILSVRC-2012 val"
+    sign: float | None = None  # the direction where the paper gives no number (+1: the arm is worse)
+
+    @property
+    def direction(self) -> float | None:
+        return self.top1 if self.top1 is not None else self.sign
+
+    def text(self) -> str:
+        if self.top1 is None and self.top5 is None and self.sign:
+            return f"{'worse' if self.sign > 0 else 'better'} ({self.data})"
+        return f"{_pts(self.top1)} / {_pts(self.top5)} ({self.data})"
+
+
+def _pts(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:+.1f}"
+
+
+def compare_arms(sweep: Sweep, reference: str, paper: Sequence[PaperDiff] = (),
+                 keys: Sequence[str] = ("report_top1_err", "report_top5_err")) -> list[dict[str, Any]]:
+    """For every arm but ``reference``: Welch's test of arm − reference on each key over the seeds
+    at each arm's chosen rate; the verdict uses the sign of the paper's top-1 difference."""
+    paper_by = {p.variant: p for p in paper}
+    out = []
+    for arm in sweep.arms:
+        if arm == reference:
+            continue
+        p = paper_by.get(arm)
+        entry: dict[str, Any] = {"arm": arm, "reference": reference}
+        for k in keys:
+            d = welch(sweep.values(reference, k), sweep.values(arm, k))
+            entry[k] = d
+        entry["verdict"] = entry[keys[0]].verdict(p.direction if p else None)
+        out.append(entry)
+    return out
+
+
+def annotate(rows: Sequence[dict[str, Any]], comparisons: Sequence[Mapping[str, Any]],
+             keys: Sequence[str] = ("report_top1_err", "report_top5_err")) -> None:
+    """Copy each comparison into its arm's rows (results.json carries the statistics)."""
+    by = {c["arm"]: c for c in comparisons}
+    for r in rows:
+        c = by.get(r["arm"])
+        if c is None:
+            continue
+        for k in keys:
+            d = c[k]
+            name = k.replace("report_", "").replace("_err", "")
+            r[f"delta_{name}_vs_reference"] = d.diff
+            r[f"delta_{name}_ci95"] = [d.low, d.high] if d.tested else None
+            r[f"delta_{name}_welch_p"] = d.p
+        r["verdict"] = c["verdict"]
+
+
+def sweep_note(runner: Runner, base: Mapping[str, Any], sweep: Sweep) -> str:
+    return ("## Learning-rate sweep\n\n" + sweep.text() + " The selection half is every other validation image of each "
+            "class; the tables above report the other half, so the reported error is not the one a rate was chosen on. "
+            f"Every arm: the same {base['epochs']} epochs, schedule `{base.get('schedule')}`"
+            + (f" (steps at epochs {base.get('step_epochs')})" if base.get("schedule") == "step" else "")
+            + f", seeds {', '.join(map(str, runner.seeds))}.\n\nSelection-half top-1 error by rate (mean over the sweep "
+            "seeds; the chosen rate in bold):\n\n" + sweep.table(lambda v: f"{100 * v:.2f}%"))
 
 
 def run_ablation(runner: Runner, *, title: str, claim: str, reference: Variant, others: Sequence[Variant],
                  paper: Sequence[PaperDiff], base: Mapping[str, Any], notes: Sequence[str] = (),
                  extra_sections: Sequence[str] = (), quick_note: str | None = None) -> Path:
-    from alexnet.report.figures import plot_bars
-    from alexnet.report.markdown import markdown_table
-
-    variants = [reference, *others]
-    rows = runner.train_all(base, variants)
-    chance = 1 - 1 / runner.data.num_classes
-    rows, retried = retry_stuck(runner, base, variants, rows, chance)
-    agg = aggregate(rows, ["top1_err", "top5_err", "train_top1_err", "time_s"])
-    ref = next(a for a in agg if a["variant"] == reference.name)
+    arms = [reference, *others]
+    sweep = runner.sweep(base, arms)
+    rows = sweep.rows
+    chosen = sweep.chosen()
+    agg = aggregate(chosen, ["report_top1_err", "report_top5_err", "train_top1_err", "time_s"], by="arm")
+    comparisons = compare_arms(sweep, reference.name, paper)
+    annotate(rows, comparisons)
+    by_cmp = {c["arm"]: c for c in comparisons}
     paper_by = {p.variant: p for p in paper}
     table = []
     for a in agg:
-        d1 = d5 = None
-        if a["variant"] != reference.name and a["top1_err_mean"] is not None and ref["top1_err_mean"] is not None:
-            d1 = a["top1_err_mean"] - ref["top1_err_mean"]
-            d5 = a["top5_err_mean"] - ref["top5_err_mean"]
-        p = paper_by.get(a["variant"])
+        name = a["arm"]
+        c, p = by_cmp.get(name), paper_by.get(name)
+        is_ref = name == reference.name
         table.append({
-            "variant": a["variant"],
-            "top-1 err": pm(a["top1_err_mean"], a["top1_err_std"]),
-            "top-5 err": pm(a["top5_err_mean"], a["top5_err_std"]),
-            "Δ top-1 vs " + reference.name: "reference" if a["variant"] == reference.name else (f"{100 * d1:+.2f}" if d1 is not None else "—"),
-            "Δ top-5": "" if a["variant"] == reference.name else (f"{100 * d5:+.2f}" if d5 is not None else "—"),
-            "paper Δ top-1 / top-5": "reference" if a["variant"] == reference.name else (
-                f"{100 * p.top1:+.1f} / {100 * p.top5:+.1f} ({p.data})" if p and p.top1 is not None and p.top5 is not None
-                else (f"{100 * p.top1:+.1f} / — ({p.data})" if p and p.top1 is not None else "—")),
-            "runs": a["n"],
+            "arm": name,
+            "rate": sweep.best[name],
+            "top-1 err": pm(a["report_top1_err_mean"], a["report_top1_err_std"]),
+            "top-5 err": pm(a["report_top5_err_mean"], a["report_top5_err_std"]),
+            f"Δ top-1 vs {reference.name} [95% CI]": "reference" if is_ref else c["report_top1_err"].text(),  # type: ignore[index]
+            "Δ top-5 [95% CI]": "" if is_ref else c["report_top5_err"].text(),  # type: ignore[index]
+            "verdict": "" if is_ref else c["verdict"],  # type: ignore[index]
+            "paper Δ top-1 / top-5": "reference" if is_ref else (p.text() if p else "—"),
+            "seeds": a["n"],
         })
-        for r in rows:
-            if r["variant"] == a["variant"] and d1 is not None:
-                r["delta_top1_vs_reference"] = d1
-                r["delta_top5_vs_reference"] = d5
-    bars = plot_bars(agg, "variant", "top1_err_mean", runner.out / "top1.png", yerr="top1_err_std",
-                     ylabel="validation top-1 error (%)", title=title)
-    bars5 = plot_bars(agg, "variant", "top5_err_mean", runner.out / "top5.png", yerr="top5_err_std",
-                      ylabel="validation top-5 error (%)", title=title)
-    sections = ["## Result\n\nΔ = variant − reference in percentage points (+ = worse), ours beside the paper's.\n\n"
-                + markdown_table(table).rstrip(), *extra_sections]
+    title_png = f"{title}\n(each arm at its chosen rate; ± std over {len(runner.seeds)} seeds)"
+    # Keys ending in _err: plot_bars shows the fractions (and their error bars) in %.
+    bar_rows = [{"arm": a["arm"], "top1_err": a["report_top1_err_mean"], "top1_sd": a["report_top1_err_std"],
+                 "top5_err": a["report_top5_err_mean"], "top5_sd": a["report_top5_err_std"]} for a in agg]
+    bars = plot_bars(bar_rows, "arm", "top1_err", runner.out / "top1.png", yerr="top1_sd",
+                     ylabel="validation top-1 error (%), report half", title=title_png)
+    bars5 = plot_bars(bar_rows, "arm", "top5_err", runner.out / "top5.png", yerr="top5_sd",
+                      ylabel="validation top-5 error (%), report half", title=title_png)
+    sections = ["## Result\n\nErrors on the report half of the validation images, mean ± std over the seeds, each arm at its "
+                "chosen learning rate. Δ = arm − reference in percentage points (+ = worse) with Welch's 95% confidence "
+                "interval and p-value; *within seed noise* when the interval contains 0. The paper's Δ beside ours.\n\n"
+                + markdown_table(table).rstrip(),
+                sweep_note(runner, base, sweep), *extra_sections]
     all_notes = list(notes)
-    for name, (old_lr, new_lr) in retried.items():
-        all_notes.insert(0, f"{name} stayed at chance level at lr {old_lr:g} (the loss diverged, then the ReLUs died); "
-                         f"the table shows it retrained at lr {new_lr:g}, each arm at a rate at which it trains.")
-    stuck = [a["variant"] for a in agg if a["top1_err_mean"] is not None and a["top1_err_mean"] >= chance - 0.01]
-    if stuck and runner.scale != "test":
-        all_notes.insert(0, f"**{', '.join(stuck)} stayed at chance level ({100 * chance:.0f}% top-1): that arm did not "
-                         "train at this learning rate (e.g. dead ReLUs or divergence), so its difference measures a failed "
-                         "run, not the paper's effect.** Try a lower learning rate for it.")
     if runner.scale != "full":
         subset = f"a {base['train_subset']:,}-image subset of the data" if base.get("train_subset") else "the data"
-        all_notes.append(quick_note or f"Quick/test scale: {base['epochs']} epochs on {subset} with one seed; differences "
-                         "of a point or two are within seed noise here — run without --quick (and with --seeds 3) on "
-                         "real data for numbers to set beside the paper's.")
+        all_notes.append(quick_note or f"Quick/test scale: {base['epochs']} epochs on {subset}, a two-rate sweep and "
+                         f"{len(runner.seeds)} seeds; with so few seeds only large differences leave the seed noise — run "
+                         "without --quick on real data for numbers to set beside the paper's.")
     runner.write_results(rows)
     return runner.write_report(title=title, claim=claim, sections=sections, base=base, rows=rows,
-                               figures=[bars, bars5], notes=all_notes)
-
-
-def retry_stuck(runner: Runner, base: Mapping[str, Any], variants: Sequence[Variant], rows: list[dict[str, Any]],
-                chance: float) -> tuple[list[dict[str, Any]], dict[str, tuple[float, float]]]:
-    """Retrain, once, at ``RETRY_LR_FACTOR`` × its learning rate, every variant whose runs all ended at
-    chance-level validation error; its rows are replaced (``lr`` and ``retried_from_lr`` columns say so).
-    Not at the test scale, whose few steps never leave chance."""
-    if runner.scale == "test":
-        return rows, {}
-    retried: dict[str, tuple[float, float]] = {}
-    out = list(rows)
-    for v in variants:
-        mine = [r for r in rows if r["variant"] == v.name]
-        if not mine or not all(r["top1_err"] is not None and r["top1_err"] >= chance - 0.01 for r in mine):
-            continue
-        old_lr = float(v.overrides.get("lr", base["lr"]))
-        new_lr = old_lr * RETRY_LR_FACTOR
-        again = Variant(f"{v.name}-lr{new_lr:g}", {**v.overrides, "lr": new_lr}, {**v.fields, "lr": new_lr, "retried_from_lr": old_lr})
-        new_rows = runner.train_all(base, [again])
-        for r in new_rows:
-            r["variant"] = v.name  # the same arm, at a rate at which it trains
-        out = [r for r in out if r["variant"] != v.name] + new_rows
-        retried[v.name] = (old_lr, new_lr)
-    order = {v.name: i for i, v in enumerate(variants)}
-    out.sort(key=lambda r: (r["seed"], order.get(r["variant"], len(order))))
-    return out, retried
+                               figures=[bars, bars5], notes=all_notes,
+                               row_columns=["variant", "seed", "lr", "chosen", "select_top1_err", "report_top1_err",
+                                            "report_top5_err", "train_top1_err", "epochs", "time_s"])

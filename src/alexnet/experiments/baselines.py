@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
-from alexnet.experiments.ablation import QUICK
-from alexnet.experiments.runner import Runner, Variant, pm
+from alexnet import models
+from alexnet.data.format import PreparedDataset, is_prepared, write_arrays
+from alexnet.experiments.ablation import QUICK, PaperDiff, compare_arms
+from alexnet.experiments.runner import Runner, Sweep, Variant, mean_std, pm, selection_half
+from alexnet.report.figures import plot_bars
+from alexnet.report.tables import markdown_table
 
 TITLE = "HOG + linear SVM vs LeNet-5 vs the AlexNet family"
 CLAIM = ("Before 2012, the winners used hand-crafted features (SIFT, HOG) with SVMs: on ILSVRC-2012 the runner-up, "
@@ -35,6 +39,10 @@ PAPER_ROWS = [
 # HOG on at most this many training images in full mode (a linear SVM on 1.2M HOG vectors does not fit
 # in memory); drawn at random with a fixed seed, so every class is represented.
 HOG_MAX_TRAIN = 50_000
+# LinearSVC's regularisation, swept like the CNNs' learning rates.
+HOG_C_QUICK = (0.001, 0.01, 0.1)
+HOG_C_FULL = (0.0001, 0.001, 0.01, 0.1, 1.0)
+METHODS = {"lenet5": "LeNet-5 (1998)", "alexnet-cifar": "AlexNet family, CIFAR net (2012)", "alexnet": "AlexNet (2012)"}
 SMALL_SIZE = 36  # the 32×32 nets' data: stored 36×36 for 32×32 crops (§2's 256/224 margin)
 
 
@@ -54,16 +62,17 @@ def hog_features(images: np.ndarray) -> np.ndarray:
 
 def read_images(root: Path, split: str, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """uint8 N×H×W×3 images and int labels of ``indices`` of a prepared split."""
-    from alexnet.data.format import PreparedDataset
-
     ds = PreparedDataset(root, split)
     chunks = [ds.read_batch(indices[i:i + 512]).permute(0, 2, 3, 1).numpy() for i in range(0, len(indices), 512)]  # N×H×W×3
     images = np.concatenate(chunks) if chunks else np.zeros((0, *ds.image_size, 3), np.uint8)
     return images, ds.labels[indices].astype(np.int64)
 
 
-def hog_svm(root: Path, train_idx: np.ndarray, val_idx: np.ndarray, num_classes: int, seed: int = 0) -> dict[str, Any]:
-    """Train HOG + LinearSVC on ``train_idx``; top-1/top-5 error on ``val_idx`` and the timings."""
+def hog_svm_runs(root: Path, train_idx: np.ndarray, val_idx: np.ndarray, num_classes: int,
+                 cs: Sequence[float] = (0.01,), seeds: Sequence[int] = (0,)) -> list[dict[str, Any]]:
+    """HOG features once, then a LinearSVC for each regularisation ``C`` and seed on ``train_idx``:
+    one row each with top-1/top-5 error on ``val_idx`` and on its selection and report halves
+    (:func:`alexnet.experiments.runner.selection_half`), and the timings (features + that fit)."""
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import LinearSVC
 
@@ -73,19 +82,43 @@ def hog_svm(root: Path, train_idx: np.ndarray, val_idx: np.ndarray, num_classes:
     del xtr
     t_feat = time.time() - t0
     scaler = StandardScaler().fit(ftr)
-    svm = LinearSVC(C=0.01, dual="auto", max_iter=2000, random_state=seed).fit(scaler.transform(ftr), ytr)
-    train_time = time.time() - t0
-    train_top1 = float(np.mean(svm.predict(scaler.transform(ftr)) != ytr))
+    ftr = scaler.transform(ftr)
     xva, yva = read_images(root, "val", val_idx)
-    scores = svm.decision_function(scaler.transform(hog_features(xva)))  # N×C (one-vs-rest margins)
-    if scores.ndim == 1:  # two classes: one margin, positive = classes_[1]
-        scores = np.stack([-scores, scores], 1)
-    ranked = svm.classes_[np.argsort(-scores, axis=1)]  # classes, best first
-    top1 = float(np.mean(ranked[:, 0] != yva))
-    k = min(5, ranked.shape[1])
-    top5 = float(np.mean(~(ranked[:, :k] == yva[:, None]).any(1))) if num_classes > 5 else 0.0
-    return {"top1_err": top1, "top5_err": top5, "train_top1_err": train_top1, "time_s": train_time,
-            "feature_time_s": t_feat, "features": int(ftr.shape[1]), "train_images": int(len(train_idx))}
+    fva = scaler.transform(hog_features(xva))
+    del xva
+    sel = selection_half(yva)
+    k = min(5, num_classes)
+
+    def errors(ranked: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+        top1 = float(np.mean(ranked[:, 0] != y)) if len(y) else float("nan")
+        top5 = float(np.mean(~(ranked[:, :k] == y[:, None]).any(1))) if num_classes > 5 and len(y) else 0.0
+        return top1, top5
+
+    rows = []
+    for seed in seeds:
+        for c in cs:
+            t1 = time.time()
+            svm = LinearSVC(C=c, dual="auto", max_iter=2000, random_state=seed).fit(ftr, ytr)
+            fit_time = time.time() - t1
+            scores = svm.decision_function(fva)  # N×C (one-vs-rest margins)
+            if scores.ndim == 1:  # two classes: one margin, positive = classes_[1]
+                scores = np.stack([-scores, scores], 1)
+            ranked = svm.classes_[np.argsort(-scores, axis=1)]  # classes, best first
+            top1, top5 = errors(ranked, yva)
+            s1, s5 = errors(ranked[sel], yva[sel])
+            r1, r5 = errors(ranked[~sel], yva[~sel])
+            rows.append({"C": c, "seed": seed, "top1_err": top1, "top5_err": top5, "select_top1_err": s1,
+                         "select_top5_err": s5, "report_top1_err": r1, "report_top5_err": r5,
+                         "train_top1_err": float(np.mean(svm.predict(ftr) != ytr)), "time_s": t_feat + fit_time,
+                         "feature_time_s": t_feat, "features": int(ftr.shape[1]), "train_images": int(len(train_idx))})
+    return rows
+
+
+def hog_svm(root: Path, train_idx: np.ndarray, val_idx: np.ndarray, num_classes: int, seed: int = 0,
+            c: float = 0.01) -> dict[str, Any]:
+    """Train HOG + LinearSVC (regularisation ``c``) on ``train_idx``; top-1/top-5 error on ``val_idx``
+    and the timings."""
+    return hog_svm_runs(root, train_idx, val_idx, num_classes, (c,), (seed,))[0]
 
 
 def downscaled(runner: Runner, size: int = SMALL_SIZE) -> Path:
@@ -93,8 +126,6 @@ def downscaled(runner: Runner, size: int = SMALL_SIZE) -> Path:
     once into ``DIR/data-<size>`` for the 32×32 networks."""
     import torch
     import torch.nn.functional as F
-
-    from alexnet.data.format import PreparedDataset, is_prepared, write_arrays
 
     out = runner.out / f"data-{size}"
     if is_prepared(out):
@@ -114,21 +145,18 @@ def downscaled(runner: Runner, size: int = SMALL_SIZE) -> Path:
 
 
 def run(runner: Runner) -> Path:
-    from alexnet import models
-    from alexnet.report.figures import plot_bars
-    from alexnet.report.markdown import markdown_table
-
     d = runner.data
     small_data = d.spec if not d.large else str(downscaled(runner))
     base_small = runner.base_config("alexnet-cifar", QUICK, data=small_data)
-    cnn_rows: list[dict[str, Any]] = []
-    for name in ("lenet5", "alexnet-cifar"):
-        base = runner.base_config(name, QUICK, data=small_data)
-        cnn_rows += runner.train_all(base, [Variant(name, {}, {"method": name})])
+    # The CNNs: one sweep, the same rates, epochs, schedule and seeds for each.
+    small = runner.sweep(base_small, [Variant(name, {"model": name}, {"method": name}) for name in ("lenet5", "alexnet-cifar")])
+    sweeps = [small]
     if d.large:
-        cnn_rows += runner.train_all(runner.base_config("alexnet", QUICK), [Variant("alexnet", {}, {"method": "alexnet"})])
+        sweeps.append(runner.sweep(runner.base_config("alexnet", QUICK), [Variant("alexnet", {}, {"method": "alexnet"})]))
+    cnn_rows = [r for sw in sweeps for r in sw.rows]
 
-    # HOG + SVM on the training images the CNNs saw (their train_subset, else all, capped).
+    # HOG + SVM on the training images the CNNs saw (their train_subset, else all, capped); its
+    # regularisation C swept and chosen like the CNNs' rates, on the selection half, same seeds.
     n_train = int(base_small.get("train_subset") or 0) or d.train_images
     n_train = min(n_train, d.train_images)
     rng = np.random.default_rng(0)
@@ -137,53 +165,85 @@ def run(runner: Runner) -> Path:
     else:
         train_idx = np.arange(n_train)
     val_idx = np.arange(d.val_images)
-    runner.log(f"[{runner.name}] HOG + linear SVM on {len(train_idx)} training images")
-    h = hog_svm(d.root, train_idx, val_idx, d.num_classes)
-    hog_row = {"variant": "hog-svm", "method": "HOG + linear SVM", "seed": 0, **h, "params": None, "run": None}
+    cs = HOG_C_FULL if runner.scale == "full" else HOG_C_QUICK
+    runner.log(f"[{runner.name}] HOG + linear SVM on {len(train_idx)} training images, C in {list(cs)}")
+    hog_rows = hog_svm_runs(d.root, train_idx, val_idx, d.num_classes, cs, runner.seeds)
+    sweep_seeds = runner.sweep_seeds
+    c_scores = {c: mean_std(r["select_top1_err"] for r in hog_rows if r["C"] == c and r["seed"] in sweep_seeds)[0]
+                for c in cs}
+    best_c = min(cs, key=lambda c: (c_scores[c], c))
+    for r in hog_rows:
+        r.update({"variant": f"hog-svm-C{r['C']:g}", "arm": "hog-svm", "method": "HOG + linear SVM", "params": None,
+                  "run": None, "lr": None, "chosen": r["C"] == best_c, "chosen_C": best_c})
+    hog_sweep = Sweep(hog_rows, ["hog-svm"], tuple(cs), sweep_seeds, list(runner.seeds), {"hog-svm": best_c},
+                      {"hog-svm": c_scores}, "top-1 error on the selection half of the validation images")
 
-    rows: list[dict[str, Any]] = [hog_row]
     for r in cnn_rows:
         net = models.create(r["model"], d.num_classes)
         r["params"] = sum(p.numel() for p in net.parameters())
-        r["method"] = {"lenet5": "LeNet-5 (1998)", "alexnet-cifar": "AlexNet family, CIFAR net (2012)",
-                       "alexnet": "AlexNet (2012)"}[r["model"]]
-        rows.append(r)
+        r["method"] = METHODS[r["model"]]
+    rows: list[dict[str, Any]] = [*hog_rows, *cnn_rows]
+    chosen = [r for r in rows if r["chosen"]]
+    # Every method against the AlexNet-family net at its chosen rate (the paper: hand-crafted
+    # features lose to the CNN).
+    ref = "alexnet" if d.large else "alexnet-cifar"
+    every = Sweep(chosen, [*(["hog-svm"]), *small.arms, *(["alexnet"] if d.large else [])], (), sweep_seeds,
+                  list(runner.seeds), {}, {}, "")
+    comparisons = compare_arms(every, ref, [PaperDiff("hog-svm", None, None, "ILSVRC, SIFT + FVs vs CNNs", sign=1.0)])
+    by_cmp = {c["arm"]: c for c in comparisons}
     chance1 = 1 - 1 / d.num_classes
     chance5 = max(0.0, 1 - 5 / d.num_classes)
     table = []
-    for v in dict.fromkeys(r["variant"] for r in rows):
-        rs = [r for r in rows if r["variant"] == v]
-        from alexnet.experiments.runner import mean_std
-
-        t1, s1, _ = mean_std(r["top1_err"] for r in rs)
-        t5, s5, _ = mean_std(r["top5_err"] for r in rs)
+    for arm in every.arms:
+        rs = [r for r in chosen if r["arm"] == arm]
+        t1, s1, _ = mean_std(r["report_top1_err"] for r in rs)
+        t5, s5, _ = mean_std(r["report_top5_err"] for r in rs)
         tt, _, _ = mean_std(r["time_s"] for r in rs)
-        table.append({"method": rs[0]["method"], "top-1 err": pm(t1, s1), "top-5 err": pm(t5, s5),
+        c = by_cmp.get(arm)
+        for r in rows:
+            if c is not None and r["arm"] == arm:
+                r["delta_top1_vs_reference"], r["verdict"] = c["report_top1_err"].diff, c["verdict"]
+                r["delta_top1_ci95"] = [c["report_top1_err"].low, c["report_top1_err"].high] if c["report_top1_err"].tested else None
+        table.append({"method": rs[0]["method"],
+                      "chosen": f"C {best_c:g}" if arm == "hog-svm" else f"lr {rs[0]['lr']:g}",
+                      "top-1 err": pm(t1, s1), "top-5 err": pm(t5, s5),
+                      f"Δ top-1 vs {ref} [95% CI]": "reference" if arm == ref else c["report_top1_err"].text(),  # type: ignore[index]
+                      "verdict": "" if arm == ref else c["verdict"],  # type: ignore[index]
                       "train time (s)": f"{tt:.1f}" if tt is not None else "—", "parameters": rs[0].get("params"),
-                      "train images": rs[0].get("train_images") or n_train, "runs": len(rs),
+                      "train images": rs[0].get("train_images") or n_train, "seeds": len(rs),
                       "top1_err": t1, "top5_err": t5})
-    bars = plot_bars(table, "method", "top1_err", runner.out / "top1.png", ylabel="validation top-1 error (%)",
+    bars = plot_bars(table, "method", "top1_err", runner.out / "top1.png", ylabel="validation top-1 error (%), report half",
                      title="Pre-2012 pipeline vs CNNs", reference={"chance": chance1})
-    bars5 = plot_bars(table, "method", "top5_err", runner.out / "top5.png", ylabel="validation top-5 error (%)",
+    bars5 = plot_bars(table, "method", "top5_err", runner.out / "top5.png", ylabel="validation top-5 error (%), report half",
                       title="Pre-2012 pipeline vs CNNs (top-5)", reference={"chance": chance5})
-    cols = ["method", "top-1 err", "top-5 err", "train time (s)", "parameters", "train images", "runs"]
+    cols = ["method", "chosen", "top-1 err", "top-5 err", f"Δ top-1 vs {ref} [95% CI]", "verdict", "train time (s)",
+            "parameters", "train images", "seeds"]
+    pct = lambda v: f"{100 * v:.2f}%"  # noqa: E731
     sections = [
-        f"## Result (ours, {d.val_images} validation images, chance {100 * chance1:.1f}% top-1 / {100 * chance5:.1f}% top-5)\n\n"
+        f"## Result (ours, the report half of the {d.val_images} validation images; chance {100 * chance1:.1f}% top-1 / "
+        f"{100 * chance5:.1f}% top-5)\n\nMean ± std over the seeds, each method at its chosen learning rate (CNNs) or "
+        "regularisation C (SVM); Δ with Welch's 95% interval and p-value, *within seed noise* when it contains 0.\n\n"
         + markdown_table(table, cols).rstrip(),
         "## The paper's numbers (ImageNet)\n\n" + markdown_table(PAPER_ROWS).rstrip(),
+        "## Sweeps\n\n" + small.text() + " HOG + SVM: its C likewise, every C with every seed.\n\nSelection-half top-1 "
+        "error (chosen in bold):\n\n" + "\n\n".join(sw.table(pct) for sw in sweeps)
+        + "\n\n" + hog_sweep.table(pct).replace("lr ", "C ").replace("chosen rate", "chosen C"),
     ]
+    h = next(r for r in hog_rows if r["chosen"])
     notes = [f"HOG: {h['features']} dimensions per image (9 orientations, 2×2-cell blocks, L2-Hys); "
-             f"features took {h['feature_time_s']:.1f} s of the {h['time_s']:.1f} s training time; LinearSVC C = 0.01 "
-             f"on standardised features; its training-set error is {100 * h['train_top1_err']:.1f}%.",
+             f"features took {h['feature_time_s']:.1f} s; LinearSVC on standardised features; at the chosen C its "
+             f"training-set error is {100 * h['train_top1_err']:.1f}%.",
              "LeNet-5: LeCun's architecture (scaled tanh, average pooling) on RGB 32×32 crops, trained with the same "
-             "recipe and schedule as the CIFAR net — a modern training of the 1998 model.",
+             "recipe, schedule, sweep and seeds as the CIFAR net — a modern training of the 1998 model.",
              "The paper's pre-2012 entry is SIFT + Fisher vectors with far richer features than HOG; this baseline "
              "stands for the family, not for that entry's number."]
     if d.large:
         notes.append(f"The 32×32 networks trained on a {SMALL_SIZE}×{SMALL_SIZE} copy of the data ({small_data}).")
     if runner.scale != "full":
-        notes.append("Quick/test scale: every method sees the same training subset; the CNNs train a few epochs.")
+        notes.append(f"Quick/test scale: every method sees the same training subset; the CNNs train {base_small['epochs']} "
+                     f"epochs; {len(runner.seeds)} seeds.")
     runner.write_results(rows)
     return runner.write_report(title=TITLE, claim=CLAIM, sections=sections, base=base_small, rows=rows,
                                figures=[bars, bars5], notes=notes,
-                               row_columns=["variant", "seed", "top1_err", "top5_err", "train_top1_err", "time_s", "params"])
+                               row_columns=["variant", "seed", "lr", "C", "chosen", "select_top1_err", "report_top1_err",
+                                            "report_top5_err", "train_top1_err", "time_s", "params"])

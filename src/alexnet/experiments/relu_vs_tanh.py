@@ -1,10 +1,22 @@
-"""Figure 1 (§3.1): how many epochs, and how much wall time, a four-layer CNN needs to reach 25%
-training error with ReLUs against tanh units — no regularisation, each activation with its own best
-learning rate from a small sweep. The paper: six times faster with ReLUs on CIFAR-10.
+"""Figure 1 (§3.1) as the authors ran it: how many epochs a four-layer CNN of the authors' CIFAR-10
+family needs to reach 25% training error with ReLUs against tanh units. The paper: six times faster
+with ReLUs on CIFAR-10.
 
-"Training error" is the error on the training batches as they are trained (the running error of the
-epoch, as cuda-convnet reports it); an arm that never gets to 25% within the epochs run is reported
-as *not reached*, and the ratio then becomes a bound, never a made-up number.
+The net is cuda-convnet's example CIFAR net (``alexnet-cifar`` with ``FIGURE1_NET``): three 5×5
+conv layers of 32, 32, 64 maps, max-pooling after the first and average pooling after the others,
+one fully connected layer; raw 0–255 input minus the mean image; weights ~ N(0, 1e-4) in conv1 and
+N(0, 1e-2) elsewhere, biases 0. No regularisation of any kind: no weight decay, dropout, response
+normalisation or augmentation, a constant learning rate. Each activation at its best rate from a
+sweep of at least five rates spanning two decades (best = fewest epochs to 25%, the measure itself).
+
+"Training error" is cuda-convnet's: the running error over each epoch's training batches, all the
+training images (the batch size divides the training set, so each epoch sees every image once). An
+arm that never gets to 25% within the epochs run is *not reached*, and the ratio then becomes a
+bound, never a made-up number.
+
+The factor study (``--factors``, and always at full scale) changes one thing at a time from that
+set-up — the initial weights' scale, the input's scale, response normalisation on — and reruns the
+same sweep for both activations, to show what drives the ratio.
 """
 
 from __future__ import annotations
@@ -13,7 +25,10 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from alexnet.experiments.runner import Runner, Variant, mean_std
+from alexnet.experiments.baselines import downscaled
+from alexnet.experiments.runner import Runner, Sweep, Variant, mean_std
+from alexnet.report.figures import plot_series
+from alexnet.report.tables import markdown_table
 
 TITLE = "ReLU vs tanh: epochs to 25% training error (Figure 1)"
 CLAIM = ("A four-layer convolutional network with ReLUs reaches 25% training error on CIFAR-10 six times faster "
@@ -21,16 +36,30 @@ CLAIM = ("A four-layer convolutional network with ReLUs reaches 25% training err
 THRESHOLD = 0.25
 PAPER_RATIO = 6.0
 ACTIVATIONS = ("relu", "tanh")
-# Learning-rate sweeps (the paper's rule; constant rate, as Figure 1 compares raw speed).
-SWEEP_FULL = (0.005, 0.01, 0.02, 0.05)
-SWEEP_QUICK = (0.01, 0.02)
-# Quick scale on the built-in data: a 500-image subset, batches of 32, 25 epochs, validation only at
-# the end (Figure 1 is about training error). Without LRN this net's ReLU arm dies at these rates.
-QUICK: dict[str, Any] = {"epochs": 25, "batch_size": 32, "train_subset": 500, "eval_every": 1000}
-# No regularisation (Figure 1): no weight decay, no dropout, no augmentation beyond the centre crop
-# needed to fit the input, a constant learning rate.
+DEFAULT_SEEDS = {"full": 3, "quick": 2, "test": 2}
+# Constant learning rates, each sweep at least five rates over two decades, around cuda-convnet's
+# 0.001 for these nets (on raw 0–255 input, rates of 0.05 and more leave both activations at chance).
+SWEEP_FULL = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02)
+SWEEP_QUICK = (0.0003, 0.001, 0.003, 0.01, 0.03)
+# cuda-convnet's example CIFAR-10 net (Figure 1's family), without its response normalisation.
+FIGURE1_NET: dict[str, Any] = {"lrn": "none", "init": "paper", "input_norm": "mean_image", "pooling": "cuda-convnet",
+                               "dropout": 0.0, "widths": [32, 32, 64], "towers": 1}
+# No regularisation (Figure 1): no weight decay, no dropout, no augmentation (the centre crop that
+# fits the input), a constant learning rate.
 NO_REGULARISATION: dict[str, Any] = {"weight_decay": 0.0, "random_crop": False, "flip": False, "pca_std": 0.0,
                                      "schedule": "constant", "crop_padding": 0, "label_smoothing": 0.0}
+# Batches of 100 (cuda-convnet's CIFAR nets used 128): 100 divides 5,000 and 50,000, so an epoch's
+# running error covers every training image. Validation only at the end (Figure 1 is training error).
+BATCH = 100
+QUICK: dict[str, Any] = {"epochs": 8, "batch_size": BATCH, "eval_every": 1000, "train_subset": 0, "max_steps_per_epoch": 0}
+FULL: dict[str, Any] = {**QUICK, "epochs": 60}
+# The factor study: one change at a time from the Figure-1 set-up.
+FACTORS: dict[str, tuple[str, dict[str, Any]]] = {
+    "init-x10": ("initial weights 10× larger (std 1e-3 in conv1, 1e-1 elsewhere)", {"init_gain": 10.0}),
+    "input-unit": ("input divided by its standard deviation (unit scale) instead of raw 0–255 minus the mean",
+                   {"input_norm": "mean_image_std"}),
+    "lrn": ("response normalisation after conv1 and conv2 (§3.3's k = 2, n = 5, α = 1e-4, β = 0.75)", {"lrn": "paper"}),
+}
 
 
 def epochs_to_reach(metrics: Sequence[Mapping[str, Any]], threshold: float = THRESHOLD) -> tuple[int | None, float | None]:
@@ -64,105 +93,182 @@ def speedup(relu: float | None, tanh: float | None, budget_relu: float, budget_t
     return {"ratio": None, "kind": "none", "text": "— (neither reached it)"}
 
 
-def _best_lr(rows: Sequence[dict[str, Any]], activation: str) -> float:
-    """The learning rate that reaches the threshold in the fewest epochs (mean over seeds; a seed
-    that never reaches it counts as infinitely slow); ties and never-reached go to the lowest final
-    training error."""
-    by_lr: dict[float, list[dict[str, Any]]] = {}
-    for r in rows:
-        if r["activation"] == activation:
-            by_lr.setdefault(r["lr"], []).append(r)
+def measure(row: dict[str, Any]) -> None:
+    """Epochs and wall time to the threshold, and whether the epochs covered the whole training set."""
+    row["epochs_to_25"], row["time_to_25_s"] = epochs_to_reach(row["_metrics"])
+    row["reached"] = row["epochs_to_25"] is not None
+    seen = [m.get("train_images") for m in row["_metrics"] if m.get("train_images") is not None]
+    row["train_images_per_epoch"] = min(seen) if seen else None
 
-    def key(lr: float) -> tuple[float, float]:
-        rs = by_lr[lr]
-        ep = [r["epochs_to_25"] if r["epochs_to_25"] is not None else math.inf for r in rs]
-        final, _, _ = mean_std(r["train_top1_err"] for r in rs)
-        return sum(ep) / len(ep), final if final is not None else math.inf
 
-    return min(by_lr, key=key)
+def _score(r: Mapping[str, Any]) -> float:
+    return float(r["epochs_to_25"]) if r["epochs_to_25"] is not None else math.inf
+
+
+def _tie(r: Mapping[str, Any]) -> float:
+    return r["train_top1_err"] if r.get("train_top1_err") is not None else math.inf
+
+
+def arms(options: Mapping[str, Any], prefix: str = "") -> list[Variant]:
+    return [Variant(f"{prefix}{a}", {"model_options": {**options, "activation": a}},
+                    {"activation": a, "setting": prefix.rstrip("-") or "figure1"}) for a in ACTIVATIONS]
+
+
+def ratio_stats(sweep: Sweep, epochs_budget: int, prefix: str = "") -> dict[str, Any]:
+    """Per activation at its chosen rate: epochs to 25% (mean ± std over seeds that reached it);
+    the tanh/ReLU ratio per seed (paired by seed) and over the means, bounds where one did not
+    reach it."""
+    out: dict[str, Any] = {"per_seed": []}
+    by: dict[str, dict[int, dict[str, Any]]] = {a: {r["seed"]: r for r in sweep.chosen(f"{prefix}{a}")} for a in ACTIVATIONS}
+    for a in ACTIVATIONS:
+        rs = list(by[a].values())
+        reached = [r for r in rs if r["reached"]]
+        m, s, _ = mean_std(r["epochs_to_25"] for r in reached)
+        tm, ts, _ = mean_std(r["time_to_25_s"] for r in reached)
+        per_epoch, _, _ = mean_std(r["time_s"] / r["epochs"] for r in rs if r["time_s"])
+        out[a] = {"lr": sweep.best[f"{prefix}{a}"], "epochs_mean": m, "epochs_std": s, "time_mean": tm, "time_std": ts,
+                  "reached": len(reached), "seeds": len(rs), "all_reached": len(reached) == len(rs),
+                  "time_budget": (per_epoch or 0.0) * epochs_budget,
+                  "final_train_err": mean_std(r["train_top1_err"] for r in rs)[0]}
+    ratios = []
+    for seed in sorted(set(by["relu"]) & set(by["tanh"])):
+        r, t = by["relu"][seed], by["tanh"][seed]
+        sp = speedup(r["epochs_to_25"], t["epochs_to_25"], epochs_budget, epochs_budget)
+        out["per_seed"].append({"seed": seed, **sp})
+        if sp["kind"] == "exact":
+            ratios.append(sp["ratio"])
+    rm, rs_, _ = mean_std(ratios)
+    exact = len(ratios) == len(out["per_seed"]) and ratios
+    out["ratio_mean"], out["ratio_std"] = (rm, rs_) if exact else (None, None)
+    relu, tanh = out["relu"], out["tanh"]
+    out["ratio_of_means"] = speedup(relu["epochs_mean"] if relu["all_reached"] else None,
+                                    tanh["epochs_mean"] if tanh["all_reached"] else None, epochs_budget, epochs_budget)
+    out["time_ratio"] = speedup(relu["time_mean"] if relu["all_reached"] else None,
+                                tanh["time_mean"] if tanh["all_reached"] else None, relu["time_budget"], tanh["time_budget"])
+    return out
+
+
+def ratio_text(st: Mapping[str, Any]) -> str:
+    if st["ratio_mean"] is not None:
+        sd = f" ± {st['ratio_std']:.2f}" if st["ratio_std"] is not None else ""
+        return f"{st['ratio_mean']:.2f}{sd}× (per seed: {', '.join(p['text'] for p in st['per_seed'])})"
+    return f"{st['ratio_of_means']['text']} (per seed: {', '.join(p['text'] for p in st['per_seed'])})"
+
+
+def _epochs_text(a: Mapping[str, Any], budget: int) -> str:
+    if a["all_reached"]:
+        return f"{a['epochs_mean']:.1f}" + (f" ± {a['epochs_std']:.1f}" if a["epochs_std"] is not None else "")
+    return f"not reached in {budget} epochs ({a['reached']}/{a['seeds']} seeds reached it)"
+
+
+def figure1_data(runner: Runner) -> str:
+    """The data the four-layer net trains on: the data itself at 32×32-net sizes, a 36×36 copy of
+    256×256 data."""
+    if not runner.data.large:
+        return runner.data.spec
+    return str(downscaled(runner))
 
 
 def run(runner: Runner) -> Path:
-    from alexnet.report.figures import plot_series
-    from alexnet.report.markdown import markdown_table
-
-    model = runner.main_model()
-    overrides = dict(NO_REGULARISATION)
-    if model == "alexnet":
-        overrides["model_options"] = {"dropout": 0.0}
-        overrides["eval_every"] = 1000  # Figure 1 needs training error only
-    base = runner.base_config(model, QUICK, **overrides)
-    sweep = SWEEP_FULL if runner.scale == "full" else SWEEP_QUICK
-    variants = [Variant(f"{a}-lr{lr:g}", {"model_options": {"activation": a}, "lr": lr}, {"activation": a, "lr": lr})
-                for a in ACTIVATIONS for lr in sweep]
-    rows = runner.train_all(base, variants)
-    for r in rows:
-        r["epochs_to_25"], r["time_to_25_s"] = epochs_to_reach(r["_metrics"])
-        r["reached"] = r["epochs_to_25"] is not None
-    best = {a: _best_lr(rows, a) for a in ACTIVATIONS}
-    for r in rows:
-        r["best_lr"] = r["lr"] == best[r["activation"]]
+    full = runner.scale == "full"
+    base = runner.base_config("alexnet-cifar", QUICK, data=figure1_data(runner), **NO_REGULARISATION,
+                              model_options=dict(FIGURE1_NET))
+    if full:
+        base.update(FULL)
+    rates = SWEEP_FULL if full else SWEEP_QUICK
+    if runner.scale == "test":
+        rates = SWEEP_QUICK[1:3]  # a few steps: the numbers mean nothing
     epochs_budget = int(base["epochs"])
-
-    # Per activation at its best learning rate: mean over the seeds that reached the threshold.
-    summary = []
-    stats: dict[str, dict[str, Any]] = {}
-    for a in ACTIVATIONS:
-        rs = [r for r in rows if r["activation"] == a and r["best_lr"]]
-        reached = [r for r in rs if r["reached"]]
-        e_m, e_s, _ = mean_std(r["epochs_to_25"] for r in reached)
-        t_m, t_s, _ = mean_std(r["time_to_25_s"] for r in reached)
-        per_epoch, _, _ = mean_std(r["time_s"] / r["epochs"] for r in rs if r["time_s"])
-        all_reached = len(reached) == len(rs)
-        stats[a] = {"epochs": e_m if all_reached else None, "time": t_m if all_reached else None,
-                    "time_budget": (per_epoch or 0.0) * epochs_budget}
-        summary.append({
-            "activation": a, "best lr": best[a],
-            "epochs to 25% train err": (f"{e_m:.1f}" + (f" ± {e_s:.1f}" if e_s is not None else "")) if all_reached
-            else f"not reached in {epochs_budget} epochs ({len(reached)}/{len(rs)} seeds reached it)",
-            "time to 25% (s)": (f"{t_m:.1f}" + (f" ± {t_s:.1f}" if t_s is not None else "")) if all_reached else "not reached",
-            "final train err": mean_std(r["train_top1_err"] for r in rs)[0],
-            "val top-1 err": mean_std(r["top1_err"] for r in rs)[0],
-        })
-    ep_ratio = speedup(stats["relu"]["epochs"], stats["tanh"]["epochs"], epochs_budget, epochs_budget)
-    t_ratio = speedup(stats["relu"]["time"], stats["tanh"]["time"], stats["relu"]["time_budget"], stats["tanh"]["time_budget"])
+    crit = "epochs to 25% training error (never reached = slowest; ties to the lower final training error)"
+    main = runner.sweep(base, arms({}), rates=rates, score=_score, tie=_tie, measure=measure, criterion=crit)
+    rows = list(main.rows)
+    st = ratio_stats(main, epochs_budget)
     for r in rows:
-        r["ratio_epochs"], r["ratio_kind"] = ep_ratio["ratio"], ep_ratio["kind"]
-        r["ratio_time"] = t_ratio["ratio"]
+        r["best_lr"] = r["chosen"]
+        r["ratio_epochs"], r["ratio_kind"] = st["ratio_of_means"]["ratio"], st["ratio_of_means"]["kind"]
+        r["ratio_time"] = st["time_ratio"]["ratio"]
+        r["ratio_epochs_per_seed_mean"], r["ratio_epochs_per_seed_std"] = st["ratio_mean"], st["ratio_std"]
 
-    # Figure 1: training error against epochs, the best rate of each activation (seed 0), and the sweep.
-    def curve(r: dict[str, Any]) -> list[tuple[float, float]]:
+    # One factor at a time from the Figure-1 set-up, the same sweep on the sweep seeds.
+    factor_rows: list[dict[str, Any]] = []
+    study = []
+    if full or runner.factors:
+        for key, (what, opts) in FACTORS.items():
+            fs = runner.sweep(base, arms(opts, f"{key}-"), rates=rates, score=_score, tie=_tie, measure=measure,
+                              criterion=crit)
+            fst = ratio_stats(fs, epochs_budget, f"{key}-")
+            factor_rows += fs.rows
+            study.append((key, what, fst, fs))
+
+    def summary_row(setting: str, s: Mapping[str, Any]) -> dict[str, Any]:
+        return {"setting": setting,
+                "ReLU: rate, epochs to 25%": f"{s['relu']['lr']:g}: {_epochs_text(s['relu'], epochs_budget)}",
+                "tanh: rate, epochs to 25%": f"{s['tanh']['lr']:g}: {_epochs_text(s['tanh'], epochs_budget)}",
+                "tanh / ReLU": ratio_text(s),
+                "final train err ReLU / tanh": f"{100 * (s['relu']['final_train_err'] or 0):.1f}% / "
+                                               f"{100 * (s['tanh']['final_train_err'] or 0):.1f}%"}
+
+    # Figure 1: training error against epochs, the best rate of each activation (first seed), and the sweep.
+    def curve(r: Mapping[str, Any]) -> list[tuple[float, float]]:
         return [(m["epoch"], m["train_top1_err"]) for m in r["_metrics"] if m.get("train_top1_err") is not None]
 
     s0 = runner.seeds[0]
     fig1 = plot_series({f"{'ReLU' if r['activation'] == 'relu' else 'tanh'} (lr {r['lr']:g})": curve(r)
-                        for r in rows if r["best_lr"] and r["seed"] == s0},
+                        for r in rows if r["chosen"] and r["seed"] == s0},
                        runner.out / "figure1.png", xlabel="epochs", ylabel="training error rate", hline=THRESHOLD,
-                       title="Figure 1: training error, ReLU (solid) vs tanh (dashed)")
-    sweep_png = plot_series({f"{r['activation']} lr {r['lr']:g}": curve(r) for r in rows if r["seed"] == s0},
+                       title="Figure 1: training error, ReLU vs tanh (each at its best rate)")
+    sweep_png = plot_series({f"{r['activation']} lr {r['lr']:g}": curve(r) for r in rows if r["seed"] == s0 and r["seed"] in main.sweep_seeds},
                             runner.out / "sweep.png", xlabel="epochs", ylabel="training error rate", hline=THRESHOLD,
-                            title="Learning-rate sweep (seed 0)")
+                            title=f"Learning-rate sweep (seed {s0})")
+    figures = [fig1, sweep_png]
 
     comparison = [
-        {"": "epochs to 25%: tanh / ReLU", "ours": ep_ratio["text"], "paper": f"{PAPER_RATIO:g}× (CIFAR-10)"},
-        {"": "wall time to 25%: tanh / ReLU", "ours": t_ratio["text"], "paper": "—"},
+        {"": "epochs to 25%: tanh / ReLU, mean ± std of the per-seed ratios", "ours": ratio_text(st),
+         "paper": f"{PAPER_RATIO:g}× (CIFAR-10)"},
+        {"": "epochs to 25%: tanh / ReLU, ratio of the means", "ours": st["ratio_of_means"]["text"], "paper": f"{PAPER_RATIO:g}×"},
+        {"": "wall time to 25%: tanh / ReLU", "ours": st["time_ratio"]["text"], "paper": "—"},
     ]
+    pct = lambda v: f"{v:.0f}"  # noqa: E731
     sections = [
         "## Result\n\n" + markdown_table(comparison, ["", "ours", "paper"]).rstrip(),
-        "Each activation at its best learning rate (swept over " + ", ".join(f"{x:g}" for x in sweep) + "):\n\n"
-        + markdown_table(summary, formats={"final train err": "pct", "val top-1 err": "pct"}).rstrip(),
+        "Each activation at its best learning rate:\n\n" + markdown_table([summary_row("Figure 1 set-up", st)]).rstrip(),
+        "## Learning-rate sweep\n\n" + main.text() + "\n\nEpochs to 25% training error by rate (mean over the sweep seeds; "
+        "the chosen rate in bold):\n\n" + main.table(pct),
     ]
+    if study:
+        lines = [summary_row("Figure 1 set-up (no LRN, raw input, small init)", st)]
+        lines += [summary_row(f"{key}: {what}", fst) for key, what, fst, _ in study]
+        sections.append("## What drives the ratio: one factor at a time\n\nEach line changes one thing from the Figure-1 "
+                        "set-up and reruns the same sweep for both activations (seeds "
+                        f"{', '.join(map(str, study[0][3].seeds))}; rates chosen on seed"
+                        f"{'s' if len(study[0][3].sweep_seeds) > 1 else ''} {', '.join(map(str, study[0][3].sweep_seeds))}).\n\n"
+                        + markdown_table(lines).rstrip())
+        for key, what, _, fs in study:
+            sections.append(f"Sweep for `{key}` (epochs to 25%, chosen in bold):\n\n" + fs.table(pct))
+    n_train = runner.data.train_images
+    per_epoch = sorted({r["train_images_per_epoch"] for r in rows if r.get("train_images_per_epoch")})
+    steps = sorted({r["steps"] // max(1, r["epochs"]) for r in rows if r.get("steps")})
     notes = [
-        "Training error is the running error over each epoch's training batches (as Figure 1); a seed that never "
-        "reaches 25% within the epochs run is *not reached*, and the ratio becomes a bound (> or <).",
-        "No regularisation (Figure 1): weight decay 0, no dropout, no crops/flips/colour noise, constant learning rate.",
+        f"Training error is cuda-convnet's: the running error over each epoch's training batches; batches of "
+        f"{base['batch_size']} cover {', '.join(f'{x:,}' for x in per_epoch)} of the {n_train:,} training images per "
+        "epoch. A seed that never reaches 25% within the epochs run is *not reached*, and the ratio becomes a bound.",
+        "The net: alexnet-cifar with " + ", ".join(f"{k}={v}" for k, v in FIGURE1_NET.items())
+        + " — cuda-convnet's example CIFAR-10 net (conv 5×5 ×32 → max-pool 3/2 → conv 5×5 ×32 → avg-pool 3/2 → "
+        "conv 5×5 ×64 → avg-pool 3/2 → fc 10), weights N(0, 1e-4) in conv1 and N(0, 1e-2) elsewhere, biases 0, raw "
+        "0–255 input minus the mean image.",
+        "No regularisation: weight decay 0, no dropout, no response normalisation, no crops/flips/colour noise, a "
+        "constant learning rate.",
     ]
+    if not study:
+        notes.append("The factor study (init scale, input scale, LRN) runs at full scale or with `--factors`.")
     if runner.scale != "full":
-        notes.append("Quick/test scale: a 500-image training subset for 25 epochs, so 25% training error is reached "
-                     "by fitting that subset; the built-in shapes are not CIFAR-10 — compare the direction and order "
-                     "of magnitude, not the number.")
-    runner.write_results(rows)
-    return runner.write_report(title=TITLE, claim=CLAIM, sections=sections, base=base, rows=rows,
-                               figures=[fig1, sweep_png], notes=notes,
-                               row_columns=["variant", "seed", "activation", "lr", "epochs_to_25", "time_to_25_s",
-                                            "train_top1_err", "top1_err", "top5_err", "time_s", "best_lr"])
+        notes.append(f"Quick/test scale: {epochs_budget} epochs of the {n_train:,} training images; {len(rates)} rates "
+                     f"swept on seed {main.sweep_seeds[0]}, the other seed(s) at the chosen rates. An epoch here is "
+                     f"{', '.join(map(str, steps))} steps (a CIFAR-10 epoch at batch {BATCH} is 500): compare the "
+                     "direction, not the number.")
+    all_rows = rows + factor_rows
+    runner.write_results(all_rows)
+    return runner.write_report(title=TITLE, claim=CLAIM, sections=sections, base=base, rows=all_rows,
+                               figures=figures, notes=notes,
+                               row_columns=["variant", "seed", "activation", "lr", "chosen", "epochs_to_25", "time_to_25_s",
+                                            "train_top1_err", "top1_err", "time_s"])

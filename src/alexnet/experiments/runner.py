@@ -3,8 +3,17 @@ folder each (``DIR/runs/<variant>-s<seed>/``), finished runs skipped and interru
 mean ± std over seeds, and the report skeleton (our numbers beside the paper's, the config, the scale
 and the machine).
 
-An experiment module builds :class:`Variant` objects, calls :meth:`Runner.train_all`, and hands the
-rows and its own sections to :meth:`Runner.write_report` / :meth:`Runner.write_results`.
+An experiment module builds :class:`Variant` objects (its arms), trains them with
+:meth:`Runner.sweep` (or :meth:`Runner.train_all`), and hands the rows and its own sections to
+:meth:`Runner.write_report` / :meth:`Runner.write_results`.
+
+Fair comparisons. :meth:`Runner.sweep` gives every arm the same treatment: the same learning-rate
+sweep (:meth:`Runner.rates`), the same epochs and schedule (one base config), the same seeds. Each
+arm is trained at every rate of the sweep on the sweep seeds (the first seed at the quick and test
+scales, every seed at full scale), its rate is chosen by a criterion that is the same for all arms,
+and the remaining seeds train each arm at its chosen rate. No arm is ever retrained on its own. The
+ablations choose by the top-1 error on the *selection half* of the validation images and report
+the other half (:func:`val_halves`), so the reported error is not the one the rate was picked on.
 
 Scales. ``full``: the recipe's epochs on all the data (``cifar`` for 32×32 data, ``paper`` for the
 256×256 network). ``quick``: each experiment's own small scale, sized so that it finishes in under five
@@ -25,15 +34,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import numpy as np
+import torch
 import yaml
 
 from alexnet import config as config_mod
 from alexnet.config import TrainConfig
+from alexnet.data.format import PreparedDataset
+from alexnet.data.resolve import open_splits, resolve_data
+from alexnet.engine.device import pick_device
+from alexnet.engine.evaluate import Precision, predict_probs, topk_correct
+from alexnet.engine.inference import augment_for, load
+from alexnet.engine.metrics import read_metrics
+from alexnet.engine.train import METRICS, TrainingDiverged
+from alexnet.engine.train import run as train_run
+from alexnet.environment import environment
 from alexnet.errors import UserError
+from alexnet.files import atomic_write_text
+from alexnet.report.tables import markdown_table
 
 SCALE_ENV = "ALEXNET_EXPERIMENT_SCALE"
 SCALES = ("test", "quick", "full")
 RUNS = "runs"
+DIVERGED = "diverged.json"  # in a run folder: the run stopped on a non-finite loss
 # Config fields that may differ between an interrupted run and its resumption without changing
 # what is trained (where it runs, how it reports).
 _RUNTIME_FIELDS = ("device", "workers", "progress", "tensorboard", "eval_batch_size")
@@ -79,15 +102,24 @@ def resolve_scale(quick: bool, scale: str | None = None) -> str:
 def open_data(spec: str) -> DataInfo:
     """``synthetic`` is the built-in set at the CIFAR net's 32×32 input (stored 36×36); a path is a
     prepared dataset, whose image size picks the model family (:meth:`Runner.main_model`)."""
-    from alexnet.data.format import PreparedDataset
-    from alexnet.data.resolve import open_splits, resolve_data
-
     if spec == "synthetic":
         root = resolve_data(spec, 32)
     else:
         root = resolve_data(spec, 0)
     train, val = open_splits(root)
     return DataInfo(spec, root, tuple(train.image_size), train.num_classes, len(train), len(val))  # type: ignore[arg-type]
+
+
+def selection_half(labels: Any) -> Any:
+    """A boolean mask over validation images: within each class, every other image (in stored
+    order) belongs to the selection half, the rest to the report half. Class-balanced and
+    deterministic, whatever the order of the classes in the split."""
+    labels = np.asarray(labels)
+    mask = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        mask[idx[0::2]] = True
+    return mask
 
 
 def mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None, int]:
@@ -142,6 +174,51 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return d
 
 
+@dataclass
+class Sweep:
+    """What :meth:`Runner.sweep` trained: every run's row (``arm``, ``lr``, ``chosen``), the rates,
+    the seeds the rates were chosen on, each arm's chosen rate and its mean criterion at each rate."""
+
+    rows: list[dict[str, Any]]
+    arms: list[str]
+    rates: tuple[float, ...]
+    sweep_seeds: list[int]
+    seeds: list[int]
+    best: dict[str, float]
+    scores: dict[str, dict[float, float]]  # arm -> rate -> mean criterion over the sweep seeds
+    criterion: str
+
+    def chosen(self, arm: str | None = None) -> list[dict[str, Any]]:
+        """The runs at each arm's chosen rate (every seed), of ``arm`` or of all arms."""
+        return [r for r in self.rows if r["chosen"] and (arm is None or r["arm"] == arm)]
+
+    def values(self, arm: str, key: str) -> list[float | None]:
+        return [r.get(key) for r in self.chosen(arm)]
+
+    def table(self, fmt: Callable[[float], str]) -> str:
+        """Markdown: one line per arm, the criterion at each rate; the chosen rate in bold."""
+        rows = []
+        for a in self.arms:
+            row: dict[str, Any] = {"arm": a}
+            for lr in self.rates:
+                v = self.scores[a].get(lr)
+                text = "—" if v is None else ("not reached" if math.isinf(v) else fmt(v))
+                row[f"lr {lr:g}"] = f"**{text}**" if lr == self.best[a] else text
+            row["chosen rate"] = self.best[a]
+            rows.append(row)
+        return markdown_table(rows).rstrip()
+
+    def text(self) -> str:
+        """One paragraph: which rates, which seeds, which criterion."""
+        rest = [s for s in self.seeds if s not in self.sweep_seeds]
+        return (f"Every arm was trained at each learning rate of the sweep ({', '.join(f'{x:g}' for x in self.rates)}) "
+                f"with seed{'s' if len(self.sweep_seeds) > 1 else ''} {', '.join(map(str, self.sweep_seeds))}; "
+                f"its rate is the one with the best {self.criterion} (mean over those seeds, the same rule for every arm)"
+                + (f", and seed{'s' if len(rest) > 1 else ''} {', '.join(map(str, rest))} then trained every arm at "
+                   "its chosen rate" if rest else "")
+                + ". No arm was trained outside this plan.")
+
+
 class Runner:
     """Trains an experiment's variants into ``out/runs`` and writes its results and report.
 
@@ -150,7 +227,7 @@ class Runner:
 
     def __init__(self, name: str, data: str, out: str | Path, *, quick: bool = False, seeds: int = 1,
                  scale: str | None = None, device: str = "auto", workers: int | None = None,
-                 log: Callable[[str], None] = print, progress: bool = False) -> None:
+                 log: Callable[[str], None] = print, progress: bool = False, factors: bool = False) -> None:
         if seeds < 1:
             raise UserError(f"--seeds {seeds}: must be at least 1")
         self.name = name
@@ -161,6 +238,7 @@ class Runner:
         self.workers = workers
         self.log = log
         self.progress = progress
+        self.factors = factors  # relu-vs-tanh: the one-factor-at-a-time study at any scale
         self.data = open_data(data)
         self.t0 = time.time()
         self.out.mkdir(parents=True, exist_ok=True)
@@ -202,9 +280,6 @@ class Runner:
     def train(self, base: Mapping[str, Any], variant: Variant, seed: int) -> dict[str, Any]:
         """Train one (variant, seed) unless its run folder already holds the finished run; resume it
         if it was interrupted. Returns its result row."""
-        from alexnet.engine.train import METRICS
-        from alexnet.engine.train import run as train_run
-
         cfg = self.config(base, variant, seed)
         rd = self.run_dir(variant, seed)
         summary_path = rd / "summary.json"
@@ -219,21 +294,33 @@ class Runner:
                                 f"use another --out or remove that folder")
         if summary_path.is_file():
             self.log(f"[{self.name}] {rd.name}: finished earlier, skipped")
+        elif (rd / DIVERGED).is_file():
+            self.log(f"[{self.name}] {rd.name}: diverged earlier, skipped")
         else:
             resume = (rd / METRICS).exists() or any(rd.glob("checkpoint*")) or existing.is_file()
             self.log(f"[{self.name}] {rd.name}: " + ("resuming" if resume else "training")
                      + f" ({cfg.model}, {cfg.epochs} epochs)")
             rd.mkdir(parents=True, exist_ok=True)
-            train_run(cfg, rd, resume=resume, log=lambda s: None if not self.progress else self.log(s))
+            try:
+                train_run(cfg, rd, resume=resume, log=lambda s: None if not self.progress else self.log(s))
+            except TrainingDiverged as e:
+                # A rate of the sweep at which the net diverges is a result (that rate fails), not an
+                # error of the experiment: recorded, and counted at chance level.
+                (rd / DIVERGED).write_text(json.dumps({"error": str(e)}) + "\n")
+                self.log(f"[{self.name}] {rd.name}: diverged ({e}); counted as a failed run at chance-level error")
             self.trained_now += 1
         return self.row(variant, seed, cfg, rd)
 
     def row(self, variant: Variant, seed: int, cfg: TrainConfig, rd: Path) -> dict[str, Any]:
-        from alexnet.report.markdown import read_metrics
-
-        summary = json.loads((rd / "summary.json").read_text())
+        diverged = not (rd / "summary.json").is_file() and (rd / DIVERGED).is_file()
+        summary = {} if diverged else json.loads((rd / "summary.json").read_text())
         final = summary.get("final") or {}
+        metrics = read_metrics(rd / "metrics.jsonl") if (rd / "metrics.jsonl").is_file() else []
+        if diverged:  # chance level: the weights are not finite
+            c = self.data.num_classes
+            final = {"val_top1_err": 1 - 1 / c, "val_top5_err": max(0.0, 1 - 5 / c)}
         return {
+            "diverged": diverged,
             "variant": variant.name,
             "seed": seed,
             **variant.fields,
@@ -247,7 +334,7 @@ class Runner:
             "time_s": summary.get("time_s"),
             "model": cfg.model,
             "run": str(rd.relative_to(self.out)),
-            "_metrics": read_metrics(rd / "metrics.jsonl"),
+            "_metrics": metrics,
         }
 
     def train_all(self, base: Mapping[str, Any], variants: Sequence[Variant],
@@ -255,21 +342,96 @@ class Runner:
         """Every variant for every seed (seed-major, so a first pass over the variants finishes early)."""
         return [self.train(base, v, s) for s in (self.seeds if seeds is None else seeds) for v in variants]
 
+    # -- fair comparisons: one sweep for every arm -------------------------------------------------
+    def rates(self, base: Mapping[str, Any]) -> tuple[float, ...]:
+        """The learning-rate sweep every arm gets, around the recipe's rate ε: ε/4 and ε at the
+        quick and test scales, ε/4, ε/2, ε, 2ε at full scale."""
+        lr = float(base["lr"])
+        factors = (0.25, 0.5, 1.0, 2.0) if self.scale == "full" else (0.25, 1.0)
+        return tuple(round(lr * f, 12) for f in factors)
+
+    @property
+    def sweep_seeds(self) -> list[int]:
+        """The seeds every rate is trained with: all of them at full scale, the first otherwise
+        (the others then train each arm at its chosen rate)."""
+        return list(self.seeds) if self.scale == "full" else self.seeds[:1]
+
+    def sweep(self, base: Mapping[str, Any], arms: Sequence[Variant], *, rates: Sequence[float] | None = None,
+              score: Callable[[dict[str, Any]], float] | None = None,
+              tie: Callable[[dict[str, Any]], float] | None = None,
+              measure: Callable[[dict[str, Any]], None] | None = None,
+              criterion: str = "top-1 error on the selection half of the validation images") -> Sweep:
+        """Train every arm alike: each rate of ``rates`` (default :meth:`rates`) on the sweep seeds,
+        then the other seeds at the arm's chosen rate — the rate with the lowest mean ``score``
+        (default: selection-half top-1 error) over the sweep seeds, ties to the lowest mean ``tie``,
+        then to the lower rate. ``measure`` adds fields to each row after training (default: the
+        validation halves, :meth:`add_val_halves`)."""
+        rates = tuple(rates if rates is not None else self.rates(base))
+        measure = measure or self.add_val_halves
+        score = score or (lambda r: r["select_top1_err"])
+
+        def at(arm: Variant, lr: float) -> Variant:
+            return Variant(f"{arm.name}-lr{lr:g}", {**arm.overrides, "lr": lr}, {**arm.fields, "arm": arm.name, "lr": lr})
+
+        def trained(arm: Variant, lr: float, seed: int) -> dict[str, Any]:
+            r = self.train(base, at(arm, lr), seed)
+            measure(r)
+            return r
+
+        sweep_seeds = self.sweep_seeds
+        rows = [trained(a, lr, s) for s in sweep_seeds for a in arms for lr in rates]
+        scores: dict[str, dict[float, float]] = {}
+        ties: dict[str, dict[float, float]] = {}
+        for a in arms:
+            scores[a.name], ties[a.name] = {}, {}
+            for lr in rates:
+                mine = [r for r in rows if r["arm"] == a.name and r["lr"] == lr]
+                vals = [score(r) for r in mine]
+                scores[a.name][lr] = sum(vals) / len(vals)
+                tvals = [tie(r) for r in mine] if tie else [0.0]
+                ties[a.name][lr] = sum(tvals) / len(tvals)
+        best = {a: min(rates, key=lambda lr: (scores[a][lr], ties[a][lr], lr)) for a in scores}
+        rows += [trained(a, best[a.name], s) for s in self.seeds if s not in sweep_seeds for a in arms]
+        for r in rows:
+            r["chosen_lr"] = best[r["arm"]]
+            r["chosen"] = r["lr"] == best[r["arm"]]
+            r["sweep_rates"] = list(rates)
+        return Sweep(rows, [a.name for a in arms], rates, sweep_seeds, list(self.seeds), best, scores, criterion)
+
+    def add_val_halves(self, row: dict[str, Any]) -> None:
+        """Top-1/top-5 error of a finished run's final weights (centre crop) on the selection and the
+        report half of the validation images (:func:`selection_half`), cached in its run folder."""
+        if row.get("diverged"):  # no finite weights to evaluate: chance level on both halves
+            c = self.data.num_classes
+            for name in ("select", "report"):
+                row[f"{name}_top1_err"], row[f"{name}_top5_err"] = 1 - 1 / c, max(0.0, 1 - 5 / c)
+            return
+        cache = self.out / row["run"] / "val_halves.json"
+        if cache.is_file():
+            row.update(json.loads(cache.read_text()))
+            return
+        probs, labels = self.predict(row["run"], "val")
+        sel = selection_half(labels.numpy())
+        d: dict[str, Any] = {}
+        for name, mask in (("select", sel), ("report", ~sel)):
+            import torch
+
+            m = torch.from_numpy(mask)
+            c1, c5 = topk_correct(probs[m], labels[m])
+            n = max(1, int(m.sum()))
+            d[f"{name}_top1_err"], d[f"{name}_top5_err"], d[f"{name}_images"] = 1 - c1 / n, 1 - c5 / n, int(m.sum())
+        cache.write_text(json.dumps(d) + "\n")
+        row.update(d)
+
     # -- evaluation of trained runs ---------------------------------------------------------------
     def predict(self, run: str | Path, split: str = "val", limit: int = 0) -> tuple[Any, Any]:
         """Softmax probabilities (N×C float tensor) and labels of a finished run on ``split``
         (its first ``limit`` images when > 0), centre crop, the model in eval mode."""
-        import numpy as np
-        import torch
-
-        from alexnet.data.format import PreparedDataset
-        from alexnet.engine.evaluate import Precision, predict_probs
-        from alexnet.engine.inference import augment_for, load
-        from alexnet.engine.train import pick_device
-
         device = pick_device(self.device)
         trained = load(self.out / run, device)
-        ds = PreparedDataset(self.data.root, split)
+        # The run's own data (the baselines train the 32×32 nets on a downscaled copy).
+        spec = (yaml.safe_load((self.out / run / "config.yaml").read_text()) or {}).get("data")
+        ds = PreparedDataset(self.data.root if spec in (None, self.data.spec) else Path(spec), split)
         aug = augment_for(trained, ds)
         prec = Precision(device)
         n = len(ds) if limit <= 0 else min(limit, len(ds))
@@ -284,7 +446,7 @@ class Runner:
         """``results.json``: the rows without private (``_``) fields."""
         clean = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
         p = self.out / "results.json"
-        p.write_text(json.dumps(clean, indent=1) + "\n")
+        atomic_write_text(p, json.dumps(clean, indent=1) + "\n")
         return p
 
     def scale_text(self, base: Mapping[str, Any]) -> str:
@@ -306,11 +468,13 @@ class Runner:
         """``report.md``: the claim, the experiment's own sections (tables beside the paper's
         numbers), the figures, every run, the setup (data, scale, base config, command) and the
         machine."""
-        from alexnet.report.markdown import environment, markdown_table
-
         cols = list(row_columns or ["variant", "seed", "top1_err", "top5_err", "train_top1_err", "epochs", "time_s"])
         env = environment()
         d = self.data
+        diverged = [str(r["run"]) for r in rows if r.get("diverged")]
+        if diverged:
+            notes = [f"{len(diverged)} run(s) diverged (a non-finite loss) and count at chance-level error: "
+                     + ", ".join(f"`{d}`" for d in diverged) + ".", *notes]
         parts = [f"# Experiment `{self.name}`: {title}", f"**The paper's claim.** {claim}", *sections]
         for fig in figures:
             rel = Path(fig).relative_to(self.out) if Path(fig).is_absolute() else Path(fig)
@@ -333,6 +497,6 @@ class Runner:
         env_rows = [{"": k, "value": v} for k, v in env.items()]
         parts.append("## Machine\n\n" + markdown_table(env_rows, ["", "value"]).rstrip("\n"))
         p = self.out / "report.md"
-        p.write_text("\n\n".join(parts) + "\n")
+        atomic_write_text(p, "\n\n".join(parts) + "\n")
         return p
 

@@ -54,6 +54,13 @@ def options(name: str) -> list[str]:
     return [p.name for p in sig.parameters.values() if p.kind is p.KEYWORD_ONLY]
 
 
+def input_norm(name: str, model_options: dict[str, Any] | None = None) -> str:
+    """How model ``name`` built with ``model_options`` expects its input: the ``input_norm``
+    option where the model takes one and it is set, else the registry's."""
+    chosen = (model_options or {}).get("input_norm")
+    return chosen if chosen and "input_norm" in options(name) else info(name).input_norm
+
+
 def create(name: str, num_classes: int = 1000, **opts: Any) -> nn.Module:
     """Build a model by name. Unknown names or options raise ``ValueError`` naming what is accepted."""
     m = info(name)
@@ -66,4 +73,4 @@ def create(name: str, num_classes: int = 1000, **opts: Any) -> nn.Module:
     return model
 
 
-__all__ = ["AlexNet", "CifarNet", "LeNet5", "LocalResponseNorm", "ModelInfo", "create", "info", "names", "options"]
+__all__ = ["AlexNet", "CifarNet", "LeNet5", "LocalResponseNorm", "ModelInfo", "create", "info", "input_norm", "names", "options"]

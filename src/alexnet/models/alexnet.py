@@ -15,6 +15,9 @@ from alexnet.models.layers import make_activation, make_lrn
 
 PAPER_WIDTHS = (96, 256, 384, 384, 256)
 OWT_WIDTHS = (64, 192, 384, 256, 256)
+# What alexnet_owt changes from the paper's defaults: torchvision's layout.
+OWT_OPTIONS: dict[str, object] = dict(lrn="none", towers=1, widths=OWT_WIDTHS, dropout_first=True, adaptive_pool=True,
+                                      init="torch")
 
 
 class AlexNet(nn.Module):
@@ -151,7 +154,4 @@ def alexnet(num_classes: int = 1000, **options: object) -> AlexNet:
 def alexnet_owt(num_classes: int = 1000, **options: object) -> AlexNet:
     """Krizhevsky 2014's one-weird-trick net, laid out exactly as ``torchvision.models.alexnet``
     (same state_dict keys and shapes, 61,100,840 parameters)."""
-    defaults: dict[str, object] = dict(
-        lrn="none", towers=1, widths=OWT_WIDTHS, dropout_first=True, adaptive_pool=True, init="torch"
-    )
-    return AlexNet(num_classes, **{**defaults, **options})  # type: ignore[arg-type]
+    return AlexNet(num_classes, **{**OWT_OPTIONS, **options})  # type: ignore[arg-type]

@@ -2,7 +2,7 @@
 
     s[i] = k + alpha * sum_{j=max(0, i-n//2)}^{min(C-1, i+n//2)} a[j]^2,    b[i] = a[i] * s[i] ** -beta
 
-``alpha`` here is the *effective* alpha (the paper's, not divided by n; see PAPER.md's α/n trap).
+``alpha`` here is the *effective* alpha (§3.3's, not divided by n as torch and Caffe divide it).
 
 Two implementations:
 

@@ -19,7 +19,15 @@ class CifarNet(nn.Module):
 
     ``init="he"`` (default) suits its unit-scale inputs; ``init="paper"`` is cuda-convnet's
     CIFAR initialisation for raw 0–255 inputs (std 1e-4 in conv1, 1e-2 elsewhere), which
-    learns far more slowly.
+    learns far more slowly; ``init_gain`` multiplies either's standard deviations.
+
+    ``input_norm`` declares the input the net is built for (see ``alexnet.data.augment.INPUT_NORMS``;
+    None: the registry's ``mean_image_std``): ``"mean_image"`` is raw 0–255 RGB minus the mean
+    image, as cuda-convnet's CIFAR nets were fed. ``pooling="cuda-convnet"`` takes the pools of
+    cuda-convnet's example CIFAR nets: max after conv1, average after conv2 and conv3.
+
+    Figure 1's net (§3.1): ``activation=relu|tanh, lrn="none", init="paper",
+    input_norm="mean_image", pooling="cuda-convnet"`` and no dropout.
     """
 
     input_size = 32
@@ -35,9 +43,12 @@ class CifarNet(nn.Module):
         towers: int = 1,
         widths: Sequence[int] = (32, 32, 64),
         init: str = "he",
+        init_gain: float = 1.0,
         bias_init: float | None = None,
         in_channels: int = 3,
         remove_conv: int = 0,
+        input_norm: str | None = None,
+        pooling: str = "max",
     ) -> None:
         super().__init__()
         if towers not in (1, 2):
@@ -50,26 +61,40 @@ class CifarNet(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if init not in ("paper", "torch", "he"):
             raise ValueError(f"unknown init {init!r}; accepted: paper, torch, he")
+        if not init_gain > 0:
+            raise ValueError(f"init_gain must be > 0, got {init_gain}")
+        if init == "torch" and init_gain != 1.0:
+            raise ValueError("init_gain applies to init 'paper' and 'he', not to torch's default init")
+        if input_norm is not None and input_norm not in ("mean_image", "mean_image_std", "mean_std"):
+            raise ValueError(f"unknown input_norm {input_norm!r}; accepted: mean_image, mean_image_std, mean_std")
+        if pooling not in ("max", "cuda-convnet"):
+            raise ValueError(f"unknown pooling {pooling!r}; accepted: max, cuda-convnet")
         if bias_init is not None and init != "paper":
             raise ValueError(f"bias_init={bias_init} has no effect with init={init!r}: only init='paper' sets the biases")
+        self.input_norm = input_norm
         w1, w2, w3 = widths
         # Pad the pools so that both 3/2 (overlapping) and 2/2 halve the map exactly.
         pool_args = dict(kernel_size=3, stride=2, padding=1) if overlapping_pool else dict(kernel_size=2, stride=2)
 
-        def block(conv: nn.Module, norm: bool) -> list[nn.Module]:
+        def pool(i: int) -> nn.Module:
+            if pooling == "cuda-convnet" and i > 1:  # its example nets average after conv2 and conv3
+                return nn.AvgPool2d(**pool_args, count_include_pad=False)  # type: ignore[arg-type]
+            return nn.MaxPool2d(**pool_args)  # type: ignore[arg-type]
+
+        def block(conv: nn.Module, norm: bool, i: int) -> list[nn.Module]:
             layers = [conv, make_activation(activation)]
             if norm and (n := make_lrn(lrn)) is not None:
                 layers.append(n)
-            layers.append(nn.MaxPool2d(**pool_args))  # type: ignore[arg-type]
+            layers.append(pool(i))
             return layers
 
         conv2: list[nn.Module] = (  # §7's depth ablation takes conv2 out, keeping its pooling
-            [nn.MaxPool2d(**pool_args)] if remove_conv == 2  # type: ignore[arg-type]
-            else block(nn.Conv2d(w1, w2, 5, padding=2, groups=towers), norm=True))
+            [pool(2)] if remove_conv == 2
+            else block(nn.Conv2d(w1, w2, 5, padding=2, groups=towers), norm=True, i=2))
         self.features = nn.Sequential(
-            *block(nn.Conv2d(in_channels, w1, 5, padding=2), norm=True),  # 16×16
+            *block(nn.Conv2d(in_channels, w1, 5, padding=2), norm=True, i=1),  # 16×16
             *conv2,  # 8×8, own tower
-            *block(nn.Conv2d(w1 if remove_conv == 2 else w2, w3, 5, padding=2), norm=False),  # 4×4, crosses towers
+            *block(nn.Conv2d(w1 if remove_conv == 2 else w2, w3, 5, padding=2), norm=False, i=3),  # 4×4, crosses towers
         )
         self.classifier = nn.Sequential(
             *([nn.Dropout(dropout)] if dropout > 0 else []),
@@ -81,9 +106,9 @@ class CifarNet(nn.Module):
             # cuda-convnet's CIFAR config uses std 1e-4 / 1e-2 / 1e-2 / 1e-2. We keep N(0, 0.01)
             # except the first layer, whose raw-pixel inputs (0–255 minus mean) need the smaller std.
             convs = [m for m in self.features if isinstance(m, nn.Conv2d)]
-            nn.init.normal_(convs[0].weight, std=1e-4)
+            nn.init.normal_(convs[0].weight, std=1e-4 * init_gain)
             for m in convs[1:] + [m for m in self.classifier if isinstance(m, nn.Linear)]:
-                nn.init.normal_(m.weight, std=1e-2)
+                nn.init.normal_(m.weight, std=1e-2 * init_gain)
             for m in convs + [m for m in self.classifier if isinstance(m, nn.Linear)]:
                 nn.init.constant_(m.bias, 0.0)
             for m in convs[1:]:
@@ -93,12 +118,12 @@ class CifarNet(nn.Module):
             # He et al. 2015 for ReLU layers, for inputs of unit scale (input_norm "mean_image_std").
             for m in self.modules():
                 if isinstance(m, (nn.Conv2d, nn.Linear)):
-                    nn.init.normal_(m.weight, std=(2.0 / m.weight[0].numel()) ** 0.5)
+                    nn.init.normal_(m.weight, std=init_gain * (2.0 / m.weight[0].numel()) ** 0.5)
                     nn.init.zeros_(m.bias)
             # The output layer feeds the softmax, not a ReLU: the paper's N(0, 0.01) keeps the first
             # logits near zero (loss ln C) instead of He's unit-scale logits, whose early gradients
             # kill the ReLUs of a net without response normalisation.
-            nn.init.normal_(self.classifier[-1].weight, std=0.01)
+            nn.init.normal_(self.classifier[-1].weight, std=0.01 * init_gain)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from alexnet.errors import UserError
 
-from .base import Item, Source, file_stamp, is_hidden, list_tar, open_tar, tar_damage, unsafe_member_name
+from .base import Item, Source, file_stamp, is_hidden, list_tar, open_tar, oversized, tar_damage, unsafe_member_name
 
 VAL_DIRS = ("val", "validation")
 
@@ -36,8 +36,8 @@ class Tree:
 
     path: Path
     entries: list[Entry]
-    # (member name, report code) of archive members that are never read
-    rejected: list[tuple[str, str]]
+    # (name, report code[, detail]) of files or archive members that are never read
+    rejected: list[tuple[str, ...]]
 
     def read(self, entries: Sequence[Entry], names: Sequence[str], labels: Sequence[int]) -> Iterator[Item]:
         raise NotImplementedError
@@ -53,21 +53,62 @@ class DirTree(Tree):
     def __init__(self, path: Path) -> None:
         self.path = path
         self.rejected = []
-        files: list[Path] = []
-        for d, dirs, fs in os.walk(path, followlinks=True):
-            dirs[:] = [x for x in dirs if not x.startswith(".")]
-            files += [Path(d) / f for f in fs if (Path(d) / f).is_file()]
+        top = path.resolve()
+        files: list[tuple[str, Path, int, int]] = []  # (rel, path, size, mtime_ns)
+        seen: set[tuple[int, int]] = set()  # (device, inode) of every folder walked: no loops
+
+        def walk(d: Path, rel: str) -> None:
+            st = d.stat()
+            if (st.st_dev, st.st_ino) in seen:
+                return
+            seen.add((st.st_dev, st.st_ino))
+            try:
+                children = sorted(os.scandir(d), key=lambda e: e.name)
+            except OSError as e:
+                self.rejected.append((rel or ".", "unreadable", e.strerror or str(e)))
+                return
+            for e in children:
+                if e.name.startswith("."):
+                    continue
+                r = f"{rel}{e.name}"
+                p = Path(e.path)
+                if e.is_symlink():
+                    # A link to a folder or file inside the tree would list those files twice
+                    # (and a link from train/ into val/ would leak val into train); one to an
+                    # ancestor would loop. Links to places outside the tree are followed.
+                    try:
+                        target = p.resolve(strict=True)
+                    except (OSError, RuntimeError):  # dangling, or a loop of links
+                        self.rejected.append((r, "unreadable", "a broken or looping link"))
+                        continue
+                    if target == top or top in target.parents:
+                        self.rejected.append((r, "link_into_tree", f"points to {target.relative_to(top).as_posix() or '.'}"))
+                        continue
+                try:
+                    if e.is_dir():
+                        walk(p, r + "/")
+                    elif e.is_file():
+                        fst = e.stat()
+                        files.append((r, p, fst.st_size, fst.st_mtime_ns))
+                except OSError as err:
+                    self.rejected.append((r, "unreadable", err.strerror or str(err)))
+
+        walk(path, "")
         files.sort()
-        self.entries = [Entry(p.relative_to(path).as_posix(), p, i) for i, p in enumerate(files)]
+        self.entries = [Entry(rel, p, i) for i, (rel, p, _, _) in enumerate(files)]
+        self._stats = [(size, mtime) for _, _, size, mtime in files]
 
     def read(self, entries: Sequence[Entry], names: Sequence[str], labels: Sequence[int]) -> Iterator[Item]:
         for e, name, label in zip(entries, names, labels):
             yield Item(name, label, str(e.handle))  # a worker reads the file: reading is parallel too
 
     def stamp(self) -> list[Any]:
-        # The listing identifies the tree well enough; stat-ing every file would cost a pass.
-        h = hashlib.sha1("\n".join(e.rel for e in self.entries).encode()).hexdigest()
-        return [str(self.path.resolve()), len(self.entries), h]
+        # Names, sizes and modification times: a file replaced, grown or touched between an
+        # interrupted prepare and its rerun makes the rerun start clean instead of mixing data.
+        h = hashlib.sha1()
+        for e, (size, mtime) in zip(self.entries, self._stats):
+            h.update(os.fsencode(e.rel) + f"\0{size}\0{mtime}\n".encode())
+        return [str(self.path.resolve()), len(self.entries), h.hexdigest()]
 
 
 class TarTree(Tree):
@@ -95,7 +136,12 @@ class TarTree(Tree):
         for e, name, label in sorted(zip(entries, names, labels), key=lambda t: t[0].order):
             try:
                 f = self.tf.extractfile(e.handle)
-                data = f.read() if f is not None else b""
+                head = f.read(16) if f is not None else b""
+                bad = oversized(head, e.handle.size)
+                if bad is not None:
+                    yield Item(name, label, None, skip=bad[0], detail=bad[1])
+                    continue
+                data = head + f.read() if f is not None else b""
             except (tarfile.TarError, OSError, EOFError) as err:
                 yield Item(name, label, None, skip="corrupt_archive", detail=str(err))
                 continue
@@ -141,7 +187,7 @@ def held_out(rels: Sequence[str], frac: float) -> set[str]:
     split is the same on every machine and in every listing order."""
     n = len(rels)
     k = min(max(round(frac * n), 1), n - 1) if n >= 2 else 0
-    return set(sorted(rels, key=lambda r: hashlib.sha1(r.encode()).hexdigest())[:k])
+    return set(sorted(rels, key=lambda r: hashlib.sha1(os.fsencode(r)).hexdigest())[:k])
 
 
 @dataclass
@@ -261,7 +307,8 @@ class FolderSource(Source):
             lists[k].sort(key=lambda t: t[0].order)
         self._lists = lists
         self._rejected = [Item(e.rel, -1, None, skip=code, detail=d) for e, code, d in rejected]
-        self._rejected += [Item(name, -1, None, skip=code) for name, code in self.tree.rejected]
+        self._rejected += [Item(name, -1, None, skip=r[1], detail=r[2] if len(r) > 2 else "")  # type: ignore[misc]
+                           for name, r in ((r[0], r) for r in self.tree.rejected)]
 
     # -- Source API ------------------------------------------------------------------------
     def count(self, split: str) -> int | None:

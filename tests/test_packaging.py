@@ -1,0 +1,45 @@
+"""What ships: the wheel carries py.typed and the recipes; the READMEs link only to files in the
+repository."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+READMES = [ROOT / "README.md", ROOT / "benchmarks" / "README.md", ROOT / "docs" / "paper.md"]
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+# Files a reader is told about in prose (`like/this.md`): they must exist in the repository too.
+MENTIONED = re.compile(r"(?<![\w/.-])([\w./-]+\.md)\b")
+WRITTEN = {"report.md"}  # files the commands write into run and experiment folders
+
+
+@pytest.mark.parametrize("readme", READMES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_readme_points_only_to_files_in_the_repository(readme: Path) -> None:
+    text = readme.read_text()
+    for target in LINK.findall(text):
+        if target.startswith(("http://", "https://", "#", "mailto:")):
+            continue
+        path = (readme.parent / target.split("#")[0]).resolve()
+        assert path.is_relative_to(ROOT) and path.exists(), f"{readme.name} links to {target}, not in the repository"
+    for name in MENTIONED.findall(text):
+        if Path(name).name in WRITTEN:
+            continue
+        assert (readme.parent / name).exists() or (ROOT / name).exists(), \
+            f"{readme.name} mentions {name}, which is not in the repository"
+
+
+@pytest.mark.slow
+def test_the_wheel_ships_py_typed_and_the_recipes(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
+                        str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (wheel,) = tmp_path.glob("alexnet-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "alexnet/py.typed" in names
+    assert "alexnet/configs/paper.yaml" in names
