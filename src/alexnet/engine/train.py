@@ -498,7 +498,6 @@ def setup(cfg: TrainConfig, out: Path, *, log: Callable[[str], None] = print) ->
     except UserError as e:
         raise UserError(f"{root}: {e}") from None
     if dist_info.is_main:
-        log(describe_augmentation(cfg, train_ds.image_size, mi.input_size))
         for warning in warnings:
             log(f"warning: {warning}")
     distributed.init(dist_info, device)
@@ -729,6 +728,7 @@ def _loop(ctx: Context, state: RunState) -> dict[str, Any]:
         f"images, {ctx.train_ds.num_classes} classes, {cfg.epochs} epochs of {len(ctx.train_loader)} batches of "
         f"{cfg.batch_size}" + (f" ({ctx.dist.world_size} processes)" if ctx.dist.enabled else "")
         + f", recipe {cfg.recipe}, {placement}")
+    log(describe_augmentation(cfg, ctx.train_ds.image_size, ctx.augment.crop))
     ctx.t_start = time.time()
     elapsed0 = state.elapsed_s
     # A resumed run that had finished training but not written its final weights (a full disk)
