@@ -31,7 +31,8 @@ bench: $(STAMP)
 
 # The GPU machine's preinstalled stack (torch 2.11, torchvision 0.26, no TorchCodec), in a second
 # venv: `make test-compat` runs the GPU-relevant tests on it (models, LRN, the fast step, loader,
-# augmentation, JPEG codecs, `benchmarks/gpu.py --device cpu --tiny`). Not part of `make test`.
+# augmentation, JPEG codecs, and `benchmarks/gpu.py --device cpu --tiny`, which tests/test_bench_gpu.py
+# runs and checks). Not part of `make test`.
 # PyPI's Linux torch wheels are CUDA builds: the first run downloads about 3 GB.
 COMPAT_VENV := .venv-compat
 COMPAT_PY := $(COMPAT_VENV)/bin/python
@@ -49,7 +50,6 @@ $(COMPAT_STAMP): pyproject.toml
 test-compat: $(COMPAT_STAMP)
 	$(COMPAT_PY) -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
 	$(COMPAT_PY) -m pytest $(COMPAT_TESTS)
-	$(COMPAT_PY) benchmarks/gpu.py --device cpu --tiny --out $(COMPAT_VENV)/gpu-tiny
 
 clean:
 	rm -rf $(VENV) $(COMPAT_VENV) runs
