@@ -33,13 +33,13 @@ bench: $(STAMP)
 
 # The GPU machine's preinstalled stack (torch 2.11, torchvision 0.26, no TorchCodec), in a second
 # venv: `make test-compat` runs the GPU-relevant tests on it (models, LRN, the fast step, loader,
-# augmentation, JPEG codecs, `benchmarks/gpu.py --device cpu --tiny`). Not part of `make test`.
+# augmentation, JPEG codecs, the benchmarks' library and preflight, `benchmarks/gpu.py --device cpu --tiny`). Not part of `make test`.
 # PyPI's Linux torch wheels are CUDA builds: the first run downloads about 3 GB.
 COMPAT_VENV := .venv-compat
 COMPAT_PY := $(COMPAT_VENV)/bin/python
 COMPAT_STAMP := $(COMPAT_VENV)/.installed
-COMPAT_TESTS := tests/test_models.py tests/test_lrn_fast.py tests/test_bench_gpu.py tests/test_loader.py \
-	tests/test_augment.py tests/test_jpeg.py tests/test_optim.py
+COMPAT_TESTS := tests/test_models.py tests/test_lrn_fast.py tests/test_fast_step.py tests/test_bench_gpu.py \
+	tests/test_perf.py tests/test_loader.py tests/test_augment.py tests/test_jpeg.py tests/test_optim.py
 
 $(COMPAT_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(COMPAT_VENV)
