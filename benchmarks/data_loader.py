@@ -1,4 +1,4 @@
-"""Loader throughput against torchvision's reference recipe (issue 3 §6), at several worker counts.
+"""Loader throughput against torchvision's reference recipe, at several worker counts.
 
     python benchmarks/data_loader.py                         # workers 1 and 2, CUDA if available
     python benchmarks/data_loader.py --workers 1 2 --device cpu
@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from alexnet.commands import bench
+from alexnet.environment import environment
 
 ROOT = Path(__file__).resolve().parent
 
@@ -39,7 +40,7 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "results"))
     args = p.parse_args()
 
-    machine = bench.machine_info()
+    machine = environment(args.device)
     rows = []
     with tempfile.TemporaryDirectory(prefix="alexnet-bench-") as work:
         # One photo set large enough that no worker count's timing spans an epoch.
@@ -52,7 +53,7 @@ def main() -> None:
             row = bench.run_data(ns)
             print(json.dumps(row), flush=True)
             rows.append(row)
-    kind = re.sub(r"[^a-z0-9]+", "-", (machine["gpu"] or machine["cpu"] or "cpu").lower()).strip("-")[:40]
+    kind = re.sub(r"[^a-z0-9]+", "-", (machine["cuda_device"] or machine["processor"] or "cpu").lower()).strip("-")[:40]
     size = f"-{args.images}img" if args.images else ""
     out = Path(args.out) / f"data-{kind}{size}-{time.strftime('%Y-%m-%d')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

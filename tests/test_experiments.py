@@ -393,7 +393,7 @@ def test_figure1_training_error_covers_the_whole_training_set(tiny: Path, tmp_pa
     from alexnet.config import TrainConfig
     from alexnet.engine.train import run as train_run
     from alexnet.experiments.relu_vs_tanh import BATCH, FIGURE1_NET, FULL, NO_REGULARISATION, QUICK
-    from alexnet.report.markdown import read_metrics
+    from alexnet.engine.metrics import read_metrics
 
     for scale in (QUICK, FULL):
         assert scale["train_subset"] == 0 and scale["max_steps_per_epoch"] == 0 and scale["batch_size"] == BATCH
@@ -442,3 +442,21 @@ def test_relu_vs_tanh_factor_study(tiny: Path, tmp_path: Path, monkeypatch: pyte
     assert {c["model_options"]["lrn"] for n, c in cfgs.items() if n.startswith("lrn-")} == {"paper"}
     assert {c["model_options"]["lrn"] for n, c in cfgs.items() if not n.startswith("lrn-")} == {"none"}
     assert "one factor at a time" in (out / "report.md").read_text()
+
+
+def test_a_diverging_rate_is_a_failed_run_not_an_error(tiny: Path, tmp_path: Path) -> None:
+    """A rate of the sweep at which the net diverges is recorded (chance-level error) and loses the
+    selection; the experiment goes on, and a rerun does not train it again."""
+    from alexnet.experiments.runner import Runner, Variant
+
+    logs: list[str] = []
+    runner = Runner("div", str(tiny), tmp_path / "div", seeds=1, scale="test", device="cpu", workers=0, log=logs.append)
+    base = runner.base_config("alexnet-cifar")
+    sw = runner.sweep(base, [Variant("a")], rates=(0.01, 1e9))
+    by = {r["lr"]: r for r in sw.rows}
+    assert by[1e9]["diverged"] and by[1e9]["select_top1_err"] == pytest.approx(0.9)
+    assert not by[0.01]["diverged"] and sw.best == {"a": 0.01}
+    assert any("diverged (" in s for s in logs)
+    logs.clear()
+    runner.sweep(base, [Variant("a")], rates=(0.01, 1e9))
+    assert any("diverged earlier, skipped" in s for s in logs) and not any("training" in s for s in logs)

@@ -11,6 +11,7 @@ import signal
 import sys
 from typing import Any, Sequence
 
+from alexnet import __version__
 from alexnet.errors import Terminated, UserError
 
 # name -> (module, one-line help)
@@ -42,8 +43,6 @@ def _available() -> dict[str, tuple[str, str]]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="alexnet", description="AlexNet (Krizhevsky, Sutskever & Hinton, NIPS 2012), reproduced.")
-    from alexnet import __version__
-
     parser.add_argument("--version", action="version", version=f"alexnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True

@@ -51,9 +51,9 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, record: bool) -> int:
     from alexnet.data.format import PreparedDataset
     from alexnet.data.resolve import resolve_data
-    from alexnet.engine.evaluate import Precision, evaluate
+    from alexnet.engine.device import pick_device
+    from alexnet.engine.evaluate import Precision, evaluate, per_class_summary
     from alexnet.engine.inference import augment_for, load
-    from alexnet.engine.train import pick_device
 
     device = pick_device(args.device or "auto")
     members = [load(r, device) for r in args.runs]
@@ -100,23 +100,6 @@ def _run(args: argparse.Namespace, record: bool) -> int:
         for r in results if len(members) > 1 else []:
             print(f"  {r['run']}: top-1 {r['top1_err']:.4f}, top-5 {r['top5_err']:.4f}")
     return 0
-
-
-def per_class_summary(probs: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> dict:
-    from alexnet.engine.evaluate import topk_correct
-
-    n = len(labels)
-    c1, c5 = topk_correct(probs, labels)
-    pred = probs.argmax(1)
-    k = probs.shape[1]
-    conf = torch.zeros(k, k, dtype=torch.long)
-    conf.index_put_((labels, pred), torch.ones_like(labels), accumulate=True)
-    per_class = []
-    for c in range(k):
-        tot = int(conf[c].sum())
-        per_class.append({"class": class_names[c] if c < len(class_names) else str(c), "n": tot,
-                          "top1_err": (1 - int(conf[c, c]) / tot) if tot else None})
-    return {"top1_err": 1 - c1 / max(1, n), "top5_err": 1 - c5 / max(1, n), "per_class": per_class, "_confusion": conf.numpy()}
 
 
 def _check_imagenet_order(weights: object, classes: list[str], data: str) -> None:

@@ -595,6 +595,11 @@ class PreparedDataset(torch.utils.data.Dataset):
             self._data = np.memmap(self._data_path, dtype=np.uint8, mode="r")
         return self._data
 
+    def data(self) -> np.memmap:
+        """The split's data.bin, every record back to back, as a read-only uint8 memmap (record ``i``
+        is ``data()[off : off + length]`` with ``off, length, _ = index[i]``)."""
+        return self._mm()
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_data"] = None

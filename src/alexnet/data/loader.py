@@ -192,7 +192,7 @@ class _Filler:
 
     def _gather(self, off: np.ndarray, ln: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """The records' bytes back to back (one concatenate from the memmap)."""
-        mm = self.ds._mm()
+        mm = self.ds.data()
         total = int(ln.sum())
         if out is None:
             if len(self.scratch) < total:
@@ -210,7 +210,7 @@ class _Filler:
         n = len(idx)
         if ds.encoding == "raw":
             if n:
-                mm = ds._mm().reshape(-1, h, w, 3)  # all records are H×W×3 uint8
+                mm = ds.data().reshape(-1, h, w, 3)  # all records are H×W×3 uint8
                 images[:n].copy_(torch.from_numpy(mm[idx]).permute(0, 3, 1, 2))  # N×H×W×3 -> N×3×H×W
             return
         off, ln = ds.index[idx, 0], ds.index[idx, 1]

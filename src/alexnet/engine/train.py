@@ -30,6 +30,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -47,9 +48,13 @@ from alexnet.data.resolve import open_splits, resolve_data
 from alexnet.engine import checkpoint as ckpt
 from alexnet.engine import distributed
 from alexnet.engine.checks import check_against_data, describe_augmentation, effective_crop_padding
+from alexnet.engine.device import pick_device
 from alexnet.engine.evaluate import Precision, evaluate
 from alexnet.engine.fast_step import FastStep
+from alexnet.engine.metrics import read_metrics
+from alexnet.engine.model_parallel import ModelParallelAlexNet, model_parallel_devices
 from alexnet.engine.optim import Schedule, build_optimizer, set_lr
+from alexnet.environment import environment
 from alexnet.errors import UserError
 from alexnet.files import atomic_write_bytes, atomic_write_text, lock_folder
 from alexnet.progress import Progress
@@ -119,20 +124,6 @@ class Context:
 
 
 # -- set-up --------------------------------------------------------------------------------------
-
-
-def pick_device(spec: str, local_rank: int = 0) -> torch.device:
-    if spec == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        dev = torch.device(spec)
-    except RuntimeError:
-        raise UserError(f"device {spec!r} is not valid; accepted: auto, cpu, cuda, cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {spec!r}: CUDA is not available on this machine")
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device(f"cuda:{local_rank}")
-    return dev
 
 
 def resolve_auto(d: dict[str, Any]) -> dict[str, Any]:
@@ -329,8 +320,6 @@ def append_metrics(ctx: Context, row: dict[str, Any]) -> None:
 
 
 def _last_metrics(out: Path) -> dict[str, Any]:
-    from alexnet.report.markdown import read_metrics
-
     p = out / METRICS
     rows = read_metrics(p) if p.is_file() else []
     return rows[-1] if rows else {}
@@ -339,8 +328,6 @@ def _last_metrics(out: Path) -> dict[str, Any]:
 def truncate_metrics(out: Path, epochs_done: int) -> None:
     """On resume, keep only the rows of epochs that finished before the checkpoint (a row written
     after it, or torn by the kill, is dropped: the resumed run writes it again)."""
-    from alexnet.report.markdown import read_metrics  # the one reader (tolerates a torn last line)
-
     p = out / METRICS
     if not p.exists():
         return
@@ -357,8 +344,6 @@ def stop_on_signals(ctx: Context) -> Iterator[None]:
     """SIGTERM/SIGINT set a flag; the loop finishes its step, checkpoints and stops. A
     single-process evaluation in progress is abandoned (it is redone on resume). A second
     signal stops at once."""
-    import threading
-
     if threading.current_thread() is not threading.main_thread():  # signals only reach the main thread
         yield
         return
@@ -522,8 +507,6 @@ def setup(cfg: TrainConfig, out: Path, *, log: Callable[[str], None] = print) ->
     model = build_model(cfg, train_ds.num_classes, device)
     devices = [device]
     if cfg.model_parallel == 2:
-        from alexnet.engine.model_parallel import ModelParallelAlexNet, model_parallel_devices
-
         devices = model_parallel_devices(device, dist_info.local_rank)
         if device.type == "cuda" and devices[1].index >= torch.cuda.device_count():  # type: ignore[operator]
             raise UserError(f"model_parallel=2 needs GPUs {devices[0].index} and {devices[1].index} for this process; "
@@ -684,8 +667,6 @@ def run(cfg: TrainConfig, out: str | Path, *, resume: bool = False, log: Callabl
             if resume:
                 truncate_metrics(out, state.epoch)
             save_yaml(cfg, out / "config.yaml")
-            from alexnet.report.markdown import environment
-
             atomic_write_text(out / "environment.json", json.dumps(environment(), indent=1) + "\n")
         _open_tensorboard(ctx, state.epoch)
         return _loop(ctx, state)

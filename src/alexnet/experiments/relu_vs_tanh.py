@@ -25,7 +25,10 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from alexnet.experiments.baselines import downscaled
 from alexnet.experiments.runner import Runner, Sweep, Variant, mean_std
+from alexnet.report.figures import plot_series
+from alexnet.report.tables import markdown_table
 
 TITLE = "ReLU vs tanh: epochs to 25% training error (Figure 1)"
 CLAIM = ("A four-layer convolutional network with ReLUs reaches 25% training error on CIFAR-10 six times faster "
@@ -48,7 +51,7 @@ NO_REGULARISATION: dict[str, Any] = {"weight_decay": 0.0, "random_crop": False, 
 # Batches of 100 (cuda-convnet's CIFAR nets used 128): 100 divides 5,000 and 50,000, so an epoch's
 # running error covers every training image. Validation only at the end (Figure 1 is training error).
 BATCH = 100
-QUICK: dict[str, Any] = {"epochs": 10, "batch_size": BATCH, "eval_every": 1000, "train_subset": 0, "max_steps_per_epoch": 0}
+QUICK: dict[str, Any] = {"epochs": 8, "batch_size": BATCH, "eval_every": 1000, "train_subset": 0, "max_steps_per_epoch": 0}
 FULL: dict[str, Any] = {**QUICK, "epochs": 60}
 # The factor study: one change at a time from the Figure-1 set-up.
 FACTORS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -163,15 +166,10 @@ def figure1_data(runner: Runner) -> str:
     256×256 data."""
     if not runner.data.large:
         return runner.data.spec
-    from alexnet.experiments.baselines import downscaled
-
     return str(downscaled(runner))
 
 
 def run(runner: Runner) -> Path:
-    from alexnet.report.figures import plot_series
-    from alexnet.report.markdown import markdown_table
-
     full = runner.scale == "full"
     base = runner.base_config("alexnet-cifar", QUICK, data=figure1_data(runner), **NO_REGULARISATION,
                               model_options=dict(FIGURE1_NET))

@@ -34,16 +34,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import numpy as np
+import torch
 import yaml
 
 from alexnet import config as config_mod
 from alexnet.config import TrainConfig
+from alexnet.data.format import PreparedDataset
+from alexnet.data.resolve import open_splits, resolve_data
+from alexnet.engine.device import pick_device
+from alexnet.engine.evaluate import Precision, predict_probs, topk_correct
+from alexnet.engine.inference import augment_for, load
+from alexnet.engine.metrics import read_metrics
+from alexnet.engine.train import METRICS, TrainingDiverged
+from alexnet.engine.train import run as train_run
+from alexnet.environment import environment
 from alexnet.errors import UserError
 from alexnet.files import atomic_write_text
+from alexnet.report.tables import markdown_table
 
 SCALE_ENV = "ALEXNET_EXPERIMENT_SCALE"
 SCALES = ("test", "quick", "full")
 RUNS = "runs"
+DIVERGED = "diverged.json"  # in a run folder: the run stopped on a non-finite loss
 # Config fields that may differ between an interrupted run and its resumption without changing
 # what is trained (where it runs, how it reports).
 _RUNTIME_FIELDS = ("device", "workers", "progress", "tensorboard", "eval_batch_size")
@@ -89,9 +102,6 @@ def resolve_scale(quick: bool, scale: str | None = None) -> str:
 def open_data(spec: str) -> DataInfo:
     """``synthetic`` is the built-in set at the CIFAR net's 32×32 input (stored 36×36); a path is a
     prepared dataset, whose image size picks the model family (:meth:`Runner.main_model`)."""
-    from alexnet.data.format import PreparedDataset
-    from alexnet.data.resolve import open_splits, resolve_data
-
     if spec == "synthetic":
         root = resolve_data(spec, 32)
     else:
@@ -104,8 +114,6 @@ def selection_half(labels: Any) -> Any:
     """A boolean mask over validation images: within each class, every other image (in stored
     order) belongs to the selection half, the rest to the report half. Class-balanced and
     deterministic, whatever the order of the classes in the split."""
-    import numpy as np
-
     labels = np.asarray(labels)
     mask = np.zeros(len(labels), dtype=bool)
     for c in np.unique(labels):
@@ -189,8 +197,6 @@ class Sweep:
 
     def table(self, fmt: Callable[[float], str]) -> str:
         """Markdown: one line per arm, the criterion at each rate; the chosen rate in bold."""
-        from alexnet.report.markdown import markdown_table
-
         rows = []
         for a in self.arms:
             row: dict[str, Any] = {"arm": a}
@@ -274,9 +280,6 @@ class Runner:
     def train(self, base: Mapping[str, Any], variant: Variant, seed: int) -> dict[str, Any]:
         """Train one (variant, seed) unless its run folder already holds the finished run; resume it
         if it was interrupted. Returns its result row."""
-        from alexnet.engine.train import METRICS
-        from alexnet.engine.train import run as train_run
-
         cfg = self.config(base, variant, seed)
         rd = self.run_dir(variant, seed)
         summary_path = rd / "summary.json"
@@ -291,21 +294,33 @@ class Runner:
                                 f"use another --out or remove that folder")
         if summary_path.is_file():
             self.log(f"[{self.name}] {rd.name}: finished earlier, skipped")
+        elif (rd / DIVERGED).is_file():
+            self.log(f"[{self.name}] {rd.name}: diverged earlier, skipped")
         else:
             resume = (rd / METRICS).exists() or any(rd.glob("checkpoint*")) or existing.is_file()
             self.log(f"[{self.name}] {rd.name}: " + ("resuming" if resume else "training")
                      + f" ({cfg.model}, {cfg.epochs} epochs)")
             rd.mkdir(parents=True, exist_ok=True)
-            train_run(cfg, rd, resume=resume, log=lambda s: None if not self.progress else self.log(s))
+            try:
+                train_run(cfg, rd, resume=resume, log=lambda s: None if not self.progress else self.log(s))
+            except TrainingDiverged as e:
+                # A rate of the sweep at which the net diverges is a result (that rate fails), not an
+                # error of the experiment: recorded, and counted at chance level.
+                (rd / DIVERGED).write_text(json.dumps({"error": str(e)}) + "\n")
+                self.log(f"[{self.name}] {rd.name}: diverged ({e}); counted as a failed run at chance-level error")
             self.trained_now += 1
         return self.row(variant, seed, cfg, rd)
 
     def row(self, variant: Variant, seed: int, cfg: TrainConfig, rd: Path) -> dict[str, Any]:
-        from alexnet.report.markdown import read_metrics
-
-        summary = json.loads((rd / "summary.json").read_text())
+        diverged = not (rd / "summary.json").is_file() and (rd / DIVERGED).is_file()
+        summary = {} if diverged else json.loads((rd / "summary.json").read_text())
         final = summary.get("final") or {}
+        metrics = read_metrics(rd / "metrics.jsonl") if (rd / "metrics.jsonl").is_file() else []
+        if diverged:  # chance level: the weights are not finite
+            c = self.data.num_classes
+            final = {"val_top1_err": 1 - 1 / c, "val_top5_err": max(0.0, 1 - 5 / c)}
         return {
+            "diverged": diverged,
             "variant": variant.name,
             "seed": seed,
             **variant.fields,
@@ -319,7 +334,7 @@ class Runner:
             "time_s": summary.get("time_s"),
             "model": cfg.model,
             "run": str(rd.relative_to(self.out)),
-            "_metrics": read_metrics(rd / "metrics.jsonl"),
+            "_metrics": metrics,
         }
 
     def train_all(self, base: Mapping[str, Any], variants: Sequence[Variant],
@@ -386,12 +401,15 @@ class Runner:
     def add_val_halves(self, row: dict[str, Any]) -> None:
         """Top-1/top-5 error of a finished run's final weights (centre crop) on the selection and the
         report half of the validation images (:func:`selection_half`), cached in its run folder."""
+        if row.get("diverged"):  # no finite weights to evaluate: chance level on both halves
+            c = self.data.num_classes
+            for name in ("select", "report"):
+                row[f"{name}_top1_err"], row[f"{name}_top5_err"] = 1 - 1 / c, max(0.0, 1 - 5 / c)
+            return
         cache = self.out / row["run"] / "val_halves.json"
         if cache.is_file():
             row.update(json.loads(cache.read_text()))
             return
-        from alexnet.engine.evaluate import topk_correct
-
         probs, labels = self.predict(row["run"], "val")
         sel = selection_half(labels.numpy())
         d: dict[str, Any] = {}
@@ -409,14 +427,6 @@ class Runner:
     def predict(self, run: str | Path, split: str = "val", limit: int = 0) -> tuple[Any, Any]:
         """Softmax probabilities (N×C float tensor) and labels of a finished run on ``split``
         (its first ``limit`` images when > 0), centre crop, the model in eval mode."""
-        import numpy as np
-        import torch
-
-        from alexnet.data.format import PreparedDataset
-        from alexnet.engine.evaluate import Precision, predict_probs
-        from alexnet.engine.inference import augment_for, load
-        from alexnet.engine.train import pick_device
-
         device = pick_device(self.device)
         trained = load(self.out / run, device)
         # The run's own data (the baselines train the 32×32 nets on a downscaled copy).
@@ -458,11 +468,13 @@ class Runner:
         """``report.md``: the claim, the experiment's own sections (tables beside the paper's
         numbers), the figures, every run, the setup (data, scale, base config, command) and the
         machine."""
-        from alexnet.report.markdown import environment, markdown_table
-
         cols = list(row_columns or ["variant", "seed", "top1_err", "top5_err", "train_top1_err", "epochs", "time_s"])
         env = environment()
         d = self.data
+        diverged = [str(r["run"]) for r in rows if r.get("diverged")]
+        if diverged:
+            notes = [f"{len(diverged)} run(s) diverged (a non-finite loss) and count at chance-level error: "
+                     + ", ".join(f"`{d}`" for d in diverged) + ".", *notes]
         parts = [f"# Experiment `{self.name}`: {title}", f"**The paper's claim.** {claim}", *sections]
         for fig in figures:
             rel = Path(fig).relative_to(self.out) if Path(fig).is_absolute() else Path(fig)

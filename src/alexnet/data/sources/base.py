@@ -1,7 +1,7 @@
 """What every importer gives ``prepare``: classes, and per split an ordered stream of items.
 
 A source is opened (and fully validated) before any work starts, so a bad archive, a missing
-devkit or a mismatched ground truth fails in seconds with nothing written (issue 3, §3). Its
+devkit or a mismatched ground truth fails in seconds with nothing written. Its
 streams are resumable: every item comes with a *cursor* (JSON-able) and ``items(split, after=c)``
 continues right after the item whose cursor was ``c``, skipping what it can without reading it.
 """
@@ -117,7 +117,7 @@ def file_stamp(path: Path) -> list[Any]:
 def unsafe_member_name(name: str) -> bool:
     """An archive member name that would land outside the folder it was extracted into: absolute
     (``/x``, ``C:\\x``) or climbing with ``..``. We never extract, but such members are not
-    trusted as data either (issue 3, §3)."""
+    trusted as data either."""
     n = name.replace("\\", "/")
     if n.startswith("/") or re.match(r"^[A-Za-z]:", n):
         return True
