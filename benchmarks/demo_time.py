@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from alexnet.environment import environment
+
 ERRORS = ("val_top1_err_center", "val_top5_err_center", "val_top1_err_ten_crop", "val_top5_err_ten_crop")
 
 
@@ -41,8 +43,6 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS for each demo process (default: unset)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
-    from alexnet.report.markdown import environment
-
     env0 = environment()
     load_before = os.getloadavg()
     rows = []

@@ -9,20 +9,19 @@ LRN rows: forward + backward of one layer on N×96×55×55 (after conv1) and N×
   plain+compile  the same under torch.compile (Inductor fuses the shifted adds; CUDA default, --compile)
   torch          torch.nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2) == the paper's formula (α/n trap)
   triton         the Triton kernel pair (CUDA only)
-Step rows: one SGD step of alexnet.models.create("alexnet") with lrn="none" and with each LRN path;
-``lrn_share`` = 1 - t(none) / t(path) is the fraction of the step spent in LRN (issue 6: ≤ 15%).
+Step rows: one training step (alexnet.engine.fast_step.FastStep, the step ``alexnet train`` runs, with
+the paper's update) of alexnet.models.create("alexnet") with lrn="none" and with each LRN path, on
+random input already cropped; ``lrn_share`` = 1 - t(none) / t(path) is the fraction of the step spent
+in LRN (target ≤ 15%, benchmarks/README.md).
 Writes benchmarks/results/lrn-<device>-<date>.json with the device, versions, date and git SHA.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import platform
 import re
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,42 +31,31 @@ import torch
 from torch import nn
 
 from alexnet import models
+from alexnet.engine.device import AMP_DTYPES
+from alexnet.environment import environment
 from alexnet.models import lrn_fast
 from alexnet.models.layers import PAPER_LRN, LocalResponseNorm
+from alexnet.perf.steps import make_step
+from alexnet.perf.timing import time_calls
 
 ROOT = Path(__file__).resolve().parent
 # The paper net's two LRN layers (Figure 2): after conv1+ReLU and after conv2+ReLU.
 LRN_SHAPES = ((96, 55, 55), (256, 27, 27))
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {"fp32": torch.float32, **{k: v for k, v in AMP_DTYPES.items() if v is not None}}
 FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 SIZE, ALPHA, BETA, K = PAPER_LRN["size"], PAPER_LRN["alpha"], PAPER_LRN["beta"], PAPER_LRN["k"]
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_ms(fn: Callable[[], object], device: torch.device, warmup: int, iters: int, repeats: int = 3) -> float:
     """Median over ``repeats`` of the mean time per call of ``iters`` back-to-back calls, in ms."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    means = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            fn()
-        _sync(device)
-        means.append((time.perf_counter() - t0) / iters * 1e3)
-    return statistics.median(means)
+    return statistics.median(time_calls(fn, device, iters=iters, repeats=repeats, warmup=warmup)) * 1e3
 
 
 def lrn_impls(device: torch.device, compile_plain: bool) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
     def plain(x: torch.Tensor) -> torch.Tensor:
         return lrn_fast.lrn_plain(x, SIZE, ALPHA, BETA, K)
 
-    # torch divides alpha by n: alpha = paper alpha × n gives the paper's layer (PAPER.md).
+    # torch divides alpha by n (§3.3 does not): alpha = paper alpha × n gives the paper's layer.
     torch_lrn = nn.LocalResponseNorm(SIZE, alpha=ALPHA * SIZE, beta=BETA, k=K)
     impls: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"plain": plain, "torch": torch_lrn}
     if compile_plain:
@@ -151,10 +139,11 @@ def lrn_layers_ms(
 
 
 def bench_step(args: argparse.Namespace, device: torch.device) -> list[dict]:
-    """One SGD step (§5: momentum 0.9, weight decay 5e-4) of the paper net, random data on the device."""
+    """One training step (FastStep: forward, loss, backward, the paper's update, §5) of the paper net
+    on random input already on the device, without LRN and with each LRN path."""
     cuda = device.type == "cuda"
     fmt = torch.channels_last if cuda else torch.contiguous_format
-    amp = torch.bfloat16 if cuda else None  # the fast training path: bf16 autocast + channels_last
+    amp = "bf16" if cuda else "none"  # the fast training path: bf16 autocast + channels_last
     variants: list[tuple[str, str, str]] = [("none", "none", "plain"), ("plain", "paper", "plain"), ("torch", "paper", "plain")]
     if cuda and lrn_fast.HAVE_TRITON:
         variants.append(("triton", "paper", "triton"))
@@ -162,6 +151,7 @@ def bench_step(args: argparse.Namespace, device: torch.device) -> list[dict]:
     gen = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randn(args.step_batch, 3, 224, 224, generator=gen).to(device).contiguous(memory_format=fmt)
     y = torch.randint(0, 1000, (args.step_batch,), generator=gen).to(device)
+    idx = torch.arange(args.step_batch)
     rows = []
     for mode in modes:
         steps: dict[str, Callable[[], None]] = {}
@@ -172,16 +162,11 @@ def bench_step(args: argparse.Namespace, device: torch.device) -> list[dict]:
             model = models.create("alexnet", lrn=lrn)
             if name == "torch":
                 _use_torch_lrn(model)
-            model = model.to(device).to(memory_format=fmt)
-            opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-            fwd = torch.compile(model) if mode == "compile" else model
+            fs = make_step(model, device, amp=amp, channels_last=cuda, compile=mode == "compile", lr=0.01)
 
-            def step(fwd: nn.Module = fwd, opt: torch.optim.Optimizer = opt, lrn_mode: str = lrn_mode) -> None:
-                opt.zero_grad(set_to_none=True)
-                with lrn_fast.use_mode(lrn_mode), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                    loss = nn.functional.cross_entropy(fwd(x), y)
-                loss.backward()
-                opt.step()
+            def step(fs: object = fs, lrn_mode: str = lrn_mode) -> None:
+                with lrn_fast.use_mode(lrn_mode):
+                    fs(x, y, idx, 0)  # type: ignore[operator]
 
             for _ in range(args.step_warmup):  # compiles here in compile mode
                 step()
@@ -196,10 +181,11 @@ def bench_step(args: argparse.Namespace, device: torch.device) -> list[dict]:
             share = None if name == "none" else 1.0 - statistics.median(samples["none"]) / ms
             # The same LRN layers timed alone (eager, the step's batch, dtype and layout): a second
             # estimate that small, noisy CPU steps cannot swamp; under compile the difference is the one.
-            direct = None if name == "none" else lrn_layers_ms(name, args.step_batch, amp or torch.float32, fmt, device, args)
+            dtype = AMP_DTYPES[amp] or torch.float32
+            direct = None if name == "none" else lrn_layers_ms(name, args.step_batch, dtype, fmt, device, args)
             row = dict(
                 kind="step", model="alexnet", lrn=name, mode=mode, batch=args.step_batch,
-                dtype="bf16-autocast" if amp else "fp32", memory_format="channels_last" if cuda else "nchw",
+                dtype="bf16-autocast" if cuda else "fp32", memory_format="channels_last" if cuda else "nchw",
                 ms_per_step=round(ms, 3), img_per_s=round(args.step_batch / (ms / 1e3), 1),
                 lrn_share=None if share is None else round(share, 4),
                 lrn_layers_ms=None if direct is None else round(direct, 3),
@@ -245,45 +231,6 @@ def sweep(args: argparse.Namespace, device: torch.device) -> list[dict]:
                 print(f"sweep {which:8s} {str(shape):20s} {fname:13s} heuristic {heur} {heur_ms:.4f} ms, "
                       f"best {best} {best_ms:.4f} ms", flush=True)
     return rows
-
-
-def _git(*cmd: str) -> str | None:
-    try:
-        return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
-
-
-def environment(device: torch.device) -> dict:
-    versions = {"python": platform.python_version(), "torch": torch.__version__}
-    if lrn_fast.HAVE_TRITON:
-        import triton
-
-        versions["triton"] = triton.__version__
-    if device.type == "cuda":
-        versions["cuda"] = torch.version.cuda
-    status = _git("status", "--porcelain")
-    return {
-        "device": device_name(device),
-        "device_type": device.type,
-        "cpu_threads": torch.get_num_threads(),
-        "versions": versions,
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "git_sha": _git("rev-parse", "HEAD"),
-        "git_dirty": None if status is None else bool(status),
-    }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -345,19 +292,22 @@ def main(argv: list[str] | None = None) -> int:
     # Every (shape, dtype, layout) of the compiled rows is its own static graph of one code object.
     torch._dynamo.config.recompile_limit = 64
     env = environment(device)
-    print(f"{env['device']} | torch {torch.__version__} | lrn mode default {lrn_fast.mode()} | "
+    name = (env["cuda_device"] if device.type == "cuda" else env["processor"]) or device.type
+    print(f"{name} | torch {torch.__version__} | lrn mode default {lrn_fast.mode()} | "
           f"batch {args.batch}, step batch {args.step_batch}", flush=True)
     t0 = time.perf_counter()
-    result = {**env, "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+    result = {"device": name, "device_type": device.type, "cpu_threads": torch.get_num_threads(), "environment": env,
+              "date": env["date_utc"], "git_sha": env["git_sha"],
+              "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
     result["lrn"] = bench_lrn(args, device)
     if args.sweep and device.type == "cuda" and lrn_fast.HAVE_TRITON:
         result["sweep"] = sweep(args, device)
     if not args.no_step:
         result["step"] = bench_step(args, device)
     result["wall_s"] = round(time.perf_counter() - t0, 1)
-    slug = "cpu" if device.type == "cpu" else re.sub(r"[^a-z0-9]+", "-", env["device"].lower()).strip("-")
+    slug = "cpu" if device.type == "cpu" else re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"lrn-{slug}-{env['date'][:10]}.json"
+    path = args.out / f"lrn-{slug}-{env['date_utc'][:10]}.json"
     path.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {path} ({result['wall_s']} s)")
     return 0

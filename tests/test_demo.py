@@ -4,14 +4,19 @@ import json
 import subprocess
 import sys
 
+import yaml
 from PIL import Image
+
+from alexnet import config as config_mod
+from alexnet.engine.optim import Schedule
 
 
 def test_demo_writes_all_artefacts(tmp_path):
     out = tmp_path / "demo"
-    r = subprocess.run([sys.executable, "-m", "alexnet", "demo", "--out", str(out), "--epochs", "1", "--no-progress"],
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, "-m", "alexnet", "demo", "--out", str(out), "--epochs", "1", "--no-progress",
+                        "--seed", "3"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
+    assert yaml.safe_load((out / "config.yaml").read_text())["seed"] == 3
     for name in ("metrics.jsonl", "curves.png", "filters.png", "predictions.png", "report.md", "model.safetensors",
                  "config.yaml", "eval.json"):
         assert (out / name).is_file(), name
@@ -39,3 +44,14 @@ def test_demo_refuses_a_foreign_folder(tmp_path):
     assert r.returncode == 2
     assert "not a demo run folder" in r.stderr and "Traceback" not in r.stderr
     assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_the_demo_recipe_anneals_within_its_epochs():
+    """The final error is the recipe's, not the last epoch's noise: the last epochs run at a
+    hundredth of the starting rate, within the same 15 epochs."""
+    cfg = config_mod.resolve("demo", {})
+    assert cfg.epochs == 15 and cfg.schedule == "step"
+    sched = Schedule(cfg, steps_per_epoch=78)
+    per_epoch = [sched.lr_at(78 * e) for e in range(cfg.epochs)]
+    assert per_epoch[0] == cfg.lr
+    assert abs(per_epoch[-1] - cfg.lr / 100) < 1e-12 and abs(per_epoch[-3] - cfg.lr / 10) < 1e-12

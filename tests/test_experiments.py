@@ -398,7 +398,7 @@ def test_figure1_training_error_covers_the_whole_training_set(tiny: Path, tmp_pa
     from alexnet.config import TrainConfig
     from alexnet.engine.train import run as train_run
     from alexnet.experiments.relu_vs_tanh import BATCH, FIGURE1_NET, FULL, NO_REGULARISATION, QUICK
-    from alexnet.report.markdown import read_metrics
+    from alexnet.engine.metrics import read_metrics
 
     for scale in (QUICK, FULL):
         assert scale["train_subset"] == 0 and scale["max_steps_per_epoch"] == 0 and scale["batch_size"] == BATCH

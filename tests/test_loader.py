@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from alexnet.data.format import DatasetWriter, PreparedDataset, StatsAccumulator, write_arrays
+from alexnet.data.format import DatasetError, DatasetWriter, PreparedDataset, StatsAccumulator, write_arrays
 from alexnet.data.loader import BatchLoader, epoch_permutation, shard
 
 H, W = 40, 48  # not square: a transposed H/W shows up as a shape error
@@ -187,15 +187,23 @@ def test_decode_cuda_without_gpu_is_a_clear_error(jpeg_ds: Path) -> None:
         pytest.skip("a GPU is present")
     with pytest.raises(UserError, match="no CUDA device"):
         BatchLoader(PreparedDataset(jpeg_ds, "train"), 8, shuffle=True, decode="cuda")
+    with pytest.raises(UserError, match="no CUDA device"):
+        BatchLoader(PreparedDataset(jpeg_ds, "train"), 8, shuffle=True, decode="cuda", device="cpu")
     lo = BatchLoader(PreparedDataset(jpeg_ds, "train"), 8, shuffle=True, decode="auto")
     assert lo.gpu_fraction == 0.0  # auto falls back to the CPU workers
 
 
-def test_raw_records(tmp_path: Path) -> None:
+def test_raw_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from alexnet.errors import UserError
+
     rng = np.random.default_rng(1)
     imgs = rng.integers(0, 256, (10, 5, 7, 3), dtype=np.uint8)
     root = write_arrays(tmp_path / "raw", {"train": (imgs, np.arange(10) % 2), "val": (imgs[:3], np.zeros(3, int))}, ["x", "y"])
     ds = PreparedDataset(root, "train")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU to decode on, but nothing to decode
+    with pytest.raises(UserError, match="stores raw pixels, not JPEG: there is nothing to decode"):
+        BatchLoader(ds, 4, shuffle=True, decode="cuda")
+    monkeypatch.undo()
     for workers in (0, 2):
         got = _run(BatchLoader(ds, 4, shuffle=True, seed=2, workers=workers))
         assert len(got) == 2
@@ -206,8 +214,8 @@ def test_raw_records(tmp_path: Path) -> None:
 
 def test_bad_record_names_it(tmp_path: Path) -> None:
     ds = PreparedDataset(make_jpeg_dataset(tmp_path, n_train=8, n_val=2, bad=5), "train")
-    for workers in (0, 1):
-        with pytest.raises(RuntimeError):
+    for workers in (0, 1):  # one line naming the file and the record, in a worker process too
+        with pytest.raises(DatasetError, match=r"train/data.bin: record 5 cannot be decoded"):
             for _ in BatchLoader(ds, 8, shuffle=False, workers=workers):
                 pass
 
@@ -288,10 +296,18 @@ def test_an_abandoned_epoch_does_not_disturb_the_next(jpeg_ds: Path) -> None:
         for b, r in zip(lo, ref, strict=True):
             assert torch.equal(b.indices, r.indices) and torch.equal(b.images, r.images)
         pids = pids or lo.worker_pids()
-        assert lo.worker_pids() == pids and not lo._orphans
+        assert lo.worker_pids() == pids and not lo._pending
         sizes.append(len(lo._slots))
     # Reused, not leaked: at most the last batch held, the 3 abandoned ones, and 2 × 2 in flight.
     assert max(sizes) <= 1 + 3 + 2 * 2
+    # An iteration left unfinished while another starts (its generator still referenced).
+    first = iter(lo)
+    next(first)
+    for b in lo:
+        assert torch.equal(b.images, _reference(ds, b.indices))
+    with pytest.raises(RuntimeError, match="iterated again"):
+        next(first)
+    assert not lo._pending and all(not s.busy for s in lo._slots.values())
     lo.close()
 
 

@@ -1,4 +1,4 @@
-"""The fast LRN paths (issue 6) against §3.3's formula as written in ``lrn_reference``.
+"""The fast LRN paths (plain, Triton) against §3.3's formula as written in ``lrn_reference``.
 
 The Triton kernels are checked on CPU by Triton's interpreter, in a subprocess because
 ``TRITON_INTERPRET=1`` must be set before triton is imported.
@@ -76,7 +76,7 @@ def test_plain_bf16_within_rounding() -> None:
 
 
 def test_torch_lrn_with_alpha_times_n_is_the_paper_layer() -> None:
-    """PAPER.md's α/n trap: torch divides alpha by n, so the paper's layer is torch's with alpha = 5e-4."""
+    """The α/n trap: torch divides alpha by n, so the paper's layer is torch's with alpha = 5e-4."""
     x = _input((2, 96, 5, 5), "nchw").clamp_min(0)  # LRN follows a ReLU (§3.3)
     ours = LocalResponseNorm()(x)
     theirs = torch.nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)(x)

@@ -27,7 +27,7 @@ def test_parameter_counts(name, classes, count):
 
 
 def test_one_tower_without_groups_count():
-    # 62,378,344 without the two-tower grouping (docs/paper.md).
+    # 62,378,344 with conv2, conv4 and conv5 ungrouped: every kernel sees both towers' channels (§3.2).
     assert n_params(models.create("alexnet", towers=1)) == 62_378_344
 
 

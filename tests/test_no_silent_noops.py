@@ -145,6 +145,13 @@ def test_ten_crop_evaluation_of_images_as_large_as_the_input_is_refused(data32: 
     line = one_line_error(capsys.readouterr().err)
     assert rc == 2 and "ten_crop=true cannot take effect" in line, line
     assert main(["evaluate", str(run), "--data", str(data32), "--workers", "0"]) == 0  # the centre crop is fine
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "red.png")
+    capsys.readouterr()
+    rc = main(["predict", str(run), str(tmp_path / "red.png"), "--ten-crop"])
+    line = one_line_error(capsys.readouterr().err)
+    assert rc == 2 and "ten_crop=true cannot take effect: images are 32×32" in line, line
 
 
 # -- warned about: inert settings ---------------------------------------------------------------------

@@ -124,3 +124,34 @@ def test_prepare_into_a_log_writes_lines_not_bars(tmp_path, monkeypatch, capsys)
     err = capsys.readouterr().err
     assert "\r" not in err
     assert any(line.startswith("train: ") and "img (" in line for line in err.splitlines()), err
+
+
+def test_evaluate_into_a_log_writes_lines_not_bars(data, tmp_path, monkeypatch, capsys) -> None:
+    from alexnet import models
+    from alexnet.cli import main
+    from alexnet.engine.checkpoint import save_weights
+
+    meta = {"model": "alexnet-cifar", "model_options": {}, "num_classes": 10, "input_size": 32,
+            "input_norm": "mean_image_std", "data": str(data), "image_size": [36, 36]}
+    save_weights(models.create("alexnet-cifar", 10), tmp_path / "w.safetensors", meta)
+    monkeypatch.setenv(ENV, "0.000001")
+    assert main(["evaluate", str(tmp_path / "w.safetensors"), "--batch-size", "4", "--workers", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = [line for line in err.splitlines() if line.startswith("evaluate: ")]
+    assert len(lines) == 5 and lines[-1].startswith("evaluate: 5/5 batch (100%)"), err  # 20 val images, batches of 4
+    assert main(["evaluate", str(tmp_path / "w.safetensors"), "--workers", "0", "--quiet"]) == 0
+    assert "evaluate: " not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, flag", [(["train", "--out", "x", "--no-progress"], "--no-progress"),
+                                        (["evaluate", "run", "--quiet"], "--quiet"),
+                                        (["experiment", "lrn", "--out", "x"], "no --progress")])
+def test_log_every_where_nothing_is_printed_is_refused(argv, flag, monkeypatch, capsys) -> None:
+    from alexnet.cli import main
+
+    monkeypatch.delenv(ENV, raising=False)
+    assert main([*argv, "--log-every", "5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"alexnet {argv[0]}: error: --log-every has no effect with {flag}: this command then prints no progress"
+    assert ENV not in os.environ

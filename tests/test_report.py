@@ -13,9 +13,10 @@ import torch
 import yaml
 from PIL import Image
 
+from alexnet.engine.metrics import read_metrics
+from alexnet.environment import environment
 from alexnet.errors import UserError
 from alexnet.report import (
-    environment,
     filter_grid,
     markdown_table,
     plot_bars,
@@ -25,7 +26,6 @@ from alexnet.report import (
     plot_neighbors,
     plot_predictions,
     plot_series,
-    read_metrics,
     write_run_report,
 )
 

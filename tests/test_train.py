@@ -72,7 +72,9 @@ def test_a_short_run_learns(tmp_path: Path, capsys) -> None:
         (["--model", "alexnet"], "images are 36×36, smaller than the 224×224 input of alexnet"),
         (["--set", "no_such_field=1"], "unknown field 'no_such_field'"),
         (["--set", "amp=fp8"], "amp='fp8' is not valid"),
+        (["--set", "decode=gpu"], "decode='gpu' is not valid; accepted: cpu, cuda, auto"),
         (["--batch-size", "1000"], "make no full batch of 1000"),
+        (["--set", "ddp_comm_hook=int8"], "ddp_comm_hook='int8' is not valid; accepted: none, bf16, fp16"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(data: Path, tmp_path: Path, capsys, extra: list[str], expect: str) -> None:
@@ -85,6 +87,18 @@ def test_bad_input_is_one_line_and_exit_2(data: Path, tmp_path: Path, capsys, ex
     line = one_line_error(capsys.readouterr().err)
     assert rc == 2
     assert expect in line, line
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_decode_cuda_without_a_gpu_is_refused_in_one_line(data: Path, tmp_path: Path, capsys) -> None:
+    rc = main(args(data, tmp_path / "run", "--epochs", "1", "--set", "decode=cuda"))
+    line = one_line_error(capsys.readouterr().err)
+    assert rc == 2
+    assert "decode=cuda: no CUDA device to decode on (this machine has no CUDA GPU); use decode=cpu or auto" in line
+    # The fast recipe decodes on the GPU where there is one, and on the CPU here.
+    from alexnet.config import load_recipe
+
+    assert load_recipe("fast")["decode"] == "auto" and TrainConfig().decode == "cpu"
 
 
 def test_an_existing_run_is_not_overwritten_without_resume(data: Path, tmp_path: Path, capsys) -> None:
@@ -218,3 +232,13 @@ def test_compile_runs_a_training_step(data: Path, tmp_path: Path) -> None:
     loss = _one_step(ctx)
     assert abs(loss - ref) < 1e-4 * ref
     assert isinstance(ckpt.unwrap(ctx.eval_model), models.LeNet5)
+
+
+def test_a_gradient_compression_hook_in_a_single_process_is_reported_as_having_no_effect(data: Path, tmp_path: Path) -> None:
+    lines: list[str] = []
+    cfg = TrainConfig.from_dict({**engine.resolve_auto({}), "model": "alexnet-cifar", "data": str(data), "batch_size": 16,
+                                 "workers": 0, "progress": False, "device": "cpu", "ddp_comm_hook": "bf16"})
+    ctx = engine.setup(cfg, tmp_path, log=lines.append)
+    assert not isinstance(ctx.model, torch.nn.parallel.DistributedDataParallel)
+    assert [x for x in lines if "ddp_comm_hook" in x] == ["warning: ddp_comm_hook=bf16 has no effect in a single process (it compresses the gradient all-reduce "
+                     "between torchrun processes)"]

@@ -11,6 +11,7 @@ import signal
 import sys
 from typing import Any, Sequence
 
+from alexnet import __version__
 from alexnet.errors import Terminated, UserError
 
 # name -> (module, one-line help)
@@ -42,8 +43,6 @@ def _available() -> dict[str, tuple[str, str]]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="alexnet", description="AlexNet (Krizhevsky, Sutskever & Hinton, NIPS 2012), reproduced.")
-    from alexnet import __version__
-
     parser.add_argument("--version", action="version", version=f"alexnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
@@ -82,9 +81,9 @@ def _main(argv: Sequence[str] | None) -> int:
         args = parser.parse_args(argv)
         command = args.command
         if getattr(args, "log_every", None) is not None:
-            from alexnet.progress import set_log_every
+            from alexnet.commands.common import apply_log_every
 
-            set_log_every(args.log_every)
+            apply_log_every(args)
         return int(importlib.import_module(args._module).run(args) or 0)
     except UserError as e:
         print(f"alexnet {command}: error: {e}", file=sys.stderr)

@@ -55,6 +55,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     workers: int = -1  # -1: automatic
+    decode: str = "cpu"  # cpu | cuda | auto: where JPEG records are decoded (cuda: nvJPEG; auto: split on a GPU)
     amp: str = "none"  # none | bf16 | fp16
     channels_last: bool = False
     compile: bool = False
@@ -65,6 +66,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     stall_steps: int = 0  # >0: warn when the loss stays at chance for this many steps
     model_parallel: int = 1  # 2: §3.2's split of the towers over two devices
+    ddp_comm_hook: str = "none"  # none | bf16 | fp16: gradients compressed for the all-reduce (torchrun)
     tensorboard: bool = False
     progress: bool = True
 
@@ -151,6 +153,7 @@ _RULES: dict[str, tuple[str, Any, str]] = {
     "seed": _int(0),
     "device": ("str", lambda v: bool(v), "auto, cpu, cuda, cuda:N"),
     "workers": ("int", lambda v: v >= -1, "an integer ≥ 0, or -1 for automatic"),
+    "decode": _choice("cpu", "cuda", "auto"),
     "amp": _choice("none", "bf16", "fp16"),
     "channels_last": ("bool", _any, "true or false"),
     "compile": ("bool", _any, "true or false"),
@@ -161,6 +164,7 @@ _RULES: dict[str, tuple[str, Any, str]] = {
     "keep_checkpoints": _int(0),
     "stall_steps": _int(0),
     "model_parallel": ("int", lambda v: v in (1, 2), "1 or 2"),
+    "ddp_comm_hook": _choice("none", "bf16", "fp16"),
     "tensorboard": ("bool", _any, "true or false"),
     "progress": ("bool", _any, "true or false"),
 }

@@ -28,9 +28,9 @@ def run(args: argparse.Namespace) -> int:
     from alexnet import config as config_mod
     from alexnet.data.format import PreparedDataset
     from alexnet.data.resolve import resolve_data
+    from alexnet.engine.device import pick_device
     from alexnet.engine.evaluate import Precision, evaluate
     from alexnet.engine.inference import augment_for, load
-    from alexnet.engine.train import pick_device
     from alexnet.engine.train import run as train_run
     from alexnet.report.markdown import write_run_report
     from alexnet.report.run import make_run_figures, record_eval

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -27,11 +28,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from alexnet.files import BusyError, check_writable, lock_folder
+
+    # Places to write are checked before the evaluation, not after it.
+    if args.confusion:
+        check_writable(Path(args.confusion).parent, f"--confusion {args.confusion}")
+    lock = None
+    if len(args.runs) == 1 and Path(args.runs[0]).is_dir():
+        try:
+            lock = lock_folder(args.runs[0])  # eval.json is written into the run: not beside a live writer
+        except BusyError:
+            raise
+        except UserError as e:
+            print(f"warning: {e}; the result is printed but not recorded in eval.json", file=sys.stderr)
+    try:
+        return _run(args, lock is not None)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(args: argparse.Namespace, record: bool) -> int:
     from alexnet.data.format import PreparedDataset
     from alexnet.data.resolve import resolve_data
-    from alexnet.engine.evaluate import Precision, evaluate
+    from alexnet.engine.device import pick_device
+    from alexnet.engine.evaluate import Precision, evaluate, per_class_summary
     from alexnet.engine.inference import augment_for, load
-    from alexnet.engine.train import pick_device
 
     device = pick_device(args.device or "auto")
     members = [load(r, device) for r in args.runs]
@@ -60,16 +82,15 @@ def run(args: argparse.Namespace) -> int:
     out = per_class_summary(probs, labels, ds.class_names)
     out.update({"data": str(data), "split": args.split, "ten_crop": args.ten_crop, "n": len(labels),
                 "members": results if len(members) > 1 else None})
-    if args.confusion:
-        from alexnet.report.figures import plot_confusion
-
-        plot_confusion(out.pop("_confusion"), ds.class_names, Path(args.confusion))
-    else:
-        out.pop("_confusion")
-    if len(members) == 1 and Path(args.runs[0]).is_dir():
+    confusion = out.pop("_confusion")
+    if record:  # first: a figure that fails to save must not lose the numbers
         from alexnet.report.run import record_eval
 
         record_eval(Path(args.runs[0]), "ten_crop" if args.ten_crop else "center", out)
+    if args.confusion:
+        from alexnet.report.figures import plot_confusion
+
+        plot_confusion(confusion, ds.class_names, Path(args.confusion))
     if args.json:
         print(json.dumps({k: v for k, v in out.items() if v is not None}))
     else:
@@ -79,23 +100,6 @@ def run(args: argparse.Namespace) -> int:
         for r in results if len(members) > 1 else []:
             print(f"  {r['run']}: top-1 {r['top1_err']:.4f}, top-5 {r['top5_err']:.4f}")
     return 0
-
-
-def per_class_summary(probs: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> dict:
-    from alexnet.engine.evaluate import topk_correct
-
-    n = len(labels)
-    c1, c5 = topk_correct(probs, labels)
-    pred = probs.argmax(1)
-    k = probs.shape[1]
-    conf = torch.zeros(k, k, dtype=torch.long)
-    conf.index_put_((labels, pred), torch.ones_like(labels), accumulate=True)
-    per_class = []
-    for c in range(k):
-        tot = int(conf[c].sum())
-        per_class.append({"class": class_names[c] if c < len(class_names) else str(c), "n": tot,
-                          "top1_err": (1 - int(conf[c, c]) / tot) if tot else None})
-    return {"top1_err": 1 - c1 / max(1, n), "top5_err": 1 - c5 / max(1, n), "per_class": per_class, "_confusion": conf.numpy()}
 
 
 def _check_imagenet_order(weights: object, classes: list[str], data: str) -> None:

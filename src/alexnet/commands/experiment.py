@@ -6,6 +6,8 @@ ones."""
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 
 from alexnet.commands.common import add_log_every_argument
 from alexnet.errors import UserError
@@ -39,16 +41,26 @@ def run(args: argparse.Namespace) -> int:
     if args.seeds is not None and args.seeds < 1:
         raise UserError(f"--seeds {args.seeds}: must be at least 1")
     from alexnet.engine.train import Interrupted
+    from alexnet.files import lock_folder
 
-    try:
-        report = run_experiment(args.name, args.data, args.out, quick=args.quick, seeds=args.seeds, device=args.device,
-                                workers=args.workers, progress=args.progress, factors=args.factors)
-    except Interrupted as e:
-        import sys
-
-        where = f"the run in progress wrote {e.checkpoint}" if e.checkpoint else "the run in progress had no checkpoint yet"
-        print(f"stopped by {'SIGINT' if e.exit_code == 130 else 'SIGTERM'}: {where}; finished runs are kept; "
-              f"the same command resumes", file=sys.stderr, flush=True)
-        return e.exit_code
+    with lock_folder(args.out):  # one experiment process per folder (each run inside is locked too)
+        try:
+            report = run_experiment(args.name, args.data, args.out, quick=args.quick, seeds=args.seeds,
+                                    device=args.device, workers=args.workers, progress=args.progress,
+                                    factors=args.factors)
+        except Interrupted as e:
+            # Like train: the run in progress wrote a checkpoint; the same command resumes it and
+            # reuses the finished runs.
+            where = f"checkpoint written to {e.checkpoint}" if e.checkpoint else "no checkpoint written"
+            again = " ".join(shlex.quote(a) for a in ["alexnet", "experiment", *_argv()])
+            print(f"stopped by {'SIGINT' if e.exit_code == 130 else 'SIGTERM'}: {where}\nresume with: {again}",
+                  file=sys.stderr, flush=True)
+            return e.exit_code
     print(f"wrote {report} (results.json and plots beside it)")
     return 0
+
+
+def _argv() -> list[str]:
+    """This command's arguments after ``experiment`` (as typed)."""
+    argv = sys.argv[1:]
+    return argv[argv.index("experiment") + 1:] if "experiment" in argv else argv

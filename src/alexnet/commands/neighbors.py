@@ -84,8 +84,8 @@ def nearest(model: nn.Module, queries: torch.Tensor, ds: object, augment: object
 def run(args: argparse.Namespace) -> int:
     from alexnet.data.format import PreparedDataset
     from alexnet.data.resolve import resolve_data
+    from alexnet.engine.device import pick_device
     from alexnet.engine.inference import augment_for, load, read_image
-    from alexnet.engine.train import pick_device
     from alexnet.report.figures import plot_neighbors
 
     if args.k < 1:

@@ -70,8 +70,8 @@ def predict_files(trained: Any, paths: list[str], *, data: str | None = None, te
 
 
 def run(args: argparse.Namespace) -> int:
+    from alexnet.engine.device import pick_device
     from alexnet.engine.inference import load
-    from alexnet.engine.train import pick_device
 
     if args.top < 1:
         raise UserError(f"--top {args.top}: must be at least 1")

@@ -19,5 +19,8 @@ def run(args: argparse.Namespace) -> int:
     run_dir = Path(args.run)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run folder")
-    print(regenerate(run_dir, data=args.data, device=args.device))
+    from alexnet.files import lock_folder
+
+    with lock_folder(run_dir):  # not while a training process (or another report) writes the folder
+        print(regenerate(run_dir, data=args.data, device=args.device))
     return 0

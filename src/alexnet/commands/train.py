@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         if isinstance(e, OSError):
             last = latest_checkpoint(Path(args.out))
             what = f"the last checkpoint {last} is intact" if last else "no checkpoint was written yet"
-            line = f"{os_error_line(e)}; {what}"
+            line = f"{os_error_line(e, args.out)}; {what}"
         else:
             line = str(e)
         full = not isinstance(e, OSError) or e.errno in DISK_FULL

@@ -22,11 +22,14 @@ import hashlib
 import os
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alexnet.data.format import is_prepared, lock_dataset
+from alexnet.data.prepare import prepare
 from alexnet.errors import UserError
 
 ENV_BASE_URL = "ALEXNET_DOWNLOAD_BASE_URL"
@@ -81,6 +84,10 @@ def cache_dir() -> Path:
 def url_of(name: str, base_url: str | None = None) -> str:
     remote = DATASETS[name]
     base = base_url or os.environ.get(ENV_BASE_URL) or remote.base_url
+    parts = urllib.parse.urlsplit(base)
+    if parts.scheme not in ("http", "https", "file") or (parts.scheme != "file" and not parts.netloc):
+        where = "--base-url" if base_url else (f"${ENV_BASE_URL}" if os.environ.get(ENV_BASE_URL) else "base URL")
+        raise UserError(f"{where} {base!r}: not a URL; accepted: http://HOST/PATH, https://HOST/PATH or file:///PATH")
     return base.rstrip("/") + "/" + remote.filename
 
 
@@ -106,10 +113,18 @@ def _expected(remote: Remote, checksum: str | None) -> tuple[str, str]:
 
 def fetch(url: str, dest: Path, algo: str, digest: str, *, progress: bool = True) -> Path:
     """Download ``url`` to ``dest`` through ``dest.part`` (continued with a Range request when a
-    previous attempt left one), verify its ``algo`` digest, then move it into place."""
-    from alexnet.progress import Progress
+    previous attempt left one), verify its ``algo`` digest, then move it into place. One process
+    at a time per file: a second one is refused rather than writing the same ``.part``."""
+    from alexnet.files import ExclusiveLock
 
     dest.parent.mkdir(parents=True, exist_ok=True)
+    with ExclusiveLock(dest.parent / f".{dest.name}.lock", dest):
+        return _fetch(url, dest, algo, digest, progress=progress)
+
+
+def _fetch(url: str, dest: Path, algo: str, digest: str, *, progress: bool = True) -> Path:
+    from alexnet.progress import Progress
+
     if dest.exists():
         if _digest(dest, algo) == digest:
             return dest
@@ -164,12 +179,22 @@ def download(name: str, out: str | os.PathLike[str], *, base_url: str | None = N
              cache: str | os.PathLike[str] | None = None, checksum: str | None = None,
              size: int | None = None, workers: int | None = None) -> Path:
     """Download dataset ``name`` (one of DATASETS), verify it, and prepare it into ``out``."""
-    from alexnet.data.format import is_prepared
-    from alexnet.data.prepare import prepare
-
     if name not in DATASETS:
         raise UserError(f"{name}: unknown dataset; available: {', '.join(DATASETS)}")
     out = Path(out).expanduser()
+    url = url_of(name, base_url)
+    # The dataset's lock from the start: a second download into the same --out is refused before
+    # it downloads anything.
+    lock = lock_dataset(out)
+    try:
+        return _download(name, out, url, lock, progress=progress, cache=cache, checksum=checksum, size=size,
+                         workers=workers)
+    finally:
+        lock.release()
+
+
+def _download(name: str, out: Path, url: str, lock: Any, *, progress: bool, cache: str | os.PathLike[str] | None,
+              checksum: str | None, size: int | None, workers: int | None) -> Path:
     # Refuse before spending minutes on a download that could not be prepared.
     if is_prepared(out):
         raise UserError(f"{out}: a prepared dataset is already there; remove it or choose another --out")
@@ -177,13 +202,12 @@ def download(name: str, out: str | os.PathLike[str], *, base_url: str | None = N
         raise UserError(f"{out}: exists and is not an empty folder")
     remote = DATASETS[name]
     algo, digest = _expected(remote, checksum)
-    url = url_of(name, base_url)
     folder = Path(cache).expanduser() if cache is not None else cache_dir()
     archive = fetch(url, folder / remote.filename, algo, digest, progress=progress)
     if progress:
         print(f"{archive}: verified ({algo}); preparing", file=sys.stderr)
     return prepare(archive, out, fmt=remote.fmt, names=remote.names or None, progress=progress, size=size,
-                   workers=workers)
+                   workers=workers, lock=lock)
 
 
 def describe() -> list[dict[str, Any]]:

@@ -513,16 +513,69 @@ class PreparedDataset(torch.utils.data.Dataset):
     def __init__(self, root: str | os.PathLike[str], split: str = "train") -> None:
         self.root = Path(root)
         self.meta = read_meta(self.root)
-        if split not in self.meta["splits"]:
-            raise DatasetError(f"{self.root}: no split {split!r}; it has {', '.join(self.meta['splits'])}")
+        meta_path = self.root / "meta.json"
+        splits, classes = self.meta.get("splits"), self.meta.get("classes")
+        if not isinstance(splits, dict) or not isinstance(classes, list) or not classes:
+            raise DatasetError(f"{meta_path}: damaged (no 'splits' or 'classes'); prepare the dataset again")
+        self.meta.setdefault("class_names", list(classes))
+        if split not in splits:
+            raise DatasetError(f"{self.root}: no split {split!r}; it has {', '.join(splits)}")
         self.split = split
-        info = self.meta["splits"][split]
-        self.encoding: str = info["encoding"]
-        self.image_size: tuple[int, int] = tuple(info["image_size"])  # type: ignore[assignment]
-        self.index = np.load(self.root / split / "index.npy")
-        self.labels = self.index[:, 2].copy()
+        info = splits[split]
+        try:
+            self.encoding: str = info["encoding"]
+            self.image_size: tuple[int, int] = (int(info["image_size"][0]), int(info["image_size"][1]))
+            count = int(info["count"])
+        except (KeyError, TypeError, ValueError, IndexError):
+            raise DatasetError(f"{meta_path}: split {split!r} lacks its encoding, image_size or count; "
+                               f"prepare the dataset again") from None
+        if self.encoding not in ENCODINGS:
+            raise DatasetError(f"{meta_path}: split {split!r} has unknown encoding {self.encoding!r}")
         self._data_path = self.root / split / "data.bin"
+        self.index = self._load_index(self.root / split / "index.npy", count)
+        self.labels = self.index[:, 2].copy()
         self._data: np.memmap | None = None
+
+    def _load_index(self, path: Path, count: int) -> np.ndarray:
+        """index.npy, checked against meta.json and data.bin: what the loader trusts blindly later
+        (offsets inside the file, labels below the class count) is checked once here."""
+        try:
+            index = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            raise DatasetError(f"{path}: unreadable index ({str(e).splitlines()[0][:200]}); prepare the dataset again") from None
+        if index.dtype != np.int64 or index.ndim != 2 or index.shape[1] != 3:
+            raise DatasetError(f"{path}: not an index (int64 N×3 expected, got {index.dtype} {index.shape})")
+        if len(index) != count:
+            raise DatasetError(f"{path}: {len(index)} records, meta.json says {count}; prepare the dataset again")
+        try:
+            size = self._data_path.stat().st_size
+        except OSError as e:
+            raise DatasetError(f"{self._data_path}: {e.strerror or e}") from None
+        off, length, label = index[:, 0], index[:, 1], index[:, 2]
+        bad = np.flatnonzero((off < 0) | (length <= 0) | (off + length > size))
+        if len(bad):
+            i = int(bad[0])
+            raise DatasetError(f"{self._data_path}: record {i} (bytes {off[i]}..{off[i] + length[i]}) lies outside the "
+                               f"file's {size} bytes; the dataset is damaged: prepare it again")
+        if self.encoding == "raw":
+            h, w = self.image_size
+            rec = h * w * 3
+            bad = np.flatnonzero((length != rec) | (off != np.arange(len(index)) * rec))
+            if len(bad):
+                raise DatasetError(f"{path}: record {int(bad[0])} is not the {rec}-byte raw {h}×{w} image at its place; "
+                                   f"the dataset is damaged: prepare it again")
+        n = len(self.meta["classes"])
+        bad = np.flatnonzero((label < 0) | (label >= n))
+        if len(bad):
+            i = int(bad[0])
+            raise DatasetError(f"{path}: record {i} has label {label[i]}, but the dataset has {n} classes")
+        return index
+
+    def damaged(self, i: int, e: BaseException) -> DatasetError:
+        """The error for record ``i`` that does not decode."""
+        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        return DatasetError(f"{self._data_path}: record {i} cannot be decoded ({why}); the dataset is damaged: "
+                            f"prepare it again")
 
     @property
     def classes(self) -> list[str]:
@@ -542,6 +595,11 @@ class PreparedDataset(torch.utils.data.Dataset):
             self._data = np.memmap(self._data_path, dtype=np.uint8, mode="r")
         return self._data
 
+    def data(self) -> np.memmap:
+        """The split's data.bin, every record back to back, as a read-only uint8 memmap (record ``i``
+        is ``data()[off : off + length]`` with ``off, length, _ = index[i]``)."""
+        return self._mm()
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_data"] = None
@@ -557,7 +615,11 @@ class PreparedDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         if not -len(self) <= i < len(self):
             raise IndexError(i)
-        return decode_record(self.record(i).tobytes(), self.encoding, self.image_size), int(self.labels[i])
+        try:
+            img = decode_record(self.record(i).tobytes(), self.encoding, self.image_size)
+        except RuntimeError as e:
+            raise self.damaged(i, e) from None
+        return img, int(self.labels[i])
 
     def read_batch(self, indices: Sequence[int] | np.ndarray, out: torch.Tensor | None = None) -> torch.Tensor:
         """Decode ``indices`` into a uint8 N×3×H×W tensor (into ``out`` when given)."""
@@ -571,10 +633,25 @@ class PreparedDataset(torch.utils.data.Dataset):
             out.copy_(torch.from_numpy(np.ascontiguousarray(mm[idx])).permute(0, 3, 1, 2))
         else:
             for j, i in enumerate(idx):
-                out[j] = decode_record(self.record(int(i)).tobytes(), self.encoding, self.image_size)
+                try:
+                    out[j] = decode_record(self.record(int(i)).tobytes(), self.encoding, self.image_size)
+                except RuntimeError as e:
+                    raise self.damaged(int(i), e) from None
         return out
 
     def stats(self) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
-        return load_file(str(self.root / "stats.safetensors"))
+        path = self.root / "stats.safetensors"
+        h, w = self.image_size
+        try:
+            st = load_file(str(path))
+        except Exception as e:  # safetensors raises its own error types for damaged files
+            why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise DatasetError(f"{path}: unreadable ({why}); prepare the dataset again") from None
+        want = {"mean": (3, h, w), "eigval": (3,), "eigvec": (3, 3)}
+        for k, shape in want.items():
+            if k not in st or tuple(st[k].shape) != shape:
+                got = tuple(st[k].shape) if k in st else "missing"
+                raise DatasetError(f"{path}: {k!r} should be {'×'.join(map(str, shape))}, got {got}; prepare the dataset again")
+        return st

@@ -32,7 +32,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from alexnet.data.format import PreparedDataset
+from alexnet.data.format import DatasetError, PreparedDataset
 from alexnet.data.jpeg import decode_jpeg_rgb, decode_jpegs_rgb
 from alexnet.errors import UserError
 
@@ -192,7 +192,7 @@ class _Filler:
 
     def _gather(self, off: np.ndarray, ln: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """The records' bytes back to back (one concatenate from the memmap)."""
-        mm = self.ds._mm()
+        mm = self.ds.data()
         total = int(ln.sum())
         if out is None:
             if len(self.scratch) < total:
@@ -210,7 +210,7 @@ class _Filler:
         n = len(idx)
         if ds.encoding == "raw":
             if n:
-                mm = ds._mm().reshape(-1, h, w, 3)  # all records are H×W×3 uint8
+                mm = ds.data().reshape(-1, h, w, 3)  # all records are H×W×3 uint8
                 images[:n].copy_(torch.from_numpy(mm[idx]).permute(0, 3, 1, 2))  # N×H×W×3 -> N×3×H×W
             return
         off, ln = ds.index[idx, 0], ds.index[idx, 1]
@@ -219,10 +219,13 @@ class _Filler:
             ends = np.cumsum(ln[:n_cpu]).tolist()
             start = 0
             for j, end in enumerate(ends):
-                img = decode_jpeg_rgb(buf[start:end])
+                try:
+                    img = decode_jpeg_rgb(buf[start:end])
+                except RuntimeError as e:
+                    raise ds.damaged(int(idx[j]), e) from None
                 if img.shape != (3, h, w):
-                    raise ValueError(f"{ds.root}/{ds.split} record {int(idx[j])}: decoded to "
-                                     f"{'×'.join(map(str, img.shape))}, expected 3×{h}×{w}")
+                    raise ds.damaged(int(idx[j]), ValueError(f"decoded to {'×'.join(map(str, img.shape))}, "
+                                                             f"expected 3×{h}×{w}"))
                 images[j].copy_(img)
                 start = end
         if n_cpu < n:
@@ -255,6 +258,8 @@ def _worker_main(ds: PreparedDataset, tasks: Any, results: Any) -> None:
             images, data = known[sid]
             filler.fill(idx, n_cpu, images, data)
             results.put((gen, bid, None))
+        except UserError as e:  # a damaged record: one line in the main process
+            results.put((gen, bid, ("user", str(e))))
         except Exception as e:  # sent back and raised in the main process
             results.put((gen, bid, f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
 
@@ -382,10 +387,14 @@ class BatchLoader:
         # a gpu_fraction) to run this path's code on a machine without a GPU.
         self.decode_device: torch.device | None = None
         self.gpu_fraction = 0.0
+        cuda_ok = torch.cuda.is_available() and (self.device is None or self.device.type == "cuda")
+        if decode == "cuda" and not cuda_ok:
+            where = "this machine has no CUDA GPU" if not torch.cuda.is_available() else f"training runs on {self.device}"
+            raise UserError(f"decode=cuda: no CUDA device to decode on ({where}); use decode=cpu or auto")
+        if decode == "cuda" and ds.encoding != "jpeg":
+            raise UserError(f"decode=cuda: {ds.root} ({ds.split}) stores raw pixels, not JPEG: there is nothing to decode; "
+                            "use decode=cpu")
         if decode != "cpu" and ds.encoding == "jpeg":
-            cuda_ok = torch.cuda.is_available() and (self.device is None or self.device.type == "cuda")
-            if decode == "cuda" and not cuda_ok:
-                raise UserError("decode cuda: no CUDA device to decode on; use decode cpu")
             if cuda_ok:
                 self.decode_device = self.device or torch.device("cuda", torch.cuda.current_device())
                 if gpu_fraction is not None:
@@ -399,7 +408,7 @@ class BatchLoader:
         self._slots: dict[int, _Slot] = {}
         self._pool: _Pool | None = None
         self._gen = 0  # iterations started; results of an abandoned one are told apart by it
-        self._orphans: dict[tuple[int, int], _Slot] = {}  # (iteration, batch) still being filled
+        self._pending: dict[tuple[int, int], _Slot] = {}  # (iteration, batch) handed to a worker, not yet reported
         if self.workers > 0 and len(ds):
             check_shared_memory(self.shared_bytes() * local_world_size(),
                                 f"the batch buffers of {self.workers} loader workers"
@@ -471,9 +480,9 @@ class BatchLoader:
         if self._pool is not None:
             self._pool.close()
             self._pool = None
-        for s in self._orphans.values():  # no worker writes into them any more
+        for s in self._pending.values():  # no worker writes into them any more
             s.busy = False
-        self._orphans.clear()
+        self._pending.clear()
 
     def close(self) -> None:
         """Stop the workers and release the batch buffers (and their CUDA page-locking)."""
@@ -554,24 +563,26 @@ class BatchLoader:
         sent = 0
         try:
             for bid in range(len(batches)):
+                if gen != self._gen:
+                    raise RuntimeError("this loader was iterated again before this iteration finished")
                 while sent < len(batches) and sent - bid < depth:
                     slot, _ = self._take_slot(shared=True)
-                    in_flight[sent] = slot
+                    in_flight[sent] = self._pending[(gen, sent)] = slot
                     pool.submit(gen, sent, slot, batches[sent], self._n_cpu(len(batches[sent])))
                     sent += 1
                 while bid not in done:
-                    if gen != self._gen:
-                        raise RuntimeError("this loader was iterated again before this iteration finished")
                     try:
                         rgen, rid, err = pool.get()
-                    except BaseException:
+                    except Exception:
                         self._stop_pool()  # a worker died: the next iteration starts a new pool
                         raise
+                    reported = self._pending.pop((rgen, rid), None)
                     if rgen != gen:  # a batch of an abandoned iteration: its buffer is free again
-                        orphan = self._orphans.pop((rgen, rid), None)
-                        if orphan is not None:
-                            orphan.busy = False
+                        if reported is not None:
+                            reported.busy = False
                         continue
+                    if isinstance(err, tuple):
+                        raise DatasetError(err[1])
                     if err is not None:
                         raise RuntimeError(f"loader worker failed on batch {rid}: {err}")
                     done.add(rid)
@@ -580,12 +591,11 @@ class BatchLoader:
                 yield self._deliver(slot, batches[bid])
         finally:
             # Batches still being filled (the consumer stopped early, or an error) keep their
-            # buffers until the workers report them; the workers themselves stay for the next epoch.
+            # buffers until the workers report them, in a later iteration; the workers themselves
+            # stay for the next epoch.
             for rid, s in in_flight.items():
-                if rid in done or self._pool is None:
+                if (gen, rid) not in self._pending:
                     s.busy = False
-                else:
-                    self._orphans[(gen, rid)] = s
 
     def __iter__(self) -> Iterator[Batch]:
         return self.iterate()

@@ -458,7 +458,7 @@ def summarize(report: Mapping[str, Any]) -> str:
 def prepare(src: str | os.PathLike[str], out: str | os.PathLike[str], *, size: int | None = None,
             workers: int | None = None, fmt: str | None = None, quality: int = 90, encoding: str | None = None,
             val_fraction: float | None = None, progress: bool = True,
-            names: Mapping[str, str] | None = None) -> Path:
+            names: Mapping[str, str] | None = None, lock: Any = None) -> Path:
     """Prepare ``src`` into the dataset folder ``out`` and return ``out``.
 
     ``src``: the folder of the ILSVRC-2012 archives, an extracted ImageNet tree, an image-folder
@@ -469,6 +469,8 @@ def prepare(src: str | os.PathLike[str], out: str | os.PathLike[str], *, size: i
     by default raw for images of at most 64 pixels a side, JPEG above. ``workers``: decoding
     processes (default: all cores). ``val_fraction``: for a tree without a val/ folder, the part
     of every class held out as ``val``. ``names``: class -> human-readable name overrides.
+    ``lock``: the dataset's lock (:func:`~alexnet.data.format.lock_dataset`) when the caller
+    already holds it; otherwise it is taken here.
     """
     out = Path(out).expanduser()
     if size is not None and not 1 <= int(size) <= 8192:
@@ -494,7 +496,9 @@ def prepare(src: str | os.PathLike[str], out: str | os.PathLike[str], *, size: i
 
     # Held until the dataset is committed or this process ends: a second prepare into the same
     # --out is refused here, before it reads the source or touches OUT.partial.
-    lock = lock_dataset(out)
+    own = lock is None
+    if own:
+        lock = lock_dataset(out)
     try:
         source = open_source(src, fmt, val_fraction=val_fraction, names=names)
         try:
@@ -503,7 +507,8 @@ def prepare(src: str | os.PathLike[str], out: str | os.PathLike[str], *, size: i
         finally:
             source.close()
     finally:
-        lock.release()
+        if own:
+            lock.release()
 
 
 def _plan(source: Source, size: int | None, encoding: str | None) -> tuple[tuple[int, int], str, str]:
@@ -567,7 +572,7 @@ def _prepare_source(source: Source, out: Path, *, size: int | None, workers: int
         kept = dw.keep_checkpointed()
         what = (f"the {kept} images prepared up to the last checkpoint are kept in {dw.tmp}: free space, then rerun "
                 f"the same command to resume" if kept else f"nothing was checkpointed yet, {dw.tmp} was removed")
-        raise UserError(f"{os_error_line(e)}; {what}") from None
+        raise UserError(f"{os_error_line(e, dw.tmp)}; {what}") from None
     finally:
         executor.close(ok)
     if progress:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from alexnet.data.format import DatasetError, PreparedDataset, is_prepared
+from alexnet.data.sources import synthetic
 from alexnet.errors import UserError
 
 BUILTIN = ("synthetic",)
@@ -14,8 +15,6 @@ def resolve_data(spec: str, input_size: int, *, seed: int = 0) -> Path:
     """``synthetic`` (the built-in set, built once into the cache at the size the model needs)
     or the path of a prepared dataset."""
     if spec == "synthetic":
-        from alexnet.data.sources import synthetic
-
         return synthetic.cached(input_size, seed=seed)
     p = Path(spec).expanduser()
     if not p.exists():

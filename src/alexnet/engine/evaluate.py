@@ -15,6 +15,7 @@ from alexnet.data.format import PreparedDataset
 from alexnet.data.loader import BatchLoader
 from alexnet.engine import distributed
 from alexnet.engine.checks import check_ten_crop
+from alexnet.engine.device import AMP_DTYPES
 from alexnet.progress import Progress
 
 
@@ -29,8 +30,7 @@ class Precision:
     def autocast(self) -> ContextManager[object]:
         if self.amp == "none":
             return nullcontext()
-        dtype = torch.bfloat16 if self.amp == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+        return torch.autocast(self.device.type, dtype=AMP_DTYPES[self.amp])
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
@@ -42,6 +42,23 @@ def topk_correct(logits_or_probs: torch.Tensor, labels: torch.Tensor, ks: tuple[
     top = logits_or_probs.topk(kmax, dim=1).indices  # N×kmax
     hit = top == labels[:, None]
     return [int(hit[:, : min(k, kmax)].any(dim=1).sum()) for k in ks]
+
+
+def per_class_summary(probs: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> dict:
+    """Top-1/top-5 error, each class's top-1 error and count, and the confusion matrix (``_confusion``,
+    rows: true class) of scores ``probs`` (N×C) against ``labels``."""
+    n = len(labels)
+    c1, c5 = topk_correct(probs, labels)
+    pred = probs.argmax(1)
+    k = probs.shape[1]
+    conf = torch.zeros(k, k, dtype=torch.long)
+    conf.index_put_((labels, pred), torch.ones_like(labels), accumulate=True)
+    per_class = []
+    for c in range(k):
+        tot = int(conf[c].sum())
+        per_class.append({"class": class_names[c] if c < len(class_names) else str(c), "n": tot,
+                          "top1_err": (1 - int(conf[c, c]) / tot) if tot else None})
+    return {"top1_err": 1 - c1 / max(1, n), "top5_err": 1 - c5 / max(1, n), "per_class": per_class, "_confusion": conf.numpy()}
 
 
 @torch.no_grad()
@@ -88,15 +105,18 @@ def evaluate(
     all_probs = []
     bar = Progress(len(loader), "evaluate" + (" (10-crop)" if ten_crop else ""), "batch", enabled=progress and rank == 0,
                    leave=False)
-    for b in loader:
-        probs = predict_probs(model, b.images, augment, prec, ten_crop)
-        labels = b.labels.to(probs.device)
-        c1, c5 = topk_correct(probs, labels)
-        nll = F.nll_loss(torch.log(probs.clamp_min(1e-12)), labels, reduction="sum")
-        sums += torch.tensor([len(labels), c1, c5, float(nll)], dtype=torch.float64)
-        if return_probs:
-            all_probs.append(probs.cpu())
-        bar.update(1)
+    try:
+        for b in loader:
+            probs = predict_probs(model, b.images, augment, prec, ten_crop)
+            labels = b.labels.to(probs.device)
+            c1, c5 = topk_correct(probs, labels)
+            nll = F.nll_loss(torch.log(probs.clamp_min(1e-12)), labels, reduction="sum")
+            sums += torch.tensor([len(labels), c1, c5, float(nll)], dtype=torch.float64)
+            if return_probs:
+                all_probs.append(probs.cpu())
+            bar.update(1)
+    finally:
+        loader.close()  # its workers and buffers: this loader serves this one pass
     bar.close()
     if world_size > 1:
         sums = distributed.all_reduce_sum(sums.to(prec.device)).cpu()

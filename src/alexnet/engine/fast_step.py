@@ -26,10 +26,8 @@ What it does beyond the plain augment → forward → loss → backward → ``op
 Any other optimizer (``torch.optim.SGD`` for the torchvision recipe) keeps its own ``step()``; fp16
 with a ``GradScaler`` keeps ``scaler.step(optimizer)`` (the scaler must see the unscaled gradients).
 
-``two_tower_convs(model)`` optionally replaces the grouped convolutions of the paper's towers (§3.2:
-conv2, conv4, conv5 see only their own tower) by two convolutions on channel halves, with the same
-parameters (state_dict unchanged): cuDNN's grouped kernels are slower than plain ones in some layouts;
-``benchmarks/gpu.py`` measures both.
+The fused update itself (:class:`~alexnet.engine.optim.FusedPaperSGD`) lives beside ``PaperSGD`` in
+:mod:`alexnet.engine.optim`.
 """
 
 from __future__ import annotations
@@ -41,71 +39,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from alexnet.data.augment import Augment
-
-AMP_DTYPES: dict[str, torch.dtype | None] = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-# ---------------------------------------------------------------------------------------------------
-# The paper's update rule (§5), written per parameter so that Inductor fuses each one into a kernel.
-
-
-def paper_sgd_update(
-    params: list[torch.Tensor], grads: list[torch.Tensor], vels: list[torch.Tensor], lr: torch.Tensor,
-    momentum: float, weight_decay: float,
-) -> None:
-    """``v <- momentum v - weight_decay lr w - lr g ; w <- w + v`` in place, for each parameter.
-
-    The same operations, in the same order, as :meth:`PaperSGD.step` (which uses foreach ops);
-    ``lr`` is a 0-d tensor on the parameters' device."""
-    for p, g, v in zip(params, grads, vels):
-        v.mul_(momentum)  # 0.9 v
-        if weight_decay:
-            v.add_(p * (lr * -weight_decay))  # - 0.0005 eps w
-        v.add_(g * -lr)  # - eps dL/dw
-        p.add_(v)  # w <- w + v
-
-
-class FusedPaperSGD:
-    """Runs a :class:`PaperSGD`'s step with :func:`paper_sgd_update` (compiled when ``compile``).
-
-    Reads ``lr``/``momentum``/``weight_decay`` from the optimizer's param groups at every call (so
-    ``set_lr`` and schedules keep working) and uses the optimizer's own velocities
-    (:meth:`PaperSGD.velocities`), so checkpoints are the same either way."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, *, compile: bool = False, backend: str = "inductor") -> None:
-        self.optimizer = optimizer
-        self.update: Callable[..., None] = (
-            torch.compile(paper_sgd_update, backend=backend, fullgraph=True) if compile else paper_sgd_update
-        )
-        self._lr: dict[tuple[int, torch.device], tuple[float, torch.Tensor]] = {}
-
-    def _lr_tensor(self, gi: int, lr: float, device: torch.device) -> torch.Tensor:
-        key = (gi, device)
-        cached = self._lr.get(key)
-        if cached is None:
-            t = torch.tensor(lr, dtype=torch.float32, device=device)
-            self._lr[key] = (lr, t)
-            return t
-        old, t = cached
-        if old != lr:
-            t.fill_(lr)  # a kernel on the stream: no host-device synchronisation
-            self._lr[key] = (lr, t)
-        return t
-
-    @torch.no_grad()
-    def step(self) -> None:
-        opt = self.optimizer
-        for gi, group in enumerate(opt.param_groups):
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            by_device: dict[torch.device, list[torch.Tensor]] = {}
-            for p in params:  # one call per device (the two towers of model_parallel=2 live on two)
-                by_device.setdefault(p.device, []).append(p)
-            for device, ps in by_device.items():
-                vels = opt.velocities(ps)  # type: ignore[attr-defined]  # a PaperSGD's own state
-                lr = self._lr_tensor(gi, float(group["lr"]), device)
-                self.update(ps, [p.grad for p in ps], vels, lr, float(group["momentum"]), float(group["weight_decay"]))
+from alexnet.engine.device import amp_dtype
+from alexnet.engine.optim import FusedPaperSGD, PaperSGD
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -151,17 +86,13 @@ class FastStep:
         label_smoothing: float = 0.0,
         scaler: Any = None,
     ) -> None:
-        from alexnet.engine.optim import PaperSGD  # late: optim pulls in the config module
-
-        if amp not in AMP_DTYPES:
-            raise ValueError(f"amp {amp!r}: accepted: {', '.join(AMP_DTYPES)}")
+        self.amp = amp_dtype(amp)
         self.device = torch.device(device)
         if cuda_graphs and (not compile or self.device.type != "cuda"):
             raise ValueError("cuda_graphs needs compile=True and a CUDA device")
         self.model = model
         self.optimizer = optimizer
         self.augment = augment
-        self.amp = AMP_DTYPES[amp]
         # An fp16 autocast keeps fp32 input (fp16's range is not the issue; the first conv casts anyway,
         # but fp16 steps go through a GradScaler and are not this step's fast path).
         self.input_dtype = torch.bfloat16 if self.amp is torch.bfloat16 else torch.float32
@@ -212,36 +143,4 @@ class FastStep:
         return out
 
 
-# ---------------------------------------------------------------------------------------------------
-# Two towers as two convolutions (§3.2)
-
-
-class TwoTowerConv2d(nn.Conv2d):
-    """A grouped convolution computed as one plain convolution per group on its channel slice,
-    concatenated. Same ``weight`` (C_out × C_in/groups × k × k) and ``bias`` as the grouped layer."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g = self.groups
-        cin, cout = self.in_channels // g, self.out_channels // g
-        outs = []
-        for t in range(g):
-            w = self.weight[t * cout : (t + 1) * cout]
-            b = self.bias[t * cout : (t + 1) * cout] if self.bias is not None else None
-            outs.append(F.conv2d(x[:, t * cin : (t + 1) * cin], w, b, self.stride, self.padding, self.dilation, 1))
-        return torch.cat(outs, dim=1)  # N×C_out×H×W, tower 0's channels first as in the grouped layer
-
-
-def two_tower_convs(model: nn.Module) -> nn.Module:
-    """Replace every grouped ``nn.Conv2d`` (groups > 1) of ``model`` in place by a
-    :class:`TwoTowerConv2d` sharing its parameters; the state_dict keys and shapes are unchanged."""
-    for name, mod in list(model.named_children()):
-        if type(mod) is nn.Conv2d and mod.groups > 1:
-            new = TwoTowerConv2d.__new__(TwoTowerConv2d)
-            new.__dict__.update(mod.__dict__)  # the same Parameter objects, hooks and attributes
-            setattr(model, name, new)
-        else:
-            two_tower_convs(mod)
-    return model
-
-
-__all__ = ["FastStep", "FusedPaperSGD", "TwoTowerConv2d", "paper_sgd_update", "two_tower_convs"]
+__all__ = ["FastStep"]

@@ -188,7 +188,8 @@ def card_fields(m: Pretrained) -> dict[str, Any]:
             e = evaluation[key]
             rows.append(f"| validation, {label} | {_pct(e.get('top1_err'))} | {_pct(e.get('top5_err'))} | {e.get('n', '—')} |")
     if metrics.get("val_top1_err") is not None:
-        rows.append(f"| validation after the last epoch ({metrics.get('epoch', '?')}), centre crop | "
+        crop = "10-crop" if recipe.get("ten_crop") else "centre crop"
+        rows.append(f"| validation after the last epoch ({metrics.get('epoch', '?')}), {crop} | "
                     f"{_pct(metrics.get('val_top1_err'))} | {_pct(metrics.get('val_top5_err'))} | "
                     f"{metrics.get('val_images', '—')} |")
     if metrics.get("train_top1_err") is not None:
@@ -237,8 +238,14 @@ def card_fields(m: Pretrained) -> dict[str, Any]:
 
 
 def read_evaluation(source: Path) -> dict[str, Any] | None:
-    """A run folder's eval.json (centre crop and 10-crop), if the run was evaluated."""
-    p = source / "eval.json" if source.is_dir() else source.parent / "eval.json"
+    """A run's eval.json (centre crop and 10-crop), if the run was evaluated: ``source`` is the run
+    folder or the ``model.safetensors`` inside it (a weights file elsewhere has no evaluation)."""
+    if source.is_dir():
+        p = source / "eval.json"
+    elif source.name == ckpt.WEIGHTS and (source.parent / "metrics.jsonl").is_file():
+        p = source.parent / "eval.json"
+    else:
+        return None
     if not p.is_file():
         return None
     try:

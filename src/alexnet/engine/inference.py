@@ -13,7 +13,10 @@ from torch import nn
 from alexnet import models
 from alexnet.data.augment import Augment
 from alexnet.data.format import PreparedDataset
+from alexnet.data.prepare import read_image as read_rgb
+from alexnet.data.resolve import resolve_data
 from alexnet.engine import checkpoint as ckpt
+from alexnet.engine.torchvision_weights import load_torchvision
 from alexnet.errors import UserError
 
 
@@ -41,13 +44,11 @@ def weights_path(path: Path) -> Path:
 
 
 def load(path: str | Path, device: torch.device | str = "cpu") -> Trained:
-    """A run folder, a ``.safetensors`` file written by this project, or (see issue 5) torchvision's
+    """A run folder, a ``.safetensors`` file written by this project, or torchvision's
     ``alexnet-owt-*.pth``."""
     p = weights_path(Path(path))
     stats = None
     if p.suffix in (".pth", ".pt"):
-        from alexnet.engine.torchvision_weights import load_torchvision  # type: ignore[import-not-found]
-
         model, meta = load_torchvision(p)
     else:
         sd, meta = ckpt.read_weights(p)
@@ -89,8 +90,6 @@ def read_image(path: str | Path, size: tuple[int, int]) -> torch.Tensor:
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms import functional as TF
 
-    from alexnet.data.prepare import read_image as read_rgb
-
     rgb = read_rgb(path)  # the same decoding and colour conversion as prepare
     h, w = size
     # The same resize and crop as torchvision's ImageClassification preset (on PIL images), so
@@ -120,8 +119,6 @@ def file_augment(trained: Trained, data: str | None = None) -> Augment:
     spec = data or trained.meta.get("data")
     if not spec:
         raise UserError(f"{trained.source}: the model subtracts its training set's mean image; pass --data with that dataset")
-    from alexnet.data.resolve import resolve_data
-
     try:
         ds = PreparedDataset(resolve_data(spec, input_size), "train")
     except UserError as e:

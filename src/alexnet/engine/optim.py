@@ -9,7 +9,7 @@ while eps is fixed; after eps changes, the paper's velocity still carries the ol
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -52,6 +52,68 @@ class PaperSGD(Optimizer):
             torch._foreach_add_(vels, grads, alpha=-lr)  # - eps dL/dw
             torch._foreach_add_(params, vels)  # w <- w + v
         return loss
+
+
+# -- the paper's update rule (§5), written per parameter so that Inductor fuses each one into a kernel --
+
+
+def paper_sgd_update(
+    params: list[torch.Tensor], grads: list[torch.Tensor], vels: list[torch.Tensor], lr: torch.Tensor,
+    momentum: float, weight_decay: float,
+) -> None:
+    """``v <- momentum v - weight_decay lr w - lr g ; w <- w + v`` in place, for each parameter.
+
+    The same operations, in the same order, as :meth:`PaperSGD.step` (which uses foreach ops);
+    ``lr`` is a 0-d tensor on the parameters' device."""
+    for p, g, v in zip(params, grads, vels):
+        v.mul_(momentum)  # 0.9 v
+        if weight_decay:
+            v.add_(p * (lr * -weight_decay))  # - 0.0005 eps w
+        v.add_(g * -lr)  # - eps dL/dw
+        p.add_(v)  # w <- w + v
+
+
+class FusedPaperSGD:
+    """Runs a :class:`PaperSGD`'s step with :func:`paper_sgd_update` (compiled when ``compile``).
+
+    Reads ``lr``/``momentum``/``weight_decay`` from the optimizer's param groups at every call (so
+    ``set_lr`` and schedules keep working) and uses the optimizer's own velocities
+    (:meth:`PaperSGD.velocities`), so checkpoints are the same either way."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, *, compile: bool = False, backend: str = "inductor") -> None:
+        self.optimizer = optimizer
+        self.update: Callable[..., None] = (
+            torch.compile(paper_sgd_update, backend=backend, fullgraph=True) if compile else paper_sgd_update
+        )
+        self._lr: dict[tuple[int, torch.device], tuple[float, torch.Tensor]] = {}
+
+    def _lr_tensor(self, gi: int, lr: float, device: torch.device) -> torch.Tensor:
+        key = (gi, device)
+        cached = self._lr.get(key)
+        if cached is None:
+            t = torch.tensor(lr, dtype=torch.float32, device=device)
+            self._lr[key] = (lr, t)
+            return t
+        old, t = cached
+        if old != lr:
+            t.fill_(lr)  # a kernel on the stream: no host-device synchronisation
+            self._lr[key] = (lr, t)
+        return t
+
+    @torch.no_grad()
+    def step(self) -> None:
+        opt = self.optimizer
+        for gi, group in enumerate(opt.param_groups):
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            by_device: dict[torch.device, list[torch.Tensor]] = {}
+            for p in params:  # one call per device (the two towers of model_parallel=2 live on two)
+                by_device.setdefault(p.device, []).append(p)
+            for device, ps in by_device.items():
+                vels = opt.velocities(ps)  # type: ignore[attr-defined]  # a PaperSGD's own state
+                lr = self._lr_tensor(gi, float(group["lr"]), device)
+                self.update(ps, [p.grad for p in ps], vels, lr, float(group["momentum"]), float(group["weight_decay"]))
 
 
 def param_groups(model: nn.Module, weight_decay: float, decay_biases: bool) -> list[dict[str, Any]]:

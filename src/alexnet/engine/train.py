@@ -17,7 +17,10 @@ Runs you can trust:
 * **torchrun.** Each process trains on its slice of every global batch; DDP averages the
   gradients of the per-process mean losses, which equals the mean over the global batch since the
   slices have equal size. Decisions that must agree (a signal, a non-finite loss) are all-reduced
-  at fixed steps; rank 0 writes logs and checkpoints and tells the others how it went.
+  at fixed steps; rank 0 writes logs and checkpoints and tells the others how it went. Every
+  process must have rank 0's config (:func:`check_same_config`). A checkpoint resumes on any
+  number of processes that divides its global batch (the position counts global batches of one
+  global shuffle), and workers restarted by ``torchrun --max-restarts`` resume by themselves.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -44,9 +48,13 @@ from alexnet.data.resolve import open_splits, resolve_data
 from alexnet.engine import checkpoint as ckpt
 from alexnet.engine import distributed
 from alexnet.engine.checks import check_against_data, describe_augmentation, effective_crop_padding
+from alexnet.engine.device import pick_device
 from alexnet.engine.evaluate import Precision, evaluate
 from alexnet.engine.fast_step import FastStep
+from alexnet.engine.metrics import read_metrics
+from alexnet.engine.model_parallel import ModelParallelAlexNet, model_parallel_devices
 from alexnet.engine.optim import Schedule, build_optimizer, set_lr
+from alexnet.environment import environment
 from alexnet.errors import UserError
 from alexnet.files import atomic_write_bytes, atomic_write_text, lock_folder
 from alexnet.progress import Progress
@@ -116,20 +124,6 @@ class Context:
 
 
 # -- set-up --------------------------------------------------------------------------------------
-
-
-def pick_device(spec: str, local_rank: int = 0) -> torch.device:
-    if spec == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        dev = torch.device(spec)
-    except RuntimeError:
-        raise UserError(f"device {spec!r} is not valid; accepted: auto, cpu, cuda, cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {spec!r}: CUDA is not available on this machine")
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device(f"cuda:{local_rank}")
-    return dev
 
 
 def resolve_auto(d: dict[str, Any]) -> dict[str, Any]:
@@ -281,16 +275,28 @@ def _load_for_resume(ctx: Context, path: Path | None) -> dict[str, Any] | None:
 def restore(ctx: Context, d: dict[str, Any], path: Path) -> RunState:
     try:
         rng = d["rng"]
-        if int(rng["world_size"]) != ctx.dist.world_size:
-            raise UserError(f"{path}: written by a run of {rng['world_size']} process(es); resume it with the same number "
-                            f"(now {ctx.dist.world_size})")
+        saved_batch = int(d["config"]["batch_size"])
+        if saved_batch != ctx.cfg.batch_size:
+            # The position in the epoch is a number of global batches: another batch size would
+            # skip or repeat samples.
+            raise UserError(f"{path}: written with a global batch of {saved_batch}; resume it with --batch-size "
+                            f"{saved_batch} (now {ctx.cfg.batch_size}), on any number of processes that divides it")
         ckpt.load_model_state_dict(ctx.model, d["model"])
         ctx.optimizer.load_state_dict(d["optimizer"])
         ctx.schedule.load_state_dict(d["schedule"])
         if ctx.scaler is not None and d.get("scaler"):
             ctx.scaler.load_state_dict(d["scaler"])
-        set_rng_state(rng["ranks"][ctx.dist.rank])
         state = RunState(**d["run"])
+        saved_world = int(rng["world_size"])
+        if saved_world == ctx.dist.world_size:
+            set_rng_state(rng["ranks"][ctx.dist.rank])
+        else:
+            # Another world size: the samples, their order in the global batches and their
+            # augmentation are the same (keyed by seed, epoch and sample index); only the dropout
+            # masks, drawn per process, come from a new stream per (seed, rank, step).
+            torch.manual_seed(distributed.rank_seed(ctx.cfg.seed, ctx.dist.rank, state.step))
+            ctx.log(f"resuming a checkpoint of {saved_world} process(es) with {ctx.dist.world_size}: the same samples in "
+                    f"the same global batches of {ctx.cfg.batch_size}; dropout masks from a new stream per process")
     except (KeyError, RuntimeError, TypeError, ValueError, IndexError) as e:
         raise UserError(f"{path}: does not match this run's model or config ({str(e).splitlines()[0][:200]})") from None
     return state
@@ -314,8 +320,6 @@ def append_metrics(ctx: Context, row: dict[str, Any]) -> None:
 
 
 def _last_metrics(out: Path) -> dict[str, Any]:
-    from alexnet.report.markdown import read_metrics
-
     p = out / METRICS
     rows = read_metrics(p) if p.is_file() else []
     return rows[-1] if rows else {}
@@ -324,8 +328,6 @@ def _last_metrics(out: Path) -> dict[str, Any]:
 def truncate_metrics(out: Path, epochs_done: int) -> None:
     """On resume, keep only the rows of epochs that finished before the checkpoint (a row written
     after it, or torn by the kill, is dropped: the resumed run writes it again)."""
-    from alexnet.report.markdown import read_metrics  # the one reader (tolerates a torn last line)
-
     p = out / METRICS
     if not p.exists():
         return
@@ -342,8 +344,6 @@ def stop_on_signals(ctx: Context) -> Iterator[None]:
     """SIGTERM/SIGINT set a flag; the loop finishes its step, checkpoints and stops. A
     single-process evaluation in progress is abandoned (it is redone on resume). A second
     signal stops at once."""
-    import threading
-
     if threading.current_thread() is not threading.main_thread():  # signals only reach the main thread
         yield
         return
@@ -502,12 +502,11 @@ def setup(cfg: TrainConfig, out: Path, *, log: Callable[[str], None] = print) ->
         for warning in warnings:
             log(f"warning: {warning}")
     distributed.init(dist_info, device)
+    check_same_config(cfg)
     torch.manual_seed(cfg.seed)  # the same initial weights in every process (DDP also broadcasts rank 0's)
     model = build_model(cfg, train_ds.num_classes, device)
     devices = [device]
     if cfg.model_parallel == 2:
-        from alexnet.engine.model_parallel import ModelParallelAlexNet, model_parallel_devices
-
         devices = model_parallel_devices(device, dist_info.local_rank)
         if device.type == "cuda" and devices[1].index >= torch.cuda.device_count():  # type: ignore[operator]
             raise UserError(f"model_parallel=2 needs GPUs {devices[0].index} and {devices[1].index} for this process; "
@@ -526,13 +525,15 @@ def setup(cfg: TrainConfig, out: Path, *, log: Callable[[str], None] = print) ->
     if dist_info.enabled:
         ids = [device.index] if device.type == "cuda" and cfg.model_parallel == 1 else None
         model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    _register_comm_hook(cfg, model, log if dist_info.is_main else (lambda s: None))
     # With compile, the training step compiles model + loss as one function (FastStep); evaluation
     # compiles the plain model on its own.
     eval_model = torch.compile(plain) if cfg.compile else plain  # type: ignore[assignment]
     optimizer = build_optimizer(cfg, plain)
     loader = BatchLoader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed, workers=cfg.workers, rank=dist_info.rank,
                          world_size=dist_info.world_size, pin_memory=device.type == "cuda",
-                         limit_batches=cfg.max_steps_per_epoch, subset=cfg.train_subset)
+                         limit_batches=cfg.max_steps_per_epoch, subset=cfg.train_subset,
+                         decode=cfg.decode, device=device if cfg.decode != "cpu" else None)
     if len(loader) == 0:
         raise UserError(f"{root}: {loader.n} training images make no full batch of {cfg.batch_size}; lower --batch-size")
     scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
@@ -545,6 +546,48 @@ def setup(cfg: TrainConfig, out: Path, *, log: Callable[[str], None] = print) ->
                    augment=augment, train_loader=loader, val_ds=val_ds, train_ds=train_ds,
                    prec=Precision(device, cfg.amp, cfg.channels_last), step=step, dist=dist_info, meta=model_meta(cfg, train_ds),
                    devices=devices, log=log if dist_info.is_main else (lambda s: None), scaler=scaler)
+
+
+# Config fields that may differ between processes: how each reads its data and whether it draws bars.
+LOCAL_FIELDS = ("workers", "progress")
+
+
+def check_same_config(cfg: TrainConfig) -> None:
+    """Every process must train the same config (on ``--resume`` each node reads RUN/config.yaml
+    from its own disk): rank 0's is broadcast, each process compares its own with it, and a
+    mismatch stops every process with the same one-line error (a collective: all ranks call it)."""
+    if not distributed.is_initialized():
+        return
+    mine = {k: v for k, v in cfg.to_dict().items() if k not in LOCAL_FIELDS}
+    ref = distributed.broadcast_object(mine)
+    diff = next(((k, mine.get(k), ref.get(k)) for k in sorted(set(mine) | set(ref)) if mine.get(k) != ref.get(k)), None)
+    diffs = distributed.all_gather_object(diff)
+    bad = [(r, d) for r, d in enumerate(diffs) if d is not None]
+    if bad:
+        r, (k, v, v0) = bad[0]
+        raise UserError(f"the processes do not agree on the config: rank {r} has {k}={v!r}, rank 0 has {k}={v0!r}; every "
+                        f"node needs the same RUN/config.yaml (on --resume) or the same recipe and options")
+
+
+COMM_HOOKS = {"bf16": "bf16_compress_hook", "fp16": "fp16_compress_hook"}
+
+
+def _register_comm_hook(cfg: TrainConfig, model: nn.Module, log: Callable[[str], None]) -> None:
+    """``ddp_comm_hook``: DDP all-reduces the gradients in bf16/fp16 instead of fp32 (half the
+    bytes on the wire; each process's fp32 gradient is divided by the world size, rounded, summed
+    in that dtype and cast back). Opt-in: it changes the numbers, and it only pays where the
+    all-reduce is bandwidth-bound (several nodes on a slow network); see configs/fast.yaml."""
+    if cfg.ddp_comm_hook == "none":
+        return
+    if not isinstance(model, nn.parallel.DistributedDataParallel):
+        log(f"warning: ddp_comm_hook={cfg.ddp_comm_hook} has no effect in a single process (it compresses the gradient "
+            f"all-reduce between torchrun processes)")
+        return
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    name = COMM_HOOKS[cfg.ddp_comm_hook]
+    model.register_comm_hook(None, getattr(default_hooks, name))
+    log(f"gradient all-reduce in {cfg.ddp_comm_hook} ({name})")
 
 
 def _open_tensorboard(ctx: Context, first_epoch: int) -> None:
@@ -560,13 +603,33 @@ def _open_tensorboard(ctx: Context, first_epoch: int) -> None:
     ctx.tb = SummaryWriter(str(ctx.out / "tb"), purge_step=first_epoch + 1 if first_epoch > 0 else None)
 
 
+# The torchrun job that started the run (TORCHELASTIC_RUN_ID: torchrun's --rdzv-id, a fresh one with
+# --standalone): when torchrun --max-restarts restarts the workers, the restarted command resumes
+# the run only if this job started it (never another run that happens to be in the folder).
+ELASTIC_RUN_ID = "torchelastic_run_id"
+
+
+def _started_by_this_job(out: Path) -> bool:
+    try:
+        return (out / ELASTIC_RUN_ID).read_text().strip() == os.environ.get("TORCHELASTIC_RUN_ID")
+    except OSError:
+        return False
+
+
 def run(cfg: TrainConfig, out: str | Path, *, resume: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train ``cfg`` into the run folder ``out``; returns the summary (also written to summary.json).
+
+    Under ``torchrun --max-restarts N``, workers that the elastic agent restarted after a failure
+    (TORCHELASTIC_RESTART_COUNT > 0) resume the run from its latest checkpoint, as with
+    ``resume=True``, provided this torchrun job started it (:data:`ELASTIC_RUN_ID`).
 
     Raises :class:`Interrupted` after a clean stop (SIGTERM/SIGINT), :class:`TrainingDiverged`
     on a non-finite loss, :class:`~alexnet.errors.UserError` on bad input."""
     out = Path(out)
     dist_info = distributed.from_env()
+    restarted = not resume and distributed.restart_count() > 0
+    if restarted:
+        resume = _started_by_this_job(out)
     # Rank 0 writes the run folder and holds its lock for the whole run: a second train (or a
     # second --resume) into the same folder is refused at once, before it reads or writes anything.
     lock = lock_folder(out) if dist_info.is_main else None
@@ -576,6 +639,17 @@ def run(cfg: TrainConfig, out: str | Path, *, resume: bool = False, log: Callabl
             raise UserError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
         ctx = setup(cfg, out, log=log)
         distributed.barrier()  # the run folder exists before anyone looks into it
+        if restarted:  # rank 0's view of the run folder decides (other nodes may not share its disk)
+            views = distributed.all_gather_object(resume)
+            if any(views) and not views[0]:
+                raise UserError(f"torchrun restarted the workers and rank 0, now on another node, does not see this job's "
+                                f"run in {out}; restarts on several nodes need the run folder on shared storage")
+            resume = views[0]
+            if resume:
+                log(f"torchrun restarted the workers (restart {distributed.restart_count()}): resuming this job's run "
+                    f"in {out} from its latest checkpoint")
+        if ctx.dist.is_main and not resume and os.environ.get("TORCHELASTIC_RUN_ID"):
+            atomic_write_text(out / ELASTIC_RUN_ID, os.environ["TORCHELASTIC_RUN_ID"] + "\n")
         state = RunState()
         if resume:
             d, last = _load_latest(ctx, out)
@@ -593,14 +667,14 @@ def run(cfg: TrainConfig, out: str | Path, *, resume: bool = False, log: Callabl
             if resume:
                 truncate_metrics(out, state.epoch)
             save_yaml(cfg, out / "config.yaml")
-            from alexnet.report.markdown import environment
-
             atomic_write_text(out / "environment.json", json.dumps(environment(), indent=1) + "\n")
         _open_tensorboard(ctx, state.epoch)
         return _loop(ctx, state)
     finally:
         if ctx is not None and ctx.tb is not None:
             ctx.tb.close()
+        if ctx is not None:
+            ctx.train_loader.close()  # its worker processes serve every epoch; stop them here
         distributed.shutdown()
         if lock is not None:
             lock.release()

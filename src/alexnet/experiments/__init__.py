@@ -73,6 +73,8 @@ def run_experiment(name: str, data: str, out: str | Path, *, quick: bool = False
     """Run experiment ``name`` on ``data`` into ``out``; returns the path of its report.md.
     ``scale`` ("test", "quick", "full") overrides ``quick``; see :mod:`alexnet.experiments.runner`.
     ``factors``: relu-vs-tanh's one-factor-at-a-time study at any scale (refused for the others)."""
+    # Here, not at the top: the registry above is read by the CLI's parser, and the runner imports
+    # torch and the whole engine.
     from alexnet.experiments.runner import Runner, resolve_scale
 
     e = info(name)

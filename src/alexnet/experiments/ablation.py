@@ -12,6 +12,8 @@ from typing import Any, Mapping, Sequence
 
 from alexnet.experiments.runner import Runner, Sweep, Variant, aggregate, pm
 from alexnet.experiments.stats import welch
+from alexnet.report.figures import plot_bars
+from alexnet.report.tables import markdown_table
 
 # Quick scale on the built-in data (alexnet-cifar, the cifar recipe with its augmentation): all
 # 5,000 training images for 6 epochs, the last at a tenth of the rate (the same step schedule for
@@ -95,9 +97,6 @@ def sweep_note(runner: Runner, base: Mapping[str, Any], sweep: Sweep) -> str:
 def run_ablation(runner: Runner, *, title: str, claim: str, reference: Variant, others: Sequence[Variant],
                  paper: Sequence[PaperDiff], base: Mapping[str, Any], notes: Sequence[str] = (),
                  extra_sections: Sequence[str] = (), quick_note: str | None = None) -> Path:
-    from alexnet.report.figures import plot_bars
-    from alexnet.report.markdown import markdown_table
-
     arms = [reference, *others]
     sweep = runner.sweep(base, arms)
     rows = sweep.rows

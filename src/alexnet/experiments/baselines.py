@@ -18,8 +18,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from alexnet.experiments.ablation import QUICK
-from alexnet.experiments.runner import Runner, Variant, pm
+from alexnet import models
+from alexnet.data.format import PreparedDataset, is_prepared, write_arrays
+from alexnet.experiments.ablation import QUICK, PaperDiff, compare_arms
+from alexnet.experiments.runner import Runner, Sweep, Variant, mean_std, pm, selection_half
+from alexnet.report.figures import plot_bars
+from alexnet.report.tables import markdown_table
 
 TITLE = "HOG + linear SVM vs LeNet-5 vs the AlexNet family"
 CLAIM = ("Before 2012, the winners used hand-crafted features (SIFT, HOG) with SVMs: on ILSVRC-2012 the runner-up, "
@@ -58,8 +62,6 @@ def hog_features(images: np.ndarray) -> np.ndarray:
 
 def read_images(root: Path, split: str, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """uint8 N×H×W×3 images and int labels of ``indices`` of a prepared split."""
-    from alexnet.data.format import PreparedDataset
-
     ds = PreparedDataset(root, split)
     chunks = [ds.read_batch(indices[i:i + 512]).permute(0, 2, 3, 1).numpy() for i in range(0, len(indices), 512)]  # N×H×W×3
     images = np.concatenate(chunks) if chunks else np.zeros((0, *ds.image_size, 3), np.uint8)
@@ -73,8 +75,6 @@ def hog_svm_runs(root: Path, train_idx: np.ndarray, val_idx: np.ndarray, num_cla
     (:func:`alexnet.experiments.runner.selection_half`), and the timings (features + that fit)."""
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import LinearSVC
-
-    from alexnet.experiments.runner import selection_half
 
     t0 = time.time()
     xtr, ytr = read_images(root, "train", train_idx)
@@ -127,8 +127,6 @@ def downscaled(runner: Runner, size: int = SMALL_SIZE) -> Path:
     import torch
     import torch.nn.functional as F
 
-    from alexnet.data.format import PreparedDataset, is_prepared, write_arrays
-
     out = runner.out / f"data-{size}"
     if is_prepared(out):
         return out
@@ -147,12 +145,6 @@ def downscaled(runner: Runner, size: int = SMALL_SIZE) -> Path:
 
 
 def run(runner: Runner) -> Path:
-    from alexnet import models
-    from alexnet.experiments.ablation import compare_arms, PaperDiff
-    from alexnet.experiments.runner import Sweep, mean_std
-    from alexnet.report.figures import plot_bars
-    from alexnet.report.markdown import markdown_table
-
     d = runner.data
     small_data = d.spec if not d.large else str(downscaled(runner))
     base_small = runner.base_config("alexnet-cifar", QUICK, data=small_data)

@@ -9,7 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from alexnet.engine.evaluate import topk_correct
+from alexnet.experiments.ablation import sweep_note
 from alexnet.experiments.runner import Runner, Variant, aggregate, pm
+from alexnet.experiments.stats import welch
+from alexnet.report.figures import plot_bars, plot_series
+from alexnet.report.tables import markdown_table
 
 TITLE = "dropout and overfitting (§4.2)"
 CLAIM = ("Without dropout, our network exhibits substantial overfitting. Dropout roughly doubles the number of "
@@ -22,12 +27,6 @@ QUICK: dict[str, Any] = {"epochs": 30, "batch_size": 64, "train_subset": 1000, "
 
 
 def run(runner: Runner) -> Path:
-    from alexnet.engine.evaluate import topk_correct
-    from alexnet.experiments.ablation import sweep_note
-    from alexnet.experiments.stats import welch
-    from alexnet.report.figures import plot_bars, plot_series
-    from alexnet.report.markdown import markdown_table
-
     model = runner.main_model()
     base = runner.base_config(model, QUICK)
     limit = int(base.get("train_subset") or 0)

@@ -9,9 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from alexnet.engine.evaluate import topk_correct
+from alexnet.errors import UserError
 from alexnet.experiments.ablation import QUICK
 from alexnet.experiments.runner import Runner, Variant, mean_std, pm
 from alexnet.experiments.stats import one_sample
+from alexnet.report.figures import plot_series
+from alexnet.report.tables import markdown_table
 
 TITLE = "ensembles of independently trained networks (§6, Table 2)"
 CLAIM = ("Averaging the predictions of five similar CNNs gives an error rate of 16.4% top-5 (38.1% top-1) on ILSVRC-2012 "
@@ -22,15 +28,7 @@ PAPER = [{"nets": 1, "top1_err": 0.407, "top5_err": 0.182}, {"nets": 5, "top1_er
 
 
 def run(runner: Runner) -> Path:
-    import torch
-
-    from alexnet.engine.evaluate import topk_correct
-    from alexnet.report.figures import plot_series
-    from alexnet.report.markdown import markdown_table
-
     if len(runner.seeds) < 2:
-        from alexnet.errors import UserError
-
         raise UserError(f"--seeds {len(runner.seeds)}: an ensemble needs at least 2 networks")
     model = runner.main_model()
     base = runner.base_config(model, QUICK)

@@ -25,7 +25,10 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from alexnet.experiments.baselines import downscaled
 from alexnet.experiments.runner import Runner, Sweep, Variant, mean_std
+from alexnet.report.figures import plot_series
+from alexnet.report.tables import markdown_table
 
 TITLE = "ReLU vs tanh: epochs to 25% training error (Figure 1)"
 CLAIM = ("A four-layer convolutional network with ReLUs reaches 25% training error on CIFAR-10 six times faster "
@@ -163,15 +166,10 @@ def figure1_data(runner: Runner) -> str:
     256×256 data."""
     if not runner.data.large:
         return runner.data.spec
-    from alexnet.experiments.baselines import downscaled
-
     return str(downscaled(runner))
 
 
 def run(runner: Runner) -> Path:
-    from alexnet.report.figures import plot_series
-    from alexnet.report.markdown import markdown_table
-
     full = runner.scale == "full"
     base = runner.base_config("alexnet-cifar", QUICK, data=figure1_data(runner), **NO_REGULARISATION,
                               model_options=dict(FIGURE1_NET))

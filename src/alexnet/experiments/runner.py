@@ -34,11 +34,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import numpy as np
+import torch
 import yaml
 
 from alexnet import config as config_mod
 from alexnet.config import TrainConfig
+from alexnet.data.format import PreparedDataset
+from alexnet.data.resolve import open_splits, resolve_data
+from alexnet.engine.device import pick_device
+from alexnet.engine.evaluate import Precision, predict_probs, topk_correct
+from alexnet.engine.inference import augment_for, load
+from alexnet.engine.metrics import read_metrics
+from alexnet.engine.train import METRICS, TrainingDiverged
+from alexnet.engine.train import run as train_run
+from alexnet.environment import environment
 from alexnet.errors import UserError
+from alexnet.files import atomic_write_text
+from alexnet.report.tables import markdown_table
 
 SCALE_ENV = "ALEXNET_EXPERIMENT_SCALE"
 SCALES = ("test", "quick", "full")
@@ -89,9 +102,6 @@ def resolve_scale(quick: bool, scale: str | None = None) -> str:
 def open_data(spec: str) -> DataInfo:
     """``synthetic`` is the built-in set at the CIFAR net's 32×32 input (stored 36×36); a path is a
     prepared dataset, whose image size picks the model family (:meth:`Runner.main_model`)."""
-    from alexnet.data.format import PreparedDataset
-    from alexnet.data.resolve import open_splits, resolve_data
-
     if spec == "synthetic":
         root = resolve_data(spec, 32)
     else:
@@ -104,8 +114,6 @@ def selection_half(labels: Any) -> Any:
     """A boolean mask over validation images: within each class, every other image (in stored
     order) belongs to the selection half, the rest to the report half. Class-balanced and
     deterministic, whatever the order of the classes in the split."""
-    import numpy as np
-
     labels = np.asarray(labels)
     mask = np.zeros(len(labels), dtype=bool)
     for c in np.unique(labels):
@@ -189,8 +197,6 @@ class Sweep:
 
     def table(self, fmt: Callable[[float], str]) -> str:
         """Markdown: one line per arm, the criterion at each rate; the chosen rate in bold."""
-        from alexnet.report.markdown import markdown_table
-
         rows = []
         for a in self.arms:
             row: dict[str, Any] = {"arm": a}
@@ -274,9 +280,6 @@ class Runner:
     def train(self, base: Mapping[str, Any], variant: Variant, seed: int) -> dict[str, Any]:
         """Train one (variant, seed) unless its run folder already holds the finished run; resume it
         if it was interrupted. Returns its result row."""
-        from alexnet.engine.train import METRICS, TrainingDiverged
-        from alexnet.engine.train import run as train_run
-
         cfg = self.config(base, variant, seed)
         rd = self.run_dir(variant, seed)
         summary_path = rd / "summary.json"
@@ -309,8 +312,6 @@ class Runner:
         return self.row(variant, seed, cfg, rd)
 
     def row(self, variant: Variant, seed: int, cfg: TrainConfig, rd: Path) -> dict[str, Any]:
-        from alexnet.report.markdown import read_metrics
-
         diverged = not (rd / "summary.json").is_file() and (rd / DIVERGED).is_file()
         summary = {} if diverged else json.loads((rd / "summary.json").read_text())
         final = summary.get("final") or {}
@@ -409,8 +410,6 @@ class Runner:
         if cache.is_file():
             row.update(json.loads(cache.read_text()))
             return
-        from alexnet.engine.evaluate import topk_correct
-
         probs, labels = self.predict(row["run"], "val")
         sel = selection_half(labels.numpy())
         d: dict[str, Any] = {}
@@ -428,14 +427,6 @@ class Runner:
     def predict(self, run: str | Path, split: str = "val", limit: int = 0) -> tuple[Any, Any]:
         """Softmax probabilities (N×C float tensor) and labels of a finished run on ``split``
         (its first ``limit`` images when > 0), centre crop, the model in eval mode."""
-        import numpy as np
-        import torch
-
-        from alexnet.data.format import PreparedDataset
-        from alexnet.engine.evaluate import Precision, predict_probs
-        from alexnet.engine.inference import augment_for, load
-        from alexnet.engine.train import pick_device
-
         device = pick_device(self.device)
         trained = load(self.out / run, device)
         # The run's own data (the baselines train the 32×32 nets on a downscaled copy).
@@ -455,7 +446,7 @@ class Runner:
         """``results.json``: the rows without private (``_``) fields."""
         clean = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
         p = self.out / "results.json"
-        p.write_text(json.dumps(clean, indent=1) + "\n")
+        atomic_write_text(p, json.dumps(clean, indent=1) + "\n")
         return p
 
     def scale_text(self, base: Mapping[str, Any]) -> str:
@@ -477,8 +468,6 @@ class Runner:
         """``report.md``: the claim, the experiment's own sections (tables beside the paper's
         numbers), the figures, every run, the setup (data, scale, base config, command) and the
         machine."""
-        from alexnet.report.markdown import environment, markdown_table
-
         cols = list(row_columns or ["variant", "seed", "top1_err", "top5_err", "train_top1_err", "epochs", "time_s"])
         env = environment()
         d = self.data
@@ -508,6 +497,6 @@ class Runner:
         env_rows = [{"": k, "value": v} for k, v in env.items()]
         parts.append("## Machine\n\n" + markdown_table(env_rows, ["", "value"]).rstrip("\n"))
         p = self.out / "report.md"
-        p.write_text("\n\n".join(parts) + "\n")
+        atomic_write_text(p, "\n\n".join(parts) + "\n")
         return p
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 # §3.3: k = 2, n = 5, alpha = 1e-4, beta = 0.75.
@@ -63,7 +64,9 @@ class LocalResponseNorm(nn.Module):
         return self.alpha / self.size if self.divide_alpha_by_n else self.alpha
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from alexnet.models import lrn_fast  # late import: optional fused kernels
+        # Imported at the first forward: lrn_fast imports Triton where it is installed (a slow
+        # import), which building a model or reading the registry does not need.
+        from alexnet.models import lrn_fast
 
         g = self.groups
         if g == 1:
@@ -116,3 +119,34 @@ def make_lrn(mode: bool | str, **overrides: float | int) -> nn.Module | None:
     if mode is False or mode in ("none", "off"):
         return None
     raise ValueError(f"unknown lrn mode {mode!r}; accepted: paper, released, none")
+
+
+# -- two towers as two convolutions (§3.2) --
+
+
+class TwoTowerConv2d(nn.Conv2d):
+    """A grouped convolution computed as one plain convolution per group on its channel slice,
+    concatenated. Same ``weight`` (C_out × C_in/groups × k × k) and ``bias`` as the grouped layer."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = self.groups
+        cin, cout = self.in_channels // g, self.out_channels // g
+        outs = []
+        for t in range(g):
+            w = self.weight[t * cout : (t + 1) * cout]
+            b = self.bias[t * cout : (t + 1) * cout] if self.bias is not None else None
+            outs.append(F.conv2d(x[:, t * cin : (t + 1) * cin], w, b, self.stride, self.padding, self.dilation, 1))
+        return torch.cat(outs, dim=1)  # N×C_out×H×W, tower 0's channels first as in the grouped layer
+
+
+def two_tower_convs(model: nn.Module) -> nn.Module:
+    """Replace every grouped ``nn.Conv2d`` (groups > 1) of ``model`` in place by a
+    :class:`TwoTowerConv2d` sharing its parameters; the state_dict keys and shapes are unchanged."""
+    for name, mod in list(model.named_children()):
+        if type(mod) is nn.Conv2d and mod.groups > 1:
+            new = TwoTowerConv2d.__new__(TwoTowerConv2d)
+            new.__dict__.update(mod.__dict__)  # the same Parameter objects, hooks and attributes
+            setattr(model, name, new)
+        else:
+            two_tower_convs(mod)
+    return model

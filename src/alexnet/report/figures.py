@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import matplotlib
 import numpy as np
@@ -145,6 +145,9 @@ def _finite(v: Any) -> float | None:
 
 
 # --------------------------------------------------------------------------- training curves
+_Series = Callable[..., tuple[list[float], list[float]]]  # (key, scale) -> (epochs, values)
+
+
 def plot_curves(metrics: list[dict], path: str | Path) -> Path:
     """Top: train and val top-1 error and val top-5 error (%) against epochs, with a vertical line
     where the learning rate changes (the paper divides it by 10 when validation error stalls, §5).
@@ -174,68 +177,81 @@ def plot_curves(metrics: list[dict], path: str | Path) -> Path:
     with _style():
         fig = _figure(8.0, 6.5)
         ax_err, ax_loss = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
-        plotted = 0
-        for key, label, style in [
-            ("train_top1_err", "train top-1", dict(color="C0", linestyle="-")),
-            ("val_top1_err", "val top-1", dict(color="C1", linestyle="-")),
-            ("val_top5_err", "val top-5", dict(color="C1", linestyle="--")),
-        ]:
-            xs, ys = series(key, 100.0)
-            if xs:
-                ax_err.plot(xs, ys, marker=marker, markersize=3, label=label, **style)
-                plotted += 1
-                if key == "val_top1_err":  # annotate the best validation error, the number people quote
-                    i = int(np.argmin(ys))
-                    ax_err.annotate(f"best {ys[i]:.2f}%", (xs[i], ys[i]), textcoords="offset points",
-                                    xytext=(0, -14), ha="center", fontsize=8, color="C1")
-        ax_err.set_ylim(bottom=0)  # errors are read against 0, not against the best epoch
-        ax_err.set_ylabel("error (%)")
-        ax_err.yaxis.set_major_formatter(PercentFormatter(decimals=0))
-        ax_err.grid(True, alpha=0.3)
-        if plotted:
-            ax_err.legend(loc="best", fontsize=8)
-        ax_err.set_title("Error rates per epoch")
-
-        for key, label, colour in [("train_loss", "train loss", "C0"), ("val_loss", "val loss", "C1")]:
-            xs, ys = series(key)
-            if xs:
-                ax_loss.plot(xs, ys, marker=marker, markersize=3, color=colour, label=label)
-        ax_loss.set_ylabel("cross-entropy loss")
-        ax_loss.set_xlabel("epoch")
-        ax_loss.grid(True, alpha=0.3)
-        ax_loss.xaxis.set_major_locator(MaxNLocator(integer=True))
-
-        # Learning rate: a step line on a log axis, and a vertical line at every change.
-        lr_x, lr_y = series("lr")
-        if lr_x:
-            ax_lr = ax_loss.twinx()
-            ax_lr.step(lr_x, lr_y, where="post", color="0.55", linewidth=1, label="learning rate",
-                       marker="o" if len(lr_x) == 1 else None, markersize=3)
-            if min(lr_y) > 0:
-                ax_lr.set_yscale("log")
-            ax_lr.set_ylabel("learning rate", color="0.45")
-            ax_lr.tick_params(axis="y", colors="0.45", labelsize=7)
-            handles = ax_loss.get_legend_handles_labels()[0] + ax_lr.get_legend_handles_labels()[0]
-            ax_loss.legend(handles, [h.get_label() for h in handles], loc="upper right", fontsize=8)
-            changes = [(x0, x1, new) for (x0, old), (x1, new) in zip(zip(lr_x, lr_y), zip(lr_x[1:], lr_y[1:]))
-                       if not math.isclose(old, new, rel_tol=1e-9, abs_tol=0.0)]
-            # A schedule that changes every epoch (warm-up, cosine) would be a wall of lines: mark
-            # only discrete drops, as the paper's schedule has (three of them, §5).
-            if 0 < len(changes) <= 12:
-                for x0, x1, new in changes:
-                    xm = (x0 + x1) / 2  # between the last epoch at the old rate and the first at the new
-                    for ax in (ax_err, ax_loss):
-                        ax.axvline(xm, color="0.35", linestyle=":", linewidth=1)
-                    # The new rate, written on its step of the learning-rate line.
-                    ax_lr.annotate(f"{new:.3g}", (xm, new), textcoords="offset points", xytext=(3, 2),
-                                   ha="left", va="bottom", fontsize=7, color="0.35")
-        elif ax_loss.get_legend_handles_labels()[0]:
-            ax_loss.legend(loc="upper right", fontsize=8)
+        _error_panel(ax_err, series, marker)
+        _loss_panel(ax_loss, series, marker)
+        _learning_rate(ax_err, ax_loss, series)
         if len(set(e for e in epochs if e is not None)) <= 1:
             e = epochs[0] or 0.0
             ax_loss.set_xlim(e - 1, e + 1)
         fig.align_ylabels([ax_err, ax_loss])
         return _save(fig, path)
+
+
+def _error_panel(ax_err: Any, series: _Series, marker: str | None) -> None:
+    """Train/val top-1 and val top-5 error (%), the best validation error annotated."""
+    plotted = 0
+    for key, label, style in [
+        ("train_top1_err", "train top-1", dict(color="C0", linestyle="-")),
+        ("val_top1_err", "val top-1", dict(color="C1", linestyle="-")),
+        ("val_top5_err", "val top-5", dict(color="C1", linestyle="--")),
+    ]:
+        xs, ys = series(key, 100.0)
+        if xs:
+            ax_err.plot(xs, ys, marker=marker, markersize=3, label=label, **style)
+            plotted += 1
+            if key == "val_top1_err":  # annotate the best validation error, the number people quote
+                i = int(np.argmin(ys))
+                ax_err.annotate(f"best {ys[i]:.2f}%", (xs[i], ys[i]), textcoords="offset points",
+                                xytext=(0, -14), ha="center", fontsize=8, color="C1")
+    ax_err.set_ylim(bottom=0)  # errors are read against 0, not against the best epoch
+    ax_err.set_ylabel("error (%)")
+    ax_err.yaxis.set_major_formatter(PercentFormatter(decimals=0))
+    ax_err.grid(True, alpha=0.3)
+    if plotted:
+        ax_err.legend(loc="best", fontsize=8)
+    ax_err.set_title("Error rates per epoch")
+
+
+def _loss_panel(ax_loss: Any, series: _Series, marker: str | None) -> None:
+    """Train (and val) cross-entropy per epoch."""
+    for key, label, colour in [("train_loss", "train loss", "C0"), ("val_loss", "val loss", "C1")]:
+        xs, ys = series(key)
+        if xs:
+            ax_loss.plot(xs, ys, marker=marker, markersize=3, color=colour, label=label)
+    ax_loss.set_ylabel("cross-entropy loss")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.grid(True, alpha=0.3)
+    ax_loss.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _learning_rate(ax_err: Any, ax_loss: Any, series: _Series) -> None:
+    """The learning rate: a step line on a log axis under the loss, and a vertical line at every change."""
+    lr_x, lr_y = series("lr")
+    if not lr_x:
+        if ax_loss.get_legend_handles_labels()[0]:
+            ax_loss.legend(loc="upper right", fontsize=8)
+        return
+    ax_lr = ax_loss.twinx()
+    ax_lr.step(lr_x, lr_y, where="post", color="0.55", linewidth=1, label="learning rate",
+               marker="o" if len(lr_x) == 1 else None, markersize=3)
+    if min(lr_y) > 0:
+        ax_lr.set_yscale("log")
+    ax_lr.set_ylabel("learning rate", color="0.45")
+    ax_lr.tick_params(axis="y", colors="0.45", labelsize=7)
+    handles = ax_loss.get_legend_handles_labels()[0] + ax_lr.get_legend_handles_labels()[0]
+    ax_loss.legend(handles, [h.get_label() for h in handles], loc="upper right", fontsize=8)
+    changes = [(x0, x1, new) for (x0, old), (x1, new) in zip(zip(lr_x, lr_y), zip(lr_x[1:], lr_y[1:]))
+               if not math.isclose(old, new, rel_tol=1e-9, abs_tol=0.0)]
+    # A schedule that changes every epoch (warm-up, cosine) would be a wall of lines: mark
+    # only discrete drops, as the paper's schedule has (three of them, §5).
+    if 0 < len(changes) <= 12:
+        for x0, x1, new in changes:
+            xm = (x0 + x1) / 2  # between the last epoch at the old rate and the first at the new
+            for ax in (ax_err, ax_loss):
+                ax.axvline(xm, color="0.35", linestyle=":", linewidth=1)
+            # The new rate, written on its step of the learning-rate line.
+            ax_lr.annotate(f"{new:.3g}", (xm, new), textcoords="offset points", xytext=(3, 2),
+                           ha="left", va="bottom", fontsize=7, color="0.35")
 
 
 # --------------------------------------------------------------------------- Figure 3: kernels

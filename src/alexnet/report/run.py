@@ -10,8 +10,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from alexnet.data.format import PreparedDataset
+from alexnet.data.resolve import resolve_data
+from alexnet.engine.evaluate import Precision, evaluate, per_class_summary
+from alexnet.engine.inference import augment_for, load
+from alexnet.engine.metrics import read_metrics
+from alexnet.files import atomic_write_text
 from alexnet.report.figures import plot_confusion, plot_curves, plot_filters, plot_predictions
-from alexnet.report.markdown import read_metrics, write_run_report
+from alexnet.report.markdown import write_run_report
 
 
 def first_conv(model: nn.Module) -> nn.Conv2d:
@@ -29,12 +35,6 @@ def draw_filters(model: nn.Module, path: Path) -> Path:
 def make_run_figures(run: Path, *, data: str | None = None, device: str = "cpu", n_predictions: int = 8) -> list[Path]:
     """Draw what the run folder supports: curves from metrics.jsonl; filters, predictions and the
     confusion matrix from the weights and the validation split."""
-    from alexnet.commands.evaluate import per_class_summary
-    from alexnet.data.format import PreparedDataset
-    from alexnet.data.resolve import resolve_data
-    from alexnet.engine.evaluate import Precision, evaluate
-    from alexnet.engine.inference import augment_for, load
-
     made: list[Path] = []
     metrics = read_metrics(run / "metrics.jsonl") if (run / "metrics.jsonl").is_file() else []
     if metrics:
@@ -74,9 +74,14 @@ def prediction_samples(labels: np.ndarray, n: int) -> list[int]:
 def record_eval(run: Path, key: str, result: dict[str, object]) -> None:
     """Merge one evaluation ("center" or "ten_crop") into RUN/eval.json."""
     p = run / "eval.json"
-    d = json.loads(p.read_text()) if p.exists() else {}
+    try:
+        d = json.loads(p.read_text()) if p.exists() else {}
+    except ValueError:
+        d = {}  # unreadable: replaced by this evaluation rather than failing after it
+    if not isinstance(d, dict):
+        d = {}
     d[key] = {k: result[k] for k in ("top1_err", "top5_err", "n") if k in result}
-    p.write_text(json.dumps(d, indent=1) + "\n")
+    atomic_write_text(p, json.dumps(d, indent=1) + "\n")
 
 
 def regenerate(run: Path, *, data: str | None = None, device: str = "cpu") -> Path:

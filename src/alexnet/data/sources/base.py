@@ -1,7 +1,7 @@
 """What every importer gives ``prepare``: classes, and per split an ordered stream of items.
 
 A source is opened (and fully validated) before any work starts, so a bad archive, a missing
-devkit or a mismatched ground truth fails in seconds with nothing written (issue 3, §3). Its
+devkit or a mismatched ground truth fails in seconds with nothing written. Its
 streams are resumable: every item comes with a *cursor* (JSON-able) and ``items(split, after=c)``
 continues right after the item whose cursor was ``c``, skipping what it can without reading it.
 """
@@ -117,11 +117,23 @@ def file_stamp(path: Path) -> list[Any]:
 def unsafe_member_name(name: str) -> bool:
     """An archive member name that would land outside the folder it was extracted into: absolute
     (``/x``, ``C:\\x``) or climbing with ``..``. We never extract, but such members are not
-    trusted as data either (issue 3, §3)."""
+    trusted as data either."""
     n = name.replace("\\", "/")
     if n.startswith("/") or re.match(r"^[A-Za-z]:", n):
         return True
     return ".." in PurePosixPath(n).parts
+
+
+def archive_error(e: BaseException) -> str:
+    """A tarfile error in one line. ``tarfile.open(mode="r:*")`` lists every compression it tried,
+    one line each; the one that matters is the method that recognised the file (its data is
+    damaged), not the others that merely did not."""
+    lines = [s.strip() for s in str(e).splitlines() if s.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else type(e).__name__
+    methods = [s.lstrip("- ") for s in lines[1:] if s.startswith("- method")]
+    telling = [m for m in methods if not re.search(r"not an? \w+ file|invalid header|empty file", m)]
+    return (telling or methods or lines)[0][:300]
 
 
 def open_tar(path: Path, what: str = "archive") -> tarfile.TarFile:
@@ -129,7 +141,7 @@ def open_tar(path: Path, what: str = "archive") -> tarfile.TarFile:
     try:
         return tarfile.open(path, "r:*")
     except (tarfile.TarError, OSError, EOFError) as e:
-        raise UserError(f"{path}: unreadable {what} ({e})") from None
+        raise UserError(f"{path}: unreadable {what} ({archive_error(e)})") from None
 
 
 def list_tar(tf: tarfile.TarFile, path: Path, what: str = "archive") -> list[tarfile.TarInfo]:
@@ -137,7 +149,7 @@ def list_tar(tf: tarfile.TarFile, path: Path, what: str = "archive") -> list[tar
     try:
         return tf.getmembers()
     except (tarfile.TarError, OSError, EOFError, ValueError) as e:
-        raise UserError(f"{path}: unreadable {what} ({e})") from None
+        raise UserError(f"{path}: unreadable {what} ({archive_error(e)})") from None
 
 
 def is_hidden(rel: str) -> bool:

@@ -21,7 +21,7 @@ import numpy as np
 
 from alexnet.errors import UserError
 
-from .base import Item, Source, file_stamp, list_tar, open_tar, unsafe_member_name
+from .base import Item, Source, archive_error, file_stamp, list_tar, open_tar, unsafe_member_name
 
 LAYOUTS = {
     # variant: (folder, train files, test file, meta file, label key, names key)
@@ -142,7 +142,7 @@ class CifarSource(Source):
                     try:
                         out[base] = tf.extractfile(m).read()  # type: ignore[union-attr]
                     except (tarfile.TarError, OSError, EOFError) as e:
-                        raise UserError(f"{self.path}: unreadable CIFAR archive ({e})") from None
+                        raise UserError(f"{self.path}: unreadable CIFAR archive ({archive_error(e)})") from None
         missing = [w for w in wanted if w not in out]
         if missing:
             raise UserError(f"{self.path}: archive lacks {', '.join(missing)}")

@@ -38,6 +38,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from alexnet.data.format import DatasetError, is_prepared, write_arrays
 from alexnet.errors import UserError
 
 # Bump when the rendering changes: it is part of the cache folder name and of meta.json's
@@ -217,14 +218,30 @@ def _split_id(split: str | int) -> int:
 def _render_class(label: int, uni: np.ndarray, noise: np.ndarray, size: int) -> np.ndarray:
     """Render B images of one class. uni: (B, _N_UNIFORMS) in [0, 1); noise: (B, H, W, 3)
     standard normal. Returns float32 (B, H, W, 3) on the 0–255 scale, unclipped."""
-    b = len(uni)
     f = {name: uni[:, sl].astype(np.float32) for name, sl in _SLICES.items()}
     pix = 2.0 / size  # one pixel in scene units
     grid = ((np.arange(size, dtype=np.float32) + 0.5) * pix - 1).astype(np.float32)
     X = grid[None, None, :]  # (1, 1, W)
     Y = grid[None, :, None]  # (1, H, 1)
+    img, bg1, bg2 = _background(f, X, Y, size)
+    _clutter(img, f, X, Y, pix)
+    _object(img, f, X, Y, pix, _SHAPES[label], 0.5 * (bg1 + bg2))
+    # --- illumination over the whole scene: a ramp, an ambient level and a coloured illuminant
+    light_dir = f["light"][:, 0] * 2 * np.pi
+    ramp = _col(_lerp(f["light"][:, 2], 0.75, 1.1)) + _col(_lerp(f["light"][:, 1], 0, 0.35)) * (
+        X * _col(np.cos(light_dir)) + Y * _col(np.sin(light_dir)))
+    cast = _lerp(f["cast"], 0.9, 1.1)  # (B, 3)
+    img *= np.maximum(ramp, 0.15)[..., None] * cast[:, None, None, :]
+    # --- sensor noise
+    sigma = _lerp(f["noise"][:, 0], 0.004, 0.03)
+    img += sigma[:, None, None, None] * noise
+    return img * 255
 
-    # --- background: a two-colour gradient with soft undulations
+
+def _background(f: dict[str, np.ndarray], X: np.ndarray, Y: np.ndarray,
+                size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A two-colour gradient with soft undulations: (B, H, W, 3) and the two colours (B, 3)."""
+    b = len(f["bg_grad"])
     bg1 = _hsv_to_rgb(np.stack([f["bg1_hsv"][:, 0], _lerp(f["bg1_hsv"][:, 1], 0, 0.65),
                                 _lerp(f["bg1_hsv"][:, 2], 0.2, 0.95)], -1))  # (B, 3)
     bg2 = _hsv_to_rgb(np.stack([f["bg2_hsv"][:, 0], _lerp(f["bg2_hsv"][:, 1], 0, 0.65),
@@ -240,8 +257,11 @@ def _render_class(label: int, uni: np.ndarray, noise: np.ndarray, size: int) -> 
         undulation += _col(_lerp(amp, 0, 0.12)) * np.sin(
             _col(_lerp(freq, 1.0, 4.0)) * (X * np.cos(wa) + Y * np.sin(wa)) + _col(phase * 2 * np.pi))
     img *= undulation[..., None]
+    return img, bg1, bg2
 
-    # --- clutter behind the object: thin line segments and small blobs of unrelated colours
+
+def _clutter(img: np.ndarray, f: dict[str, np.ndarray], X: np.ndarray, Y: np.ndarray, pix: float) -> None:
+    """Behind the object, in place: thin line segments and small blobs of unrelated colours."""
     for k in range(_N_LINES):
         p = f["lines"][:, 9 * k : 9 * k + 9]
         present = p[:, 0] < 0.4
@@ -264,7 +284,11 @@ def _render_class(label: int, uni: np.ndarray, noise: np.ndarray, size: int) -> 
         col = _hsv_to_rgb(np.stack([p[:, 4], _lerp(p[:, 5], 0, 1), _lerp(p[:, 6], 0.05, 1)], -1))
         img += alpha[..., None] * (col[:, None, None, :] - img)
 
-    # --- the object: pose, then a drop shadow and the shaded shape
+
+def _object(img: np.ndarray, f: dict[str, np.ndarray], X: np.ndarray, Y: np.ndarray, pix: float,
+            fn: Callable[[np.ndarray, np.ndarray], np.ndarray], bgm: np.ndarray) -> None:
+    """The class's shape (signed distance ``fn``), in place: pose, a drop shadow, then the shaded
+    shape in a colour kept apart from the background's average ``bgm``."""
     scale = _lerp(f["scale"][:, 0], 0.38, 0.62)
     lim = 0.97 - scale  # the centre may sit anywhere that keeps most of the shape in view
     ocx = (f["centre"][:, 0] * 2 - 1) * lim
@@ -272,7 +296,6 @@ def _render_class(label: int, uni: np.ndarray, noise: np.ndarray, size: int) -> 
     rot = f["angle"][:, 0] * 2 * np.pi
     aspect = _lerp(f["aspect"][:, 0], 0.87, 1.15)
     light_dir = f["light"][:, 0] * 2 * np.pi
-    fn = _SHAPES[label]
 
     def local(dx: float | np.ndarray, dy: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # scene -> the shape's unit frame: translate, rotate, scale anisotropically
@@ -294,7 +317,6 @@ def _render_class(label: int, uni: np.ndarray, noise: np.ndarray, size: int) -> 
                                _lerp(f["fg_hsv"][:, 2], 0.3, 1)], -1))  # (B, 3)
     # Keep the object visible: if its colour is too close to the background's average, move it
     # away (whichever direction, after clipping, gives the larger difference). Independent of class.
-    bgm = 0.5 * (bg1 + bg2)
     diff = fg - bgm
     dist = np.linalg.norm(diff, axis=-1, keepdims=True)
     grey = np.where(f["contrast"] < 0.5, -1.0, 1.0).astype(np.float32) * np.float32(1 / np.sqrt(3))
@@ -307,17 +329,6 @@ def _render_class(label: int, uni: np.ndarray, noise: np.ndarray, size: int) -> 
     sd = _col(f["shade"][:, 1] * 2 * np.pi)
     shading = 1 + _col(_lerp(f["shade"][:, 0], 0, 0.35)) * np.clip(u * np.cos(sd) + v * np.sin(sd), -1.2, 1.2)
     img += cover[..., None] * (fg[:, None, None, :] * shading[..., None] - img)
-
-    # --- illumination over the whole scene: a ramp, an ambient level and a coloured illuminant
-    ramp = _col(_lerp(f["light"][:, 2], 0.75, 1.1)) + _col(_lerp(f["light"][:, 1], 0, 0.35)) * (
-        X * _col(np.cos(light_dir)) + Y * _col(np.sin(light_dir)))
-    cast = _lerp(f["cast"], 0.9, 1.1)  # (B, 3)
-    img *= np.maximum(ramp, 0.15)[..., None] * cast[:, None, None, :]
-
-    # --- sensor noise
-    sigma = _lerp(f["noise"][:, 0], 0.004, 0.03)
-    img += sigma[:, None, None, None] * noise
-    return img * 255
 
 
 def render(indices: Sequence[int] | np.ndarray, size: int, seed: int = 0, *,
@@ -376,8 +387,6 @@ def build(out: str | os.PathLike[str], *, size: int = 36, train_per_class: int =
           val_per_class: int = 100, seed: int = 0) -> Path:
     """Draw the train and val splits (different split ids, hence different images) and write them
     as a raw-encoded prepared dataset at ``out``; returns its path."""
-    from alexnet.data.format import write_arrays
-
     for name, value in (("train_per_class", train_per_class), ("val_per_class", val_per_class)):
         if value < 1:
             raise UserError(f"synthetic {name} {value}: must be at least 1")
@@ -397,6 +406,26 @@ def cache_root(root: str | os.PathLike[str] | None = None) -> Path:
     return Path(env) if env else Path.home() / ".cache" / "alexnet"
 
 
+def _remove_orphans(out: Path) -> None:
+    """Staging folders (and their lock files) of builders that were killed outright (SIGKILL, a
+    power cut: no cleanup ran); a builder still alive keeps its own."""
+    for p in [*out.parent.glob(f".{out.name}.*"), *out.parent.glob(f"..{out.name}.*")]:
+        pid = p.name.lstrip(".")[len(out.name) + 1:].split("-")[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # alive
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue  # alive, but another user's
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
 def cached(input_size: int, *, seed: int = 0, train_per_class: int = 500, val_per_class: int = 100,
            root: str | os.PathLike[str] | None = None) -> Path:
     """The synthetic dataset for a network of ``input_size``, built once into the cache folder
@@ -407,13 +436,12 @@ def cached(input_size: int, *, seed: int = 0, train_per_class: int = 500, val_pe
     writer's own ``<out>.partial`` is shared and cleared by every new writer, so two writers of
     the same ``out`` would destroy each other's work.)
     """
-    from alexnet.data.format import DatasetError, is_prepared
-
     size = default_size(input_size)
     out = cache_root(root) / (f"synthetic-v{GENERATOR_VERSION}-s{size}-seed{seed}-{train_per_class}-{val_per_class}")
     if is_prepared(out):
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_orphans(out)
     staging = out.parent / f".{out.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         build(staging, size=size, train_per_class=train_per_class, val_per_class=val_per_class, seed=seed)

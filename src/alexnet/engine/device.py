@@ -1,0 +1,37 @@
+"""Where and in which precision the network computes: the one device parser and the one map from
+the ``amp`` setting to an autocast dtype."""
+
+from __future__ import annotations
+
+import torch
+
+from alexnet.errors import UserError
+
+# ``amp`` (config, CLI, benchmarks) -> autocast dtype; None: no autocast.
+AMP_DTYPES: dict[str, torch.dtype | None] = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def pick_device(spec: str, local_rank: int = 0) -> torch.device:
+    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``; ``cuda`` means this process's
+    GPU (``local_rank``) under torchrun. A bad or unavailable device is a :class:`UserError`."""
+    if spec == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        dev = torch.device(spec)
+    except RuntimeError:
+        raise UserError(f"device {spec!r} is not valid; accepted: auto, cpu, cuda, cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {spec!r}: CUDA is not available on this machine")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device(f"cuda:{local_rank}")
+    return dev
+
+
+def amp_dtype(amp: str) -> torch.dtype | None:
+    """The autocast dtype of an ``amp`` setting; ``ValueError`` naming the accepted ones."""
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"amp {amp!r}: accepted: {', '.join(AMP_DTYPES)}")
+    return AMP_DTYPES[amp]
+
+
+__all__ = ["AMP_DTYPES", "amp_dtype", "pick_device"]

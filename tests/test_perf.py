@@ -1,0 +1,137 @@
+"""The benchmarks' library (alexnet.perf) and the guards of benchmarks/gpu.py: a time limit that
+interrupts a hung wait, rows that fail, hang or miss the deadline recorded as such with the results
+file rewritten after each, the preflight on a machine without a GPU, and ``alexnet bench model``
+timing the training step ``alexnet train`` runs."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from alexnet.cli import main
+from alexnet.engine.fast_step import FastStep
+from alexnet.environment import environment
+from alexnet.perf.timing import TimeLimitExceeded, time_calls, time_limit
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "gpu.py"
+
+
+def _gpu_module():
+    spec = importlib.util.spec_from_file_location("gpu_bench", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    sys.modules["gpu_bench"] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _hang(q: "mp.Queue[int]") -> None:
+    time.sleep(60)  # a worker that never delivers
+
+
+def test_time_limit_interrupts_a_hung_worker_wait() -> None:
+    ctx = mp.get_context("fork")
+    q: "mp.Queue[int]" = ctx.Queue()
+    p = ctx.Process(target=_hang, args=(q,), daemon=True)
+    p.start()
+    t = time.perf_counter()
+    try:
+        with pytest.raises(TimeLimitExceeded), time_limit(0.5):
+            q.get()  # blocks forever without the limit
+    finally:
+        p.kill()
+        p.join()
+    assert time.perf_counter() - t < 5
+    with time_limit(0.5):  # a block that ends in time is untouched, and the timer is gone after it
+        pass
+    time.sleep(0.7)
+
+
+def test_time_calls_counts_every_call() -> None:
+    calls = []
+    samples = time_calls(lambda: calls.append(1), torch.device("cpu"), iters=3, repeats=2, warmup=1)
+    assert len(calls) == 1 + 3 * 2 and len(samples) == 2 and all(s >= 0 for s in samples)
+
+
+def _runner(gpu, tmp_path: Path, **over):
+    args = argparse.Namespace(deadline=0.0, row_timeout=0.5, tiny=False, time_budget=0.1, compile_estimate=1.0,
+                              build_estimate=1.0, **over)
+    return gpu.Runner(args, torch.device("cpu"), environment("cpu"), tmp_path / "gpu-cpu.json")
+
+
+def test_rows_that_fail_hang_or_miss_the_deadline_are_recorded(tmp_path: Path) -> None:
+    gpu = _gpu_module()
+    r = _runner(gpu, tmp_path)
+    r.measure({"mode": "model-only", "model": "m1"}, 0, lambda: {"img_per_s": 10.0})
+    on_disk = json.loads(r.path.read_text())["rows"]  # written after the row, before the run ends
+    assert [row["model"] for row in on_disk] == ["m1"] and on_disk[0]["hours_90_epochs"] > 0
+
+    def boom() -> dict:
+        raise RuntimeError("no step\nsecond line")
+
+    r.measure({"mode": "model-only", "model": "m2"}, 0, boom)
+    t = time.perf_counter()
+    r.measure({"mode": "end-to-end", "model": "m3"}, 0, lambda: time.sleep(30))  # a hung loader
+    assert time.perf_counter() - t < 5
+    r.args.deadline = r.elapsed() + 1
+    r.measure({"mode": "end-to-end", "model": "m4"}, 100, lambda: pytest.fail("ran past the deadline"))
+    rows = json.loads(r.path.read_text())["rows"]
+    assert [row["model"] for row in rows] == ["m1", "m2", "m3", "m4"]
+    assert rows[1]["error"] == "RuntimeError: no step" and rows[1]["img_per_s"] is None
+    assert rows[2]["error"].startswith("TimeLimitExceeded")
+    assert rows[3]["skipped"].startswith("deadline") and rows[3]["img_per_s"] is None
+
+
+def test_a_failing_phase_is_recorded_and_the_run_goes_on(tmp_path: Path) -> None:
+    gpu = _gpu_module()
+    r = _runner(gpu, tmp_path)
+
+    def broken() -> None:
+        raise OSError("disk full")
+
+    assert r.phase("dataset", broken) is None
+    assert json.loads(r.path.read_text())["errors"] == [{"phase": "dataset", "error": "OSError: disk full"}]
+    assert "**dataset failed**: OSError: disk full" in gpu.markdown(json.loads(r.path.read_text()))
+
+
+def test_preflight_runs_without_a_gpu(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--preflight"], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    out = proc.stdout
+    assert f"torch {torch.__version__}" in out and "/dev/shm" in out
+    assert "no GPU" in out
+    assert "ok    LRN op: plain, 2×96×55×55" in out
+    assert "ok    compiled step: alexnet, batch 2" in out
+
+
+def test_bench_model_times_the_training_step(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    calls = []
+    real = FastStep.__call__
+
+    def counted(self, *a, **k):  # type: ignore[no-untyped-def]
+        calls.append(self)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(FastStep, "__call__", counted)
+    rc = main(["bench", "model", "--model", "alexnet-cifar", "--device", "cpu", "--batch-size", "4", "--steps", "2",
+               "--warmup", "1", "--num-classes", "10", "--json"])
+    assert rc == 0
+    row = json.loads(capsys.readouterr().out)
+    assert len(calls) == 3  # warm-up + timed steps, all through FastStep
+    assert calls[0].augment is not None  # the augmentation runs in the step, as in training
+    assert row["step"].startswith("FastStep") and row["optimizer"] == "PaperSGD §5 (foreach)"
+    assert row["img_per_s"] > 0
