@@ -33,16 +33,19 @@ bench: $(STAMP)
 
 # The GPU machine's preinstalled stack (torch 2.11, torchvision 0.26, no TorchCodec), in a second
 # venv: `make test-compat` runs the GPU-relevant tests on it (models, LRN, the fast step, loader,
-# augmentation, JPEG codecs, `benchmarks/gpu.py --device cpu --tiny`). Not part of `make test`.
-# PyPI's Linux torch wheels are CUDA builds: the first run downloads about 3 GB.
+# augmentation, JPEG codecs, the benchmarks' library and preflight, and `benchmarks/gpu.py --device cpu
+# --tiny`, which tests/test_bench_gpu.py runs and checks). Not part of `make test`.
+# PyPI's Linux torch wheels are CUDA builds: the first run downloads about 3 GB. The GPU machine runs
+# Python 3.12: `make test-compat COMPAT_PYTHON=python3.12` matches it where that Python is installed.
+COMPAT_PYTHON ?= $(PYTHON)
 COMPAT_VENV := .venv-compat
 COMPAT_PY := $(COMPAT_VENV)/bin/python
 COMPAT_STAMP := $(COMPAT_VENV)/.installed
-COMPAT_TESTS := tests/test_models.py tests/test_lrn_fast.py tests/test_bench_gpu.py tests/test_loader.py \
-	tests/test_augment.py tests/test_jpeg.py tests/test_optim.py
+COMPAT_TESTS := tests/test_models.py tests/test_lrn_fast.py tests/test_fast_step.py tests/test_bench_gpu.py \
+	tests/test_perf.py tests/test_loader.py tests/test_augment.py tests/test_jpeg.py tests/test_optim.py
 
 $(COMPAT_STAMP): pyproject.toml
-	$(PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_PYTHON) -m venv $(COMPAT_VENV)
 	$(COMPAT_PY) -m pip install -q "torch==2.11.0" "torchvision==0.26.0"
 	$(COMPAT_PY) -m pip install -q -e ".[test,baselines]"  # baselines: scikit-image, for bench data's photos
 	$(COMPAT_PY) -m pip uninstall -q -y torchcodec  # the GPU machine has none: the torchvision fallback is tested
@@ -51,7 +54,6 @@ $(COMPAT_STAMP): pyproject.toml
 test-compat: $(COMPAT_STAMP)
 	$(COMPAT_PY) -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
 	$(COMPAT_PY) -m pytest $(COMPAT_TESTS)
-	$(COMPAT_PY) benchmarks/gpu.py --device cpu --tiny --out $(COMPAT_VENV)/gpu-tiny
 
 clean:
 	rm -rf $(VENV) $(COMPAT_VENV) runs

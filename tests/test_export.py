@@ -145,3 +145,28 @@ def test_torchscript_is_refused_with_the_replacement(weights, tmp_path, capsys) 
 def test_network_only_applies_to_graphs(weights, tmp_path, capsys) -> None:
     assert main(["export", str(weights), "--format", "safetensors", "--network-only", "--out", str(tmp_path / "w")]) == 2
     assert "--network-only applies to --format onnx and pt2" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_paper_nets_onnx_predicts_what_alexnet_predict_does(tmp_path, capsys) -> None:
+    """The paper's network (256×256 stored, 224 crops, the mean image subtracted), exported to ONNX
+    and run by onnxruntime on a photo-sized image (a 244 MB graph: about a minute on 2 cores)."""
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    net = models.create("alexnet", 1000)
+    with torch.no_grad():  # separate the classes' scores well beyond float rounding, in a random order
+        net.classifier[-1].bias.copy_(torch.randperm(1000, generator=torch.Generator().manual_seed(1)).float() / 100)
+    classes = [f"n{i:08d}" for i in range(1000)]
+    meta = {"model": "alexnet", "model_options": {}, "num_classes": 1000, "classes": classes, "class_names": classes,
+            "input_size": 224, "input_norm": "mean_image", "data": None, "image_size": [256, 256]}
+    weights = tmp_path / "paper.safetensors"
+    save_weights(net, weights, meta, random_stats(256))
+    img = tmp_path / "photo.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (375, 500, 3), dtype=np.uint8)).save(img, quality=90)
+    expected = predicted(capsys, weights, [img])
+    out = tmp_path / "paper.onnx"
+    assert main(["export", str(weights), "--format", "onnx", "--out", str(out)]) == 0
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert sess.get_inputs()[0].shape[1:] == [3, 256, 256]
+    (probs,) = sess.run(["probs"], {"images": pillow_input(img, 256)[None]})
+    assert_same_top5(probs, expected)

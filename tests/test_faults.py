@@ -500,7 +500,10 @@ def test_damaged_run_files_and_resume_mistakes(run: Path, tmp_path: Path) -> Non
         "weights truncated, evaluate": (["evaluate", str(damaged("badweights", ckpt.WEIGHTS, b"\x00" * 100))],
                                         "model.safetensors: not a readable safetensors file"),
     }
-    results = drive([argv for argv, _ in cases.values()] + [resume_args(no_config), resume_args(torn)])
+    finished = copy_run(run, tmp_path / "finished")
+    finished_before = snapshot(finished)
+    results = drive([argv for argv, _ in cases.values()] + [resume_args(no_config), resume_args(torn),
+                                                            resume_args(finished)])
     for (name, (_, want)), r in zip(cases.items(), results):
         assert want in one_line(r["err"], r["rc"]), (name, r["err"])
     assert (short / "config.yaml").read_bytes() == config_before  # the refusal rewrote nothing
@@ -515,6 +518,10 @@ def test_damaged_run_files_and_resume_mistakes(run: Path, tmp_path: Path) -> Non
             f"from the previous checkpoint {torn / 'checkpoints' / 'ckpt-000000008.pt'}" in r["out"]), r["out"]
     assert (torn / (ck + ".damaged")).is_file()
     assert (torn / ckpt.WEIGHTS).read_bytes() == (run / ckpt.WEIGHTS).read_bytes()
+    # --resume of a finished run: said, and nothing trained or rewritten.
+    r = results[len(cases) + 2]
+    assert r["rc"] == 0 and f"{finished}: already finished (2 of 2 epochs); nothing to do" in r["out"], r
+    assert snapshot(finished) == finished_before
 
 
 # -- 9: signals during set-up -------------------------------------------------------------------------

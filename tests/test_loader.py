@@ -252,10 +252,11 @@ def _alive(pid: int) -> bool:
 
 
 def _shm_mappings() -> int:
-    # Shared batch buffers are mapped from /dev/shm (torch unlinks the names at once, so they
-    # show here as "(deleted)"): a buffer nobody releases stays mapped.
+    # Shared batch buffers are mapped from /dev/shm/torch_* (torch unlinks the names at once, so
+    # they show here as "(deleted)"): a buffer nobody releases stays mapped. (The queues' own
+    # semaphores, /dev/shm/sem.*, go with their feeder threads, on Python's schedule.)
     with open("/proc/self/maps") as f:
-        return sum("/dev/shm/" in line for line in f)
+        return sum("/dev/shm/torch_" in line for line in f)
 
 
 def test_workers_persist_across_epochs_with_the_same_batches(jpeg_ds: Path) -> None:

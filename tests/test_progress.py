@@ -142,3 +142,16 @@ def test_evaluate_into_a_log_writes_lines_not_bars(data, tmp_path, monkeypatch, 
     assert len(lines) == 5 and lines[-1].startswith("evaluate: 5/5 batch (100%)"), err  # 20 val images, batches of 4
     assert main(["evaluate", str(tmp_path / "w.safetensors"), "--workers", "0", "--quiet"]) == 0
     assert "evaluate: " not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, flag", [(["train", "--out", "x", "--no-progress"], "--no-progress"),
+                                        (["evaluate", "run", "--quiet"], "--quiet"),
+                                        (["experiment", "lrn", "--out", "x"], "no --progress")])
+def test_log_every_where_nothing_is_printed_is_refused(argv, flag, monkeypatch, capsys) -> None:
+    from alexnet.cli import main
+
+    monkeypatch.delenv(ENV, raising=False)
+    assert main([*argv, "--log-every", "5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"alexnet {argv[0]}: error: --log-every has no effect with {flag}: this command then prints no progress"
+    assert ENV not in os.environ

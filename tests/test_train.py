@@ -240,5 +240,5 @@ def test_a_gradient_compression_hook_in_a_single_process_is_reported_as_having_n
                                  "workers": 0, "progress": False, "device": "cpu", "ddp_comm_hook": "bf16"})
     ctx = engine.setup(cfg, tmp_path, log=lines.append)
     assert not isinstance(ctx.model, torch.nn.parallel.DistributedDataParallel)
-    assert lines == ["warning: ddp_comm_hook=bf16 has no effect in a single process (it compresses the gradient all-reduce "
+    assert [x for x in lines if "ddp_comm_hook" in x] == ["warning: ddp_comm_hook=bf16 has no effect in a single process (it compresses the gradient all-reduce "
                      "between torchrun processes)"]

@@ -81,9 +81,9 @@ def _main(argv: Sequence[str] | None) -> int:
         args = parser.parse_args(argv)
         command = args.command
         if getattr(args, "log_every", None) is not None:
-            from alexnet.progress import set_log_every
+            from alexnet.commands.common import apply_log_every
 
-            set_log_every(args.log_every)
+            apply_log_every(args)
         return int(importlib.import_module(args._module).run(args) or 0)
     except UserError as e:
         print(f"alexnet {command}: error: {e}", file=sys.stderr)

@@ -38,3 +38,15 @@ def add_log_every_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-every", type=float, default=None, metavar="SECONDS",
                    help="when the output is not a terminal: a progress line every SECONDS (default: $ALEXNET_LOG_EVERY "
                         "or 30; 0 = none) instead of a redrawn bar")
+
+
+def apply_log_every(args: argparse.Namespace) -> None:
+    """``--log-every``: set the interval for this process and those it starts; refused where the
+    command prints no progress at all (it would have no effect)."""
+    from alexnet.progress import set_log_every
+
+    for flag, silent in (("--no-progress", getattr(args, "no_progress", False)), ("--quiet", getattr(args, "quiet", False)),
+                         ("no --progress", getattr(args, "progress", True) is False)):
+        if silent:
+            raise UserError(f"--log-every has no effect with {flag}: this command then prints no progress")
+    set_log_every(args.log_every)

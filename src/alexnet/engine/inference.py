@@ -13,6 +13,7 @@ from torch import nn
 from alexnet import models
 from alexnet.data.augment import Augment
 from alexnet.data.format import PreparedDataset
+from alexnet.data.prepare import read_image as read_rgb
 from alexnet.data.resolve import resolve_data
 from alexnet.engine import checkpoint as ckpt
 from alexnet.engine.torchvision_weights import load_torchvision
@@ -88,8 +89,6 @@ def read_image(path: str | Path, size: tuple[int, int]) -> torch.Tensor:
     UserError naming the file."""
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms import functional as TF
-
-    from alexnet.data.prepare import read_image as read_rgb
 
     rgb = read_rgb(path)  # the same decoding and colour conversion as prepare
     h, w = size
