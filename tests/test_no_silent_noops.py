@@ -118,6 +118,16 @@ def test_settings_that_cannot_take_effect_are_refused(data32: Path, tmp_path: Pa
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
+def test_padding_does_not_make_small_images_acceptable(tmp_path: Path, capsys) -> None:
+    """28×28 images padded by 2 give 32×32 training crops, but no test-time crop: such a run used to
+    train (validating on padded centre crops) and then `alexnet evaluate` refused its own data.
+    Images smaller than the input are refused whatever the padding, as evaluate does."""
+    root = synthetic.build(tmp_path / "d28", size=28, train_per_class=2, val_per_class=1)
+    rc = main(train_args(root, tmp_path / "run", "--set", "crop_padding=2", "--batch-size", "4"))
+    line = one_line_error(capsys.readouterr().err)
+    assert rc == 2 and "images are 28×28, smaller than the 32×32 input of alexnet-cifar" in line, line
+
+
 def test_pca_noise_without_colour_statistics_is_refused(data32: Path, tmp_path: Path, capsys) -> None:
     from safetensors.torch import load_file, save_file
 

@@ -36,10 +36,17 @@ def test_readme_points_only_to_files_in_the_repository(readme: Path) -> None:
 
 @pytest.mark.slow
 def test_the_wheel_ships_py_typed_and_the_recipes(tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
-                        str(ROOT)], capture_output=True, text=True, timeout=300)
+    import shutil
+
+    # Built from a copy: setuptools writes build/ and *.egg-info beside the sources it builds.
+    src = tmp_path / "src"
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "src" / "alexnet", src / "alexnet", ignore=shutil.ignore_patterns("__pycache__"))
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                        str(tmp_path / "dist"), str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    (wheel,) = tmp_path.glob("alexnet-*.whl")
+    (wheel,) = (tmp_path / "dist").glob("alexnet-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "alexnet/py.typed" in names
     assert "alexnet/configs/paper.yaml" in names

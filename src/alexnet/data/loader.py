@@ -37,7 +37,7 @@ from alexnet.data.jpeg import decode_jpeg_rgb, decode_jpegs_rgb
 from alexnet.errors import UserError
 
 # "auto" split of each batch between CPU workers and the GPU decoder, from throughputs measured
-# on an H100 machine (../shared/ANCHORS.md): nvJPEG decode + crop about 15k img/s, decode_jpeg
+# on an H100 machine (benchmarks/README.md, "Reference context"): nvJPEG decode + crop about 15k img/s, decode_jpeg
 # about 1.5k img/s per CPU worker. The GPU share is G / (G + workers × C).
 _AUTO_GPU_IMG_S = 15000.0
 _AUTO_CPU_IMG_S_PER_WORKER = 1500.0

@@ -158,9 +158,9 @@ def model_meta(cfg: TrainConfig, ds: PreparedDataset) -> dict[str, Any]:
             "input_norm": models.input_norm(cfg.model, cfg.model_options), "data": cfg.data, "image_size": list(ds.image_size)}
 
 
-# Config fields that say where and how fast a run ran, not what it computed: left out of the
-# recipe stored with the weights (a resumed run's weights file equals an uninterrupted one's).
-RUNTIME_FIELDS = ("device", "workers", "progress", "tensorboard", "eval_batch_size")
+# Config fields that say where and how fast a run ran and how often it saved, not what it computed:
+# left out of the recipe stored with the weights (a resumed run's weights file equals an uninterrupted one's).
+RUNTIME_FIELDS = ("device", "workers", "progress", "tensorboard", "eval_batch_size", "save_every", "keep_checkpoints")
 
 
 def final_meta(ctx: Context, row: dict[str, Any]) -> dict[str, Any]:
