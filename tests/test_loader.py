@@ -337,6 +337,38 @@ def test_close_stops_the_workers_and_unmaps_the_buffers(jpeg_ds: Path) -> None:
     assert _shm_mappings() == before
 
 
+def test_workers_leave_when_their_parent_is_killed(jpeg_ds: Path) -> None:
+    # SIGKILL gives the loader no chance to stop its workers: they must notice on their own rather
+    # than wait forever on their task queue, each holding gigabytes of shared buffers.
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import sys\n"
+        "from alexnet.data.format import PreparedDataset\n"
+        "from alexnet.data.loader import BatchLoader\n"
+        "lo = BatchLoader(PreparedDataset(sys.argv[1], 'train'), 8, shuffle=True, workers=2)\n"
+        "next(iter(lo))\n"
+        "print(*lo.worker_pids(), flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    p = subprocess.Popen([sys.executable, "-c", script, str(jpeg_ds)], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None
+        pids = [int(x) for x in p.stdout.readline().split()]
+        assert len(pids) == 2 and all(_alive(q) for q in pids)
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    deadline = time.monotonic() + 30
+    while any(_alive(q) for q in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(q) for q in pids), "loader workers outlived their killed parent"
+
+
 def test_buffers_reach_workers_through_the_queue_not_fork(jpeg_ds: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The CUDA driver excludes page-locked memory from fork (MADV_DONTFORK): a worker forked after
     # the buffers were pinned that wrote into an inherited buffer would crash. Emulate the pinning

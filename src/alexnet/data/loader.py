@@ -233,6 +233,9 @@ class _Filler:
             self._gather(off[n_cpu:], ln[n_cpu:], out=data.numpy())
 
 
+_ORPHAN_POLL_S = 1.0  # how often an idle worker checks that its parent is alive
+
+
 def _worker_main(ds: PreparedDataset, tasks: Any, results: Any) -> None:
     # One thread per worker: parallelism comes from the processes. Ctrl-C is the main process's
     # to handle; it stops the workers.
@@ -247,8 +250,17 @@ def _worker_main(ds: PreparedDataset, tasks: Any, results: Any) -> None:
     reductions.shared_cache.clear()
     filler = _Filler(ds)
     known: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+    parent = os.getppid()
     while True:
-        task = tasks.get()
+        # A parent killed outright (SIGKILL, the OOM killer) never sends the stop message: a worker
+        # blocked on its queue would live on, holding its shared buffers. Wake up now and then and
+        # leave once the parent is gone (re-parented workers see another parent pid).
+        try:
+            task = tasks.get(timeout=_ORPHAN_POLL_S)
+        except queue.Empty:
+            if os.getppid() != parent:
+                return
+            continue
         if task is None:
             return
         gen, bid, sid, new_buffers, idx, n_cpu = task
