@@ -19,7 +19,7 @@ reference recipe) and the package's own loader and step. What it measures, headl
   its first ``workers × prefetch + 1`` batches before the clock starts, so ``img_per_s`` is the steady
   state inside an epoch; ``img_per_s_with_restarts`` also counts this small set's epoch boundaries.
 * **model-only**: a random uint8 batch already on the device → augmentation → forward, loss,
-  backward, update (FastStep, batch 256, bf16 autocast + channels_last), eager (PaperSGD's foreach
+  backward, update (FastStep, batch 256, bf16 autocast on CUDA + channels_last), eager (PaperSGD's foreach
   update) and compiled (the update fused per parameter), for ``alexnet`` (fused Triton LRN),
   ``alexnet`` with ``lrn="none"`` (LRN's share of the step = 1 - t(none)/t(paper)), ``alexnet-owt``
   and torchvision's AlexNet with ``torch.optim.SGD``, plus torchvision's net on random float input
@@ -524,6 +524,14 @@ def plan(r: Runner) -> list[Callable[[], None]]:
 # Markdown (the README's tables)
 
 
+def _precision(config: dict[str, Any]) -> str:
+    amp = config.get("amp", "bf16")  # results written before the option existed ran bf16
+    parts = ["bf16 autocast" if amp == "bf16" else "fp32"]
+    if config.get("channels_last", True):
+        parts.append("channels_last")
+    return " + ".join(parts)
+
+
 def _fmt(v: Any, spec: str = ",.0f") -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "—"
@@ -549,7 +557,7 @@ def markdown(result: dict[str, Any]) -> str:
         meas = next((r.get("peak_tflops_measured") for r in mo if r.get("peak_tflops_measured")), None)
         lines += [
             "Model only: random uint8 batch on the device → augmentation → forward, loss, backward, optimizer step "
-            "(bf16 autocast + channels_last).",
+            f"({_precision(result.get('config', {}))}).",
             "",
             f"| model | variant | step | img/s | ms/step | TFLOP/s | MFU (vs {_fmt(spec)} / {_fmt(meas)}) | 90 epochs (h) | LRN share |",
             "|---|---|---|--:|--:|--:|--:|--:|--:|",
@@ -627,7 +635,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--compile-backend", help="torch.compile backend (default inductor; eager with --tiny on the CPU)")
     ap.add_argument("--extras", help="comma list of optional last rows if time remains: lrn-plain, cudagraphs, "
                                      "towers-compiled (default lrn-plain,cudagraphs; tiny none)")
-    ap.add_argument("--amp", choices=["bf16", "none"], default="bf16", help="autocast dtype (default bf16)")
+    ap.add_argument("--amp", choices=["bf16", "none"],
+                    help="autocast dtype (default bf16 on CUDA, none on the CPU: CPUs without native bf16 "
+                         "emulate it, about 60x slower than fp32)")
     ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--warmup", type=int, help="untimed steps after the first (default 5; tiny 0)")
     ap.add_argument("--rounds", type=int, help="timed rounds per model-only measurement, median kept (default 3; tiny 1)")
@@ -664,6 +674,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         threads=1 if tiny and not cuda else None,
         build_procs=2 if tiny else cpus,
         row_timeout=300.0 if cuda else 120.0,
+        amp="bf16" if cuda else "none",
     )
     for k, v in defaults.items():
         if getattr(args, k) is None:
