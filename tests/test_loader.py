@@ -1,4 +1,4 @@
-"""The training loader (issue 3 §5): one global shuffle sliced per rank, evaluation shards that
+"""The training loader: one global shuffle sliced per rank, evaluation shards that
 cover every sample once, identical batches whatever the worker count or resume point, the
 device-decode path (run with the CPU decoder standing in for nvJPEG), and the bench command."""
 

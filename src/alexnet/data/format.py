@@ -423,9 +423,6 @@ class StatsAccumulator:
         self.rgb_outer += px.T @ px
         self.rgb_n += len(px)
 
-    def merge(self, other: "StatsAccumulator") -> None:
-        self.add_sums(other.sum, other.n, other.rgb_sum, other.rgb_outer, other.rgb_n)
-
     def add_sums(self, pixel_sum: np.ndarray, n: int, rgb_sum: np.ndarray, rgb_outer: np.ndarray, rgb_n: int) -> None:
         """Add sums computed elsewhere (e.g. by a worker process over a chunk of images)."""
         self.sum += pixel_sum

@@ -50,9 +50,6 @@ class Batch:
     labels: torch.Tensor  # int64 N
     indices: torch.Tensor  # int64 N, positions in the dataset (the augmentation's key)
 
-    def pin_memory(self) -> "Batch":
-        return Batch(self.images.pin_memory(), self.labels.pin_memory(), self.indices.pin_memory())
-
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
     """One global shuffle per (seed, epoch), the same in every process."""
@@ -154,7 +151,7 @@ def _new_slot(sid: int, per: int, size: tuple[int, int], data_bytes: int, shared
             data.share_memory_()
     slot = _Slot(sid, images, data)
     if pin and torch.cuda.is_available():
-        # Page-lock the shared buffer in place (§5 of issue 3: shared *and* pinned), so the
+        # Page-lock the shared buffer in place (shared *and* pinned), so the
         # host-to-device copy is asynchronous and needs no staging copy.
         for t in (images, data):
             if t is None:
@@ -471,18 +468,18 @@ class BatchLoader:
         h, w = self.ds.image_size
         return (self.workers * self.prefetch + 2) * (per * 3 * h * w + self._data_bytes(per))
 
-    def _take_slot(self, shared: bool) -> tuple[_Slot, bool]:
-        """A free slot (and whether it is new)."""
+    def _take_slot(self, shared: bool) -> _Slot:
+        """A free slot, made when none is free."""
         for s in self._slots.values():
             if s.free():
                 s.busy = True
-                return s, False
+                return s
         per = self._per()
         pin = self.pin_memory or (self.device is not None and self.device.type == "cuda")
         s = _new_slot(len(self._slots), per, self.ds.image_size, self._data_bytes(per), shared, pin)
         self._slots[s.id] = s
         s.busy = True
-        return s, True
+        return s
 
     def worker_pids(self) -> list[int]:
         """Process ids of the running workers (none before the first iteration or after close)."""
@@ -554,7 +551,7 @@ class BatchLoader:
     def _iterate_inline(self, batches: list[np.ndarray]) -> Iterator[Batch]:
         filler = _Filler(self.ds)
         for idx in batches:
-            slot, _ = self._take_slot(shared=False)
+            slot = self._take_slot(shared=False)
             try:
                 filler.fill(idx, self._n_cpu(len(idx)), slot.images, slot.data)
             except BaseException:
@@ -578,7 +575,7 @@ class BatchLoader:
                 if gen != self._gen:
                     raise RuntimeError("this loader was iterated again before this iteration finished")
                 while sent < len(batches) and sent - bid < depth:
-                    slot, _ = self._take_slot(shared=True)
+                    slot = self._take_slot(shared=True)
                     in_flight[sent] = self._pending[(gen, sent)] = slot
                     pool.submit(gen, sent, slot, batches[sent], self._n_cpu(len(batches[sent])))
                     sent += 1

@@ -671,7 +671,7 @@ def _run_split(source: Source, split: str, dw: DatasetWriter, spec: Spec, execut
 
 
 # ---------------------------------------------------------------------------------------------
-# Throughput of prepare itself (issue 3, §6: "prepare throughput per core")
+# Throughput of prepare itself, per core
 
 
 def photo_like_jpegs(n: int, size: tuple[int, int] = (500, 375), quality: int = 90, seed: int = 0) -> list[bytes]:
