@@ -466,3 +466,19 @@ def test_a_diverging_rate_is_a_failed_run_not_an_error(tiny: Path, tmp_path: Pat
     logs.clear()
     runner.sweep(base, [Variant("a")], rates=(0.01, 1e9))
     assert any("diverged earlier, skipped" in s for s in logs) and not any("training" in s for s in logs)
+
+
+def test_augmentation_arms_are_what_they_say_on_32px_data(tmp_path: Path) -> None:
+    """On images stored at the input size (CIFAR-10's 32×32) the cifar recipe pads for its random
+    crops; the arm without augmentation takes no crops, so it must not carry an inert padding (a
+    warning the experiment's log now shows)."""
+    from alexnet.data.sources import synthetic
+
+    data = synthetic.build(tmp_path / "d32", size=32, train_per_class=10, val_per_class=4)
+    lines: list[str] = []
+    run_experiment("augmentation", str(data), tmp_path / "out", scale="test", device="cpu", workers=0,
+                   log=lines.append, seeds=1)
+    assert not [s for s in lines if s.startswith("warning:")], lines
+    cfgs = _configs(tmp_path / "out")
+    assert {c["crop_padding"] for n, c in cfgs.items() if n.startswith("none-")} == {0}
+    assert {c["crop_padding"] for n, c in cfgs.items() if n.startswith("crops-")} == {4}

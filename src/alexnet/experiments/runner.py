@@ -302,7 +302,10 @@ class Runner:
                      + f" ({cfg.model}, {cfg.epochs} epochs)")
             rd.mkdir(parents=True, exist_ok=True)
             try:
-                train_run(cfg, rd, resume=resume, log=lambda s: None if not self.progress else self.log(s))
+                # A run's warnings (settings inert on this data) reach the experiment's log even without
+                # progress lines: an arm must not silently differ from what its name says.
+                train_run(cfg, rd, resume=resume,
+                          log=lambda s: self.log(s) if self.progress or s.startswith("warning:") else None)
             except TrainingDiverged as e:
                 # A rate of the sweep at which the net diverges is a result (that rate fails), not an
                 # error of the experiment: recorded, and counted at chance level.
