@@ -33,33 +33,44 @@ pytestmark = pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not i
 # INDEX_LOG=P: each rank appends [epoch, sample indices] of every step it trained to P-RANK.
 LAUNCHER = r"""
 import json, os, signal, sys, time
+from contextlib import contextmanager
 from pathlib import Path
 import alexnet.engine.train as T
+from alexnet.engine.fast_step import FastStep
 
 env = os.environ
 pause, kill = int(env.get("PAUSE_STEP", 0)), int(env.get("KILL_STEP", 0))
 log = env.get("INDEX_LOG")
 calls = {"n": 0}
-orig_step = T.train_step
+orig_step = FastStep.__call__
+stops = []  # the loop's stop flag (what the engine's signal handler sets)
+orig_stop_on_signals = T.stop_on_signals
 
-def train_step(ctx, images, labels, indices, epoch):
+@contextmanager
+def stop_on_signals(*a, **k):
+    with orig_stop_on_signals(*a, **k) as stop:
+        stops.append(stop)
+        yield stop
+
+def step_fn(self, images, labels, indices, epoch):
     calls["n"] += 1
-    n, rank = calls["n"], ctx.dist.rank
+    n, rank = calls["n"], int(env.get("RANK", 0))
     if n == kill and rank == 1 and env.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
         os.kill(os.getpid(), signal.SIGKILL)
     if n == pause:
         if rank == 0:
             Path(env["PAUSE_MARKER"]).write_text("paused")
         t0 = time.time()
-        while not ctx.stop_signal and time.time() - t0 < 60:
+        while not (stops and stops[-1].signum) and time.time() - t0 < 60:
             time.sleep(0.01)
-    out = orig_step(ctx, images, labels, indices, epoch)
+    out = orig_step(self, images, labels, indices, epoch)
     if log:
         with open(f"{log}-{rank}", "a") as f:
             f.write(json.dumps([epoch, indices.tolist()]) + "\n")
     return out
 
-T.train_step = train_step
+FastStep.__call__ = step_fn
+T.stop_on_signals = stop_on_signals
 from alexnet.cli import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -261,7 +261,7 @@ def test_second_prepare_into_the_same_out_is_refused_and_the_first_commits_intac
 
 def test_second_train_and_second_resume_into_a_live_run_are_refused(ds: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    a = Proc(train_args(ds, out, epochs=1), tmp_path, pause_at="alexnet.engine.train:train_step:3")
+    a = Proc(train_args(ds, out, epochs=1), tmp_path, pause_at="alexnet.engine.fast_step:FastStep.__call__:3")
     a.wait_paused()  # first epoch, before any metrics row or checkpoint (the old guard saw nothing)
     for args in (train_args(ds, out, epochs=1), resume_args(out)):
         rc, _, err = cli(args)
@@ -571,7 +571,7 @@ def test_sigterm_during_prepare_keeps_the_work_and_the_rerun_resumes(tree: Path,
 def test_sigterm_during_an_experiment_checkpoints_and_prints_the_resume_command(ds: Path, tmp_path: Path) -> None:
     out = tmp_path / "exp"
     a = Proc(["experiment", "dropout", "--data", str(ds), "--out", str(out), "--device", "cpu", "--workers", "0"], tmp_path,
-             pause_at="alexnet.engine.train:train_step:2", env={"ALEXNET_EXPERIMENT_SCALE": "test"})
+             pause_at="alexnet.engine.fast_step:FastStep.__call__:2", env={"ALEXNET_EXPERIMENT_SCALE": "test"})
     a.wait_paused()
     a.p.send_signal(signal.SIGTERM)
     rc, _, err = a.finish()

@@ -65,15 +65,15 @@ def test_the_paper_recipe_warns_when_the_loss_stays_at_chance() -> None:
     assert cfg.stall_steps > 0
     logged: list[str] = []
     ctx = SimpleNamespace(cfg=cfg, train_ds=SimpleNamespace(num_classes=1000), log=logged.append)
-    state = engine.RunState()
+    stall_count = 0
     chance = math.log(1000)
     for step in range(1, cfg.stall_steps):
-        engine.check_loss(ctx, state, chance + 0.001, step)  # type: ignore[arg-type]
+        stall_count = engine.check_loss(ctx, chance + 0.001, step, 0, stall_count)  # type: ignore[arg-type]
     assert logged == []
-    engine.check_loss(ctx, state, chance, cfg.stall_steps)  # type: ignore[arg-type]
+    stall_count = engine.check_loss(ctx, chance, cfg.stall_steps, 0, stall_count)  # type: ignore[arg-type]
     assert len(logged) == 1 and "the loss has stayed at chance level (ln 1000" in logged[0]
-    engine.check_loss(ctx, state, chance - 1.0, cfg.stall_steps + 1)  # type: ignore[arg-type]  # learning again
-    assert state.stall_count == 0
+    stall_count = engine.check_loss(ctx, chance - 1.0, cfg.stall_steps + 1, 0, stall_count)  # type: ignore[arg-type]  # learning again
+    assert stall_count == 0
 
 
 # -- LRN at the tower boundary ---------------------------------------------------------------------

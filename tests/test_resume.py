@@ -25,9 +25,11 @@ from alexnet.engine.train import TIMING_FIELDS
 
 LAUNCHER = r"""
 import os, sys, time
+from contextlib import contextmanager
 from pathlib import Path
 import alexnet.engine.train as T
 import alexnet.engine.checkpoint as C
+from alexnet.engine.fast_step import FastStep
 
 spec = os.environ.get("PAUSE_AT", "")
 marker = Path(os.environ.get("PAUSE_MARKER", os.devnull))
@@ -35,28 +37,37 @@ kind, _, nth = spec.partition(":")
 nth = int(nth or 0)
 calls = {"n": 0}
 
-def arrived(ctx=None, until_signal=False):
+stops = []  # the loop's stop flag (what the engine's signal handler sets)
+orig_stop_on_signals = T.stop_on_signals
+@contextmanager
+def stop_on_signals(*a, **k):
+    with orig_stop_on_signals(*a, **k) as stop:
+        stops.append(stop)
+        yield stop
+T.stop_on_signals = stop_on_signals
+
+def arrived(until_signal=False):
     calls["n"] += 1
     if calls["n"] != nth:
         return
     marker.write_text(kind)
     t0 = time.time()
     while time.time() - t0 < 60:  # SIGKILL ends this; a handled signal returns (or raises) early
-        if until_signal and ctx is not None and ctx.stop_signal:
+        if until_signal and stops and stops[-1].signum:
             return
         time.sleep(0.01)
 
 if kind in ("step", "step-signal"):  # inside this process's nth training step, before its update
-    orig_step = T.train_step
-    def train_step(ctx, *a, **k):
-        arrived(ctx, until_signal=kind == "step-signal")
-        return orig_step(ctx, *a, **k)
-    T.train_step = train_step
+    orig_step = FastStep.__call__
+    def step_fn(self, *a, **k):
+        arrived(until_signal=kind == "step-signal")
+        return orig_step(self, *a, **k)
+    FastStep.__call__ = step_fn
 elif kind == "eval":  # at the start of this process's nth evaluation
     orig_validate = T.validate
-    def validate(ctx, *a, **k):
-        arrived(ctx)
-        return orig_validate(ctx, *a, **k)
+    def validate(*a, **k):
+        arrived()
+        return orig_validate(*a, **k)
     T.validate = validate
 elif kind == "ckpt":  # right after this process's nth checkpoint is on disk
     orig_save = C.save_checkpoint
@@ -67,9 +78,9 @@ elif kind == "ckpt":  # right after this process's nth checkpoint is on disk
     C.save_checkpoint = save_checkpoint
 elif kind == "metrics":  # after an epoch's metrics row, before that epoch's checkpoint
     orig_append = T.append_metrics
-    def append_metrics(ctx, row):
-        orig_append(ctx, row)
-        arrived(ctx)
+    def append_metrics(*a, **k):
+        orig_append(*a, **k)
+        arrived()
     T.append_metrics = append_metrics
 
 from alexnet.cli import main

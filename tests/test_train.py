@@ -201,7 +201,7 @@ def _step_ctx(tmp_path: Path, data: Path, **over: object) -> engine.Context:
 
 def _one_step(ctx: engine.Context) -> float:
     b = next(iter(ctx.train_loader.iterate()))
-    loss, _ = engine.train_step(ctx, b.images, b.labels, b.indices, 0)
+    loss, _ = ctx.step_fn(b.images, b.labels, b.indices, 0)
     return float(loss)
 
 
@@ -228,7 +228,7 @@ def test_compile_runs_a_training_step(data: Path, tmp_path: Path) -> None:
         pytest.skip("torch.compile's CPU backend needs a C++ compiler; none on PATH")
     ref = _one_step(_step_ctx(tmp_path, data, model="lenet5"))
     ctx = _step_ctx(tmp_path, data, model="lenet5", compile=True)
-    assert ctx.step.compiled and hasattr(ctx.eval_model, "_orig_mod")  # the step and evaluation are compiled
+    assert ctx.step_fn.compiled and hasattr(ctx.eval_model, "_orig_mod")  # the step and evaluation are compiled
     loss = _one_step(ctx)
     assert abs(loss - ref) < 1e-4 * ref
     assert isinstance(ckpt.unwrap(ctx.eval_model), models.LeNet5)

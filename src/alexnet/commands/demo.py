@@ -67,11 +67,11 @@ def run(args: argparse.Namespace) -> int:
     results = {}
     for key, ten in (("center", False), ("ten_crop", True)):
         r = evaluate(trained.model, ds, aug, prec, ten_crop=ten, progress=not args.no_progress)
-        record_eval(out, key, r)
+        record_eval(out, key, r.metrics())
         results[key] = r
     chance = 1 - 1 / ds.num_classes
     for key, r in results.items():
-        print(f"      {key:8s}: top-1 error {r['top1_err']:.3f}, top-5 error {r['top5_err']:.3f}  (chance: top-1 {chance:.3f})")
+        print(f"      {key:8s}: top-1 error {r.top1_err:.3f}, top-5 error {r.top5_err:.3f}  (chance: top-1 {chance:.3f})")
 
     print("[4/4] figures and report")
     with torch.no_grad():

@@ -74,9 +74,8 @@ def _run(args: argparse.Namespace, record: bool) -> int:
         r = evaluate(m.model, ds, augment_for(m, ds), prec, batch_size=args.batch_size, ten_crop=args.ten_crop,
                      workers=-1 if args.workers is None else args.workers, return_probs=True,
                      progress=not args.quiet)
-        p = r.pop("probs")
-        probs = p if probs is None else probs + p  # type: ignore[operator]
-        results.append({"run": str(m.source), **r})
+        probs = r.probs if probs is None else probs + r.probs  # type: ignore[operator]
+        results.append({"run": str(m.source), **r.metrics()})
     labels = torch.from_numpy(ds.labels).long()
     probs = probs / len(members)  # type: ignore[operator]
     out = per_class_summary(probs, labels, ds.class_names)

@@ -79,6 +79,22 @@ def predict_probs(model: nn.Module, images: torch.Tensor, augment: Augment, prec
     return probs
 
 
+@dataclass(frozen=True)
+class EvalResult:
+    """One pass over a split: images counted, top-1/top-5 error, mean loss; with
+    ``return_probs``, every image's softmax (N×C, float32, in the split's order)."""
+
+    n: int
+    top1_err: float
+    top5_err: float
+    loss: float
+    probs: torch.Tensor | None = None
+
+    def metrics(self) -> dict[str, float | int]:
+        """The numbers, as RUN/eval.json and ``alexnet evaluate --json`` store them."""
+        return {"n": self.n, "top1_err": self.top1_err, "top5_err": self.top5_err, "loss": self.loss}
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -93,7 +109,7 @@ def evaluate(
     world_size: int = 1,
     return_probs: bool = False,
     progress: bool = False,
-) -> dict[str, object]:
+) -> EvalResult:
     """Top-1/top-5 error and loss over the whole split, each image counted exactly once (across
     processes too: contiguous unpadded shards, sums all-reduced). ``progress``: a bar on a
     terminal, a periodic line elsewhere (:class:`alexnet.progress.Progress`), from rank 0."""
@@ -122,8 +138,6 @@ def evaluate(
         sums = distributed.all_reduce_sum(sums.to(prec.device)).cpu()
     model.train(was_training)
     n = max(1.0, float(sums[0]))
-    out: dict[str, object] = {"n": int(sums[0]), "top1_err": 1 - float(sums[1]) / n, "top5_err": 1 - float(sums[2]) / n,
-                              "loss": float(sums[3]) / n}
-    if return_probs:
-        out["probs"] = torch.cat(all_probs) if all_probs else torch.zeros(0)
-    return out
+    probs = (torch.cat(all_probs) if all_probs else torch.zeros(0)) if return_probs else None
+    return EvalResult(n=int(sums[0]), top1_err=1 - float(sums[1]) / n, top5_err=1 - float(sums[2]) / n,
+                      loss=float(sums[3]) / n, probs=probs)

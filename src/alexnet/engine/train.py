@@ -1,5 +1,11 @@
 """The training loop: small functions that return their metrics; :func:`run` wires them.
 
+Its state comes in three parts, each passed explicitly: a frozen :class:`Context` (what the run is
+made of: config, networks, optimizer, data, the step ``step_fn``), built once by :func:`setup`; a
+mutable :class:`RunState` (where the run is: epoch, batch, ``global_step``, the epoch's
+:class:`EpochSums`), saved in every checkpoint beside the weights and the optimizer's state; and this process's :class:`StopFlag`
+(what a signal set) and :class:`Checkpointer` (what it last wrote).
+
 Runs you can trust:
 
 * **Exact resume.** A checkpoint (every ``save_every`` steps and at every epoch end) holds the
@@ -25,6 +31,7 @@ Runs you can trust:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -85,20 +92,71 @@ class _StopEvaluation(Exception):
 
 
 @dataclass
-class RunState:
-    """Where the run is; saved in every checkpoint (primitives only)."""
+class EpochSums:
+    """The epoch so far, over every process: images trained, their summed loss, their top-1 hits."""
 
-    epoch: int = 0  # the epoch in progress (0-based) = epochs finished
-    batch_in_epoch: int = 0  # batches of that epoch already trained
-    step: int = 0  # optimizer steps so far
-    elapsed_s: float = 0.0  # training wall time before this process
-    stall_count: int = 0  # consecutive steps with the loss at chance level
-    epoch_sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # images, loss sum, top-1 hits so far
-    epoch_time_s: float = 0.0  # time spent on this epoch before this process
+    images: float = 0.0
+    loss_sum: float = 0.0
+    top1_hits: float = 0.0
+
+    def tensor(self) -> torch.Tensor:
+        return torch.tensor([self.images, self.loss_sum, self.top1_hits], dtype=torch.float64)
+
+    @classmethod
+    def of(cls, t: torch.Tensor) -> "EpochSums":
+        return cls(*t.tolist())
 
 
 @dataclass
+class RunState:
+    """Where the run is: the mutable loop state, saved in every checkpoint."""
+
+    epoch: int = 0  # the epoch in progress (0-based) = epochs finished
+    batch_in_epoch: int = 0  # batches of that epoch already trained
+    global_step: int = 0  # optimizer steps so far
+    elapsed_s: float = 0.0  # training wall time before this process
+    stall_count: int = 0  # consecutive steps with the loss at chance level
+    epoch_sums: EpochSums = field(default_factory=EpochSums)
+    epoch_time_s: float = 0.0  # time spent on this epoch before this process
+
+    def next_epoch(self) -> None:
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        self.epoch_sums = EpochSums()
+        self.epoch_time_s = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The checkpoint's ``run`` entry (primitives only; ``step`` and ``epoch_sums`` as a list of
+        images, loss sum, hits, as checkpoints have always stored them)."""
+        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.global_step,
+                "elapsed_s": self.elapsed_s, "stall_count": self.stall_count,
+                "epoch_sums": [self.epoch_sums.images, self.epoch_sums.loss_sum, self.epoch_sums.top1_hits],
+                "epoch_time_s": self.epoch_time_s}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunState":
+        d = dict(d)
+        sums = EpochSums(*d.pop("epoch_sums", [0.0, 0.0, 0.0]))
+        return cls(global_step=d.pop("step", 0), epoch_sums=sums, **d)
+
+
+@dataclass
+class StopFlag:
+    """What the SIGTERM/SIGINT handler sets (the first signal's number) and reads (whether a
+    single-process evaluation is in progress, which the signal then cuts short)."""
+
+    signum: int = 0
+    evaluating: bool = False
+
+    def exit_code(self) -> int:
+        return 130 if self.signum == signal.SIGINT else 143
+
+
+@dataclass(frozen=True)
 class Context:
+    """What a run is made of, built once by :func:`setup`: its config, folder, networks, optimizer,
+    data and step. Nothing here changes while it trains (only ``tb`` is set, by :func:`run`)."""
+
     cfg: TrainConfig
     out: Path
     model: nn.Module  # what trains: maybe DDP- and compile-wrapped
@@ -110,17 +168,13 @@ class Context:
     val_ds: PreparedDataset
     train_ds: PreparedDataset
     prec: Precision
-    step: FastStep  # the training step: augmentation, forward, loss, backward, update
+    step_fn: FastStep  # one optimizer step: augmentation, forward, loss, backward, update
     dist: distributed.DistInfo
     meta: dict[str, Any]
     devices: list[torch.device] = field(default_factory=list)  # every device the model occupies
     log: Callable[[str], None] = print
     scaler: Any = None
-    tb: Any = None
-    stop_signal: list[int] = field(default_factory=list)
-    phase: str = "setup"  # setup | train | eval | checkpoint
-    last_checkpoint: tuple[int, Path | None] | None = None  # (step, path) of the last write
-    t_start: float = field(default_factory=time.time)
+    tb: Any = None  # a TensorBoard SummaryWriter (rank 0, with tensorboard=True)
 
 
 # -- set-up --------------------------------------------------------------------------------------
@@ -201,13 +255,13 @@ def set_rng_state(st: dict[str, Any]) -> None:
 # -- checkpoints -----------------------------------------------------------------------------------
 
 
-def checkpoint_state(ctx: Context, state: RunState, rngs: list[dict[str, Any]]) -> dict[str, Any]:
-    run = {**state.__dict__, "elapsed_s": state.elapsed_s + (time.time() - ctx.t_start), "epoch_sums": list(state.epoch_sums)}
+def checkpoint_state(ctx: Context, state: RunState, elapsed_s: float, rngs: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a checkpoint holds; ``elapsed_s``: the run's training wall time up to now."""
     return {
         "model": ckpt.model_state_dict(ctx.model),  # the single-device layout, whatever the placement
         "optimizer": ctx.optimizer.state_dict(),
         "schedule": ctx.schedule.state_dict(),
-        "run": run,
+        "run": {**state.to_dict(), "elapsed_s": elapsed_s},
         "rng": {"world_size": ctx.dist.world_size, "ranks": rngs},
         "scaler": ctx.scaler.state_dict() if ctx.scaler is not None else {},
         "config": ctx.cfg.to_dict(),
@@ -215,32 +269,40 @@ def checkpoint_state(ctx: Context, state: RunState, rngs: list[dict[str, Any]]) 
     }
 
 
-def write_checkpoint(ctx: Context, state: RunState) -> Path | None:
-    """Every rank calls this: the RNG states are gathered, rank 0 writes, everyone learns the outcome
-    (a failed write raises the same error on every rank instead of leaving the others waiting)."""
-    if ctx.last_checkpoint is not None and ctx.last_checkpoint[0] == state.step and state.batch_in_epoch > 0:
-        return ctx.last_checkpoint[1]  # this very state is already on disk
-    if not ckpt.params_finite(ctx.model):
-        # Never let bad weights rotate the last good checkpoint out.
-        raise _diverged(ctx, state, "the weights became non-finite")
-    phase, ctx.phase = ctx.phase, "checkpoint"
-    try:
+class Checkpointer:
+    """Writes the run's checkpoints from every rank (:meth:`write`) and remembers the last one, so
+    that a stop right after a periodic checkpoint does not write the same state twice."""
+
+    def __init__(self, ctx: Context, t_start: float) -> None:
+        self.ctx = ctx
+        self.t_start = t_start  # when this process started training: the clock of ``elapsed_s``
+        self.last: tuple[int, Path | None] | None = None  # (global step, path) of the last write
+
+    def write(self, state: RunState) -> Path | None:
+        """Every rank calls this: the RNG states are gathered, rank 0 writes, everyone learns the
+        outcome (a failed write raises the same error on every rank instead of leaving the others
+        waiting)."""
+        ctx = self.ctx
+        if self.last is not None and self.last[0] == state.global_step and state.batch_in_epoch > 0:
+            return self.last[1]  # this very state is already on disk
+        if not ckpt.params_finite(ctx.model):
+            # Never let bad weights rotate the last good checkpoint out.
+            raise _diverged(ctx, state.global_step, state.epoch, "the weights became non-finite")
         rngs = distributed.all_gather_object(rng_state(ctx.devices))
         result: tuple[str | None, str | None] = (None, None)
         if ctx.dist.is_main:
             try:
-                path = ckpt.save_checkpoint(ctx.out, checkpoint_state(ctx, state, rngs), state.step, keep=ctx.cfg.keep_checkpoints)
+                d = checkpoint_state(ctx, state, state.elapsed_s + (time.time() - self.t_start), rngs)
+                path = ckpt.save_checkpoint(ctx.out, d, state.global_step, keep=ctx.cfg.keep_checkpoints)
                 result = (str(path), None)
             except ckpt.CheckpointError as e:
                 result = (None, str(e))
         path_s, err = distributed.broadcast_object(result)
-    finally:
-        ctx.phase = phase
-    if err:
-        raise ckpt.CheckpointWriteError(err)
-    path = Path(path_s) if path_s else None
-    ctx.last_checkpoint = (state.step, path)
-    return path
+        if err:
+            raise ckpt.CheckpointWriteError(err)
+        path = Path(path_s) if path_s else None
+        self.last = (state.global_step, path)
+        return path
 
 
 def _load_for_resume(ctx: Context, path: Path | None) -> dict[str, Any] | None:
@@ -286,7 +348,7 @@ def restore(ctx: Context, d: dict[str, Any], path: Path) -> RunState:
         ctx.schedule.load_state_dict(d["schedule"])
         if ctx.scaler is not None and d.get("scaler"):
             ctx.scaler.load_state_dict(d["scaler"])
-        state = RunState(**d["run"])
+        state = RunState.from_dict(d["run"])
         saved_world = int(rng["world_size"])
         if saved_world == ctx.dist.world_size:
             set_rng_state(rng["ranks"][ctx.dist.rank])
@@ -294,7 +356,7 @@ def restore(ctx: Context, d: dict[str, Any], path: Path) -> RunState:
             # Another world size: the samples, their order in the global batches and their
             # augmentation are the same (keyed by seed, epoch and sample index); only the dropout
             # masks, drawn per process, come from a new stream per (seed, rank, step).
-            torch.manual_seed(distributed.rank_seed(ctx.cfg.seed, ctx.dist.rank, state.step))
+            torch.manual_seed(distributed.rank_seed(ctx.cfg.seed, ctx.dist.rank, state.global_step))
             ctx.log(f"resuming a checkpoint of {saved_world} process(es) with {ctx.dist.world_size}: the same samples in "
                     f"the same global batches of {ctx.cfg.batch_size}; dropout masks from a new stream per process")
     except (KeyError, RuntimeError, TypeError, ValueError, IndexError) as e:
@@ -340,24 +402,25 @@ def truncate_metrics(out: Path, epochs_done: int) -> None:
 
 
 @contextmanager
-def stop_on_signals(ctx: Context) -> Iterator[None]:
-    """SIGTERM/SIGINT set a flag; the loop finishes its step, checkpoints and stops. A
-    single-process evaluation in progress is abandoned (it is redone on resume). A second
-    signal stops at once."""
+def stop_on_signals(dist: distributed.DistInfo) -> Iterator[StopFlag]:
+    """SIGTERM/SIGINT set the flag this yields; the loop finishes its step, checkpoints and stops.
+    A single-process evaluation in progress is abandoned (it is redone on resume). A second signal
+    stops at once."""
+    stop = StopFlag()
     if threading.current_thread() is not threading.main_thread():  # signals only reach the main thread
-        yield
+        yield stop
         return
 
     def handler(signum: int, frame: object) -> None:
-        if ctx.stop_signal:  # a second signal: stop now
+        if stop.signum:  # a second signal: stop now
             raise KeyboardInterrupt
-        ctx.stop_signal.append(signum)
-        if ctx.phase == "eval" and not ctx.dist.enabled:
+        stop.signum = signum
+        if stop.evaluating and not dist.enabled:
             raise _StopEvaluation
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        yield
+        yield stop
     finally:
         for s, h in old.items():
             signal.signal(s, h)
@@ -371,53 +434,47 @@ def _agree(ctx: Context, flag: bool) -> bool:
     return bool(distributed.all_reduce_sum(t).item() > 0)
 
 
-def _exit_code(ctx: Context) -> int:
-    return 130 if ctx.stop_signal and ctx.stop_signal[0] == signal.SIGINT else 143
-
-
 # -- the loop --------------------------------------------------------------------------------------
 
 
-def train_step(ctx: Context, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step (:class:`~alexnet.engine.fast_step.FastStep`); returns the loss and the
-    number of top-1 hits (device tensors).
-
-    The loss is the mean over this process's slice of the global batch; DDP averages the
-    gradients over the processes, so the step equals one on the whole global batch."""
-    return ctx.step(images, labels, indices, epoch)
-
-
-def _diverged(ctx: Context, state: RunState, what: str) -> TrainingDiverged:
+def _diverged(ctx: Context, global_step: int, epoch: int, what: str) -> TrainingDiverged:
     last = ckpt.latest_checkpoint(ctx.out)
     where = f"last good checkpoint: {last}" if last else "no checkpoint was written yet"
     return TrainingDiverged(
-        f"{what} at step {state.step} (epoch {state.epoch + 1}); training diverged — lower the learning rate "
+        f"{what} at step {global_step} (epoch {epoch + 1}); training diverged — lower the learning rate "
         f"(now {ctx.optimizer.param_groups[0]['lr']:g}); {where}"
     )
 
 
-def check_loss(ctx: Context, state: RunState, loss: float, step: int) -> None:
-    """Stop on a non-finite loss; warn when the loss sits at chance (ln C) for ``stall_steps``."""
+def check_loss(ctx: Context, loss: float, global_step: int, epoch: int, stall_count: int) -> int:
+    """Stop on a non-finite loss; warn when the loss sits at chance (ln C) for ``stall_steps``.
+    Returns the new count of consecutive steps at chance."""
     if not math.isfinite(loss):
-        state.step = step
-        raise _diverged(ctx, state, f"the loss is {loss}")
-    if ctx.cfg.stall_steps > 0:
-        chance = math.log(ctx.train_ds.num_classes)
-        state.stall_count = state.stall_count + 1 if abs(loss - chance) < 0.02 * chance else 0
-        if state.stall_count == ctx.cfg.stall_steps:
-            ctx.log(f"warning: the loss has stayed at chance level (ln {ctx.train_ds.num_classes} = {chance:.3f}) for "
-                    f"{ctx.cfg.stall_steps} steps (step {step}); the paper's bias-1 initialisation is known to stall in "
-                    f"some setups (try a lower --lr, or with init=paper --model-opt bias_init=0.1)")
+        raise _diverged(ctx, global_step, epoch, f"the loss is {loss}")
+    if ctx.cfg.stall_steps <= 0:
+        return stall_count
+    chance = math.log(ctx.train_ds.num_classes)
+    stall_count = stall_count + 1 if abs(loss - chance) < 0.02 * chance else 0
+    if stall_count == ctx.cfg.stall_steps:
+        ctx.log(f"warning: the loss has stayed at chance level (ln {ctx.train_ds.num_classes} = {chance:.3f}) for "
+                f"{ctx.cfg.stall_steps} steps (step {global_step}); the paper's bias-1 initialisation is known to stall in "
+                f"some setups (try a lower --lr, or with init=paper --model-opt bias_init=0.1)")
+    return stall_count
 
 
-def train_one_epoch(ctx: Context, state: RunState) -> tuple[dict[str, float], bool]:
-    """Train the rest of epoch ``state.epoch``; returns its loss, error and throughput, and whether
-    a stop was requested (then the epoch is unfinished and ``state`` says where it stopped)."""
+def train_one_epoch(ctx: Context, state: RunState, stop: StopFlag, checkpointer: Checkpointer) -> tuple[dict[str, float], bool]:
+    """Train the rest of epoch ``state.epoch``, advancing ``state``; returns its loss, error and
+    throughput, and whether a stop was requested (then the epoch is unfinished and ``state`` says
+    where it stopped).
+
+    Each step is ``ctx.step_fn`` (:class:`~alexnet.engine.fast_step.FastStep`): its loss is the
+    mean over this process's slice of the global batch; DDP averages the gradients over the
+    processes, so the step equals one on the whole global batch."""
     cfg, loader = ctx.cfg, ctx.train_loader
     ctx.model.train()
     loader.set_epoch(state.epoch)
     n_batches = len(loader)
-    sums = torch.tensor(state.epoch_sums, dtype=torch.float64)  # images, loss sum, hits (all processes)
+    sums = state.epoch_sums.tensor()  # images, loss sum, hits (all processes)
     images0 = float(sums[0])
     t0 = time.time()
     # A bar on a terminal; in a log file a line every ALEXNET_LOG_EVERY seconds (the epoch's own
@@ -429,40 +486,39 @@ def train_one_epoch(ctx: Context, state: RunState) -> tuple[dict[str, float], bo
     # same blocks in the same order.
     check_every = 1 if ctx.prec.device.type == "cpu" else 20
     pending: list[torch.Tensor] = []
-    stop = False
-    ctx.phase = "train"
+    stopped = False
     for b in loader.iterate(start_batch=state.batch_in_epoch):
-        set_lr(ctx.optimizer, ctx.schedule.lr_at(state.step))
-        loss, hits = train_step(ctx, b.images, b.labels, b.indices, state.epoch)
+        set_lr(ctx.optimizer, ctx.schedule.lr_at(state.global_step))
+        loss, hits = ctx.step_fn(b.images, b.labels, b.indices, state.epoch)
         n = len(b.labels)
         pending.append(torch.stack([torch.tensor(float(n), dtype=torch.float64, device=loss.device), loss.double() * n, hits.double()]))
-        state.step += 1
+        state.global_step += 1
         state.batch_in_epoch += 1
-        save_now = bool(cfg.save_every) and state.step % cfg.save_every == 0 and state.batch_in_epoch < n_batches
-        local_stop = bool(ctx.stop_signal) and not ctx.dist.enabled
+        save_now = bool(cfg.save_every) and state.global_step % cfg.save_every == 0 and state.batch_in_epoch < n_batches
+        local_stop = bool(stop.signum) and not ctx.dist.enabled
         if state.batch_in_epoch % check_every == 0 or save_now or state.batch_in_epoch == n_batches or local_stop:
             block = torch.stack(pending).double()  # k×3
             pending.clear()
             if ctx.dist.enabled:  # one all-reduce: every rank's sums, and whether any rank was signalled
-                flag = torch.tensor([[1.0 if ctx.stop_signal else 0.0, 0.0, 0.0]], dtype=torch.float64, device=block.device)
+                flag = torch.tensor([[1.0 if stop.signum else 0.0, 0.0, 0.0]], dtype=torch.float64, device=block.device)
                 block = distributed.all_reduce_sum(torch.cat([block, flag]))
-                block, stop = block[:-1], bool(block[-1, 0] > 0)
+                block, stopped = block[:-1], bool(block[-1, 0] > 0)
             else:
-                stop = local_stop
+                stopped = local_stop
             block = block.cpu()
-            first = state.step - len(block) + 1
+            first = state.global_step - len(block) + 1
             for i, row in enumerate(block):
-                check_loss(ctx, state, float(row[1] / row[0]), first + i)
+                state.stall_count = check_loss(ctx, float(row[1] / row[0]), first + i, state.epoch, state.stall_count)
             sums += block.sum(0)
-            state.epoch_sums = sums.tolist()
+            state.epoch_sums = EpochSums.of(sums)
             bar.set_postfix(loss=f"{float(block[-1, 1] / block[-1, 0]):.3f}", lr=f"{ctx.optimizer.param_groups[0]['lr']:.2g}")
         bar.update(1)
         if save_now:
             saved_time = state.epoch_time_s
             state.epoch_time_s = saved_time + time.time() - t0
-            write_checkpoint(ctx, state)
+            checkpointer.write(state)
             state.epoch_time_s = saved_time
-        if stop:
+        if stopped:
             break
     bar.close()
     dt = time.time() - t0
@@ -470,14 +526,13 @@ def train_one_epoch(ctx: Context, state: RunState) -> tuple[dict[str, float], bo
     n = max(1.0, float(sums[0]))
     return {"train_loss": float(sums[1]) / n, "train_top1_err": 1 - float(sums[2]) / n,
             "img_per_s": (float(sums[0]) - images0) / max(dt, 1e-9), "train_images": int(sums[0]),
-            "epoch_time_s": state.epoch_time_s}, stop
+            "epoch_time_s": state.epoch_time_s}, stopped
 
 
 def validate(ctx: Context, ten_crop: bool) -> dict[str, float]:
     r = evaluate(ctx.eval_model, ctx.val_ds, ctx.augment, ctx.prec, batch_size=ctx.cfg.eval_batch_size or ctx.cfg.batch_size,
                  ten_crop=ten_crop, workers=ctx.cfg.workers, rank=ctx.dist.rank, world_size=ctx.dist.world_size)
-    return {"val_top1_err": float(r["top1_err"]), "val_top5_err": float(r["top5_err"]),  # type: ignore[arg-type]
-            "val_loss": float(r["loss"]), "val_images": int(r["n"])}  # type: ignore[arg-type]
+    return {"val_top1_err": r.top1_err, "val_top5_err": r.top5_err, "val_loss": r.loss, "val_images": r.n}
 
 
 def setup(cfg: TrainConfig, out: Path, *, log: Callable[[str], None] = print) -> Context:
@@ -539,11 +594,11 @@ def setup(cfg: TrainConfig, out: Path, *, log: Callable[[str], None] = print) ->
     augment = make_augment(cfg, train_ds, models.input_norm(cfg.model, cfg.model_options))
     # The paper's update as one fused kernel per parameter pays off on a GPU (memory-bound); on the
     # CPU PaperSGD's foreach passes are as fast. Both compute the same rule (§5).
-    step = FastStep(model, optimizer, augment, device, amp=cfg.amp, channels_last=cfg.channels_last, compile=cfg.compile,
-                    fused_optimizer=device.type == "cuda", label_smoothing=cfg.label_smoothing, scaler=scaler)
+    step_fn = FastStep(model, optimizer, augment, device, amp=cfg.amp, channels_last=cfg.channels_last, compile=cfg.compile,
+                       fused_optimizer=device.type == "cuda", label_smoothing=cfg.label_smoothing, scaler=scaler)
     return Context(cfg=cfg, out=out, model=model, eval_model=eval_model, optimizer=optimizer, schedule=Schedule(cfg, len(loader)),
                    augment=augment, train_loader=loader, val_ds=val_ds, train_ds=train_ds,
-                   prec=Precision(device, cfg.amp, cfg.channels_last), step=step, dist=dist_info, meta=model_meta(cfg, train_ds),
+                   prec=Precision(device, cfg.amp, cfg.channels_last), step_fn=step_fn, dist=dist_info, meta=model_meta(cfg, train_ds),
                    devices=devices, log=log if dist_info.is_main else (lambda s: None), scaler=scaler)
 
 
@@ -589,17 +644,19 @@ def _register_comm_hook(cfg: TrainConfig, model: nn.Module, log: Callable[[str],
     log(f"gradient all-reduce in {cfg.ddp_comm_hook} ({name})")
 
 
-def _open_tensorboard(ctx: Context, first_epoch: int) -> None:
+def _open_tensorboard(ctx: Context, first_epoch: int) -> Any:
+    """The SummaryWriter of RUN/tb (rank 0, with tensorboard=True), or None."""
     if not (ctx.cfg.tensorboard and ctx.dist.is_main):
-        return
+        return None
     try:
+        # Optional and slow to import: only runs that ask for TensorBoard load it.
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         ctx.log("tensorboard is not installed: pip install 'alexnet[tensorboard]'; logging to metrics.jsonl only")
-        return
+        return None
     # purge_step: on resume, TensorBoard hides the events of epochs the killed process logged
     # after its checkpoint (they are logged again).
-    ctx.tb = SummaryWriter(str(ctx.out / "tb"), purge_step=first_epoch + 1 if first_epoch > 0 else None)
+    return SummaryWriter(str(ctx.out / "tb"), purge_step=first_epoch + 1 if first_epoch > 0 else None)
 
 
 # The torchrun job that started the run (TORCHELASTIC_RUN_ID: torchrun's --rdzv-id, a fresh one with
@@ -657,7 +714,7 @@ def run(cfg: TrainConfig, out: str | Path, *, resume: bool = False, log: Callabl
             else:
                 state = restore(ctx, d, last)
                 del d
-                log(f"resumed from {last} (epoch {state.epoch + 1}, batch {state.batch_in_epoch}, step {state.step})")
+                log(f"resumed from {last} (epoch {state.epoch + 1}, batch {state.batch_in_epoch}, step {state.global_step})")
                 done = _finished(ctx, state)
                 if done is not None:
                     return done
@@ -667,7 +724,7 @@ def run(cfg: TrainConfig, out: str | Path, *, resume: bool = False, log: Callabl
                 truncate_metrics(out, state.epoch)
             save_yaml(cfg, out / "config.yaml")
             atomic_write_text(out / "environment.json", json.dumps(environment(), indent=1) + "\n")
-        _open_tensorboard(ctx, state.epoch)
+        ctx = dataclasses.replace(ctx, tb=_open_tensorboard(ctx, state.epoch))
         return _loop(ctx, state)
     finally:
         if ctx is not None and ctx.tb is not None:
@@ -729,45 +786,42 @@ def _loop(ctx: Context, state: RunState) -> dict[str, Any]:
         f"{cfg.batch_size}" + (f" ({ctx.dist.world_size} processes)" if ctx.dist.enabled else "")
         + f", recipe {cfg.recipe}, {placement}")
     log(describe_augmentation(cfg, ctx.train_ds.image_size, ctx.augment.crop))
-    ctx.t_start = time.time()
-    elapsed0 = state.elapsed_s
+    t_start = time.time()
+    checkpointer = Checkpointer(ctx, t_start)
     # A resumed run that had finished training but not written its final weights (a full disk)
     # reports its last epoch's row.
     row: dict[str, Any] = _last_metrics(ctx.out) if state.epoch >= cfg.epochs else {}
-    with stop_on_signals(ctx):
+    with stop_on_signals(ctx.dist) as stop:
         while state.epoch < cfg.epochs:
-            lr = ctx.schedule.lr_at(state.step - state.batch_in_epoch)  # the epoch's first step, also on resume
-            tr, stop = train_one_epoch(ctx, state)
-            if stop:
-                raise Interrupted(_exit_code(ctx), write_checkpoint(ctx, state))
+            lr = ctx.schedule.lr_at(state.global_step - state.batch_in_epoch)  # the epoch's first step, also on resume
+            tr, stopped = train_one_epoch(ctx, state, stop, checkpointer)
+            if stopped:
+                raise Interrupted(stop.exit_code(), checkpointer.write(state))
             val: dict[str, float] = {}
             if (state.epoch + 1) % cfg.eval_every == 0 or state.epoch + 1 == cfg.epochs:
-                ctx.phase = "eval"
+                stop.evaluating = True
                 try:
                     val = validate(ctx, cfg.ten_crop)
                 except _StopEvaluation:
                     # The epoch's training is complete (batch_in_epoch = its length): the resumed
                     # run goes straight to this evaluation.
-                    ctx.phase = "train"
-                    raise Interrupted(_exit_code(ctx), write_checkpoint(ctx, state)) from None
-                ctx.phase = "train"
+                    stop.evaluating = False
+                    raise Interrupted(stop.exit_code(), checkpointer.write(state)) from None
+                stop.evaluating = False
             dropped = ctx.schedule.end_of_epoch(val.get("val_top1_err"))
-            row = {"epoch": state.epoch + 1, "lr": lr, **tr, **val, "step": state.step,
-                   "time_s": elapsed0 + time.time() - ctx.t_start}
+            row = {"epoch": state.epoch + 1, "lr": lr, **tr, **val, "step": state.global_step,
+                   "time_s": state.elapsed_s + time.time() - t_start}
             append_metrics(ctx, row)
             log(f"epoch {state.epoch + 1:3d}/{cfg.epochs}  loss {tr['train_loss']:.3f}  train err {tr['train_top1_err']:.3f}"
                 + (f"  val top-1 {val['val_top1_err']:.3f}  top-5 {val['val_top5_err']:.3f}" if val else "")
                 + f"  lr {lr:.2g}  {tr['img_per_s']:.0f} img/s" + ("  (lr / 10)" if dropped else ""))
-            state.epoch += 1
-            state.batch_in_epoch = 0
-            state.epoch_sums = [0.0, 0.0, 0.0]
-            state.epoch_time_s = 0.0
-            path = write_checkpoint(ctx, state)
-            if _agree(ctx, bool(ctx.stop_signal)) and state.epoch < cfg.epochs:
-                raise Interrupted(_exit_code(ctx), path)
+            state.next_epoch()
+            path = checkpointer.write(state)
+            if _agree(ctx, bool(stop.signum)) and state.epoch < cfg.epochs:
+                raise Interrupted(stop.exit_code(), path)
     if ctx.dist.is_main:
         ckpt.save_weights(ctx.model, ctx.out / ckpt.WEIGHTS, final_meta(ctx, row), ctx.train_ds.stats())
-    summary = {"epochs": cfg.epochs, "steps": state.step, "final": row, "time_s": elapsed0 + time.time() - ctx.t_start,
+    summary = {"epochs": cfg.epochs, "steps": state.global_step, "final": row, "time_s": state.elapsed_s + time.time() - t_start,
                "weights": str(ctx.out / ckpt.WEIGHTS)}
     if ctx.dist.is_main:
         atomic_write_text(ctx.out / "summary.json", json.dumps(summary, indent=1) + "\n")

@@ -49,10 +49,10 @@ def make_run_figures(run: Path, *, data: str | None = None, device: str = "cpu",
     ds = PreparedDataset(resolve_data(spec, trained.meta["input_size"]), "val")
     aug = augment_for(trained, ds)
     prec = Precision(torch.device(device))
-    r = evaluate(trained.model, ds, aug, prec, return_probs=True)
-    probs = r["probs"]
+    probs = evaluate(trained.model, ds, aug, prec, return_probs=True).probs
+    assert probs is not None
     labels = torch.from_numpy(ds.labels).long()
-    summary = per_class_summary(probs, labels, ds.class_names)  # type: ignore[arg-type]
+    summary = per_class_summary(probs, labels, ds.class_names)
     made.append(plot_confusion(summary["_confusion"], ds.class_names, run / "confusion.png"))
     pick = prediction_samples(ds.labels, n_predictions)
     imgs = ds.read_batch(pick)
