@@ -17,6 +17,7 @@ from alexnet.data.augment import Augment
 from alexnet.data.format import PreparedDataset
 from alexnet.data.sources import synthetic
 from alexnet.engine import train as engine
+from alexnet.engine.device import is_cuda
 from alexnet.engine.checks import check_against_data, effective_crop_padding
 from alexnet.errors import UserError
 
@@ -197,5 +198,5 @@ def test_inert_settings_are_warned_about(fields: dict, expect: str) -> None:
 def test_the_recipes_raise_no_warning_on_their_data() -> None:
     for name, size, crop in (("cifar", (32, 32), 32), ("cifar", (36, 36), 32), ("demo", (36, 36), 32),
                              ("paper", (256, 256), 224), ("fast", (256, 256), 224)):
-        cfg = config_mod.TrainConfig.from_dict(engine.resolve_auto(config_mod.load_recipe(name)))
+        cfg = config_mod.TrainConfig.from_dict(config_mod.resolve_auto(config_mod.load_recipe(name), is_cuda))
         assert check_against_data(cfg, image_size=size, input_size=crop, eigval=torch.ones(3), train_images=50_000) == [], name

@@ -14,10 +14,11 @@ import torch
 
 from alexnet import models
 from alexnet.cli import main
-from alexnet.config import TrainConfig
+from alexnet.config import TrainConfig, resolve_auto
 from alexnet.data.sources import synthetic
 from alexnet.engine import checkpoint as ckpt
 from alexnet.engine import train as engine
+from alexnet.engine.device import is_cuda
 from alexnet.engine.optim import Schedule, base_lr
 
 
@@ -174,7 +175,7 @@ def test_fast_recipe_resolves_auto_by_device_and_scales_the_learning_rate(data: 
     add_arguments(p)
     cfg = config_from_args(p.parse_args(["--recipe", "fast", "--out", str(tmp_path / "x"), "--device", "cpu"]))
     assert (cfg.amp, cfg.channels_last, cfg.compile) == ("none", False, False)  # auto on the CPU
-    assert engine.resolve_auto({"amp": "auto", "channels_last": "auto", "compile": "auto", "device": "cpu"}) == {
+    assert resolve_auto({"amp": "auto", "channels_last": "auto", "compile": "auto", "device": "cpu"}, is_cuda) == {
         "amp": "none", "channels_last": False, "compile": False, "device": "cpu"}
     assert (cfg.optimizer, cfg.schedule, cfg.label_smoothing) == ("nesterov", "cosine", 0.1)
     assert base_lr(cfg) == pytest.approx(cfg.lr * cfg.batch_size / cfg.lr_scaling_batch)
@@ -190,11 +191,38 @@ def test_fast_recipe_resolves_auto_by_device_and_scales_the_learning_rate(data: 
     assert r[1]["lr"] == pytest.approx(sched.lr_at(3)) and r[1]["lr"] == pytest.approx(0.02 * 32 / 256)
 
 
+def test_one_resolver_for_recipes_saved_configs_and_experiments(tmp_path: Path) -> None:
+    """config.resolve: recipe (or a saved config) -> overrides -> "auto" -> one validation; the
+    command only maps its flags to overrides. model_options merge option by option everywhere."""
+    from alexnet import config as config_mod
+    from alexnet.commands.train import add_arguments, config_from_args
+    from alexnet.errors import UserError
+    import argparse
+
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("model: alexnet-cifar\nmodel_options: {dropout: 0.3}\namp: auto\nepochs: 7\n")
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    cfg = config_from_args(p.parse_args(["--recipe", str(recipe), "--out", str(tmp_path / "x"), "--device", "cpu",
+                                         "--model-opt", "lrn=none", "--epochs", "3"]))
+    assert (cfg.recipe, cfg.epochs, cfg.amp, cfg.model_options) == ("mine", 3, "none", {"dropout": 0.3, "lrn": "none"})
+    # the same resolver from a run's saved config (--resume) and from an experiment's base
+    again = config_mod.resolve(base=cfg.to_dict(), overrides={"model_options": {"dropout": 0.5}}, cuda=is_cuda)
+    assert again.model_options == {"dropout": 0.5, "lrn": "none"} and again.epochs == 3
+    with pytest.raises(UserError) as e:
+        config_mod.resolve(str(recipe), {"nope": 1}, cuda=is_cuda)
+    assert str(e.value) == f"recipe {recipe}: unknown field 'nope'"
+    with pytest.raises(UserError, match=r"^lr=None is not valid"):  # an explicit null is refused, not ignored
+        config_mod.resolve(str(recipe), {"lr": None}, cuda=is_cuda)
+    with pytest.raises(UserError, match=r"^amp='auto' is not valid"):  # "auto" needs the device's answer
+        config_mod.resolve(str(recipe))
+
+
 # -- speed switches on the CPU -------------------------------------------------------------------
 
 
 def _step_ctx(tmp_path: Path, data: Path, **over: object) -> engine.Context:
-    cfg = TrainConfig.from_dict({**engine.resolve_auto({}), "model": "alexnet-cifar", "data": str(data), "batch_size": 16,
+    cfg = TrainConfig.from_dict({**resolve_auto({}, is_cuda), "model": "alexnet-cifar", "data": str(data), "batch_size": 16,
                                  "workers": 0, "progress": False, "device": "cpu", **over})
     return engine.setup(cfg, tmp_path)
 
@@ -236,7 +264,7 @@ def test_compile_runs_a_training_step(data: Path, tmp_path: Path) -> None:
 
 def test_a_gradient_compression_hook_in_a_single_process_is_reported_as_having_no_effect(data: Path, tmp_path: Path) -> None:
     lines: list[str] = []
-    cfg = TrainConfig.from_dict({**engine.resolve_auto({}), "model": "alexnet-cifar", "data": str(data), "batch_size": 16,
+    cfg = TrainConfig.from_dict({**resolve_auto({}, is_cuda), "model": "alexnet-cifar", "data": str(data), "batch_size": 16,
                                  "workers": 0, "progress": False, "device": "cpu", "ddp_comm_hook": "bf16"})
     ctx = engine.setup(cfg, tmp_path, log=lines.append)
     assert not isinstance(ctx.model, torch.nn.parallel.DistributedDataParallel)

@@ -7,7 +7,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import yaml
 
@@ -198,13 +198,49 @@ def default_recipe(model: str) -> str:
     return {"alexnet-cifar": "cifar", "lenet5": "cifar"}.get(model, "paper")
 
 
-def resolve(recipe: str | None, overrides: dict[str, Any]) -> TrainConfig:
-    """Recipe defaults, then CLI overrides (None values are ignored)."""
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    name = recipe or default_recipe(overrides.get("model", TrainConfig.model))
-    d = load_recipe(name)
-    d.update(overrides)
-    return TrainConfig.from_dict(d, source=f"recipe {name}")
+# Fields whose recipe value may be "auto": (value on a CUDA device, value elsewhere) (the fast recipe).
+AUTO_FIELDS: dict[str, tuple[Any, Any]] = {"amp": ("bf16", "none"), "channels_last": (True, False), "compile": (True, False)}
+
+
+def resolve_auto(d: Mapping[str, Any], cuda: Callable[[str], bool]) -> dict[str, Any]:
+    """Replace ``"auto"`` in amp / channels_last / compile by the value for the device the run will
+    use: bf16 autocast, channels_last and torch.compile on CUDA; off on the CPU, where they are
+    slower or untested for this code (see configs/fast.yaml). ``cuda(device)``: whether the
+    ``device`` field names a CUDA device (the engine's device parser decides; asked only when a
+    field is "auto")."""
+    d = dict(d)
+    if any(d.get(k) == "auto" for k in AUTO_FIELDS):
+        on_cuda = cuda(str(d.get("device", "auto")))
+        for k, (on, off) in AUTO_FIELDS.items():
+            if d.get(k) == "auto":
+                d[k] = on if on_cuda else off
+    return d
+
+
+def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` on top: each field replaced, except ``model_options``, merged
+    option by option (``--model-opt lrn=none`` keeps the recipe's other options)."""
+    d = dict(base)
+    for k, v in overrides.items():
+        d[k] = {**(d.get(k) or {}), **v} if k == "model_options" and isinstance(v, Mapping) else v
+    return d
+
+
+def resolve(recipe: str | None = None, overrides: Mapping[str, Any] | None = None, *, base: Mapping[str, Any] | None = None,
+            source: str | None = None, cuda: Callable[[str], bool] | None = None) -> TrainConfig:
+    """The one way to a :class:`TrainConfig`: the fields of ``recipe`` (a name or a .yaml file; by
+    default the model's recipe), or ``base`` instead (a run's saved config, an experiment's base);
+    then ``overrides`` (:func:`merge`); then the "auto" fields decided
+    by ``cuda`` (:func:`resolve_auto`; without it "auto" is refused); validated once, an error
+    naming ``source`` (by default the recipe)."""
+    over = dict(overrides or {})
+    if base is None:
+        name = recipe or default_recipe(over.get("model", TrainConfig.model))
+        base, source = load_recipe(name), source or f"recipe {name}"
+    d = merge(base, over)
+    if cuda is not None:
+        d = resolve_auto(d, cuda)
+    return TrainConfig.from_dict(d, source=source or "config")
 
 
 def save_yaml(cfg: TrainConfig | dict[str, Any], path: str | Path) -> None:

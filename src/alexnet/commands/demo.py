@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from alexnet import config as config_mod
     from alexnet.data.format import PreparedDataset
     from alexnet.data.resolve import resolve_data
-    from alexnet.engine.device import pick_device
+    from alexnet.engine.device import is_cuda, pick_device
     from alexnet.engine.evaluate import Precision, evaluate
     from alexnet.engine.inference import augment_for, load
     from alexnet.engine.train import run as train_run
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         overrides["epochs"] = args.epochs
     if args.seed is not None:
         overrides["seed"] = args.seed
-    cfg = config_mod.resolve("demo", overrides)
+    cfg = config_mod.resolve("demo", overrides, cuda=is_cuda)
     print(f"[1/4] built-in dataset: 10 shape classes, stored 36×36 for 32×32 crops (cached after the first run)")
     root = resolve_data(cfg.data, 32)
     print(f"      {root}")

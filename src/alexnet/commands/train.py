@@ -62,13 +62,11 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
-def _finish(d: dict[str, Any], source: str) -> config_mod.TrainConfig:
-    from alexnet.engine.train import resolve_auto
-
-    return config_mod.TrainConfig.from_dict(resolve_auto(d), source=source)
-
-
 def config_from_args(args: argparse.Namespace) -> config_mod.TrainConfig:
+    """The run's config (:func:`alexnet.config.resolve`): the recipe, or with ``--resume`` the run's
+    own saved config, under the command line's options."""
+    from alexnet.engine.device import is_cuda
+
     overrides = _overrides(args)
     if args.resume:
         out = Path(args.out)
@@ -81,15 +79,14 @@ def config_from_args(args: argparse.Namespace) -> config_mod.TrainConfig:
             raise UserError(f"nothing to resume in {out} ({what}); to start a new run, leave out --resume")
         if args.recipe is None:
             if (out / "config.yaml").is_file():
-                return _resumed_config(out / "config.yaml", overrides)
-            return _checkpoint_config(last, overrides)  # type: ignore[arg-type]
-    name = args.recipe or config_mod.default_recipe(overrides.get("model", config_mod.TrainConfig.model))
-    d = config_mod.load_recipe(name)
-    d.update(overrides)
-    return _finish(d, f"recipe {name}")
+                saved, source = _saved_config(out / "config.yaml"), str(out / "config.yaml")
+            else:
+                saved, source = _checkpoint_config(last), f"{last} (its config)"  # type: ignore[arg-type]
+            return config_mod.resolve(base=saved, overrides=overrides, source=source, cuda=is_cuda)
+    return config_mod.resolve(args.recipe, overrides, cuda=is_cuda)
 
 
-def _resumed_config(path: Path, overrides: dict[str, Any]) -> config_mod.TrainConfig:
+def _saved_config(path: Path) -> dict[str, Any]:
     """--resume without --recipe continues with the run's own saved config (plus any overrides)."""
     import yaml
 
@@ -99,10 +96,10 @@ def _resumed_config(path: Path, overrides: dict[str, Any]) -> config_mod.TrainCo
         raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(d, dict):
         raise UserError(f"{path}: not a saved training config")
-    return _merge(d, overrides, str(path))
+    return d
 
 
-def _checkpoint_config(path: Path, overrides: dict[str, Any]) -> config_mod.TrainConfig:
+def _checkpoint_config(path: Path) -> dict[str, Any]:
     """--resume in a run folder that lost its config.yaml: every checkpoint carries the config."""
     from alexnet.engine import checkpoint as ckpt
 
@@ -110,15 +107,7 @@ def _checkpoint_config(path: Path, overrides: dict[str, Any]) -> config_mod.Trai
     if not isinstance(d, dict):
         raise UserError(f"{path}: holds no training config; pass --recipe and the options the run was started with")
     print(f"{path.parent.parent}/config.yaml is missing; using the config saved in {path}", file=sys.stderr)
-    return _merge(d, overrides, f"{path} (its config)")
-
-
-def _merge(d: dict[str, Any], overrides: dict[str, Any], source: str) -> config_mod.TrainConfig:
-    opts = overrides.pop("model_options", None)
-    d.update(overrides)
-    if opts:
-        d["model_options"] = {**(d.get("model_options") or {}), **opts}
-    return _finish(d, source)
+    return d
 
 
 def resume_command(out: str) -> str:

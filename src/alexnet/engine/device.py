@@ -27,6 +27,12 @@ def pick_device(spec: str, local_rank: int = 0) -> torch.device:
     return dev
 
 
+def is_cuda(spec: str) -> bool:
+    """Whether the device ``spec`` is a CUDA device on this machine (decides a recipe's "auto"
+    fields: :func:`alexnet.config.resolve_auto`); a bad or unavailable device is a :class:`UserError`."""
+    return pick_device(spec).type == "cuda"
+
+
 def amp_dtype(amp: str) -> torch.dtype | None:
     """The autocast dtype of an ``amp`` setting; ``ValueError`` naming the accepted ones."""
     if amp not in AMP_DTYPES:
@@ -34,4 +40,4 @@ def amp_dtype(amp: str) -> torch.dtype | None:
     return AMP_DTYPES[amp]
 
 
-__all__ = ["AMP_DTYPES", "amp_dtype", "pick_device"]
+__all__ = ["AMP_DTYPES", "amp_dtype", "is_cuda", "pick_device"]

@@ -70,8 +70,6 @@ METRICS = "metrics.jsonl"
 # metrics.jsonl fields that measure time rather than training: they differ between a resumed run
 # and an uninterrupted one; every other field is identical.
 TIMING_FIELDS = ("img_per_s", "epoch_time_s", "time_s")
-# Fields whose recipe value may be "auto": on for CUDA, off elsewhere (the fast recipe).
-AUTO_FIELDS: dict[str, tuple[Any, Any]] = {"amp": ("bf16", "none"), "channels_last": (True, False), "compile": (True, False)}
 
 
 class TrainingDiverged(UserError):
@@ -180,19 +178,6 @@ class Context:
 # -- set-up --------------------------------------------------------------------------------------
 
 
-def resolve_auto(d: dict[str, Any]) -> dict[str, Any]:
-    """Replace ``"auto"`` in amp / channels_last / compile by the value for the device the run will
-    use: bf16 autocast, channels_last and torch.compile on CUDA; off on the CPU, where they are
-    slower or untested for this code (see configs/fast.yaml)."""
-    d = dict(d)
-    if any(d.get(k) == "auto" for k in AUTO_FIELDS):
-        cuda = pick_device(str(d.get("device", "auto"))).type == "cuda"
-        for k, (on, off) in AUTO_FIELDS.items():
-            if d.get(k) == "auto":
-                d[k] = on if cuda else off
-    return d
-
-
 def build_model(cfg: TrainConfig, num_classes: int, device: torch.device) -> nn.Module:
     try:
         model = models.create(cfg.model, num_classes, **cfg.model_options)
@@ -212,9 +197,12 @@ def model_meta(cfg: TrainConfig, ds: PreparedDataset) -> dict[str, Any]:
             "input_norm": models.input_norm(cfg.model, cfg.model_options), "data": cfg.data, "image_size": list(ds.image_size)}
 
 
-# Config fields that say where and how fast a run ran and how often it saved, not what it computed:
-# left out of the recipe stored with the weights (a resumed run's weights file equals an uninterrupted one's).
-RUNTIME_FIELDS = ("device", "workers", "progress", "tensorboard", "eval_batch_size", "save_every", "keep_checkpoints")
+# Config fields that say where and how fast a run ran and how it reported, not what it computed: a
+# run may be resumed with other values.
+RUNTIME_FIELDS = ("device", "workers", "progress", "tensorboard", "eval_batch_size")
+# ... and how often it saved: left out of the recipe stored with the weights (a resumed run's weights
+# file equals an uninterrupted one's).
+NOT_IN_RECIPE = (*RUNTIME_FIELDS, "save_every", "keep_checkpoints")
 
 
 def final_meta(ctx: Context, row: dict[str, Any]) -> dict[str, Any]:
@@ -224,7 +212,7 @@ def final_meta(ctx: Context, row: dict[str, Any]) -> dict[str, Any]:
     env_file = ctx.out / "environment.json"
     env = json.loads(env_file.read_text()) if env_file.is_file() else {}
     return {**ctx.meta,
-            "recipe": {k: v for k, v in ctx.cfg.to_dict().items() if k not in RUNTIME_FIELDS},
+            "recipe": {k: v for k, v in ctx.cfg.to_dict().items() if k not in NOT_IN_RECIPE},
             "metrics": {k: v for k, v in row.items() if k not in TIMING_FIELDS},
             "git_sha": env.get("git_sha"), "alexnet_version": env.get("alexnet"), "torch_version": env.get("torch")}
 

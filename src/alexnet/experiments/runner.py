@@ -42,11 +42,11 @@ from alexnet import config as config_mod
 from alexnet.config import TrainConfig
 from alexnet.data.format import PreparedDataset
 from alexnet.data.resolve import open_splits, resolve_data
-from alexnet.engine.device import pick_device
+from alexnet.engine.device import is_cuda, pick_device
 from alexnet.engine.evaluate import Precision, predict_probs, topk_correct
 from alexnet.engine.inference import augment_for, load
 from alexnet.engine.metrics import read_metrics
-from alexnet.engine.train import METRICS, TrainingDiverged
+from alexnet.engine.train import METRICS, RUNTIME_FIELDS, TrainingDiverged
 from alexnet.engine.train import run as train_run
 from alexnet.environment import environment
 from alexnet.errors import UserError
@@ -57,9 +57,6 @@ SCALE_ENV = "ALEXNET_EXPERIMENT_SCALE"
 SCALES = ("test", "quick", "full")
 RUNS = "runs"
 DIVERGED = "diverged.json"  # in a run folder: the run stopped on a non-finite loss
-# Config fields that may differ between an interrupted run and its resumption without changing
-# what is trained (where it runs, how it reports).
-_RUNTIME_FIELDS = ("device", "workers", "progress", "tensorboard", "eval_batch_size")
 
 # The test scale: a couple of optimizer steps per epoch, two epochs (so curves have two points).
 TEST_SCALE: dict[str, Any] = {"epochs": 2, "batch_size": 16, "max_steps_per_epoch": 2, "train_subset": 0}
@@ -161,17 +158,7 @@ def aggregate(rows: Sequence[Mapping[str, Any]], keys: Sequence[str], by: str = 
 
 
 def _comparable(d: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in d.items() if k not in _RUNTIME_FIELDS}
-
-
-def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    d = dict(base)
-    for k, v in over.items():
-        if k == "model_options":
-            d[k] = {**d.get(k, {}), **v}
-        else:
-            d[k] = v
-    return d
+    return {k: v for k, v in d.items() if k not in RUNTIME_FIELDS}
 
 
 @dataclass
@@ -266,12 +253,11 @@ class Runner:
             d.update(quick or {})
         elif self.scale == "test":
             d.update(TEST_SCALE)
-        return _merge(d, overrides)
+        return config_mod.merge(d, overrides)
 
     def config(self, base: Mapping[str, Any], variant: Variant, seed: int) -> TrainConfig:
-        d = _merge(dict(base), variant.overrides)
-        d["seed"] = seed
-        return TrainConfig.from_dict(d, source=f"experiment {self.name}, variant {variant.name}")
+        return config_mod.resolve(base=base, overrides={**variant.overrides, "seed": seed}, cuda=is_cuda,
+                                  source=f"experiment {self.name}, variant {variant.name}")
 
     # -- training ---------------------------------------------------------------------------------
     def run_dir(self, variant: Variant, seed: int) -> Path:
