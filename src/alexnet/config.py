@@ -184,14 +184,26 @@ def load_recipe(name_or_path: str) -> dict[str, Any]:
             raise UserError(f"unknown recipe {name_or_path!r}; accepted: {', '.join(recipe_names())} or a .yaml file")
     elif not p.is_file():
         raise UserError(f"{p}: no such recipe file")
-    try:
-        d = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    d = _read_yaml(p) or {}
     if not isinstance(d, dict):
         raise UserError(f"{p}: a recipe must be a mapping of config fields")
     d.setdefault("recipe", p.stem)
     return d
+
+
+def load_saved(path: Path) -> dict[str, Any]:
+    """A run's saved config (RUN/config.yaml), the base that ``--resume`` continues with."""
+    d = _read_yaml(path)
+    if not isinstance(d, dict):
+        raise UserError(f"{path}: not a saved training config")
+    return d
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
 
 
 def default_recipe(model: str) -> str:

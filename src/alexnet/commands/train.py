@@ -77,26 +77,13 @@ def config_from_args(args: argparse.Namespace) -> config_mod.TrainConfig:
             # Never a silent fresh default run in a mistyped or empty folder.
             what = "no such folder" if not out.exists() else "no config.yaml and no checkpoint"
             raise UserError(f"nothing to resume in {out} ({what}); to start a new run, leave out --resume")
-        if args.recipe is None:
+        if args.recipe is None:  # the run's own saved config, under any options given now
             if (out / "config.yaml").is_file():
-                saved, source = _saved_config(out / "config.yaml"), str(out / "config.yaml")
+                saved, source = config_mod.load_saved(out / "config.yaml"), str(out / "config.yaml")
             else:
                 saved, source = _checkpoint_config(last), f"{last} (its config)"  # type: ignore[arg-type]
             return config_mod.resolve(base=saved, overrides=overrides, source=source, cuda=is_cuda)
     return config_mod.resolve(args.recipe, overrides, cuda=is_cuda)
-
-
-def _saved_config(path: Path) -> dict[str, Any]:
-    """--resume without --recipe continues with the run's own saved config (plus any overrides)."""
-    import yaml
-
-    try:
-        d = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(d, dict):
-        raise UserError(f"{path}: not a saved training config")
-    return d
 
 
 def _checkpoint_config(path: Path) -> dict[str, Any]:

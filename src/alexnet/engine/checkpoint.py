@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from alexnet import models
 from alexnet.errors import UserError
 from alexnet.files import TMP_SUFFIX, atomic_write, atomic_write_bytes, os_error_line
 
@@ -183,6 +184,27 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path}: its alexnet metadata is not a JSON object")
     return sd, meta
+
+
+def read_model_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None, dict[str, Any]]:
+    """A weights file this project wrote: the model's state_dict, the training set's statistics
+    (or None) and the metadata that rebuilds the model; a file without that metadata is refused."""
+    sd, meta = read_weights(path)
+    sd, stats = split_stats(sd)
+    if "model" not in meta:
+        raise UserError(f"{path}: safetensors file without alexnet metadata (model name, classes)")
+    return sd, stats, meta
+
+
+def model_from_weights(meta: dict[str, Any], sd: dict[str, torch.Tensor], source: str | Path) -> nn.Module:
+    """The network ``meta`` names (model, num_classes, model_options) holding the weights ``sd``;
+    weights that do not fit it are a one-line error naming ``source``."""
+    try:
+        model = models.create(meta["model"], meta["num_classes"], **meta.get("model_options", {}))
+        model.load_state_dict(sd)
+    except (KeyError, ValueError, RuntimeError, TypeError) as e:
+        raise UserError(f"{source}: weights do not fit model {meta.get('model')!r} ({str(e).splitlines()[0][:200]})") from None
+    return model
 
 
 def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -155,10 +155,7 @@ class Pretrained(
         else:
             path = Path(hf_hub_download(repo_id=model_id, filename=ckpt.WEIGHTS, revision=revision, cache_dir=cache_dir,
                                         force_download=force_download, token=token, local_files_only=local_files_only))
-        sd, meta = ckpt.read_weights(path)
-        sd, stats = ckpt.split_stats(sd)
-        if "model" not in meta:
-            raise UserError(f"{path}: safetensors file without alexnet metadata (model name, classes)")
+        sd, stats, meta = ckpt.read_model_weights(path)
         obj = cls(meta["model"], int(meta["num_classes"]), meta.get("model_options") or {}, meta)
         obj.net.load_state_dict(sd)  # strict: every key present, no stray ones
         obj.data_stats = stats

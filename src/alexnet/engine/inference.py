@@ -51,15 +51,8 @@ def load(path: str | Path, device: torch.device | str = "cpu") -> Trained:
     if p.suffix in (".pth", ".pt"):
         model, meta = load_torchvision(p)
     else:
-        sd, meta = ckpt.read_weights(p)
-        sd, stats = ckpt.split_stats(sd)
-        if "model" not in meta:
-            raise UserError(f"{p}: safetensors file without alexnet metadata (model name, classes)")
-        try:
-            model = models.create(meta["model"], meta["num_classes"], **meta.get("model_options", {}))
-            model.load_state_dict(sd)
-        except (ValueError, RuntimeError) as e:
-            raise UserError(f"{p}: weights do not fit model {meta['model']!r} ({str(e).splitlines()[0][:200]})") from None
+        sd, stats, meta = ckpt.read_model_weights(p)
+        model = ckpt.model_from_weights(meta, sd, p)
     model.to(device).eval()
     return Trained(model, meta, Path(path), stats)
 

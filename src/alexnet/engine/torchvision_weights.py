@@ -24,7 +24,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from alexnet import models
 from alexnet.engine import checkpoint as ckpt
 from alexnet.errors import UserError
 
@@ -93,9 +92,5 @@ def load_torchvision(path: Path) -> tuple[nn.Module, dict[str, Any]]:
             raise UserError(f"{path}: not torchvision AlexNet weights (no classifier.6.weight; "
                             f"keys start {', '.join(list(sd)[:3])})")
         meta = torchvision_meta(int(last.shape[0]))
-    try:
-        model = models.create(meta["model"], meta["num_classes"], **meta.get("model_options", {}))
-        model.load_state_dict(sd)
-    except (KeyError, ValueError, RuntimeError, TypeError) as e:
-        raise UserError(f"{path}: weights do not fit model {meta.get('model')!r} ({str(e).splitlines()[0][:200]})") from None
+    model = ckpt.model_from_weights(meta, sd, path)
     return model, meta
