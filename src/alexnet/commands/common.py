@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from alexnet.config import parse_value
@@ -22,6 +23,14 @@ def parse_assignments(items: list[str] | None, flag: str) -> dict[str, Any]:
             node = node.setdefault(k, {})
         node[leaf] = parse_value(value)
     return out
+
+
+def print_stopped(exit_code: int, checkpoint: object, again: str) -> None:
+    """What a run stopped by SIGTERM/SIGINT (exit 143/130) says on stderr: where its checkpoint
+    is and the command that resumes it."""
+    where = f"checkpoint written to {checkpoint}" if checkpoint else "no checkpoint written"
+    print(f"stopped by {'SIGINT' if exit_code == 130 else 'SIGTERM'}: {where}\nresume with: {again}",
+          file=sys.stderr, flush=True)
 
 
 def add_engine_arguments(p: argparse.ArgumentParser) -> None:

@@ -9,7 +9,7 @@ import argparse
 import shlex
 import sys
 
-from alexnet.commands.common import add_log_every_argument
+from alexnet.commands.common import add_log_every_argument, print_stopped
 from alexnet.errors import UserError
 
 
@@ -51,10 +51,7 @@ def run(args: argparse.Namespace) -> int:
         except Interrupted as e:
             # Like train: the run in progress wrote a checkpoint; the same command resumes it and
             # reuses the finished runs.
-            where = f"checkpoint written to {e.checkpoint}" if e.checkpoint else "no checkpoint written"
-            again = " ".join(shlex.quote(a) for a in ["alexnet", "experiment", *_argv()])
-            print(f"stopped by {'SIGINT' if e.exit_code == 130 else 'SIGTERM'}: {where}\nresume with: {again}",
-                  file=sys.stderr, flush=True)
+            print_stopped(e.exit_code, e.checkpoint, " ".join(shlex.quote(a) for a in ["alexnet", "experiment", *_argv()]))
             return e.exit_code
     print(f"wrote {report} (results.json and plots beside it)")
     return 0

@@ -17,7 +17,7 @@ from typing import Any
 
 from alexnet import config as config_mod
 from alexnet import models
-from alexnet.commands.common import add_log_every_argument, add_engine_arguments, parse_assignments
+from alexnet.commands.common import add_engine_arguments, add_log_every_argument, parse_assignments, print_stopped
 from alexnet.errors import UserError
 
 
@@ -140,9 +140,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{line}; {'free space, then ' if full else ''}resume with: {resume_command(args.out)}") from None
     except Interrupted as e:
         if main:
-            where = f"checkpoint written to {e.checkpoint}" if e.checkpoint else "no checkpoint written"
-            print(f"stopped by {'SIGINT' if e.exit_code == 130 else 'SIGTERM'}: {where}\n"
-                  f"resume with: {resume_command(args.out)}", file=sys.stderr, flush=True)
+            print_stopped(e.exit_code, e.checkpoint, resume_command(args.out))
         return e.exit_code
     final = summary["final"]
     if main:

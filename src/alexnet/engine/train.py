@@ -683,35 +683,18 @@ def run(cfg: TrainConfig, out: str | Path, *, resume: bool = False, log: Callabl
             raise UserError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
         ctx = setup(cfg, out, log=log)
         distributed.barrier()  # the run folder exists before anyone looks into it
-        if restarted:  # rank 0's view of the run folder decides (other nodes may not share its disk)
-            views = distributed.all_gather_object(resume)
-            if any(views) and not views[0]:
-                raise UserError(f"torchrun restarted the workers and rank 0, now on another node, does not see this job's "
-                                f"run in {out}; restarts on several nodes need the run folder on shared storage")
-            resume = views[0]
-            if resume:
-                log(f"torchrun restarted the workers (restart {distributed.restart_count()}): resuming this job's run "
-                    f"in {out} from its latest checkpoint")
+        if restarted:
+            resume = _agree_on_restart(ctx, resume)
         if ctx.dist.is_main and not resume and os.environ.get("TORCHELASTIC_RUN_ID"):
             atomic_write_text(out / ELASTIC_RUN_ID, os.environ["TORCHELASTIC_RUN_ID"] + "\n")
-        state = RunState()
-        if resume:
-            d, last = _load_latest(ctx, out)
-            if d is None:
-                log(f"no checkpoint in {out}; starting from the beginning")
-            else:
-                state = restore(ctx, d, last)
-                del d
-                log(f"resumed from {last} (epoch {state.epoch + 1}, batch {state.batch_in_epoch}, step {state.global_step})")
-                done = _finished(ctx, state)
-                if done is not None:
-                    return done
+        restored = _resumed_state(ctx) if resume else None
+        if restored is not None:
+            done = _finished(ctx, restored)
+            if done is not None:
+                return done
+        state = restored or RunState()
         if ctx.dist.is_main:
-            ckpt.remove_stale_temporaries(out)
-            if resume:
-                truncate_metrics(out, state.epoch)
-            save_yaml(cfg, out / "config.yaml")
-            atomic_write_text(out / "environment.json", json.dumps(environment(), indent=1) + "\n")
+            _write_run_folder(ctx, state, resume)
         ctx = dataclasses.replace(ctx, tb=_open_tensorboard(ctx, state.epoch))
         return _loop(ctx, state)
     finally:
@@ -722,6 +705,41 @@ def run(cfg: TrainConfig, out: str | Path, *, resume: bool = False, log: Callabl
         distributed.shutdown()
         if lock is not None:
             lock.release()
+
+
+def _agree_on_restart(ctx: Context, sees_run: bool) -> bool:
+    """After a torchrun restart, whether to resume: rank 0's view of the run folder decides (other
+    nodes may not share its disk); a collective."""
+    views = distributed.all_gather_object(sees_run)
+    if any(views) and not views[0]:
+        raise UserError(f"torchrun restarted the workers and rank 0, now on another node, does not see this job's "
+                        f"run in {ctx.out}; restarts on several nodes need the run folder on shared storage")
+    if views[0]:
+        ctx.log(f"torchrun restarted the workers (restart {distributed.restart_count()}): resuming this job's run "
+                f"in {ctx.out} from its latest checkpoint")
+    return bool(views[0])
+
+
+def _resumed_state(ctx: Context) -> RunState | None:
+    """Model, optimizer, schedule and RNGs restored from the latest readable checkpoint; returns
+    where the run is (None: no checkpoint yet). A collective."""
+    d, last = _load_latest(ctx, ctx.out)
+    if d is None:
+        ctx.log(f"no checkpoint in {ctx.out}; starting from the beginning")
+        return None
+    state = restore(ctx, d, last)  # type: ignore[arg-type]
+    ctx.log(f"resumed from {last} (epoch {state.epoch + 1}, batch {state.batch_in_epoch}, step {state.global_step})")
+    return state
+
+
+def _write_run_folder(ctx: Context, state: RunState, resume: bool) -> None:
+    """Rank 0: the run folder as this process starts (the config, the environment; on resume, the
+    metrics of epochs the checkpoint has not seen are dropped)."""
+    ckpt.remove_stale_temporaries(ctx.out)
+    if resume:
+        truncate_metrics(ctx.out, state.epoch)
+    save_yaml(ctx.cfg, ctx.out / "config.yaml")
+    atomic_write_text(ctx.out / "environment.json", json.dumps(environment(), indent=1) + "\n")
 
 
 def _load_latest(ctx: Context, out: Path) -> tuple[dict[str, Any] | None, Path | None]:
