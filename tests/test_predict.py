@@ -247,3 +247,17 @@ def test_weights_carry_the_training_stats_so_predict_needs_no_dataset(tiny, tmp_
     save_weights(trained.model, bare, {**trained.meta, "data": str(tmp_path / "gone")})
     assert main(["predict", str(bare), img, "--device", "cpu"]) == 2
     assert "mean image" in capsys.readouterr().err
+
+
+def test_weights_whose_metadata_cannot_rebuild_the_model_are_one_line(tiny, tmp_path, capsys):
+    # The same check for this project's files as for torchvision's: metadata that names no class
+    # count, or an option the model does not take, is one line naming the file, exit 2.
+    img = str(tiny["images"][0])
+    trained = load(tiny["run"])
+    for name, meta in (("no-classes", {k: v for k, v in trained.meta.items() if k != "num_classes"}),
+                       ("bad-option", {**trained.meta, "model_options": {"bogus": 1}})):
+        bad = tmp_path / f"{name}.safetensors"
+        save_weights(trained.model, bad, meta)
+        assert main(["predict", str(bad), img, "--device", "cpu"]) == 2, name
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{bad}: weights do not fit model" in err, (name, err)

@@ -301,25 +301,23 @@ def _load_for_resume(ctx: Context, path: Path | None) -> dict[str, Any] | None:
         return None
     sees = distributed.all_gather_object(Path(path_s).is_file())
     if all(sees):
-        d: dict[str, Any] | None = None
-        try:
-            d, err = ckpt.load_checkpoint(path_s), None
-        except UserError as e:
-            err = str(e)
+        d, err = _try_load(path_s)
         errs = [e for e in distributed.all_gather_object(err) if e]
         if errs:
             raise ckpt.CheckpointError(errs[0])
         return d
-    d, err = None, None
-    if ctx.dist.is_main:
-        try:
-            d = ckpt.load_checkpoint(path_s)
-        except UserError as e:
-            err = str(e)
-    d, err = distributed.broadcast_object((d, err))
+    d, err = distributed.broadcast_object(_try_load(path_s) if ctx.dist.is_main else (None, None))
     if err:
         raise ckpt.CheckpointError(err)
     return d
+
+
+def _try_load(path: str) -> tuple[dict[str, Any] | None, str | None]:
+    """The checkpoint, or the line saying why it cannot be read (sent to the other ranks)."""
+    try:
+        return ckpt.load_checkpoint(path), None
+    except UserError as e:
+        return None, str(e)
 
 
 def restore(ctx: Context, d: dict[str, Any], path: Path) -> RunState:
