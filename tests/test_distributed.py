@@ -23,6 +23,7 @@ from alexnet.data.format import write_arrays
 from alexnet.data.sources import synthetic
 from alexnet.engine import checkpoint as ckpt
 from alexnet.engine.train import ELASTIC_RUN_ID, TIMING_FIELDS
+from launch_hooks import STOP_FLAG_HOOK
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 pytestmark = pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this Python")
@@ -31,11 +32,9 @@ pytestmark = pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not i
 # PAUSE_STEP=n: rank 0 waits inside its nth step until a signal has arrived (see tests/test_resume.py);
 # KILL_STEP=n: rank 1 SIGKILLs itself at the start of its nth step, on torchrun's first attempt only;
 # INDEX_LOG=P: each rank appends [epoch, sample indices] of every step it trained to P-RANK.
-LAUNCHER = r"""
+LAUNCHER = STOP_FLAG_HOOK + r"""
 import json, os, signal, sys, time
-from contextlib import contextmanager
 from pathlib import Path
-import alexnet.engine.train as T
 from alexnet.engine.fast_step import FastStep
 
 env = os.environ
@@ -43,14 +42,6 @@ pause, kill = int(env.get("PAUSE_STEP", 0)), int(env.get("KILL_STEP", 0))
 log = env.get("INDEX_LOG")
 calls = {"n": 0}
 orig_step = FastStep.__call__
-stops = []  # the loop's stop flag (what the engine's signal handler sets)
-orig_stop_on_signals = T.stop_on_signals
-
-@contextmanager
-def stop_on_signals(*a, **k):
-    with orig_stop_on_signals(*a, **k) as stop:
-        stops.append(stop)
-        yield stop
 
 def step_fn(self, images, labels, indices, epoch):
     calls["n"] += 1
@@ -70,7 +61,6 @@ def step_fn(self, images, labels, indices, epoch):
     return out
 
 FastStep.__call__ = step_fn
-T.stop_on_signals = stop_on_signals
 from alexnet.cli import main
 sys.exit(main(sys.argv[1:]))
 """

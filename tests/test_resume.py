@@ -22,10 +22,10 @@ import pytest
 from alexnet.data.sources import synthetic
 from alexnet.engine import checkpoint as ckpt
 from alexnet.engine.train import TIMING_FIELDS
+from launch_hooks import STOP_FLAG_HOOK
 
-LAUNCHER = r"""
+LAUNCHER = STOP_FLAG_HOOK + r"""
 import os, sys, time
-from contextlib import contextmanager
 from pathlib import Path
 import alexnet.engine.train as T
 import alexnet.engine.checkpoint as C
@@ -36,15 +36,6 @@ marker = Path(os.environ.get("PAUSE_MARKER", os.devnull))
 kind, _, nth = spec.partition(":")
 nth = int(nth or 0)
 calls = {"n": 0}
-
-stops = []  # the loop's stop flag (what the engine's signal handler sets)
-orig_stop_on_signals = T.stop_on_signals
-@contextmanager
-def stop_on_signals(*a, **k):
-    with orig_stop_on_signals(*a, **k) as stop:
-        stops.append(stop)
-        yield stop
-T.stop_on_signals = stop_on_signals
 
 def arrived(until_signal=False):
     calls["n"] += 1
