@@ -234,7 +234,8 @@ def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, An
     option by option (``--model-opt lrn=none`` keeps the recipe's other options)."""
     d = dict(base)
     for k, v in overrides.items():
-        d[k] = {**(d.get(k) or {}), **v} if k == "model_options" and isinstance(v, Mapping) else v
+        both = k == "model_options" and isinstance(v, Mapping) and isinstance(d.get(k), Mapping)
+        d[k] = {**d[k], **v} if both else v
     return d
 
 
