@@ -76,6 +76,7 @@ def test_a_short_run_learns(tmp_path: Path, capsys) -> None:
         (["--set", "decode=gpu"], "decode='gpu' is not valid; accepted: cpu, cuda, auto"),
         (["--batch-size", "1000"], "make no full batch of 1000"),
         (["--set", "ddp_comm_hook=int8"], "ddp_comm_hook='int8' is not valid; accepted: none, bf16, fp16"),
+        (["--set", "model_options=5", "--model-opt", "lrn=none"], "--set model_options=5: model_options is a mapping"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(data: Path, tmp_path: Path, capsys, extra: list[str], expect: str) -> None:

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if args.seed is not None:
         overrides["seed"] = args.seed
     cfg = config_mod.resolve("demo", overrides, cuda=is_cuda)
-    print(f"[1/4] built-in dataset: 10 shape classes, stored 36×36 for 32×32 crops (cached after the first run)")
+    print("[1/4] built-in dataset: 10 shape classes, stored 36×36 for 32×32 crops (cached after the first run)")
     root = resolve_data(cfg.data, 32)
     print(f"      {root}")
     print(f"[2/4] training {cfg.model} with the paper's update rule, crops, flips and PCA colour noise "

@@ -56,7 +56,11 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     if args.keep is not None:
         overrides["keep_checkpoints"] = args.keep
     if args.model_opt:
-        overrides["model_options"] = {**overrides.get("model_options", {}), **parse_assignments(args.model_opt, "--model-opt")}
+        given = overrides.get("model_options", {})
+        if not isinstance(given, dict):
+            raise UserError(f"--set model_options={given!r}: model_options is a mapping of option: value; "
+                            f"give options with --model-opt NAME=VALUE")
+        overrides["model_options"] = {**given, **parse_assignments(args.model_opt, "--model-opt")}
     if args.no_progress:
         overrides["progress"] = False
     return overrides

@@ -403,8 +403,6 @@ class Runner:
         sel = selection_half(labels.numpy())
         d: dict[str, Any] = {}
         for name, mask in (("select", sel), ("report", ~sel)):
-            import torch
-
             m = torch.from_numpy(mask)
             c1, c5 = topk_correct(probs[m], labels[m])
             n = max(1, int(m.sum()))
