@@ -5,7 +5,9 @@ torchvision 0.29 deprecates ``torchvision.io``'s decoders and encoders in favour
 whose ``decode_jpeg`` / ``JpegEncoder`` are the same libjpeg-turbo and nvJPEG code (the output
 is byte-identical; tests/test_jpeg.py checks it). Older stacks (torchvision 0.26 with no
 TorchCodec, as on some GPU machines) use ``torchvision.io.decode_jpeg`` / ``encode_jpeg``.
-Every path returns uint8 3×H×W RGB: grey and CMYK records come out as RGB.
+Every path returns uint8 3×H×W RGB: grey and CMYK records come out as RGB. :func:`jpeg_bytes` is the
+one encoder of images into JPEG files (``prepare``, the in-memory writer, the benchmark fixtures);
+both libraries encode with libjpeg-turbo's standard tables, as Pillow does.
 
 On CUDA, a batch is decoded on a stream of its own and handed to the caller's stream in order
 (see :func:`ordered_on_stream`).
@@ -16,6 +18,7 @@ from __future__ import annotations
 import warnings
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 _backend: str | None = None  # "torchcodec" or "torchvision", decided on first use
@@ -68,6 +71,14 @@ def encode_jpeg(chw: torch.Tensor, quality: int) -> torch.Tensor:
 
         return JpegEncoder(chw).to_tensor(quality=quality)
     return _tv("encode_jpeg", chw, quality=quality)
+
+
+def jpeg_bytes(img_hwc: np.ndarray, quality: int = 90) -> bytes:
+    """A uint8 H×W×3 RGB array -> the bytes of a JPEG file at ``quality`` (1-100)."""
+    # Writable and C-ordered (copied only when not, e.g. np.asarray of a Pillow image is
+    # read-only, which torch.from_numpy warns about); 3×H×W is what the encoders take.
+    hwc = np.require(img_hwc, np.uint8, ["C_CONTIGUOUS", "WRITEABLE"])
+    return encode_jpeg(torch.from_numpy(hwc).permute(2, 0, 1).contiguous(), quality).numpy().tobytes()
 
 
 def _decode_batch_cuda(records: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:  # pragma: no cover - needs a GPU
