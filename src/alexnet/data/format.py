@@ -67,6 +67,15 @@ def is_prepared(path: str | os.PathLike[str]) -> bool:
     return (Path(path) / "meta.json").is_file()
 
 
+def check_destination(out: Path) -> None:
+    """Refuse, before any work, a destination that cannot take a new dataset: a prepared dataset,
+    a file, or a folder that is not empty."""
+    if is_prepared(out):
+        raise UserError(f"{out}: a prepared dataset is already there; remove it or choose another --out")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out}: exists and is not an empty folder")
+
+
 def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
     if not p.exists():

@@ -40,7 +40,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from alexnet.data.format import (ENCODINGS, FORMAT_VERSION, PIXELS_PER_IMAGE, STATS_SEED, DatasetWriter,
-                                 StatsAccumulator, is_prepared, lock_dataset)
+                                 StatsAccumulator, check_destination, lock_dataset)
 from alexnet.data.sources import synthetic
 from alexnet.data.sources.base import CONVERTED, SKIPPED, Item, Source
 from alexnet.data.sources.detect import open_source, uniform_small_size
@@ -106,10 +106,7 @@ def prepare(src: str | os.PathLike[str], out: str | os.PathLike[str], *, size: i
     if fmt == "synthetic" or (fmt is None and str(src) == "synthetic" and not Path(src).exists()):
         return Path(synthetic.build(out, size=size) if size else synthetic.build(out))
     # Cheap refusals first: no source scan for a destination that cannot be written.
-    if is_prepared(out):
-        raise UserError(f"{out}: a prepared dataset is already there; remove it or choose another --out")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out}: exists and is not an empty folder")
+    check_destination(out)
     sp = Path(src).expanduser().resolve()
     if sp.is_dir() and (out.resolve() == sp or sp in out.resolve().parents):
         raise UserError(f"{out}: --out must not be inside the source folder {src}")
