@@ -10,6 +10,7 @@ import importlib.util
 import json
 import multiprocessing as mp
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -166,3 +167,24 @@ def test_photo_dataset_is_written_as_write_arrays_writes_the_same_images(tmp_pat
     files = sorted(folder.rglob("*.jpg"), key=lambda p: p.name)
     assert [p.parent.name for p in files] == [f"class{i % 4}" for i in range(12)]
     assert [p.read_bytes() for p in files] == [PreparedDataset(want).record(i).tobytes() for i in range(12)]
+
+
+def test_fixture_workers_forked_after_torch_ran_in_parallel_do_not_hang(tmp_path: Path) -> None:
+    """The fixtures' pool forks from a process whose torch has already run multithreaded (as in
+    benchmarks/gpu.py, which builds its ImageNet-sized folder after the model steps). A forked child
+    that enters torch's OpenMP pool waits forever for threads fork did not copy; the workers encode
+    with Pillow on one torch thread and finish."""
+    code = ("import sys, torch\nfrom pathlib import Path\nfrom alexnet.perf import fixtures\n"
+            "torch.set_num_threads(2)\ntorch.ones(1 << 22).mul_(2)  # the parent's OpenMP threads exist\n"
+            "fixtures.make_image_folder(Path(sys.argv[1]), 4, (375, 500), kind='synthetic', procs=2, classes=2)\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "f")], stderr=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the parent and its hung workers
+        proc.communicate()
+        pytest.fail("the fixture workers hung")
+    assert proc.returncode == 0, err[-3000:]
+    assert len(list((tmp_path / "f").rglob("*.jpg"))) == 4
