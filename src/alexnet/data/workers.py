@@ -55,8 +55,8 @@ Result = tuple[list[tuple["bytes | None", list[str], str]], "tuple | None"]
 
 def _process_chunk(job: Job) -> Result:
     """A chunk of items -> per item (record or None, codes, detail), and the chunk's statistics
-    sums (StatsAccumulator.sums(), the pixel sum as uint32: exact, and half the bytes to send
-    back of float64)."""
+    sums (StatsAccumulator.sums(); the pixel sum as uint32, exact for a chunk and half the bytes
+    of float64 to send back)."""
     spec, ordinal0, items = job
     results: list[tuple[bytes | None, list[str], str]] = []
     acc = StatsAccumulator(spec.size, seed=spec.seed) if spec.stats else None
