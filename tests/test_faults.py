@@ -656,7 +656,7 @@ def test_source_stamp_sees_sizes_and_mtimes_and_odd_file_names(tmp_path: Path) -
 
 
 def test_predict_and_prepare_read_16_bit_images_alike(tmp_path: Path) -> None:
-    from alexnet.data.prepare import load_image
+    from alexnet.data.decode import load_image
     from alexnet.engine.inference import read_image
 
     a = (np.arange(36 * 36, dtype=np.uint16).reshape(36, 36) * 50 + 1000).astype(np.uint16)  # 1000 .. 65750
@@ -670,7 +670,7 @@ def test_predict_and_prepare_read_16_bit_images_alike(tmp_path: Path) -> None:
 
 
 def test_huge_stray_files_are_judged_by_size_and_signature_without_being_read(tmp_path: Path) -> None:
-    from alexnet.data.prepare import Skip, read_file
+    from alexnet.data.decode import Skip, read_file
 
     video = tmp_path / "movie.mkv"
     with open(video, "wb") as f:

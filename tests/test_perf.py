@@ -10,11 +10,13 @@ import importlib.util
 import json
 import multiprocessing as mp
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -135,3 +137,54 @@ def test_bench_model_times_the_training_step(monkeypatch: pytest.MonkeyPatch, ca
     assert calls[0].augment is not None  # the augmentation runs in the step, as in training
     assert row["step"].startswith("FastStep") and row["optimizer"] == "PaperSGD §5 (foreach)"
     assert row["img_per_s"] > 0
+
+
+def test_photo_dataset_is_written_as_write_arrays_writes_the_same_images(tmp_path: Path, monkeypatch) -> None:
+    """The benchmark fixtures write through the one dataset writer, JPEG encoder and statistics
+    computation: given the same images, they write what ``write_arrays`` writes, whatever the
+    number of processes that drew them, and the image folder holds the same JPEG files."""
+    from alexnet.data.format import PreparedDataset, write_arrays
+    from alexnet.perf import fixtures
+
+    def images(kind, n, size, seed, start):  # image i depends on i only (and on the split's seed)
+        for i in range(start, start + n):
+            yield np.random.default_rng([seed // 1_000_003, i]).integers(0, 256, (*size, 3), dtype=np.uint8)
+
+    monkeypatch.setattr(fixtures, "_images", images)  # forked workers inherit it
+    drawn = {split: np.stack(list(images("", count, (32, 32), seed * 1_000_003, 0)))
+             for split, count, seed in (("train", 12, 0), ("val", 3, 1))}
+    want = write_arrays(tmp_path / "arrays", {k: (v, np.arange(len(v)) % 4) for k, v in drawn.items()},
+                        classes=[f"class{c}" for c in range(4)], encoding="jpeg")
+    for procs in (1, 2):
+        got = fixtures.make_photo_dataset(tmp_path / f"procs{procs}", 12, size=32, n_val=3, classes=4, procs=procs)
+        for split in ("train", "val"):
+            assert (got / split / "data.bin").read_bytes() == (want / split / "data.bin").read_bytes(), (procs, split)
+            assert (np.load(got / split / "index.npy") == np.load(want / split / "index.npy")).all(), (procs, split)
+        a, b = PreparedDataset(got).stats(), PreparedDataset(want).stats()
+        for key in ("mean", "eigval", "eigvec"):
+            assert torch.equal(a[key], b[key]), (procs, key)
+    folder = fixtures.make_image_folder(tmp_path / "folder", 12, (32, 32), classes=4, procs=2)
+    files = sorted(folder.rglob("*.jpg"), key=lambda p: p.name)
+    assert [p.parent.name for p in files] == [f"class{i % 4}" for i in range(12)]
+    assert [p.read_bytes() for p in files] == [PreparedDataset(want).record(i).tobytes() for i in range(12)]
+
+
+def test_fixture_workers_forked_after_torch_ran_in_parallel_do_not_hang(tmp_path: Path) -> None:
+    """The fixtures' pool forks from a process whose torch has already run multithreaded (as in
+    benchmarks/gpu.py, which builds its ImageNet-sized folder after the model steps). A forked child
+    that enters torch's OpenMP pool waits forever for threads fork did not copy; the workers encode
+    with Pillow on one torch thread and finish."""
+    code = ("import sys, torch\nfrom pathlib import Path\nfrom alexnet.perf import fixtures\n"
+            "torch.set_num_threads(2)\ntorch.ones(1 << 22).mul_(2)  # the parent's OpenMP threads exist\n"
+            "fixtures.make_image_folder(Path(sys.argv[1]), 4, (375, 500), kind='synthetic', procs=2, classes=2)\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "f")], stderr=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the parent and its hung workers
+        proc.communicate()
+        pytest.fail("the fixture workers hung")
+    assert proc.returncode == 0, err[-3000:]
+    assert len(list((tmp_path / "f").rglob("*.jpg"))) == 4

@@ -12,10 +12,15 @@ import pytest
 import torch
 
 import alexnet.data.prepare as P
+import alexnet.data.workers as W
 from alexnet.cli import main
 from alexnet.data import DatasetError, PreparedDataset, is_prepared
+from alexnet.data.decode import fit
+from alexnet.data.format import write_arrays
 from alexnet.errors import UserError
-from fakes_data import COLORS, LEAVES, SORTED, WORDS, build_imagenet, nearest_class, tar_bytes
+from alexnet.perf.fixtures import photo_like_jpegs
+from alexnet.perf.prepare import prepare_throughput
+from fakes_data import COLORS, LEAVES, SORTED, WORDS, build_imagenet, nearest_class, tar_bytes, write_cifar
 
 
 def partial(out: Path) -> Path:
@@ -189,7 +194,7 @@ def test_interrupted_prepare_never_opens_and_resumes(tmp_path, monkeypatch, fail
     monkeypatch.setattr(P, "INLINE_CHUNK", 4)
     fresh = P.prepare(src, tmp_path / "fresh", size=12, workers=1, progress=False)
 
-    real = P._process_chunk
+    real = W._process_chunk
     calls = {"n": 0}
 
     def flaky(job):
@@ -198,7 +203,7 @@ def test_interrupted_prepare_never_opens_and_resumes(tmp_path, monkeypatch, fail
             raise RuntimeError("power cut")
         return real(job)
 
-    monkeypatch.setattr(P, "_process_chunk", flaky)
+    monkeypatch.setattr(W, "_process_chunk", flaky)
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="power cut"):
         P.prepare(src, out, size=12, workers=1, progress=False)
@@ -234,7 +239,7 @@ def test_ctrl_c_checkpoints_then_resumes(tmp_path, monkeypatch):
     src = tmp_path / "src"
     build_imagenet(src, per_class=4)
     monkeypatch.setattr(P, "INLINE_CHUNK", 4)  # CHECKPOINT_SECONDS stays 60: only Ctrl-C checkpoints
-    real = P._process_chunk
+    real = W._process_chunk
     calls = {"n": 0}
 
     def interrupted(job):
@@ -243,7 +248,7 @@ def test_ctrl_c_checkpoints_then_resumes(tmp_path, monkeypatch):
             os.kill(os.getpid(), signal.SIGINT)  # the user presses Ctrl-C while chunk 3 is decoded
         return real(job)
 
-    monkeypatch.setattr(P, "_process_chunk", interrupted)
+    monkeypatch.setattr(W, "_process_chunk", interrupted)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         P.prepare(src, out, size=12, workers=1, progress=False)
@@ -263,7 +268,7 @@ def test_changed_options_start_clean(tmp_path, monkeypatch):
     build_imagenet(src, bad=False)
     monkeypatch.setattr(P, "CHECKPOINT_SECONDS", 0.0)
     monkeypatch.setattr(P, "INLINE_CHUNK", 2)
-    real = P._process_chunk
+    real = W._process_chunk
     calls = {"n": 0}
 
     def flaky(job):
@@ -272,15 +277,39 @@ def test_changed_options_start_clean(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(job)
 
-    monkeypatch.setattr(P, "_process_chunk", flaky)
+    monkeypatch.setattr(W, "_process_chunk", flaky)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         P.prepare(src, out, size=16, workers=1, progress=False)
-    monkeypatch.setattr(P, "_process_chunk", real)
+    monkeypatch.setattr(W, "_process_chunk", real)
     P.prepare(src, out, size=12, workers=1, progress=False)  # another size: the partial work is discarded
     ds = PreparedDataset(out, "train")
     assert ds.image_size == (12, 12) and len(ds) == 8
     assert ds.read_batch(range(len(ds))).shape == (8, 3, 12, 12)
+
+
+def test_statistics_do_not_depend_on_the_writer_or_the_chunking(tmp_path, monkeypatch):
+    """One computation of the §2/§4.1 statistics: the same images in the same order give the same
+    stats.safetensors whether ``prepare`` writes them (in chunks of any size) or ``write_arrays``
+    does from memory, because each image's pixels are sampled by its position in the split."""
+    fake = write_cifar(tmp_path / "dl", n_train=30, n_test=6)  # 150 training images, 32×32 (> 256 pixels)
+    x, y = fake["train"]
+    images = np.ascontiguousarray(x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))  # CIFAR's planes -> N×H×W×3
+    tx, ty = fake["test"]
+    val = np.ascontiguousarray(tx.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+    written = write_arrays(tmp_path / "arrays", {"train": (images, np.array(y)), "val": (val, np.array(ty))},
+                           classes=fake["names"])
+    prepared = P.prepare(fake["path"], tmp_path / "prepared", workers=1, progress=False)  # native size, raw
+    monkeypatch.setattr(P, "INLINE_CHUNK", 7)
+    chunked = P.prepare(fake["path"], tmp_path / "chunked", workers=1, progress=False)
+    # The same images in the same order...
+    assert (written / "train" / "data.bin").read_bytes() == (prepared / "train" / "data.bin").read_bytes()
+    # ...give the same statistics, bit for bit.
+    want = PreparedDataset(written).stats()
+    for out in (prepared, chunked):
+        got = PreparedDataset(out).stats()
+        for key in ("mean", "eigval", "eigvec"):
+            assert torch.equal(got[key], want[key]), (out.name, key)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,15 +343,15 @@ def test_fit_is_shorter_side_then_centre_crop():
     a = np.zeros((30, 60, 3), np.uint8)
     a[:, :15] = 255  # left quarter white: entirely outside the central 30×30
     a[:, 45:] = 255
-    out = np.asarray(P.fit(Image.fromarray(a), (10, 10)))
+    out = np.asarray(fit(Image.fromarray(a), (10, 10)))
     assert out.shape == (10, 10, 3)
     assert out[:, 1:9].max() == 0
-    tall = np.asarray(P.fit(Image.fromarray(np.zeros((100, 20, 3), np.uint8)), (8, 8)))
+    tall = np.asarray(fit(Image.fromarray(np.zeros((100, 20, 3), np.uint8)), (8, 8)))
     assert tall.shape == (8, 8, 3)
 
 
 def test_prepare_throughput_probe():
-    r = P.prepare_throughput(n=6, workers=1, size=64, source_size=(120, 90))
+    r = prepare_throughput(n=6, workers=1, size=64, source_size=(120, 90))
     assert r["images"] == 6 and r["ok"] == 6 and r["workers"] == 1
     assert r["img_s"] > 0 and r["img_s_per_core"] == pytest.approx(r["img_s"])
 
@@ -331,7 +360,7 @@ def test_photo_like_jpegs_are_imagenet_sized():
     from PIL import Image
     import io
 
-    data = P.photo_like_jpegs(2)
+    data = photo_like_jpegs(2)
     im = Image.open(io.BytesIO(data[0]))
     assert im.size == (500, 375) and im.format == "JPEG"
     assert 30_000 < len(data[0]) < 400_000

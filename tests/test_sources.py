@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from alexnet.data import PreparedDataset
-from alexnet.data.prepare import open_source, prepare
+from alexnet.data.prepare import prepare
+from alexnet.data.sources.detect import open_source
 from alexnet.errors import UserError
 from fakes_data import (COLORS, LEAVES, SORTED, WORDS, add, encode, image, jpeg, meta_mat, nearest_class, write_cifar,
                         write_idx)

@@ -98,8 +98,9 @@ def bench_reference(folder: Path, device: torch.device, workers: int, batch_size
 def bench_prepare(n: int, seed: int = 0) -> tuple[float, str]:
     """``prepare``'s per-core throughput on ImageNet-sized (500×375, q90) real-photo JPEGs: its own
     per-image work (decode, resize, crop, encode, statistics) on one worker."""
-    from alexnet.data.prepare import prepare_throughput
-    from alexnet.perf.fixtures import jpeg_bytes, photo_crops
+    from alexnet.data.jpeg import jpeg_bytes
+    from alexnet.perf.fixtures import photo_crops
+    from alexnet.perf.prepare import prepare_throughput
 
     with tempfile.TemporaryDirectory(prefix="alexnet-bench-prep-") as tmp:
         files = []
@@ -107,7 +108,7 @@ def bench_prepare(n: int, seed: int = 0) -> tuple[float, str]:
             files.append(Path(tmp) / f"{i:05d}.JPEG")
             files[-1].write_bytes(jpeg_bytes(img))
         r = prepare_throughput(files, workers=1)
-    return float(r["img_s_per_core"]), "alexnet.data.prepare.prepare_throughput (1 worker, real-photo 500×375 q90)"
+    return float(r["img_s_per_core"]), "alexnet.perf.prepare.prepare_throughput (1 worker, real-photo 500×375 q90)"
 
 
 def run_data(args: argparse.Namespace) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from alexnet.commands.common import add_log_every_argument
-from alexnet.data.prepare import FORMATS
+from alexnet.data.sources.detect import FORMATS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alexnet.data.format import is_prepared, lock_dataset
+from alexnet.data.format import check_destination, lock_dataset
 from alexnet.data.prepare import prepare
 from alexnet.errors import UserError
 
@@ -196,10 +196,7 @@ def download(name: str, out: str | os.PathLike[str], *, base_url: str | None = N
 def _download(name: str, out: Path, url: str, lock: Any, *, progress: bool, cache: str | os.PathLike[str] | None,
               checksum: str | None, size: int | None, workers: int | None) -> Path:
     # Refuse before spending minutes on a download that could not be prepared.
-    if is_prepared(out):
-        raise UserError(f"{out}: a prepared dataset is already there; remove it or choose another --out")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out}: exists and is not an empty folder")
+    check_destination(out)
     remote = DATASETS[name]
     algo, digest = _expected(remote, checksum)
     folder = Path(cache).expanduser() if cache is not None else cache_dir()

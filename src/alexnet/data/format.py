@@ -32,18 +32,21 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
 
-from alexnet.data.jpeg import decode_jpeg_rgb, encode_jpeg
+from alexnet.data.jpeg import decode_jpeg_rgb, jpeg_bytes
 from alexnet.errors import UserError
 from alexnet.files import ExclusiveLock, atomic_write, atomic_write_bytes, atomic_write_text
 
 FORMAT_NAME = "alexnet-prepared"
 FORMAT_VERSION = 1
 ENCODINGS = ("jpeg", "raw")
+PIXELS_PER_IMAGE = 256  # pixels sampled per training image for the RGB covariance (§4.1's PCA)
+STATS_SEED = 0
+WRITE_CHUNK = 256  # images encoded at a time by write_arrays
 
 
 class DatasetError(UserError):
@@ -62,6 +65,15 @@ def _versions() -> dict[str, str]:
 
 def is_prepared(path: str | os.PathLike[str]) -> bool:
     return (Path(path) / "meta.json").is_file()
+
+
+def check_destination(out: Path) -> None:
+    """Refuse, before any work, a destination that cannot take a new dataset: a prepared dataset,
+    a file, or a folder that is not empty."""
+    if is_prepared(out):
+        raise UserError(f"{out}: a prepared dataset is already there; remove it or choose another --out")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out}: exists and is not an empty folder")
 
 
 def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -401,9 +413,19 @@ def lock_dataset(out: str | os.PathLike[str]) -> ExclusiveLock:
 
 
 class StatsAccumulator:
-    """Streams the training split's per-pixel mean (0–255) and RGB covariance ([0, 1] scale)."""
+    """Streams the training split's statistics: the per-pixel mean (0–255) and the RGB covariance
+    ([0, 1] scale) of ``pixels_per_image`` pixels sampled from each image. The one computation of
+    them: every writer of a prepared dataset (``prepare``'s workers, :func:`write_arrays`, the
+    benchmark fixtures) goes through :meth:`add`.
 
-    def __init__(self, image_size: tuple[int, int], pixels_per_image: int = 256, seed: int = 0) -> None:
+    The pixels of the image at position ``ordinal`` in its split are drawn by a generator seeded
+    with ``[seed, ordinal]``, so the statistics depend on the images and their order only, not
+    on which writer made the dataset, how it cut the work into chunks, or where a resumed run
+    continued. Chunks accumulated apart (in worker processes) are added up with :meth:`add_sums`.
+    """
+
+    def __init__(self, image_size: tuple[int, int], pixels_per_image: int = PIXELS_PER_IMAGE,
+                 seed: int = STATS_SEED) -> None:
         h, w = image_size
         self.sum = np.zeros((h, w, 3), dtype=np.float64)
         self.n = 0
@@ -411,20 +433,28 @@ class StatsAccumulator:
         self.rgb_outer = np.zeros((3, 3), dtype=np.float64)
         self.rgb_n = 0
         self.pixels_per_image = pixels_per_image
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
 
-    def add(self, img_hwc: np.ndarray) -> None:
+    def add(self, img_hwc: np.ndarray, ordinal: int | None = None) -> None:
+        """Add one uint8 H×W×3 image; ``ordinal`` is its position in the split (default: the
+        number of images added so far)."""
         self.sum += img_hwc
+        flat = img_hwc.reshape(-1, 3)  # H×W×3 -> HW×3
+        if len(flat) > self.pixels_per_image:
+            rng = np.random.default_rng([self.seed, self.n if ordinal is None else ordinal])
+            flat = flat[rng.integers(0, len(flat), self.pixels_per_image)]
         self.n += 1
-        flat = img_hwc.reshape(-1, 3)
-        take = flat if len(flat) <= self.pixels_per_image else flat[self.rng.integers(0, len(flat), self.pixels_per_image)]
-        px = take.astype(np.float64) / 255.0
+        px = flat.astype(np.float64) / 255.0
         self.rgb_sum += px.sum(0)
         self.rgb_outer += px.T @ px
         self.rgb_n += len(px)
 
+    def sums(self) -> tuple[np.ndarray, int, np.ndarray, np.ndarray, int]:
+        """What :meth:`add_sums` takes: (pixel sum, images, RGB sum, RGB outer-product sum, pixels)."""
+        return self.sum, self.n, self.rgb_sum, self.rgb_outer, self.rgb_n
+
     def add_sums(self, pixel_sum: np.ndarray, n: int, rgb_sum: np.ndarray, rgb_outer: np.ndarray, rgb_n: int) -> None:
-        """Add sums computed elsewhere (e.g. by a worker process over a chunk of images)."""
+        """Add the :meth:`sums` of another accumulator (e.g. a worker process's, over a chunk)."""
         self.sum += pixel_sum
         self.n += int(n)
         self.rgb_sum += rgb_sum
@@ -456,6 +486,49 @@ class StatsAccumulator:
         return mean, torch.from_numpy(eigval[order].copy()).float(), torch.from_numpy(eigvec[:, order].copy()).float()
 
 
+def encode_record(img_hwc: np.ndarray, encoding: str, quality: int = 90) -> bytes:
+    """One uint8 H×W×3 image as a record of ``encoding``: its raw bytes, or a JPEG file."""
+    if encoding == "raw":
+        return np.ascontiguousarray(img_hwc, dtype=np.uint8).tobytes()
+    return jpeg_bytes(img_hwc, quality)
+
+
+# A part of a split as the in-memory writers make it: records, their labels, and (for the
+# training split) the statistics sums of its images (StatsAccumulator.sums()), or None.
+Chunk = tuple[Sequence[bytes], Sequence[int], "tuple | None"]
+
+
+def encode_chunk(images: Iterable[np.ndarray], labels: Sequence[int], encoding: str, quality: int = 90, *,
+                 stats: bool = False, ordinal: int = 0) -> Chunk:
+    """Encode uint8 H×W×3 ``images`` (the first at position ``ordinal`` of its split) as records,
+    with their statistics sums when ``stats``."""
+    acc: StatsAccumulator | None = None
+    records = []
+    for k, img in enumerate(images):
+        if stats:
+            if acc is None:
+                acc = StatsAccumulator(img.shape[:2])
+            acc.add(img, ordinal + k)
+        records.append(encode_record(img, encoding, quality))
+    return records, labels, acc.sums() if acc is not None else None
+
+
+def write_split(dw: DatasetWriter, name: str, encoding: str, image_size: tuple[int, int], chunks: Iterable[Chunk],
+                *, stats: bool = False) -> None:
+    """Write split ``name`` from ``chunks`` in order and close it; with ``stats``, also the
+    statistics of its images (from the chunks' sums)."""
+    sw = dw.split(name, encoding, image_size)
+    acc = StatsAccumulator(image_size) if stats else None
+    for records, labels, sums in chunks:
+        for record, label in zip(records, labels, strict=True):
+            sw.add(record, int(label))
+        if acc is not None and sums is not None:
+            acc.add_sums(*sums)
+    dw.close_split(name)
+    if acc is not None:
+        dw.write_stats(*acc.finish())
+
+
 def write_arrays(
     out: str | os.PathLike[str],
     splits: dict[str, tuple[np.ndarray, np.ndarray]],
@@ -466,29 +539,17 @@ def write_arrays(
     encoding: str = "raw",
     quality: int = 90,
 ) -> Path:
-    """Write in-memory uint8 N×H×W×3 arrays and labels as a prepared dataset, raw or as JPEG."""
+    """Write in-memory uint8 N×H×W×3 arrays and labels as a prepared dataset, raw or as JPEG; the
+    ``train`` split's statistics as ``prepare`` computes them."""
     with DatasetWriter(Path(out), classes, class_names, source or {}, report=report or {}) as dw:
         for name, (images, labels) in splits.items():
             if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
                 raise ValueError(f"split {name}: expected uint8 N×H×W×3, got {images.dtype} {images.shape}")
-            h, w = images.shape[1:3]
-            sw = dw.split(name, encoding, (h, w))
-            for img, lab in zip(images, labels):
-                sw.add(_encode(img, encoding, quality), int(lab))
-            dw.close_split(name)
-            if name == "train":
-                acc = StatsAccumulator((h, w))
-                for img in images:
-                    acc.add(img)
-                dw.write_stats(*acc.finish())
+            train = name == "train"
+            chunks = (encode_chunk(images[i:i + WRITE_CHUNK], labels[i:i + WRITE_CHUNK], encoding, quality,
+                                   stats=train, ordinal=i) for i in range(0, len(images), WRITE_CHUNK))
+            write_split(dw, name, encoding, images.shape[1:3], chunks, stats=train)
         return dw.commit()
-
-
-def _encode(img_hwc: np.ndarray, encoding: str, quality: int) -> bytes:
-    if encoding == "raw":
-        return np.ascontiguousarray(img_hwc).tobytes()
-    chw = torch.from_numpy(np.ascontiguousarray(img_hwc)).permute(2, 0, 1).contiguous()  # H×W×3 -> 3×H×W
-    return encode_jpeg(chw, quality=quality).numpy().tobytes()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import queue
-import signal
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -34,6 +33,7 @@ import torch
 
 from alexnet.data.format import DatasetError, PreparedDataset
 from alexnet.data.jpeg import decode_jpeg_rgb, decode_jpegs_rgb
+from alexnet.data.workers import init_worker
 from alexnet.errors import UserError
 
 # "auto" split of each batch between CPU workers and the GPU decoder, from throughputs measured
@@ -234,11 +234,7 @@ _ORPHAN_POLL_S = 1.0  # how often an idle worker checks that its parent is alive
 
 
 def _worker_main(ds: PreparedDataset, tasks: Any, results: Any) -> None:
-    # One thread per worker: parallelism comes from the processes. Ctrl-C is the main process's
-    # to handle; it stops the workers.
-    torch.set_num_threads(1)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler: terminate() ends the worker
+    init_worker()
     # torch looks a received shared buffer up in its cache of buffers already mapped, which fork
     # copied from the parent: a hit would return the parent's mapping as inherited (absent where
     # it was page-locked) instead of mapping the buffer afresh.

@@ -13,7 +13,7 @@ from torch import nn
 from alexnet import models
 from alexnet.data.augment import Augment
 from alexnet.data.format import PreparedDataset
-from alexnet.data.prepare import read_image as read_rgb
+from alexnet.data.decode import read_image as read_rgb
 from alexnet.data.resolve import resolve_data
 from alexnet.engine import checkpoint as ckpt
 from alexnet.engine.torchvision_weights import load_torchvision

@@ -1,7 +1,8 @@
 """Datasets for timing, built on the spot: real-photo JPEGs (random crops of scikit-image's bundled
 colour photographs, rescaled and flipped: every image distinct, decoding at real speed), or, without
 scikit-image, photo-like scenes from the synthetic source; as a prepared dataset and as an image
-folder of the same bytes (for torchvision's reference recipe)."""
+folder of the same bytes (for torchvision's reference recipe). And ImageNet-shaped photo-like JPEGs
+(:func:`photo_like_jpegs`) for timing ``prepare`` itself."""
 
 from __future__ import annotations
 
@@ -12,24 +13,17 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-import torch
 from PIL import Image
 
-from alexnet.data.format import DatasetWriter, PreparedDataset, StatsAccumulator
-from alexnet.data.jpeg import encode_jpeg
+from alexnet.data.format import Chunk, DatasetWriter, PreparedDataset, encode_chunk, write_split
+from alexnet.data.jpeg import jpeg_bytes
 from alexnet.data.sources import synthetic
+from alexnet.data.workers import init_worker
 from alexnet.errors import UserError
 
 # scikit-image's bundled colour photographs (no download needed).
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
           "stereo_motorcycle")
-
-
-def jpeg_bytes(img_hwc: np.ndarray, quality: int = 90) -> bytes:
-    """A uint8 H×W×3 RGB image as JPEG bytes (:func:`alexnet.data.jpeg.encode_jpeg`, the one encoder)."""
-    # A copy: np.asarray(a PIL image) is read-only, which torch warns about.
-    chw = torch.from_numpy(np.array(img_hwc, dtype=np.uint8, order="C")).permute(2, 0, 1).contiguous()
-    return encode_jpeg(chw, quality).numpy().tobytes()
 
 
 def source_photos() -> list[np.ndarray]:
@@ -83,29 +77,24 @@ def _images(kind: str, n: int, size: tuple[int, int], seed: int, start: int) -> 
         yield im
 
 
-def _chunk(task: tuple[str, int, tuple[int, int], int, int, int, bool]) -> tuple[list[bytes], dict | None]:
-    """JPEG bytes of one chunk of images (and, for a training split, the chunk's statistics sums)."""
-    kind, n, size, seed, start, quality, stats = task
-    acc = StatsAccumulator(size, seed=seed) if stats else None
-    out = []
-    for img in _images(kind, n, size, seed, start):
-        if acc is not None:
-            acc.add(img)
-        out.append(jpeg_bytes(img, quality))
-    return out, (acc.state() if acc is not None else None)
+def _chunk(task: tuple[str, int, tuple[int, int], int, int, int, bool, int]) -> Chunk:
+    """One chunk of images as JPEG records, labelled ``i % classes`` by their position ``i``."""
+    kind, n, size, seed, start, quality, stats, classes = task
+    labels = [i % classes for i in range(start, start + n)]
+    return encode_chunk(_images(kind, n, size, seed, start), labels, "jpeg", quality, stats=stats, ordinal=start)
 
 
 def jpeg_chunks(n: int, size: tuple[int, int], *, kind: str = "photos", seed: int = 0, procs: int = 1,
-                quality: int = 90, stats: bool = False) -> Iterator[tuple[list[bytes], dict | None]]:
-    """``n`` JPEGs of ``size`` (H, W) in chunks, drawn by ``procs`` processes (forked: call this
-    before CUDA is initialised), each chunk with its statistics sums when ``stats``."""
+                quality: int = 90, stats: bool = False, classes: int = 10) -> Iterator[Chunk]:
+    """``n`` JPEGs of ``size`` (H, W) in chunks of (records, labels ``i % classes``, statistics
+    sums when ``stats``), drawn by ``procs`` processes (forked: call this before CUDA is initialised)."""
     per = max(1, math.ceil(n / max(1, 4 * procs)))  # 4 chunks per process: balanced
-    tasks = [(kind, min(per, n - s), size, seed * 1_000_003 + s, s, quality, stats) for s in range(0, n, per)]
+    tasks = [(kind, min(per, n - s), size, seed * 1_000_003 + s, s, quality, stats, classes) for s in range(0, n, per)]
     if procs <= 1:
         yield from map(_chunk, tasks)
         return
-    # fork: the children only run numpy/Pillow (no CUDA) and inherit the imported modules.
-    with mp.get_context("fork").Pool(procs) as pool:
+    # fork: the children run numpy, Pillow and the JPEG encoder (no CUDA), one torch thread each.
+    with mp.get_context("fork").Pool(procs, initializer=init_worker) as pool:
         yield from pool.imap(_chunk, tasks)
 
 
@@ -122,21 +111,11 @@ def make_photo_dataset(out: str | os.PathLike[str], n: int, *, size: int = 256, 
         source["photos"] = list(PHOTOS)
     with DatasetWriter(Path(out), names, source=source) as dw:
         for split, count, s in (("train", n, seed), ("val", n_val, seed + 1)):
-            if count == 0:
-                continue
-            sw = dw.split(split, "jpeg", (size, size))
-            acc = StatsAccumulator((size, size))
-            i = 0
-            for records, st in jpeg_chunks(count, (size, size), kind=kind, seed=s, procs=procs, quality=quality,
-                                           stats=split == "train"):
-                for rec in records:
-                    sw.add(rec, i % classes)
-                    i += 1
-                if st is not None:
-                    acc.add_sums(st["sum"], int(st["n"]), st["rgb_sum"], st["rgb_outer"], int(st["rgb_n"]))
-            dw.close_split(split)
-            if split == "train":
-                dw.write_stats(*acc.finish())
+            if count:
+                train = split == "train"
+                chunks = jpeg_chunks(count, (size, size), kind=kind, seed=s, procs=procs, quality=quality, stats=train,
+                                     classes=classes)
+                write_split(dw, split, "jpeg", (size, size), chunks, stats=train)
         return dw.commit()
 
 
@@ -158,12 +137,27 @@ def make_image_folder(out: Path, n: int, size: tuple[int, int], *, kind: str = "
     for c in range(classes):
         (out / f"class{c}").mkdir(parents=True, exist_ok=True)
     i = 0
-    for records, _ in jpeg_chunks(n, size, kind=kind, seed=seed, procs=procs):
-        for rec in records:
-            (out / f"class{i % classes}" / f"{i:07d}.jpg").write_bytes(rec)
+    for records, labels, _ in jpeg_chunks(n, size, kind=kind, seed=seed, procs=procs, classes=classes):
+        for rec, label in zip(records, labels):
+            (out / f"class{label}" / f"{i:07d}.jpg").write_bytes(rec)
             i += 1
     return out
 
 
-__all__ = ["PHOTOS", "jpeg_bytes", "jpeg_chunks", "make_image_folder", "make_photo_dataset", "photo_crops", "photos_available",
-           "source_photos", "write_image_folder"]
+def photo_like_jpegs(n: int, size: tuple[int, int] = (500, 375), quality: int = 90, seed: int = 0) -> list[bytes]:
+    """JPEGs shaped like ImageNet's (500×375, about 90 kB at quality 90; ImageNet's average is
+    ~110 kB): smooth colour regions, edges and texture noise, so the decoder does a photo's work."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    out = []
+    for _ in range(n):
+        base = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((w, h), Image.Resampling.BICUBIC)
+        mid = Image.fromarray(rng.integers(0, 256, (h // 12, w // 12, 3), dtype=np.uint8)).resize(
+            (w, h), Image.Resampling.BILINEAR)
+        a = 0.6 * np.asarray(base, np.float32) + 0.4 * np.asarray(mid, np.float32) + rng.normal(0, 16, (h, w, 3))
+        out.append(jpeg_bytes(np.clip(a, 0, 255).astype(np.uint8), quality))
+    return out
+
+
+__all__ = ["PHOTOS", "jpeg_chunks", "make_image_folder", "make_photo_dataset", "photo_crops", "photo_like_jpegs",
+           "photos_available", "source_photos", "write_image_folder"]

@@ -31,6 +31,10 @@ class Entry:
     order: int  # reading order: offset in an archive, listing order in a directory
 
 
+Pairs = list[tuple[Entry, str]]  # (entry, its path below the split folder)
+Lists = dict[str, list[tuple[Entry, int]]]  # split -> (entry, label), the source's items
+
+
 class Tree:
     """A tree of files: a directory or a tar archive read in place."""
 
@@ -181,6 +185,17 @@ def find_root(rels: Sequence[str]) -> str:
         prefix += next(iter(dirs)) + "/"
 
 
+def _classify(pairs: Pairs) -> tuple[dict[str, list[Entry]], list[Entry]]:
+    """(entry, path below the split folder) pairs -> the entries per class folder (the path's
+    first component) and those lying flat in the split folder."""
+    per: dict[str, list[Entry]] = defaultdict(list)
+    flat: list[Entry] = []
+    for e, rest in pairs:
+        cls, sep, _ = rest.partition("/")
+        (per[cls].append(e) if sep else flat.append(e))
+    return per, flat
+
+
 def held_out(rels: Sequence[str], frac: float) -> set[str]:
     """The files of one class that --val-fraction holds out: round(frac × n) of them (at least one
     and never all, when the class has two or more), chosen by the sha1 of their path, so the
@@ -201,7 +216,7 @@ class FolderSource(Source):
     flat_val_labels: Callable[[list[str]], dict[str, int]] | None = None
     # Hook: the full, ordered class list (e.g. the devkit's 1000 WNIDs) instead of the folders found.
     class_order: list[str] | None = None
-    _lists: dict[str, list[tuple[Entry, int]]] = field(default_factory=dict)
+    _lists: Lists = field(default_factory=dict)
     _rejected: list[Item] = field(default_factory=list)
     root: str = ""
 
@@ -214,48 +229,68 @@ class FolderSource(Source):
 
     # -- layout ----------------------------------------------------------------------------
     def _layout(self) -> None:
+        """Which file is in which split and class: the tree's top, its files by split, the classes,
+        then the split lists (given by the folders or held out by --val-fraction)."""
         assert self.tree is not None
         entries = [e for e in self.tree.entries if not is_hidden(e.rel)]
-        rels = [e.rel for e in entries]
-        if not rels:
+        if not entries:
             raise UserError(f"{self.path}: no files found")
         if self.val_fraction is not None and not 0.0 < self.val_fraction < 1.0:
             raise UserError(f"--val-fraction {self.val_fraction}: must be between 0 and 1")
-        self.root = root = find_root(rels)
-        top_dirs, _ = _child_dirs(rels, root)
-        by_split: dict[str, list[tuple[Entry, str]]] = defaultdict(list)  # split -> (entry, path below split dir)
-        if "train" in top_dirs:
-            val_dir = next((d for d in VAL_DIRS if d in top_dirs), None)
-            if val_dir is not None and self.val_fraction is not None:
-                raise UserError(f"{self.path}: has its own {root}{val_dir}/ folder; "
-                                f"--val-fraction is for a tree without one")
-            if val_dir is None and self.val_fraction is None:
-                raise UserError(f"{self.path}: {root}train/ has no {root}val/ beside it; "
-                                f"pass --val-fraction F to hold out part of it")
-            for e in entries:
-                first, _, rest = e.rel[len(root):].partition("/")
-                if first == "train":
-                    by_split["train"].append((e, rest))
-                elif first == val_dir:
-                    by_split["val"].append((e, rest))
-            # other files (READMEs, csv lists) are not part of either split
+        self.root = find_root([e.rel for e in entries])
+        top_dirs, _ = _child_dirs([e.rel for e in entries], self.root)
+        has_train = "train" in top_dirs
+        by_split = self._split_folders(entries, top_dirs) if has_train else self._one_tree(entries)
+        train, train_flat = _classify(by_split["train"])
+        index = self._take_classes(train, has_train)
+        rejected = [(e, "unexpected", "not inside a class folder") for e in train_flat]
+        if has_train and self.val_fraction is None:
+            lists = self._given_split(train, by_split["val"], index, rejected)
         else:
-            if self.val_fraction is None:
-                raise UserError(f"{self.path}: no train/ and val/ folders; "
-                                f"for a single <class>/ tree pass --val-fraction F")
-            by_split["train"] = [(e, e.rel[len(root):]) for e in entries if e.rel.startswith(root)]
+            lists = self._held_out_split(train, index)
+        if not lists["train"]:
+            raise UserError(f"{self.path}: no training files")
+        for k in lists:
+            lists[k].sort(key=lambda t: t[0].order)
+        self._lists = lists
+        self._rejected = [Item(e.rel, -1, None, skip=code, detail=d) for e, code, d in rejected]
+        self._rejected += [Item(name, -1, None, skip=r[1], detail=r[2] if len(r) > 2 else "")  # type: ignore[misc]
+                           for name, r in ((r[0], r) for r in self.tree.rejected)]
 
-        # Class folders: the first path component below the split folder.
-        def classify(pairs: list[tuple[Entry, str]]) -> tuple[dict[str, list[Entry]], list[Entry]]:
-            per, flat = defaultdict(list), []
-            for e, rest in pairs:
-                cls, sep, _ = rest.partition("/")
-                (per[cls].append(e) if sep else flat.append(e))
-            return per, flat
+    def _split_folders(self, entries: list[Entry], top_dirs: set[str]) -> dict[str, Pairs]:
+        """``train/`` and ``val/`` (or ``validation/``) under the root: split -> (entry, path below
+        the split folder); other files (READMEs, csv lists) are in neither split."""
+        root = self.root
+        val_dir = next((d for d in VAL_DIRS if d in top_dirs), None)
+        if val_dir is not None and self.val_fraction is not None:
+            raise UserError(f"{self.path}: has its own {root}{val_dir}/ folder; "
+                            f"--val-fraction is for a tree without one")
+        if val_dir is None and self.val_fraction is None:
+            raise UserError(f"{self.path}: {root}train/ has no {root}val/ beside it; "
+                            f"pass --val-fraction F to hold out part of it")
+        by_split: dict[str, Pairs] = defaultdict(list)
+        for e in entries:
+            first, _, rest = e.rel[len(root):].partition("/")
+            if first == "train":
+                by_split["train"].append((e, rest))
+            elif first == val_dir:
+                by_split["val"].append((e, rest))
+        return by_split
 
-        train, train_flat = classify(by_split["train"])
+    def _one_tree(self, entries: list[Entry]) -> dict[str, Pairs]:
+        """A single ``<class>/`` tree under the root: all of it is ``train``, split by --val-fraction."""
+        if self.val_fraction is None:
+            raise UserError(f"{self.path}: no train/ and val/ folders; "
+                            f"for a single <class>/ tree pass --val-fraction F")
+        by_split: dict[str, Pairs] = defaultdict(list)
+        by_split["train"] = [(e, e.rel[len(self.root):]) for e in entries if e.rel.startswith(self.root)]
+        return by_split
+
+    def _take_classes(self, train: dict[str, list[Entry]], has_train: bool) -> dict[str, int]:
+        """Set ``classes`` (the training class folders, sorted, or the ``class_order`` hook's list)
+        and ``class_names``; returns class -> label."""
         if not train:
-            where = f"{root}train/" if "train" in top_dirs else (root or "the top folder")
+            where = f"{self.root}train/" if has_train else (self.root or "the top folder")
             raise UserError(f"{self.path}: no class folders with files under {where}")
         found = sorted(train)
         if self.class_order is not None:
@@ -266,49 +301,49 @@ class FolderSource(Source):
             self.classes = list(self.class_order)
         else:
             self.classes = found
-        index = {c: i for i, c in enumerate(self.classes)}
         names = self.names or {}
         self.class_names = [names.get(c, c) for c in self.classes]
+        return {c: i for i, c in enumerate(self.classes)}
 
-        lists: dict[str, list[tuple[Entry, int]]] = {"train": [], "val": []}
-        rejected = [(e, "unexpected", "not inside a class folder") for e in train_flat]
-        if "train" in top_dirs and self.val_fraction is None:
-            val, val_flat = classify(by_split["val"])
-            bad = sorted(set(val) - set(self.classes))
-            if bad:
-                raise UserError(f"{self.path}: {root}val/{bad[0]}: class not in {root}train/")
-            for c, es in val.items():
-                lists["val"] += [(e, index[c]) for e in es]
-            if val_flat:
-                labels = self.flat_val_labels([e.rel for e in val_flat]) if self.flat_val_labels else {}
-                if not labels and not val:
-                    raise UserError(f"{self.path}: {root}val/ holds files but no class folders, and no ground truth "
-                                    f"(an ILSVRC2012 devkit beside the tree) gives their classes")
-                for e in val_flat:
-                    if e.rel in labels:
-                        lists["val"].append((e, labels[e.rel]))
-                    else:
-                        rejected.append((e, "unexpected", "not inside a class folder"))
-            for c, es in train.items():
-                lists["train"] += [(e, index[c]) for e in es]
-        else:
-            # A stratified split (every class loses the same fraction), stable per file.
-            frac = float(self.val_fraction or 0.0)
-            for c, es in train.items():
-                val_set = held_out([e.rel for e in es], frac)
-                for e in es:
-                    lists["val" if e.rel in val_set else "train"].append((e, index[c]))
-            if not lists["val"]:
-                n = sum(map(len, train.values()))
-                raise UserError(f"--val-fraction {frac}: leaves no validation images out of {n}")
-        if not lists["train"]:
-            raise UserError(f"{self.path}: no training files")
-        for k in lists:
-            lists[k].sort(key=lambda t: t[0].order)
-        self._lists = lists
-        self._rejected = [Item(e.rel, -1, None, skip=code, detail=d) for e, code, d in rejected]
-        self._rejected += [Item(name, -1, None, skip=r[1], detail=r[2] if len(r) > 2 else "")  # type: ignore[misc]
-                           for name, r in ((r[0], r) for r in self.tree.rejected)]
+    def _given_split(self, train: dict[str, list[Entry]], val_pairs: Pairs, index: dict[str, int],
+                     rejected: list[tuple[Entry, str, str]]) -> Lists:
+        """The lists of a tree with its own val/ folder: val's class folders must be training
+        classes; files lying flat in val/ take their class from the ``flat_val_labels`` hook or are
+        reported (appended to ``rejected``)."""
+        root = self.root
+        lists: Lists = {"train": [], "val": []}
+        val, val_flat = _classify(val_pairs)
+        bad = sorted(set(val) - set(self.classes))
+        if bad:
+            raise UserError(f"{self.path}: {root}val/{bad[0]}: class not in {root}train/")
+        for c, es in val.items():
+            lists["val"] += [(e, index[c]) for e in es]
+        if val_flat:
+            labels = self.flat_val_labels([e.rel for e in val_flat]) if self.flat_val_labels else {}
+            if not labels and not val:
+                raise UserError(f"{self.path}: {root}val/ holds files but no class folders, and no ground truth "
+                                f"(an ILSVRC2012 devkit beside the tree) gives their classes")
+            for e in val_flat:
+                if e.rel in labels:
+                    lists["val"].append((e, labels[e.rel]))
+                else:
+                    rejected.append((e, "unexpected", "not inside a class folder"))
+        for c, es in train.items():
+            lists["train"] += [(e, index[c]) for e in es]
+        return lists
+
+    def _held_out_split(self, train: dict[str, list[Entry]], index: dict[str, int]) -> Lists:
+        """A stratified split (every class loses the same fraction), stable per file (:func:`held_out`)."""
+        frac = float(self.val_fraction or 0.0)
+        lists: Lists = {"train": [], "val": []}
+        for c, es in train.items():
+            val_set = held_out([e.rel for e in es], frac)
+            for e in es:
+                lists["val" if e.rel in val_set else "train"].append((e, index[c]))
+        if not lists["val"]:
+            n = sum(map(len, train.values()))
+            raise UserError(f"--val-fraction {frac}: leaves no validation images out of {n}")
+        return lists
 
     # -- Source API ------------------------------------------------------------------------
     def count(self, split: str) -> int | None:
