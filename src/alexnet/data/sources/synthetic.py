@@ -41,9 +41,11 @@ import numpy as np
 from alexnet.data.format import DatasetError, is_prepared, write_arrays
 from alexnet.errors import UserError
 
-# Bump when the rendering changes: it is part of the cache folder name and of meta.json's
-# "source", so a cached dataset drawn by an older generator is never reused by mistake.
-GENERATOR_VERSION = 1
+# Bump when the rendering or what is stored changes: it is part of the cache folder name and of
+# meta.json's "source", so a cached dataset drawn by an older generator is never reused by mistake.
+# 2: the statistics' pixel sample is seeded per image, as prepare seeds it (version 1 drew it from
+# one sequential generator: the same mean image, slightly different RGB eigenvectors).
+GENERATOR_VERSION = 2
 
 CLASS_NAMES: list[str] = [
     "circle", "ring", "square", "triangle", "star", "cross", "crescent", "bar", "heart", "pair",
