@@ -148,9 +148,23 @@ if HAVE_TRITON:
     @triton.jit
     def _load_shifted(ptr, p_off, p_ok, c, C, stride_c, SHIFT: tl.constexpr):
         """The tile's values at channel c + SHIFT as fp32, zero outside 0..C-1 (the clipped window)."""
-        cs = c + SHIFT
-        m = p_ok & ((cs >= 0) & (cs < C))[None, :]
-        return tl.load(ptr + p_off + cs[None, :] * stride_c, mask=m, other=0.0).to(tl.float32)
+        m = _shift_ok(p_ok, c, C, SHIFT)
+        return tl.load(ptr + p_off + (c + SHIFT)[None, :] * stride_c, mask=m, other=0.0).to(tl.float32)
+
+    @triton.jit
+    def _tile(P, stride_n, stride_p, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, INT64: tl.constexpr):
+        """This program's tile: the pixels' offsets (BLOCK_P×1, image base included), their mask
+        (BLOCK_P×1) and the tile's channel indices (BLOCK_C)."""
+        pid_p = tl.program_id(0)
+        pid_c = tl.program_id(1)
+        pid_n = tl.program_id(2)
+        p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+        c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+        if INT64:
+            p = p.to(tl.int64)
+            c = c.to(tl.int64)
+        p_off = pid_n.to(tl.int64) * stride_n + p[:, None] * stride_p
+        return p_off, (p < P)[:, None], c
 
     @triton.jit
     def _lrn_fwd_kernel(
@@ -169,17 +183,7 @@ if HAVE_TRITON:
         BLOCK_C: tl.constexpr,
         INT64: tl.constexpr,
     ):
-        pid_p = tl.program_id(0)
-        pid_c = tl.program_id(1)
-        pid_n = tl.program_id(2)
-        p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-        c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-        if INT64:
-            p = p.to(tl.int64)
-            c = c.to(tl.int64)
-        base = pid_n.to(tl.int64) * stride_n
-        p_ok = (p < P)[:, None]
-        p_off = base + p[:, None] * stride_p  # BLOCK_P×1
+        p_off, p_ok, c = _tile(P, stride_n, stride_p, BLOCK_P, BLOCK_C, INT64)
         acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
         a = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
         for d in tl.static_range(2 * HALF + 1):
@@ -211,17 +215,7 @@ if HAVE_TRITON:
         INT64: tl.constexpr,
     ):
         # x, g and dx share one layout (the wrapper makes g match x).
-        pid_p = tl.program_id(0)
-        pid_c = tl.program_id(1)
-        pid_n = tl.program_id(2)
-        p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-        c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-        if INT64:
-            p = p.to(tl.int64)
-            c = c.to(tl.int64)
-        base = pid_n.to(tl.int64) * stride_n
-        p_ok = (p < P)[:, None]
-        p_off = base + p[:, None] * stride_p
+        p_off, p_ok, c = _tile(P, stride_n, stride_p, BLOCK_P, BLOCK_C, INT64)
         t_sum = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)  # sum_{i in W(j)} g_i a_i s_i^(-beta-1)
         own = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)  # g_j s_j^(-beta)
         a_j = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
