@@ -107,8 +107,8 @@ class Executor:
         self.pool = None
         if self.workers > 1:
             methods = mp.get_all_start_methods()
-            # fork: workers start in milliseconds and inherit the imports. They run Pillow, numpy
-            # and torch's JPEG encoder on one thread each (init_worker), so it is safe here.
+            # fork: workers start in milliseconds and inherit the imports. They run Pillow and
+            # numpy, and torch on one thread (init_worker), so no thread pool is entered after fork.
             ctx = mp.get_context("fork" if sys.platform.startswith("linux") and "fork" in methods else "spawn")
             self.pool = ctx.Pool(self.workers, initializer=init_worker)
 
