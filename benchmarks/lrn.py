@@ -6,6 +6,7 @@
 LRN rows: forward + backward of one layer on N×96×55×55 (after conv1) and N×256×27×27 (after conv2)
 (§3.3, Figure 2), for
   plain          alexnet.models.lrn_fast.lrn_plain (pure PyTorch, eager)
+  cpu            alexnet.models.lrn_fast.lrn_cpu (the same forward, hand-written backward; CPU default)
   plain+compile  the same under torch.compile (Inductor fuses the shifted adds; CUDA default, --compile)
   torch          torch.nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2) == the paper's formula (α/n trap)
   triton         the Triton kernel pair (CUDA only)
@@ -58,6 +59,8 @@ def lrn_impls(device: torch.device, compile_plain: bool) -> dict[str, Callable[[
     # torch divides alpha by n (§3.3 does not): alpha = paper alpha × n gives the paper's layer.
     torch_lrn = nn.LocalResponseNorm(SIZE, alpha=ALPHA * SIZE, beta=BETA, k=K)
     impls: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"plain": plain, "torch": torch_lrn}
+    if device.type == "cpu":
+        impls["cpu"] = lambda x: lrn_fast.lrn_cpu(x, SIZE, ALPHA, BETA, K)
     if compile_plain:
         impls["plain+compile"] = torch.compile(plain, dynamic=False)
     if device.type == "cuda" and lrn_fast.HAVE_TRITON:
@@ -147,6 +150,8 @@ def bench_step(args: argparse.Namespace, device: torch.device) -> list[dict]:
     variants: list[tuple[str, str, str]] = [("none", "none", "plain"), ("plain", "paper", "plain"), ("torch", "paper", "plain")]
     if cuda and lrn_fast.HAVE_TRITON:
         variants.append(("triton", "paper", "triton"))
+    if not cuda:
+        variants.append(("cpu", "paper", "auto"))
     modes = ["eager"] + (["compile"] if args.step_compile else [])
     gen = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randn(args.step_batch, 3, 224, 224, generator=gen).to(device).contiguous(memory_format=fmt)

@@ -66,6 +66,39 @@ def test_plain_gradcheck_float64(fmt: str, size: int) -> None:
     assert torch.autograd.gradcheck(lambda t: lrn_fast.lrn_plain(t, size, 1e-2, 0.75, 2.0), (x,))
 
 
+@pytest.mark.parametrize("fmt", list(FORMATS))
+@pytest.mark.parametrize("size", [3, 5, 7])
+@pytest.mark.parametrize("channels", [2, 13, 40])
+def test_cpu_path_is_plain_forward_with_the_formula_backward(fmt: str, size: int, channels: int) -> None:
+    """lrn_cpu: the same output bits as lrn_plain (fewer channels than the window too), the reference
+    gradient, and the input's memory format."""
+    x = _input((2, channels, 3, 5), fmt).requires_grad_()
+    g = _input((2, channels, 3, 5), fmt, seed=1) / 30.0
+    y = lrn_fast.lrn_cpu(x, size, 1e-4, 0.75, 2.0)
+    assert torch.equal(y, lrn_fast.lrn_plain(x.detach(), size, 1e-4, 0.75, 2.0))
+    (dx,) = torch.autograd.grad(y, x, g)
+    _, dx_ref = _ref_and_grad(x, g, size, 1e-4, 0.75, 2.0)
+    assert _rel_err(dx, dx_ref) <= 1e-5
+    assert y.is_contiguous(memory_format=FORMATS[fmt])
+
+
+@pytest.mark.parametrize("size", [3, 5])
+def test_cpu_path_gradcheck_float64(size: int) -> None:
+    x = (_input((1, 9, 2, 3), "nchw", torch.float64) / 10.0).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: lrn_fast.lrn_cpu(t, size, 1e-2, 0.75, 2.0), (x,))
+    assert torch.autograd.gradcheck(lambda t: lrn_fast.lrn_cpu(t, size, 1e-2, 0.5, 1.0), (x,))
+
+
+def test_auto_mode_trains_cpu_tensors_on_the_cpu_path() -> None:
+    x = _input((2, 13, 3, 3), "nchw").requires_grad_()
+    with lrn_fast.use_mode("auto"):
+        assert type(lrn_fast.local_response_norm(x, 5, 1e-4, 0.75, 2.0).grad_fn).__name__ == "_LRNCpuBackward"
+        # float16 on CPU (no hand-written path for it) and an explicit "plain" keep the plain ops.
+        assert "LRNCpu" not in type(lrn_fast.local_response_norm(x.half(), 5, 1e-4, 0.75, 2.0).grad_fn).__name__
+    with lrn_fast.use_mode("plain"):
+        assert "LRNCpu" not in type(lrn_fast.local_response_norm(x, 5, 1e-4, 0.75, 2.0).grad_fn).__name__
+
+
 def test_plain_bf16_within_rounding() -> None:
     x = _input((2, 13, 4, 4), "channels_last", torch.bfloat16)
     y = lrn_fast.lrn_plain(x, **PAPER)

@@ -51,7 +51,7 @@ NO_REGULARISATION: dict[str, Any] = {"weight_decay": 0.0, "random_crop": False, 
 # Batches of 100 (cuda-convnet's CIFAR nets used 128): 100 divides 5,000 and 50,000, so an epoch's
 # running error covers every training image. Validation only at the end (Figure 1 is training error).
 BATCH = 100
-QUICK: dict[str, Any] = {"epochs": 8, "batch_size": BATCH, "eval_every": 1000, "train_subset": 0, "max_steps_per_epoch": 0}
+QUICK: dict[str, Any] = {"epochs": 4, "batch_size": BATCH, "eval_every": 1000, "train_subset": 0, "max_steps_per_epoch": 0}
 FULL: dict[str, Any] = {**QUICK, "epochs": 60}
 # The factor study: one change at a time from the Figure-1 set-up.
 FACTORS: dict[str, tuple[str, dict[str, Any]]] = {

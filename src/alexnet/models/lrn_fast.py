@@ -4,13 +4,17 @@
 
 ``alpha`` here is the *effective* alpha (§3.3's, not divided by n as torch and Caffe divide it).
 
-Two implementations:
+Three implementations:
 
 * ``lrn_plain``: pure PyTorch. The window sum is written as ``n`` shifted adds of a channel-padded
   ``a^2``, which Inductor fuses into one kernel (forward) under ``torch.compile``; eager autograd
   differentiates it. Half-precision inputs are computed in fp32: in bf16, ``k + alpha * sum`` with k = 2
   is rounded to steps of 1/64, which loses the term entirely unless the sum exceeds ~80 (α = 1e-4).
   It is the reference fallback.
+* ``lrn_cpu``: the same forward ops in the same order (bit-identical output) with the backward below
+  written out, for eager CPU training: autograd's backward of ``lrn_plain`` recomputes the pow, and
+  each of the n shifted views gets its own zero-filled full-size gradient. On a 2-core CPU LRN then
+  cost as much as the rest of the CIFAR net's step; the hand-written backward is a handful of passes.
 * ``lrn_triton``: a Triton forward/backward kernel pair (NCHW and channels_last, fp32/bf16/fp16 with
   fp32 arithmetic), exposed as the custom op ``torch.ops.alexnet.lrn`` with a fake implementation and
   registered autograd, so ``torch.compile`` traces it without a graph break.
@@ -38,8 +42,8 @@ recompute ``s`` in the backward kernel rather than saving ``s``:
 Dispatch (``local_response_norm``), chosen by ``ALEXNET_LRN`` = ``auto`` (default) | ``plain`` | ``triton``,
 read when this module is first imported, or by ``set_mode``:
 
-* ``auto``: Triton for 4-D CUDA tensors in fp32/bf16/fp16 when Triton imports; the plain path otherwise
-  (CPU, float64, other ranks).
+* ``auto``: Triton for 4-D CUDA tensors in fp32/bf16/fp16 when Triton imports; ``lrn_cpu`` for fp32/fp64
+  CPU tensors outside ``torch.compile``; the plain path otherwise.
 * ``plain``: always the plain path (e.g. to let Inductor fuse the LRN with its neighbours under compile).
 * ``triton``: the Triton kernels; CPU tensors only with ``TRITON_INTERPRET=1`` set before import (the
   interpreter, for tests). Raises ``UserError`` where the kernels cannot run, rather than silently
@@ -126,6 +130,53 @@ def lrn_plain(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -
         win = win + padded.narrow(1, d, n_ch)  # channel j+d-half of the original, zero outside 0..C-1
     out = xf * (k + alpha * win).pow(-beta)
     return out.to(x.dtype)
+
+
+def _window_sum(t: torch.Tensor, size: int) -> torch.Tensor:
+    """out[:, i] = sum of t[:, j] over the channels j within size//2 of i (zero outside 0..C-1), added
+    in the order j = i - size//2, ..., i + size//2, as ``lrn_plain`` adds its shifted views."""
+    half, c = size // 2, t.shape[1]
+    out = torch.zeros_like(t)
+    for off in range(-half, half + 1):
+        lo, hi = max(0, -off), min(c, c - off)  # out channels i whose neighbour i + off exists
+        if hi > lo:
+            out.narrow(1, lo, hi - lo).add_(t.narrow(1, lo + off, hi - lo))
+    return out
+
+
+class _LRNCpu(torch.autograd.Function):
+    """``lrn_plain``'s forward with the backward of the module docstring, for eager CPU tensors."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:  # type: ignore[override]
+        s = _window_sum(x * x, size).mul_(alpha).add_(k)  # k + alpha * window sum, as lrn_plain rounds it
+        scale = s.pow(-beta)
+        ctx.save_for_backward(x, s, scale)
+        ctx.consts = (size, alpha, beta)
+        return x * scale
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+        x, s, scale = ctx.saved_tensors
+        size, alpha, beta = ctx.consts
+        t = (g * x).mul_(scale).div_(s)  # g[i] * a[i] * s[i] ** (-beta - 1)
+        grad = g * scale
+        grad.addcmul_(x, _window_sum(t, size), value=-2.0 * alpha * beta)
+        return grad, None, None, None, None
+
+
+def lrn_cpu(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
+    """``lrn_plain`` with a hand-written backward (fp32/fp64; half precision goes to ``lrn_plain``, which
+    computes in fp32)."""
+    if x.dtype not in (torch.float32, torch.float64):
+        return lrn_plain(x, size, alpha, beta, k)
+    return _LRNCpu.apply(x, int(size), float(alpha), float(beta), float(k))
+
+
+def cpu_applies(x: torch.Tensor) -> bool:
+    """Whether ``auto`` sends ``x`` to ``lrn_cpu``: eager CPU fp32/fp64 (under ``torch.compile`` the plain
+    ops let Inductor fuse the LRN)."""
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and not torch.compiler.is_compiling()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -403,4 +454,6 @@ def local_response_norm(x: torch.Tensor, size: int, alpha: float, beta: float, k
         return lrn_triton(x, size, alpha, beta, k)
     if _MODE == "auto" and triton_applies(x):
         return _lrn_op(x, int(size), float(alpha), float(beta), float(k))
+    if _MODE == "auto" and cpu_applies(x):
+        return lrn_cpu(x, size, alpha, beta, k)
     return lrn_plain(x, size, alpha, beta, k)
