@@ -12,17 +12,19 @@ $(PY):
 # Reinstall only when the package metadata changes; the source is installed editable.
 # torch/torchvision are pinned to the releases this project is tested with; on machines whose
 # pip has no local copy they come from PyPI as usual. The demo needs only the core dependencies
-# (STAMP_CORE, about 85 s on a 2-core machine with a warm pip cache); the tests add the extras
-# (scikit-learn/-image, TensorBoard, ONNX, huggingface_hub, pytest, import-linter).
+# (STAMP_CORE); the tests add the extras (scikit-learn/-image, TensorBoard, ONNX, huggingface_hub,
+# pytest, import-linter). --no-compile: pip would byte-compile every module of torch at install
+# (about 25 s of a 2-core machine's 90); Python compiles the few hundred it imports at first use.
+PIP := $(PY) -m pip install -q --no-compile
 STAMP_CORE := $(VENV)/.installed-core
 $(STAMP_CORE): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1" || $(PY) -m pip install -q torch torchvision
-	$(PY) -m pip install -q -e .
+	$(PIP) "torch==2.14.1" "torchvision==0.29.1" || $(PIP) torch torchvision
+	$(PIP) -e .
 	touch $(STAMP_CORE)
 
 $(STAMP): $(STAMP_CORE)
-	$(PY) -m pip install -q -e ".[all]"
+	$(PIP) -e ".[all]"
 	touch $(STAMP)
 
 install: $(STAMP)
