@@ -14,7 +14,11 @@ $(PY):
 # pip has no local copy they come from PyPI as usual. The demo needs only the core dependencies
 # (STAMP_CORE); the tests add the extras (scikit-learn/-image, TensorBoard, ONNX, huggingface_hub,
 # pytest, import-linter). --no-compile: pip would byte-compile every module of torch at install
-# (about 25 s of a 2-core machine's 90); Python compiles the few hundred it imports at first use.
+# (about 25 s of a 2-core machine's 90); Python compiles the few hundred the demo imports at first use.
+# Where PYTHONDONTWRITEBYTECODE is set, Python then recompiles them in every process (about 10 s
+# each), which the test suite's many subprocesses would pay hundreds of times: the test install
+# byte-compiles the environment once, on all cores (compileall's failures on files no Python reads,
+# such as vendored Python 2 sources, are ignored, as pip ignores them).
 PIP := $(PY) -m pip install -q --no-compile
 STAMP_CORE := $(VENV)/.installed-core
 $(STAMP_CORE): pyproject.toml | $(PY)
@@ -25,6 +29,7 @@ $(STAMP_CORE): pyproject.toml | $(PY)
 
 $(STAMP): $(STAMP_CORE)
 	$(PIP) -e ".[all]"
+	$(PY) -m compileall -q -j 0 "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" > /dev/null || true
 	touch $(STAMP)
 
 install: $(STAMP)
