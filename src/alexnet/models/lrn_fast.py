@@ -73,6 +73,7 @@ except Exception:  # noqa: BLE001 - any import failure means "no Triton"
 
 MODES = ("auto", "plain", "triton")
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+CPU_DTYPES = (torch.float32, torch.float64)  # what lrn_cpu's hand-written backward runs on
 # Set before triton was imported, this makes @triton.jit build interpreted kernels that run on CPU tensors.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
@@ -166,17 +167,17 @@ class _LRNCpu(torch.autograd.Function):
 
 
 def lrn_cpu(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
-    """``lrn_plain`` with a hand-written backward (fp32/fp64; half precision goes to ``lrn_plain``, which
-    computes in fp32)."""
-    if x.dtype not in (torch.float32, torch.float64):
+    """``lrn_plain`` with a hand-written backward for ``CPU_DTYPES``; other dtypes (half precision)
+    go to ``lrn_plain``, which computes in fp32."""
+    if x.dtype not in CPU_DTYPES:
         return lrn_plain(x, size, alpha, beta, k)
     return _LRNCpu.apply(x, int(size), float(alpha), float(beta), float(k))
 
 
 def cpu_applies(x: torch.Tensor) -> bool:
-    """Whether ``auto`` sends ``x`` to ``lrn_cpu``: eager CPU fp32/fp64 (under ``torch.compile`` the plain
-    ops let Inductor fuse the LRN)."""
-    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and not torch.compiler.is_compiling()
+    """Whether ``auto`` sends ``x`` to ``lrn_cpu``: eager CPU tensors (under ``torch.compile`` the plain
+    ops let Inductor fuse the LRN); ``lrn_cpu`` itself sends dtypes outside ``CPU_DTYPES`` on."""
+    return x.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 # ---------------------------------------------------------------------------------------------------
