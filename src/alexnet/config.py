@@ -68,6 +68,7 @@ class TrainConfig:
     model_parallel: int = 1  # 2: §3.2's split of the towers over two devices
     ddp_comm_hook: str = "none"  # none | bf16 | fp16: gradients compressed for the all-reduce (torchrun)
     tensorboard: bool = False
+    tensorboard_every: int = 50  # with tensorboard: loss, lr and img/s every N steps (RUN/tb/steps); 0: per epoch only
     progress: bool = True
 
     def to_dict(self) -> dict[str, Any]:
@@ -166,6 +167,7 @@ _RULES: dict[str, tuple[str, Any, str]] = {
     "model_parallel": ("int", lambda v: v in (1, 2), "1 or 2"),
     "ddp_comm_hook": _choice("none", "bf16", "fp16"),
     "tensorboard": ("bool", _any, "true or false"),
+    "tensorboard_every": _int(0),
     "progress": ("bool", _any, "true or false"),
 }
 assert set(_RULES) == {f.name for f in dataclasses.fields(TrainConfig)}, "every TrainConfig field has a rule"

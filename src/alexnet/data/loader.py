@@ -509,6 +509,10 @@ class BatchLoader:
         n_cpu = self._n_cpu(n)
         labels = torch.from_numpy(self.ds.labels[idx].astype(np.int64))
         indices = torch.from_numpy(idx.astype(np.int64))
+        if (self.pin_memory or (self.device is not None and self.device.type == "cuda")) and torch.cuda.is_available():
+            # Page-locked, so that the consumer's copies to the GPU are queued without the host
+            # waiting: from pageable memory, even a non_blocking copy first waits for the stream.
+            labels, indices = labels.pin_memory(), indices.pin_memory()
         images = slot.images[:n]
         target = self.device
         if n_cpu < n:

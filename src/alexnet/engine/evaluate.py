@@ -36,12 +36,18 @@ class Precision:
         return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
 
 
-def topk_correct(logits_or_probs: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
-    """How many rows have the label among their k highest scores, for each k."""
+def topk_hits(logits_or_probs: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> torch.Tensor:
+    """How many rows have the label among their k highest scores, for each k: an int64 tensor on
+    the scores' device (nothing is read back: reading it is the caller's synchronisation)."""
     kmax = min(max(ks), logits_or_probs.shape[1])
     top = logits_or_probs.topk(kmax, dim=1).indices  # N×kmax
     hit = top == labels[:, None]
-    return [int(hit[:, : min(k, kmax)].any(dim=1).sum()) for k in ks]
+    return torch.stack([hit[:, : min(k, kmax)].any(dim=1).sum() for k in ks])
+
+
+def topk_correct(logits_or_probs: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
+    """How many rows have the label among their k highest scores, for each k (read to the host)."""
+    return [int(c) for c in topk_hits(logits_or_probs, labels, ks).tolist()]
 
 
 def per_class_summary(probs: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> dict:
@@ -117,27 +123,31 @@ def evaluate(
     model.eval()
     loader = BatchLoader(ds, batch_size * world_size, shuffle=False, workers=workers, rank=rank, world_size=world_size,
                          pin_memory=prec.device.type == "cuda")
-    sums = torch.zeros(4, dtype=torch.float64)  # n, top1 correct, top5 correct, loss sum
+    # n, top-1 hits, top-5 hits, loss sum: accumulated on the device and read once at the end (a
+    # read per batch would make the host wait for the GPU at every batch).
+    sums = torch.zeros(4, dtype=torch.float64, device=prec.device)
     all_probs = []
     bar = Progress(len(loader), "evaluate" + (" (10-crop)" if ten_crop else ""), "batch", enabled=progress and rank == 0,
                    leave=False)
     try:
         for b in loader:
             probs = predict_probs(model, b.images, augment, prec, ten_crop)
-            labels = b.labels.to(probs.device)
-            c1, c5 = topk_correct(probs, labels)
+            labels = b.labels.to(probs.device, non_blocking=True)  # page-locked by the loader on a GPU
             nll = F.nll_loss(torch.log(probs.clamp_min(1e-12)), labels, reduction="sum")
-            sums += torch.tensor([len(labels), c1, c5, float(nll)], dtype=torch.float64)
+            sums[0] += len(labels)
+            sums[1:3] += topk_hits(probs, labels)
+            sums[3] += nll
             if return_probs:
-                all_probs.append(probs.cpu())
+                all_probs.append(probs)  # on the device: one copy to the host after the pass
             bar.update(1)
     finally:
         loader.close()  # its workers and buffers: this loader serves this one pass
     bar.close()
     if world_size > 1:
-        sums = distributed.all_reduce_sum(sums.to(prec.device)).cpu()
+        sums = distributed.all_reduce_sum(sums)
+    sums = sums.cpu()
     model.train(was_training)
     n = max(1.0, float(sums[0]))
-    probs = (torch.cat(all_probs) if all_probs else torch.zeros(0)) if return_probs else None
+    probs = (torch.cat(all_probs).cpu() if all_probs else torch.zeros(0)) if return_probs else None
     return EvalResult(n=int(sums[0]), top1_err=1 - float(sums[1]) / n, top5_err=1 - float(sums[2]) / n,
                       loss=float(sums[3]) / n, probs=probs)

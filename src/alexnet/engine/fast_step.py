@@ -32,6 +32,7 @@ The fused update itself (:class:`~alexnet.engine.optim.FusedPaperSGD`) lives bes
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any, Callable
 
 import torch
@@ -51,7 +52,7 @@ def _forward_loss(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: torch.dtype | None, device_type: str, label_smoothing: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean cross-entropy of the batch (fp32 logits) and its number of top-1 hits."""
-    with torch.autocast(device_type, dtype=amp or torch.float32, enabled=amp is not None):
+    with torch.autocast(device_type, dtype=amp) if amp is not None else nullcontext():
         logits = model(x)
     loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
     hits = (logits.detach().argmax(1) == y).sum()

@@ -173,6 +173,7 @@ class Context:
     log: Callable[[str], None] = print
     scaler: Any = None
     tb: Any = None  # a TensorBoard SummaryWriter (rank 0, with tensorboard=True)
+    tb_steps: "StepScalars | None" = None  # per-step scalars (rank 0, with tensorboard=True and tensorboard_every > 0)
 
 
 # -- set-up --------------------------------------------------------------------------------------
@@ -199,7 +200,7 @@ def model_meta(cfg: TrainConfig, ds: PreparedDataset) -> dict[str, Any]:
 
 # Config fields that say where and how fast a run ran and how it reported, not what it computed: a
 # run may be resumed with other values.
-RUNTIME_FIELDS = ("device", "workers", "progress", "tensorboard", "eval_batch_size")
+RUNTIME_FIELDS = ("device", "workers", "progress", "tensorboard", "tensorboard_every", "eval_batch_size")
 # ... and how often it saved: left out of the recipe stored with the weights (a resumed run's weights
 # file equals an uninterrupted one's).
 NOT_IN_RECIPE = (*RUNTIME_FIELDS, "save_every", "keep_checkpoints")
@@ -463,41 +464,56 @@ def train_one_epoch(ctx: Context, state: RunState, stop: StopFlag, checkpointer:
     sums = state.epoch_sums.tensor()  # images, loss sum, hits (all processes)
     images0 = float(sums[0])
     t0 = time.time()
+    if ctx.tb_steps is not None:
+        ctx.tb_steps.start_epoch(images0)
     # A bar on a terminal; in a log file a line every ALEXNET_LOG_EVERY seconds (the epoch's own
     # summary line comes from _loop).
     bar = Progress(n_batches, f"epoch {state.epoch + 1}/{cfg.epochs}", "batch", initial=state.batch_in_epoch,
                    enabled=cfg.progress and ctx.dist.is_main, file=sys.stdout, leave=False)
-    # Losses are checked (one device sync) every step on the CPU, every 20 steps on GPUs, and
-    # always at a checkpoint. The positions are fixed in the epoch, so a resumed run adds up the
-    # same blocks in the same order.
+    # Nothing in a step makes the host wait for the device: the step's loss, hits and image count
+    # stay on the device (``pending``) and are read in one copy every ``check_every`` steps (1 on
+    # the CPU, where reading costs nothing, 20 on GPUs), at a checkpoint, at every
+    # ``tensorboard_every``-th step (its scalars) and when a signal came. Losses are checked then;
+    # the epoch's sums add the steps one by one in step order, so where the reads fall (device,
+    # cadence, a resumed run) does not change them.
     check_every = 1 if ctx.prec.device.type == "cpu" else 20
+    tb_every = cfg.tensorboard_every if cfg.tensorboard else 0  # the same on every rank: reads are collective
     pending: list[torch.Tensor] = []
     stopped = False
     for b in loader.iterate(start_batch=state.batch_in_epoch):
         set_lr(ctx.optimizer, ctx.schedule.lr_at(state.global_step))
         loss, hits = ctx.step_fn(b.images, b.labels, b.indices, state.epoch)
         n = len(b.labels)
-        pending.append(torch.stack([torch.tensor(float(n), dtype=torch.float64, device=loss.device), loss.double() * n, hits.double()]))
+        # new_full: the count is written by a kernel on the device, not copied from the host.
+        pending.append(torch.stack([loss.new_full((), float(n), dtype=torch.float64), loss.double() * n, hits.double()]))
         state.global_step += 1
         state.batch_in_epoch += 1
         save_now = bool(cfg.save_every) and state.global_step % cfg.save_every == 0 and state.batch_in_epoch < n_batches
+        tb_now = bool(tb_every) and state.global_step % tb_every == 0
         local_stop = bool(stop.signum) and not ctx.dist.enabled
-        if state.batch_in_epoch % check_every == 0 or save_now or state.batch_in_epoch == n_batches or local_stop:
-            block = torch.stack(pending).double()  # k×3
+        if (state.batch_in_epoch % check_every == 0 or save_now or tb_now or state.batch_in_epoch == n_batches
+                or local_stop):
+            block = torch.stack(pending)  # k×3, float64
             pending.clear()
             if ctx.dist.enabled:  # one all-reduce: every rank's sums, and whether any rank was signalled
-                flag = torch.tensor([[1.0 if stop.signum else 0.0, 0.0, 0.0]], dtype=torch.float64, device=block.device)
+                flag = block.new_zeros((1, 3))
+                if stop.signum:
+                    flag[0, 0] = 1.0
                 block = distributed.all_reduce_sum(torch.cat([block, flag]))
+                block = block.cpu()  # the one read of this block
                 block, stopped = block[:-1], bool(block[-1, 0] > 0)
             else:
+                block = block.cpu()  # the one read of this block
                 stopped = local_stop
-            block = block.cpu()
             first = state.global_step - len(block) + 1
             for i, row in enumerate(block):
                 state.stall_count = check_loss(ctx, float(row[1] / row[0]), first + i, state.epoch, state.stall_count)
-            sums += block.sum(0)
+                sums += row
             state.epoch_sums = EpochSums.of(sums)
             bar.set_postfix(loss=f"{float(block[-1, 1] / block[-1, 0]):.3f}", lr=f"{ctx.optimizer.param_groups[0]['lr']:.2g}")
+            if tb_now and ctx.tb_steps is not None:
+                ctx.tb_steps.log(state.global_step, float(block[-1, 1] / block[-1, 0]), ctx.optimizer.param_groups[0]["lr"],
+                                 float(sums[0]))
         bar.update(1)
         if save_now:
             saved_time = state.epoch_time_s
@@ -578,10 +594,11 @@ def setup(cfg: TrainConfig, out: Path, *, log: Callable[[str], None] = print) ->
         raise UserError(f"{root}: {loader.n} training images make no full batch of {cfg.batch_size}; lower --batch-size")
     scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
     augment = make_augment(cfg, train_ds, models.input_norm(cfg.model, cfg.model_options))
-    # The paper's update as one fused kernel per parameter pays off on a GPU (memory-bound); on the
-    # CPU PaperSGD's foreach passes are as fast. Both compute the same rule (§5).
+    # The paper's update as one fused kernel per parameter, where it is compiled; uncompiled it would
+    # be a Python loop of small kernels per parameter, slower than PaperSGD's foreach passes. Both
+    # compute the same rule (§5).
     step_fn = FastStep(model, optimizer, augment, device, amp=cfg.amp, channels_last=cfg.channels_last, compile=cfg.compile,
-                       fused_optimizer=device.type == "cuda", label_smoothing=cfg.label_smoothing, scaler=scaler)
+                       fused_optimizer=cfg.compile, label_smoothing=cfg.label_smoothing, scaler=scaler)
     return Context(cfg=cfg, out=out, model=model, eval_model=eval_model, optimizer=optimizer, schedule=Schedule(cfg, len(loader)),
                    augment=augment, train_loader=loader, val_ds=val_ds, train_ds=train_ds,
                    prec=Precision(device, cfg.amp, cfg.channels_last), step_fn=step_fn, dist=dist_info, meta=model_meta(cfg, train_ds),
@@ -630,19 +647,55 @@ def _register_comm_hook(cfg: TrainConfig, model: nn.Module, log: Callable[[str],
     log(f"gradient all-reduce in {cfg.ddp_comm_hook} ({name})")
 
 
-def _open_tensorboard(ctx: Context, first_epoch: int) -> Any:
-    """The SummaryWriter of RUN/tb (rank 0, with tensorboard=True), or None."""
+class StepScalars:
+    """Per-step TensorBoard scalars in RUN/tb/steps, against the optimizer step: every
+    ``tensorboard_every``-th step's loss (the mean over the global batch) and learning rate, and
+    the images per second since the previous such step of the epoch (evaluation and epoch
+    boundaries are not counted). Their own event files: the per-epoch scalars of RUN/tb count
+    epochs, and a resumed run hides what each logged after its checkpoint by its own counter."""
+
+    TAGS = ("step/train_loss", "step/lr", "step/img_per_s")
+
+    def __init__(self, writer: Any) -> None:
+        self.writer = writer
+        self.last: tuple[float, float] | None = None  # (time, images of the epoch) at the previous point
+
+    def start_epoch(self, images: float) -> None:
+        self.last = (time.time(), images)
+
+    def log(self, step: int, loss: float, lr: float, images: float) -> None:
+        """Called right after a read of the device (the time is that of a finished step)."""
+        now = time.time()
+        self.writer.add_scalar("step/train_loss", loss, step)
+        self.writer.add_scalar("step/lr", lr, step)
+        if self.last is not None and now > self.last[0] and images > self.last[1]:
+            self.writer.add_scalar("step/img_per_s", (images - self.last[1]) / (now - self.last[0]), step)
+        self.last = (now, images)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _open_tensorboard(ctx: Context, state: RunState) -> tuple[Any, StepScalars | None]:
+    """The SummaryWriter of RUN/tb and the per-step scalars of RUN/tb/steps (rank 0, with
+    tensorboard=True; per step when tensorboard_every > 0), or None."""
     if not (ctx.cfg.tensorboard and ctx.dist.is_main):
-        return None
+        return None, None
     try:
         # Optional and slow to import: only runs that ask for TensorBoard load it.
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         ctx.log("tensorboard is not installed: pip install 'alexnet[tensorboard]'; logging to metrics.jsonl only")
-        return None
-    # purge_step: on resume, TensorBoard hides the events of epochs the killed process logged
-    # after its checkpoint (they are logged again).
-    return SummaryWriter(str(ctx.out / "tb"), purge_step=first_epoch + 1 if first_epoch > 0 else None)
+        return None, None
+    # purge_step: on resume, TensorBoard hides the events the killed process logged after its
+    # checkpoint (they are logged again): epochs in RUN/tb, steps in RUN/tb/steps.
+    tb = SummaryWriter(str(ctx.out / "tb"), purge_step=state.epoch + 1 if state.epoch > 0 else None)
+    steps = None
+    if ctx.cfg.tensorboard_every:
+        steps = StepScalars(SummaryWriter(str(ctx.out / "tb" / "steps"),
+                                          purge_step=state.global_step + 1 if state.global_step > 0 else None))
+    return tb, steps
 
 
 # The torchrun job that started the run (TORCHELASTIC_RUN_ID: torchrun's --rdzv-id, a fresh one with
@@ -693,11 +746,14 @@ def run(cfg: TrainConfig, out: str | Path, *, resume: bool = False, log: Callabl
         state = restored or RunState()
         if ctx.dist.is_main:
             _write_run_folder(ctx, state, resume)
-        ctx = dataclasses.replace(ctx, tb=_open_tensorboard(ctx, state.epoch))
+        tb, tb_steps = _open_tensorboard(ctx, state)
+        ctx = dataclasses.replace(ctx, tb=tb, tb_steps=tb_steps)
         return _loop(ctx, state)
     finally:
         if ctx is not None and ctx.tb is not None:
             ctx.tb.close()
+        if ctx is not None and ctx.tb_steps is not None:
+            ctx.tb_steps.close()
         if ctx is not None:
             ctx.train_loader.close()  # its worker processes serve every epoch; stop them here
         distributed.shutdown()

@@ -1,0 +1,193 @@
+"""The training and evaluation loops never make the host wait for the GPU inside a step: the device's
+values are read in batches, at the logging cadence. Without a GPU, the "meta" device stands in for
+it: every op of the loop is recorded, and a read of a device value (``.item()``, ``float()``,
+``.cpu()``), a blocking host-to-device copy or an op whose output shape depends on the device's
+data is an event of the step it happened in. Reads return made-up values (ones), so the loop goes
+on as on a GPU."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from alexnet.config import TrainConfig
+from alexnet.data.loader import BatchLoader
+from alexnet.data.sources import synthetic
+from alexnet.engine import train as engine
+from alexnet.engine.evaluate import Precision, evaluate
+from alexnet.engine.fast_step import FastStep
+
+aten = torch.ops.aten
+DEVICE = torch.device("meta")
+# Ops whose output size depends on the values: on a GPU they wait for the device to know it.
+DATA_DEPENDENT = {aten.nonzero.default, aten.masked_select.default, aten._unique2.default, aten.unique_dim.default,
+                  aten.unique_consecutive.default, aten.repeat_interleave.Tensor, aten.nonzero_static.default}
+
+
+class HostSyncs(TorchDispatchMode):
+    """Records each op that synchronises the host with the device, by step (``step`` is advanced by
+    whoever runs the loop); CPU→device copies are kept apart with their ``non_blocking``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.step = 0
+        self.syncs: list[tuple[int, str]] = []
+        self.copies: list[tuple[int, tuple[int, ...], bool]] = []
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        ins = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        on_device = [t for t in ins if t.device.type == DEVICE.type]
+        if func is aten._local_scalar_dense.default and on_device:
+            self.syncs.append((self.step, "read a value (.item(), float(), bool(), int())"))
+            t = on_device[0]
+            return True if t.dtype == torch.bool else (1 if not t.is_floating_point() else 1.0)
+        if func in DATA_DEPENDENT and on_device:
+            self.syncs.append((self.step, f"data-dependent shape ({func})"))
+        if func in (aten._to_copy.default, aten.copy_.default) and on_device:
+            dst = kwargs.get("device") if func is aten._to_copy.default else args[0].device
+            src = args[0] if func is aten._to_copy.default else args[1]
+            if dst is not None and torch.device(dst).type == "cpu" and src.device.type == DEVICE.type:
+                self.syncs.append((self.step, "device-to-host copy"))
+                dtype = kwargs.get("dtype") or src.dtype
+                fake = torch.ones(src.shape, dtype=dtype)
+                return fake if func is aten._to_copy.default else args[0].fill_(1)
+        out = func(*args, **kwargs)
+        outs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+        if any(t.device.type == "cpu" for t in ins) and any(t.device.type == DEVICE.type for t in outs):
+            non_blocking = bool(kwargs.get("non_blocking", False) or (len(args) > 2 and args[2] is True))
+            self.copies.append((self.step, tuple(ins[0].shape), non_blocking))
+            if not non_blocking:
+                self.syncs.append((self.step, f"blocking host-to-device copy ({func}, {tuple(ins[0].shape)})"))
+        return out
+
+
+class HostValues(TorchFunctionMode):
+    """``torch.tensor(x, device=...)`` and its kin build the tensor on the host and copy it, blocking
+    (below the dispatcher, so :class:`HostSyncs` does not see it): recorded into ``rec``."""
+
+    def __init__(self, rec: HostSyncs) -> None:
+        super().__init__()
+        self.rec = rec
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func in (torch.tensor, torch.as_tensor, torch.asarray) and kwargs.get("device") is not None \
+                and torch.device(kwargs["device"]).type == DEVICE.type:
+            self.rec.syncs.append((self.rec.step, f"a host value copied to the device ({func.__name__})"))
+        return func(*args, **kwargs)
+
+
+class recording:
+    """Both recorders at once."""
+
+    def __init__(self, rec: HostSyncs) -> None:
+        self.rec, self.fn = rec, HostValues(rec)
+
+    def __enter__(self) -> HostSyncs:
+        self.fn.__enter__()
+        self.rec.__enter__()
+        return self.rec
+
+    def __exit__(self, *exc: Any) -> None:
+        self.rec.__exit__(*exc)
+        self.fn.__exit__(*exc)
+
+
+class CountSteps:
+    """The step, advancing the recorder's step count before each call."""
+
+    def __init__(self, step: FastStep, rec: HostSyncs) -> None:
+        self.step, self.rec = step, rec
+
+    def __call__(self, *args: Any) -> Any:
+        self.rec.step += 1
+        return self.step(*args)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return synthetic.build(tmp_path_factory.mktemp("sync") / "ds", size=36, train_per_class=20, val_per_class=5)
+
+
+def device_ctx(data: Path, out: Path, **over: Any) -> engine.Context:
+    """A run set up on the CPU, then moved to the stand-in device (weights, optimizer state, step)."""
+    cfg = TrainConfig.from_dict({"model": "alexnet-cifar", "data": str(data), "batch_size": 16, "workers": 0,
+                                 "progress": False, "device": "cpu", "epochs": 3, **over})
+    ctx = engine.setup(cfg, out)
+    ctx.model.to(DEVICE)  # in place: the optimizer keeps its parameters
+    step = FastStep(ctx.model, ctx.optimizer, ctx.augment, DEVICE, amp="none", channels_last=False,
+                    fused_optimizer=False, label_smoothing=cfg.label_smoothing)
+    return dataclasses.replace(ctx, step_fn=step, prec=Precision(DEVICE))
+
+
+def epoch_under(rec: HostSyncs, ctx: engine.Context, state: engine.RunState) -> dict[str, float]:
+    ctx = dataclasses.replace(ctx, step_fn=CountSteps(ctx.step_fn, rec))  # type: ignore[arg-type]
+    with recording(rec):
+        tr, stopped = engine.train_one_epoch(ctx, state, engine.StopFlag(), engine.Checkpointer(ctx, time.time()))
+    assert not stopped
+    return tr
+
+
+@pytest.mark.parametrize("over", [{}, {"optimizer": "sgd", "schedule": "cosine", "warmup_epochs": 1.0},
+                                  {"crop_padding": 2, "pca_std": 0.0}], ids=["paper", "sgd-cosine", "padded"])
+def test_a_training_step_never_waits_for_the_device(data: Path, tmp_path: Path, over: dict[str, Any]) -> None:
+    ctx = device_ctx(data, tmp_path, **over)
+    state = engine.RunState()
+    epoch_under(HostSyncs(), ctx, state)  # warm: the augmentation's constants are on the device
+    state.next_epoch()
+    rec = HostSyncs()
+    tr = epoch_under(rec, ctx, state)
+    n = len(ctx.train_loader)
+    assert n == 12 and rec.step == n
+    # One read, of the whole epoch's block of losses, after the last step; nothing else.
+    assert rec.syncs == [(n, "device-to-host copy")], rec.syncs
+    # The step's copies to the device: the batch, its labels and its indices, each queued without waiting.
+    per_step = [[c for c in rec.copies if c[0] == s] for s in range(1, n + 1)]
+    assert all(len(c) == 3 and all(nb for _, _, nb in c) for c in per_step), rec.copies
+    assert tr["train_images"] == n  # the read's made-up values: one image per step
+
+
+def test_reads_come_at_the_tensorboard_cadence_only(data: Path, tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    ctx = device_ctx(data, tmp_path, tensorboard=True, tensorboard_every=5)
+    tb, tb_steps = engine._open_tensorboard(ctx, engine.RunState())
+    ctx = dataclasses.replace(ctx, tb=tb, tb_steps=tb_steps)
+    try:
+        state = engine.RunState()
+        rec = HostSyncs()
+        epoch_under(rec, ctx, state)
+    finally:
+        tb.close()
+        tb_steps.close()
+    # Steps 5 and 10 (the scalars) and 12 (the epoch's end), one read each: every rank reads there.
+    assert [s for s, what in rec.syncs if what == "device-to-host copy"] == [5, 10, 12], rec.syncs
+    assert all(what == "device-to-host copy" or s == 1 for s, what in rec.syncs), rec.syncs  # step 1: constants
+
+
+def test_evaluation_reads_the_device_once_per_pass(data: Path, tmp_path: Path) -> None:
+    ctx = device_ctx(data, tmp_path)
+    model = ctx.eval_model
+    rec = HostSyncs()
+    model.register_forward_pre_hook(lambda m, i: setattr(rec, "step", rec.step + 1))
+    with recording(HostSyncs()):  # warm: constants on the device
+        evaluate(model, ctx.val_ds, ctx.augment, ctx.prec, batch_size=16, workers=0)
+    for ten_crop, return_probs in ((False, False), (True, True)):
+        rec.step, rec.syncs, rec.copies = 0, [], []
+        with recording(rec):
+            r = evaluate(model, ctx.val_ds, ctx.augment, ctx.prec, batch_size=16, workers=0, ten_crop=ten_crop,
+                         return_probs=return_probs)
+        batches = -(-len(ctx.val_ds) // 16)
+        assert batches == 4 and rec.step == batches
+        # After the last batch: the sums (and the probabilities), one copy each.
+        assert rec.syncs == [(batches, "device-to-host copy")] * (2 if return_probs else 1), rec.syncs
+        assert all(nb for _, _, nb in rec.copies) and len(rec.copies) == 2 * batches, rec.copies  # images, labels
+        assert r.n == 1  # the made-up read: ones
