@@ -1,4 +1,4 @@
-"""The training and evaluation loops never make the host wait for the GPU inside a step: the device's
+"""The GPU path, checked on the CPU. The training and evaluation loops never make the host wait for the GPU inside a step: the device's
 values are read in batches, at the logging cadence. Without a GPU, the "meta" device stands in for
 it: every op of the loop is recorded, and a read of a device value (``.item()``, ``float()``,
 ``.cpu()``), a blocking host-to-device copy or an op whose output shape depends on the device's
@@ -191,3 +191,45 @@ def test_evaluation_reads_the_device_once_per_pass(data: Path, tmp_path: Path) -
         assert rec.syncs == [(batches, "device-to-host copy")] * (2 if return_probs else 1), rec.syncs
         assert all(nb for _, _, nb in rec.copies) and len(rec.copies) == 2 * batches, rec.copies  # images, labels
         assert r.n == 1  # the made-up read: ones
+
+
+def test_the_loader_page_locks_labels_and_indices_for_a_gpu(data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without a GPU, page-locking is recorded instead of done. A copy from pageable memory waits for
+    # the stream even with non_blocking=True, so what the step copies must come page-locked.
+    from alexnet.data.format import PreparedDataset
+
+    pinned: list[torch.Tensor] = []
+
+    def pin(t: torch.Tensor) -> torch.Tensor:
+        pinned.append(t)
+        return t
+
+    class NoRegister:
+        def cudaHostRegister(self, *a: Any) -> int:
+            return 1  # refused: the image buffers stay pageable here (they are page-locked in place on a GPU)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "cudart", lambda: NoRegister())
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin)
+    ds = PreparedDataset(data, "train")
+    for pin_memory, expect in ((False, 0), (True, 2)):
+        pinned.clear()
+        loader = BatchLoader(ds, 16, shuffle=True, seed=0, workers=0, pin_memory=pin_memory)
+        b = next(iter(loader.iterate()))
+        loader.close()
+        assert len(pinned) == expect
+        if expect:
+            assert pinned[0] is b.labels and pinned[1] is b.indices
+
+
+def test_the_fused_update_only_where_the_step_is_compiled(data: Path, tmp_path: Path) -> None:
+    # Uncompiled, the fused update is a Python loop of small kernels per parameter, slower than
+    # PaperSGD's foreach passes; the device does not decide.
+    from alexnet.perf.steps import optimizer_label
+
+    for compile, label in ((False, "PaperSGD §5 (foreach)"), (True, "PaperSGD §5 (fused per parameter, compiled)")):
+        cfg = TrainConfig.from_dict({"model": "alexnet-cifar", "data": str(data), "batch_size": 16, "workers": 0,
+                                     "progress": False, "device": "cpu", "compile": compile})
+        ctx = engine.setup(cfg, tmp_path / str(compile))
+        assert (ctx.step_fn.fused is not None) == compile
+        assert optimizer_label(ctx.step_fn) == label
