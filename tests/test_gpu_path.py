@@ -1,9 +1,10 @@
-"""The GPU path, checked on the CPU. The training and evaluation loops never make the host wait for the GPU inside a step: the device's
-values are read in batches, at the logging cadence. Without a GPU, the "meta" device stands in for
-it: every op of the loop is recorded, and a read of a device value (``.item()``, ``float()``,
-``.cpu()``), a blocking host-to-device copy or an op whose output shape depends on the device's
-data is an event of the step it happened in. Reads return made-up values (ones), so the loop goes
-on as on a GPU."""
+"""The GPU path, checked on the CPU. The training and evaluation loops never make the host wait for
+the GPU inside a step: the device's values are read in batches, at the logging cadence. Without a
+GPU, the "meta" device stands in for it: every op of the loop is recorded, and a read of a device
+value (``.item()``, ``float()``, ``.cpu()``), a blocking host-to-device copy or an op whose output
+shape depends on the device's data is an event of the step it happened in. Reads return made-up
+values (ones), so the loop goes on as on a GPU. Also: the loader page-locks what the step copies,
+and the fused update is used only where it is compiled."""
 
 from __future__ import annotations
 
