@@ -166,3 +166,37 @@ def test_training_step_builds_nothing_on_the_host():
             aug.ten_crop(x)
         assert rec.host_ops == [] and rec.copies == []
 
+
+
+def _crop_gather_fp32(aug, images, p, noise, dtype):
+    """The gather path as it was, fp32 all the way and cast at the end: the reference for the bits."""
+    sub, scale, _, _ = aug._consts(images.device)
+    n, _, h, w = images.shape
+    ar = torch.arange(aug.crop)
+    rows, cols = p.oy[:, None] + ar, p.ox[:, None] + ar
+    cols = torch.where(p.flip[:, None], cols.flip(1), cols)
+    lin = (rows.clamp(0, h - 1)[:, :, None] * w + cols.clamp(0, w - 1)[:, None, :]).view(n, 1, -1)
+    x = images.reshape(n, 3, h * w).gather(2, lin.expand(n, 3, -1)).float()
+    x -= sub.reshape(1, 3, h * w).expand(n, -1, -1).gather(2, lin.expand(n, 3, -1))
+    if aug.pad:
+        valid = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
+        x *= valid.view(n, 1, -1)
+    x = x.view(n, 3, aug.crop, aug.crop)
+    if noise is not None:
+        x.add_(noise.float()[:, :, None, None])
+    x.mul_(scale.view(1, 3, 1, 1))
+    return x.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("kw", [{}, {"crop_padding": 2}, {"input_norm": "mean_image_std"}, {"input_norm": "mean_std"}])
+def test_the_gather_writes_the_compute_dtype_with_the_bits_of_fp32_then_cast(dtype, kw):
+    aug = make_aug(**kw)
+    x, idx = images(16), torch.arange(40, 56)
+    p, noise = aug.params(idx, 3)
+    sub, scale, _, _ = aug._consts(x.device)
+    got = aug._crop_gather(x, p, sub, scale, noise, dtype)
+    assert got.dtype == dtype and got.shape == (16, 3, 8, 8)
+    assert torch.equal(got, _crop_gather_fp32(aug, x, p, noise, dtype))
+    if not kw:  # and the CPU's slicing path agrees with the gather
+        assert torch.equal(aug.train(x, idx, 3, dtype=dtype), got)

@@ -178,17 +178,23 @@ class Augment:
     def _crop(self, images: torch.Tensor, p: CropParams, noise: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
         dev = images.device
         sub, scale, _, _ = self._consts(dev)
-        if dev.type == "cpu" and not self.pad:
-            x = self._crop_loop(images, p, sub)
-        else:
-            x = self._crop_gather(images, p, sub)
+        if dev.type != "cpu" or self.pad:
+            return self._crop_gather(images, p, sub, scale, noise, dtype)
+        x = self._crop_loop(images, p, sub)
         if noise is not None:
             x.add_(noise.to(dev, torch.float32)[:, :, None, None])
         x.mul_(scale.view(1, 3, 1, 1))
         return x.to(dtype)
 
-    def _crop_gather(self, images: torch.Tensor, p: CropParams, sub: torch.Tensor) -> torch.Tensor:
-        """One gather kernel for the whole batch (the GPU path, and padded crops)."""
+    def _crop_gather(self, images: torch.Tensor, p: CropParams, sub: torch.Tensor, scale: torch.Tensor,
+                     noise: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+        """Gathers for the whole batch (the GPU path, and padded crops), written once in ``dtype``.
+
+        The crop's pixels are gathered as uint8 (1 byte a pixel); the mean image at those pixels
+        in fp32, the one fp32 N×3×S×S intermediate (154 MB at batch 256, 224²); the subtraction,
+        the padding mask, the colour noise and the scale run in place on it; the result is
+        rounded once into a new ``dtype`` tensor (bf16: 2 bytes a pixel). The same operations in
+        the same order as fp32 all the way and a cast at the end: the same bits."""
         n, _, h, w = images.shape
         dev = images.device
         ar = torch.arange(self.crop, device=dev)
@@ -196,13 +202,18 @@ class Augment:
         cols = p.ox.to(dev)[:, None] + ar  # N×S
         cols = torch.where(p.flip.to(dev)[:, None], cols.flip(1), cols)
         rows_c, cols_c = rows.clamp(0, h - 1), cols.clamp(0, w - 1)
-        lin = (rows_c[:, :, None] * w + cols_c[:, None, :]).view(n, 1, -1)  # N×1×(S·S) flat pixel index
-        x = images.reshape(n, 3, h * w).gather(2, lin.expand(n, 3, -1)).float()  # N×3×(S·S)
-        x -= sub.reshape(1, 3, h * w).expand(n, -1, -1).gather(2, lin.expand(n, 3, -1))
+        lin = (rows_c[:, :, None] * w + cols_c[:, None, :]).view(n, 1, -1).expand(n, 3, -1)  # flat pixel index
+        x = images.reshape(n, 3, h * w).gather(2, lin)  # uint8 N×3×(S·S)
+        m = sub.reshape(1, 3, h * w).expand(n, -1, -1).gather(2, lin)  # fp32 N×3×(S·S)
+        torch.sub(x, m, out=m)  # x - mean, in fp32 (uint8 converts exactly)
         if self.pad:
             valid = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]  # N×S×S
-            x *= valid.view(n, 1, -1)  # padding reads as the mean (zero after subtraction)
-        return x.view(n, 3, self.crop, self.crop)  # N×3×S×S
+            m *= valid.view(n, 1, -1)  # padding reads as the mean (zero after subtraction)
+        if noise is not None:
+            m += noise.to(dev, torch.float32)[:, :, None]
+        out = torch.empty((n, 3, self.crop * self.crop), dtype=dtype, device=dev)
+        torch.mul(m, scale.view(1, 3, 1), out=out)  # computed in fp32, rounded once on the store
+        return out.view(n, 3, self.crop, self.crop)  # N×3×S×S
 
     def _crop_loop(self, images: torch.Tensor, p: CropParams, sub: torch.Tensor) -> torch.Tensor:
         """CPU: slice each sample (views, no index tensors), subtract the mean crop into one buffer."""

@@ -6,7 +6,10 @@ What it does beyond the plain augment → forward → loss → backward → ``op
 
 * **Augmentation straight to the compute dtype.** :meth:`Augment.train` writes bf16 when autocast is
   bf16: the first convolution casts its input to bf16 under autocast anyway, so the numbers the network
-  sees are identical and the fp32 N×3×224×224 intermediate (154 MB at batch 256) is never written.
+  sees are identical. On the GPU the crop's pixels are gathered as uint8 and the mean image at those
+  pixels in fp32 (one fp32 N×3×224×224 intermediate, 154 MB at batch 256, on which the subtraction,
+  colour noise and scale run in place); the network's input is written once, in bf16. Eager, that is
+  one fp32 tensor fewer than fp32 arithmetic followed by a cast, with the same bits.
 * **Model + loss + top-1 hits compiled as one function.** Inductor fuses the ReLUs, the (plain) LRN,
   dropout, the fp32 cast of the logits and the cross-entropy into neighbouring kernels, in the forward
   and the backward. The fused Triton LRN (``alexnet.models.lrn_fast``) is a custom op, opaque to the
@@ -19,6 +22,11 @@ What it does beyond the plain augment → forward → loss → backward → ``op
   tensor, so the schedule can change it every step without a recompilation; the state stays the
   optimizer's own (``state[p]["velocity"]``), so checkpoints are unchanged. The rule is the paper's
   exactly; only fp32 rounding may differ in the last bit (contraction into FMAs).
+* **No host synchronisation.** Nothing in the step reads a device value or copies from pageable
+  memory: the batch, labels and indices come page-locked from the loader and are copied with
+  ``non_blocking``; the loss and hits are returned as device tensors; the learning rate reaches the
+  fused update as a device tensor filled in place. (fp16 with a ``GradScaler`` is the exception: the
+  scaler reads whether the gradients are finite at every step.)
 * **CUDA graphs** (``cuda_graphs=True``): the compiled forward/backward is captured and replayed
   (``mode="reduce-overhead"``), which removes the kernel-launch gaps. At batch 256 a step is ~10 ms of
   GPU work against ~1 ms of launches, so the gain is small; it matters for small per-GPU batches.
