@@ -342,3 +342,16 @@ def test_bf16_gradient_compression_hook_is_registered_and_trains(data: Path, one
     print(f"bf16 hook, 2 processes, against fp32, 1 process: max |weight difference| {diff:.2e}")
     assert 1e-6 < diff < 1e-3, diff
     assert abs(rows(one)[-1]["train_loss"] - rows(run)[-1]["train_loss"]) < 0.01
+
+
+def test_per_step_tensorboard_scalars_come_from_rank_0_only(data: Path, tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    two = tmp_path / "two"
+    run_ok(torchrun("-m", "alexnet", *train_args(data, two, "--tensorboard", "--set", "tensorboard_every=2")))
+    assert len(list((two / "tb" / "steps").glob("events.out.tfevents.*"))) == 1  # one writer: rank 0's
+    acc = EventAccumulator(str(two / "tb" / "steps"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("step/train_loss")] == [2, 4, 6, 8, 10, 12]  # 6 global batches an epoch
+    assert all(e.value > 0 for e in acc.Scalars("step/img_per_s"))

@@ -234,3 +234,36 @@ def test_the_fused_update_only_where_the_step_is_compiled(data: Path, tmp_path: 
         ctx = engine.setup(cfg, tmp_path / str(compile))
         assert (ctx.step_fn.fused is not None) == compile
         assert optimizer_label(ctx.step_fn) == label
+
+
+def step_scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tb" / "steps"))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_tensorboard_gets_loss_lr_and_speed_every_n_steps(data: Path, tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from alexnet.cli import main
+    from alexnet.engine.optim import Schedule
+
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--model", "alexnet-cifar", "--out", str(out), "--batch-size", "16",
+                 "--workers", "0", "--no-progress", "--epochs", "2", "--tensorboard", "--set", "max_steps_per_epoch=5",
+                 "--set", "tensorboard_every=2", "--set", "schedule=cosine"]) == 0
+    s = step_scalars(out)
+    assert set(s) == {"step/train_loss", "step/lr", "step/img_per_s"}
+    assert [k for k, _ in s["step/train_loss"]] == [2, 4, 6, 8, 10]  # 10 steps in all, every 2nd
+    assert all(0.5 < v < 5 for _, v in s["step/train_loss"])  # ~ln 10 at the start, per-step values
+    cfg = TrainConfig.from_dict(__import__("yaml").safe_load((out / "config.yaml").read_text()))
+    sched = Schedule(cfg, 5)
+    assert [(k, pytest.approx(v, rel=1e-6)) for k, v in s["step/lr"]] == [(k, sched.lr_at(k - 1)) for k in (2, 4, 6, 8, 10)]
+    assert [k for k, _ in s["step/img_per_s"]] == [2, 4, 6, 8, 10] and all(v > 0 for _, v in s["step/img_per_s"])
+    # 0 turns them off; the per-epoch scalars stay.
+    off = tmp_path / "off"
+    assert main(["train", "--data", str(data), "--model", "alexnet-cifar", "--out", str(off), "--batch-size", "16",
+                 "--workers", "0", "--no-progress", "--epochs", "1", "--tensorboard", "--set", "max_steps_per_epoch=2",
+                 "--set", "tensorboard_every=0"]) == 0
+    assert not (off / "tb" / "steps").exists() and list((off / "tb").glob("events.out.tfevents.*"))
