@@ -50,3 +50,27 @@ def test_the_wheel_ships_py_typed_and_the_recipes(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "alexnet/py.typed" in names
     assert "alexnet/configs/paper.yaml" in names
+
+
+# TorchCodec's compatibility table (its README): the torch each release needs.
+TORCHCODEC_NEEDS_TORCH = {(0, 10): (2, 10), (0, 11): (2, 11), (0, 12): (2, 11), (0, 13): (2, 11), (0, 14): (2, 11),
+                          (0, 15): (2, 11), (0, 16): (2, 11), (0, 17): (2, 11)}
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split("."))
+
+
+def test_dependency_floors_are_what_the_compat_job_tests() -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    floors = {m[1]: _version(m[2]) for d in deps if (m := re.fullmatch(r"([\w-]+)>=([\d.]+)", d.strip()))}
+    makefile = (ROOT / "Makefile").read_text()
+    compat = makefile[makefile.index("$(COMPAT_STAMP):"):]
+    pins = {name: _version(v) for name, v in re.findall(r'"(torch|torchvision)==([\d.]+)"', compat)}
+    # The floors are the oldest stack that is tested, no lower: torch 2.11 / torchvision 0.26.
+    assert floors["torch"] == pins["torch"][:2] and floors["torchvision"] == pins["torchvision"][:2], (floors, pins)
+    assert floors["torch"] >= (2, 4)  # torch.library.custom_op: the fused LRN
+    assert floors["torchvision"] >= (0, 19)  # batched nvJPEG decode_jpeg
+    # TorchCodec is a core dependency only where every torch the floor admits can load it.
+    assert TORCHCODEC_NEEDS_TORCH[floors["torchcodec"][:2]] <= floors["torch"]
