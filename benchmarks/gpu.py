@@ -1,12 +1,18 @@
 """Training throughput of the paper's network on one GPU: end to end, model only, MFU, hours for 90 epochs.
 
+    benchmarks/gpu_run.sh OUTDIR                                        # the GPU machine's one run: preflight + this, ≤ 6 min
     PYTHONPATH=src python3 benchmarks/gpu.py --preflight                # seconds: versions, /dev/shm, GPU, LRN, one step
     PYTHONPATH=src python3 benchmarks/gpu.py                            # one H100: finishes within ~7 minutes
+    PYTHONPATH=src python3 benchmarks/gpu.py --plan --device cuda       # the rows and their estimated seconds, anywhere
     PYTHONPATH=src python3 benchmarks/gpu.py --device cpu --tiny        # toy scale on the CPU: tests the code path
     python3 benchmarks/gpu.py --markdown benchmarks/results/gpu-….json  # the README's tables
 
 A composition of :mod:`alexnet.perf` (timing, FLOPs, photo fixtures, the training step, torchvision's
-reference recipe) and the package's own loader and step. What it measures, headline rows first:
+reference recipe, ``alexnet train`` timed) and the package's own loader and step. What it measures,
+headline rows first (:func:`plan` says the order):
+
+* **train**: ``alexnet train`` itself, the engine's ``run()`` with its loader, logging, checkpoints
+  and evaluation (:mod:`alexnet.perf.training`), on the same JPEGs: the second of two epochs.
 
 * **end-to-end**: real-photo 256×256 JPEGs (q90) built on the spot (:mod:`alexnet.perf.fixtures`;
   without scikit-image, photo-like synthetic scenes, rows marked ``"photos": false``) → our
@@ -68,11 +74,11 @@ from alexnet.data.augment import Augment
 from alexnet.environment import environment, versions
 from alexnet.models import lrn_fast
 from alexnet.models.layers import two_tower_convs
-from alexnet.perf import fixtures, flops, reference, steps, timing
+from alexnet.perf import fixtures, flops, reference, steps, timing, training
 from alexnet.perf.preflight import preflight
 
 ROOT = Path(__file__).resolve().parent
-MODES = ("model-only", "end-to-end")
+MODES = ("model-only", "end-to-end", "train")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -145,6 +151,7 @@ class Runner:
     flops_torch_raw: dict[str, float] = field(default_factory=dict)  # FlopCounterMode's own (grouped-conv bug)
     data: dict[str, Any] = field(default_factory=dict)
     errors: list[dict[str, str]] = field(default_factory=list)  # phases outside the rows that failed
+    plan: list[dict[str, Any]] = field(default_factory=list)  # the rows planned, with their estimates
     t0: float = field(default_factory=time.perf_counter)
     compile_s: list[float] = field(default_factory=list)
 
@@ -180,7 +187,7 @@ class Runner:
         result = {**self.common(), "cpu": self.env.get("processor"), "environment": self.env,
                   "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self.args).items()},
                   "flops_per_image": self.flops, "flops_per_image_torch_formula": self.flops_torch_raw,
-                  "errors": self.errors, "wall_s": round(self.elapsed(), 1), "rows": self.rows}
+                  "errors": self.errors, "plan": self.plan, "wall_s": round(self.elapsed(), 1), "rows": self.rows}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text(json.dumps(result, indent=1) + "\n")
@@ -218,7 +225,7 @@ class Runner:
         finally:
             self.free()  # also the steps no longer needed
         if row is not None:
-            row = {**what, **row}
+            row = {**what, **row, "row_s": round(time.perf_counter() - t, 1)}
             if row.get("img_per_s"):
                 row.update(flops.derived(row["img_per_s"], self.flops.get(row.pop("_flops_key", None) or ""),
                                          self.device_name if self.cuda else None))
@@ -256,8 +263,10 @@ class Runner:
         if lrn_mode:
             variant = (variant + "; " if variant else "") + f"ALEXNET_LRN={lrn_mode}"
         what = {"mode": "model-only", "model": v.model, "variant": variant, "step": kind, "batch": self.args.batch}
-        cost = self.args.time_budget + 10 + (self.compile_estimate() if kind != "eager" else 0)
-        self.measure(what, cost, lambda: self._model_only(v, kind, variant, augment, lrn_mode))
+        self.measure(what, self.model_only_cost(kind), lambda: self._model_only(v, kind, variant, augment, lrn_mode))
+
+    def model_only_cost(self, kind: str) -> float:
+        return self.args.time_budget + 10 + (self.compile_estimate() if kind != "eager" else 0)
 
     def _model_only(self, v: Variant, kind: str, variant: str, augment: bool, lrn_mode: str | None) -> dict[str, Any]:
         b = self.args.batch
@@ -333,11 +342,17 @@ class Runner:
         n = self.args.images if kind == "photos" else min(self.args.images, self.args.synthetic_images)
         work = self.args.work_dir
         t = time.perf_counter()
-        root = fixtures.make_photo_dataset(work / "photos", n, kind=kind, procs=self.args.build_procs)
+        # A validation split for the train rows: whole batches (a last partial one would compile
+        # evaluation twice), about ImageNet's 50k : 1.28M.
+        n_val = self.args.batch * max(2, n // 25 // self.args.batch)
+        # 1000 classes, as the model-only rows' networks: the train rows' compiled graph is theirs
+        # (Inductor's cache serves it).
+        root = fixtures.make_photo_dataset(work / "photos", n, n_val=n_val, kind=kind, procs=self.args.build_procs,
+                                           classes=1000)
         ds = PreparedDataset(root, "train")
         t_build = time.perf_counter() - t
         folder = fixtures.write_image_folder(ds, work / "imagefolder")
-        self.data.update(prepared=ds, folder=folder, kind=kind, build_s=round(time.perf_counter() - t, 1),
+        self.data.update(prepared=ds, root=root, n_val=n_val, folder=folder, kind=kind, build_s=round(time.perf_counter() - t, 1),
                          build_prepared_s=round(t_build, 1), n=len(ds),
                          mean_jpeg_kb=round(float(ds.index[:, 1].mean()) / 1024, 1))
         print(f"data  {len(ds)} {'real-photo' if kind == 'photos' else 'SYNTHETIC (no scikit-image)'} 256×256 "
@@ -376,7 +391,10 @@ class Runner:
         v = variants()[key]
         what = {"mode": "end-to-end", "model": v.model, "variant": v.variant, "loader": "alexnet BatchLoader",
                 "decode": decode, "batch": self.args.batch, "workers": self.args.workers}
-        self.measure(what, self.args.time_budget + 15 + self.data_cost(), lambda: self._end_to_end(v, decode))
+        self.measure(what, self.end_to_end_cost(), lambda: self._end_to_end(v, decode))
+
+    def end_to_end_cost(self) -> float:
+        return self.args.time_budget + 15 + self.data_cost()
 
     def _end_to_end(self, v: Variant, decode: str) -> dict[str, Any]:
         if v.key not in self.steps:
@@ -402,7 +420,10 @@ class Runner:
     def loader_only(self, decode: str) -> None:
         what = {"mode": "loader-only", "model": None, "variant": "uint8 batches to the device, no step",
                 "loader": "alexnet BatchLoader", "decode": decode, "batch": self.args.batch, "workers": self.args.workers}
-        self.measure(what, self.args.time_budget + 10 + self.data_cost(), lambda: self._loader_only(decode))
+        self.measure(what, self.loader_only_cost(), lambda: self._loader_only(decode))
+
+    def loader_only_cost(self) -> float:
+        return self.args.time_budget + 10 + self.data_cost()
 
     def _loader_only(self, decode: str) -> dict[str, Any]:
         def consume(b: Any, epoch: int) -> int:
@@ -420,8 +441,10 @@ class Runner:
                 "variant": "reference recipe" + (", ImageNet-sized JPEGs" if imagenet_size else ""),
                 "loader": "torch DataLoader + ImageFolder (PIL)", "decode": "cpu", "batch": self.args.batch,
                 "workers": self.args.workers}
-        cost = self.args.time_budget + 15 + self.data_cost() + (0.75 * self.args.build_estimate if imagenet_size else 0)
-        self.measure(what, cost, lambda: self._reference(imagenet_size))
+        self.measure(what, self.reference_cost(imagenet_size), lambda: self._reference(imagenet_size))
+
+    def reference_cost(self, imagenet_size: bool) -> float:
+        return self.args.time_budget + 15 + self.data_cost() + (0.75 * self.args.build_estimate if imagenet_size else 0)
 
     def _reference(self, imagenet_size: bool) -> dict[str, Any]:
         key = "torchvision"
@@ -463,13 +486,58 @@ class Runner:
               f"{res['img_per_s']:10.1f} img/s", flush=True)
         return row
 
+    def train(self, decode: str) -> None:
+        """``alexnet train`` itself (the engine's ``run()``): the paper's recipe with this run's
+        speed switches, a warm-up epoch and a timed one on the same JPEGs, with the run's loader,
+        logging, checkpoints (one mid-epoch, one at each epoch end) and evaluation."""
+        a = self.args
+        what = {"mode": "train", "model": "alexnet", "variant": "alexnet train (engine run(), paper recipe)",
+                "loader": "alexnet BatchLoader", "decode": decode, "batch": a.batch, "workers": a.workers}
+        self.measure(what, self.train_cost(), lambda: self._train(decode))
+
+    def train_cost(self) -> float:
+        a = self.args
+        return 2 * a.time_budget + 20 + self.data_cost() + (self.compile_estimate() if self.cuda and a.compile else 0)
+
+    def _train(self, decode: str) -> dict[str, Any]:
+        a = self.args
+        self.dataset()
+        steps_per_epoch = 3 if a.tiny else self.data["n"] // a.batch  # --tiny: the code path, in seconds
+        # On the CPU, Inductor would compile for minutes: the train rows there run eager (the
+        # fast recipe's "auto" does the same).
+        compile = a.compile and self.cuda
+        cfg = training.train_config(self.data["root"], device=str(self.device), batch=a.batch, workers=a.workers,
+                                    decode=decode, amp=a.amp, channels_last=a.channels_last, compile=compile,
+                                    save_every=max(1, steps_per_epoch // 2), max_steps_per_epoch=3 if a.tiny else 0)
+        out = a.work_dir / f"train-{decode}"
+        shutil.rmtree(out, ignore_errors=True)
+
+        def log(line: str) -> None:
+            if a.tiny or line.startswith(("epoch", "warning")):
+                print(f"      train | {line}", flush=True)
+
+        try:
+            res = training.timed_run(cfg, out, log=log)
+        finally:
+            shutil.rmtree(out, ignore_errors=True)  # ~0.5 GB per checkpoint
+        print(f"train       {'alexnet':20s} decode {decode:5s} {'compile' if compile else 'eager':18s} "
+              f"{res['img_per_s']:10.1f} img/s  (epoch with evaluation and checkpoints: {res['img_per_s_epoch_wall']:.1f}; "
+              f"first epoch {res['first_epoch_s']:.0f} s)", flush=True)
+        recipe = {"recipe": "paper", "amp": cfg.amp, "channels_last": cfg.channels_last, "compile": cfg.compile,
+                  "optimizer": "PaperSGD §5 (" + ("fused per parameter, compiled" if cfg.compile else "foreach") + ")",
+                  "lr": cfg.lr, "schedule": cfg.schedule, "augment": "§4.1 on the device (crop, flip, PCA noise, mean)",
+                  "eval": "centre crop, every epoch", "save_every": cfg.save_every, "keep_checkpoints": cfg.keep_checkpoints,
+                  "cudnn_benchmark": torch.backends.cudnn.benchmark if self.cuda else None}
+        return {**res, **self.data_fields(), "step": "compile" if compile else "eager", "recipe": recipe,
+                "_flops_key": "alexnet"}
+
     def add_ratios(self) -> None:
         """Each end-to-end row of ours: how many times the reference recipe on the same JPEGs."""
         ref = next((r for r in self.rows if r.get("variant") == "reference recipe" and r.get("img_per_s")), None)
         ref_in = next((r for r in self.rows if r.get("variant") == "reference recipe, ImageNet-sized JPEGs"
                        and r.get("img_per_s")), None)
         for r in self.rows:
-            if r.get("mode") == "end-to-end" and r.get("loader") == "alexnet BatchLoader" and r.get("img_per_s"):
+            if r.get("mode") in ("end-to-end", "train") and r.get("loader") == "alexnet BatchLoader" and r.get("img_per_s"):
                 if ref:
                     r["x_reference"] = round(r["img_per_s"] / ref["img_per_s"], 2)
                 if ref_in:
@@ -481,43 +549,95 @@ class Runner:
 # The plan
 
 
-def plan(r: Runner) -> list[Callable[[], None]]:
-    """Measurements in order of importance (a deadline drops the tail): the headline rows first (end
-    to end for alexnet and alexnet-owt with the step training runs, each after its model-only
-    measurement, then torchvision's reference recipe on the same JPEGs), then the rest."""
+@dataclass
+class Task:
+    """One row of the plan: what it measures, its estimated seconds (from this run's settings, before
+    anything is measured; the deadline check re-estimates with the compile times seen so far) and
+    the measurement."""
+
+    label: str
+    estimate_s: float
+    run: Callable[[], None]
+
+
+def plan(r: Runner) -> list[Task]:
+    """Measurements in order of importance (a deadline drops the tail). The headline rows first: the
+    paper's net compiled and, right after it, without LRN (LRN's share of the step); ``alexnet
+    train`` itself (the engine's run(): what a user gets); the same step end to end; torchvision's
+    reference recipe on the same JPEGs (after its model-only step); alexnet-owt model-only and end to
+    end. Then the GPU-decoding rows (nvJPEG: a sticky CUDA error there cannot cost a row above), then
+    the rest, then the extras."""
     a = r.args
     main = "compile" if a.compile else "eager"  # the step alexnet train runs on this device (fast recipe)
     other = ["eager"] if a.compile else []
-    mo, e2e = "model-only" in a.only, "end-to-end" in a.only
-    t: list[Callable[[], None]] = []
-    for key in ("alexnet", "alexnet-owt"):
-        t.append(lambda key=key: r.model_only(key, main))
+    mo, e2e, tr = "model-only" in a.only, "end-to-end" in a.only, "train" in a.only
+    first, gpu_decode = [d for d in a.decode if d == "cpu"][:1] or a.decode[:1], [d for d in a.decode if d != "cpu"]
+    t: list[Task] = []
+
+    def model_only(key: str, kind: str, **kw: Any) -> None:
+        label = f"model-only {key} {kind}" + "".join(f" {k}={v}" for k, v in kw.items())
+        t.append(Task(label, r.model_only_cost(kind), lambda: r.model_only(key, kind, **kw)))
+
+    def end_to_end(key: str, d: str) -> None:
+        t.append(Task(f"end-to-end {key} decode {d}", r.end_to_end_cost(), lambda: r.end_to_end(key, d)))
+
+    def train(d: str) -> None:
+        t.append(Task(f"train alexnet decode {d}", r.train_cost(), lambda: r.train(d)))
+
+    model_only("alexnet", main)  # also what the end-to-end rows of alexnet train with
+    if mo and a.compile:
+        model_only("alexnet-nolrn", "compile")
+    for d in first if tr else []:
+        train(d)
+    for d in first if e2e else []:
+        end_to_end("alexnet", d)
+    model_only("torchvision", "eager")  # also the reference recipe's step
+    if e2e:
+        t.append(Task("end-to-end torchvision reference recipe", r.reference_cost(False), lambda: r.reference(False)))
+    model_only("alexnet-owt", main)
+    for d in first if e2e else []:
+        end_to_end("alexnet-owt", d)
+    for d in gpu_decode:
         if e2e:
-            t += [lambda key=key, d=d: r.end_to_end(key, d) for d in a.decode]
-    t.append(lambda: r.model_only("torchvision", "eager"))
-    if e2e:
-        t.append(lambda: r.reference(imagenet_size=False))
+            end_to_end("alexnet", d)
+            end_to_end("alexnet-owt", d)
+        if tr:
+            train(d)
     if mo:
-        t += [lambda kind=kind, key=key: r.model_only(key, kind) for kind in other for key in ("alexnet", "alexnet-owt")]
-        t.append(lambda: r.model_only("alexnet-nolrn", "eager"))
-        t.append(lambda: r.model_only("torchvision", "eager", augment=False))
+        for kind in other:
+            model_only("alexnet", kind)
+            model_only("alexnet-owt", kind)
+        model_only("alexnet-nolrn", "eager")
+        model_only("torchvision", "eager", augment=False)
     if e2e:
-        t += [lambda d=d: r.loader_only(d) for d in a.decode]
+        for d in a.decode:
+            t.append(Task(f"loader-only decode {d}", r.loader_only_cost(), lambda d=d: r.loader_only(d)))
         if a.imagenet_size_images > 0:
-            t.append(lambda: r.reference(imagenet_size=True))
+            t.append(Task("end-to-end torchvision reference recipe, ImageNet-sized JPEGs", r.reference_cost(True),
+                          lambda: r.reference(True)))
     # --tiny leaves out rows whose code path the rows above already run (another model, the same step).
     if mo and not a.tiny:
         if a.compile:
-            t.append(lambda: r.model_only("alexnet-nolrn", "compile"))
-            t.append(lambda: r.model_only("torchvision", "compile"))
-        t.append(lambda: r.model_only("alexnet-towers", "eager"))
+            model_only("torchvision", "compile")
+        model_only("alexnet-towers", "eager")
         if "lrn-plain" in a.extras and a.compile:
-            t.append(lambda: r.model_only("alexnet", "compile", lrn_mode="plain"))
+            model_only("alexnet", "compile", lrn_mode="plain")
         if "cudagraphs" in a.extras and a.compile and r.cuda:
-            t.append(lambda: r.model_only("alexnet", "compile+cudagraphs"))
+            model_only("alexnet", "compile+cudagraphs")
         if "towers-compiled" in a.extras and a.compile:
-            t.append(lambda: r.model_only("alexnet-towers", "compile"))
+            model_only("alexnet-towers", "compile")
     return t
+
+
+def print_plan(tasks: list[Task], elapsed: float, deadline: float) -> None:
+    """The plan with each row's estimate and the running total against the deadline."""
+    total = elapsed
+    print(f"plan: {len(tasks)} rows; {elapsed:.0f} s elapsed; deadline {deadline:.0f} s" if deadline else
+          f"plan: {len(tasks)} rows; {elapsed:.0f} s elapsed; no deadline", flush=True)
+    for i, task in enumerate(tasks, 1):
+        total += task.estimate_s
+        late = "  (past the deadline: skipped unless earlier rows are faster)" if deadline and total > deadline else ""
+        print(f"  {i:2d}. {task.label:60s} ~{task.estimate_s:4.0f} s  (ends ~{total:4.0f} s){late}", flush=True)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -573,16 +693,17 @@ def markdown(result: dict[str, Any]) -> str:
                          f"{_fmt(r.get('ms_per_step'), '.2f')} | {_fmt(r.get('tflop_per_s'), '.1f')} | {mfu} | "
                          f"{_fmt(r.get('hours_90_epochs'), '.2f')} | {_fmt(r.get('lrn_share'), '.1%')} |")
         lines.append("")
-    e2e = [r for r in rows if r.get("mode") in ("end-to-end", "loader-only")]
+    e2e = [r for r in rows if r.get("mode") in ("end-to-end", "loader-only", "train")]
     if e2e:
         photos = {r.get("photos") for r in e2e if "photos" in r}
         kind = "real-photo" if photos == {True} else ("SYNTHETIC photo-like (no scikit-image)" if photos == {False} else "mixed")
         lines += [
             f"End to end: {kind} JPEGs → loader (workers) → augmentation on the device → step; steady state inside an "
-            "epoch, after draining the prefetch queue.",
+            "epoch, after draining the prefetch queue. Train: `alexnet train` itself (the engine's run()), the second "
+            "of two epochs as the run reports it; the last column counts its evaluation and checkpoints too.",
             "",
             "| model | mode | loader | decode | workers | step | img/s | × reference (same JPEGs / ImageNet-sized) | "
-            "90 epochs (h) | with epoch restarts |",
+            "90 epochs (h) | with epoch restarts (train: whole epoch) |",
             "|---|---|---|---|--:|---|--:|--:|--:|--:|",
         ]
         for r in e2e:
@@ -599,7 +720,7 @@ def markdown(result: dict[str, Any]) -> str:
                 x = f"{_fmt(r.get('x_reference'), '.1f')}× / {_fmt(r.get('x_reference_imagenet_size'), '.1f')}×"
             lines.append(f"| {name} | {r['mode']} | {r.get('loader')} | {r.get('decode')} | {r.get('workers')} | "
                          f"{r.get('step', '—')} | {_fmt(r['img_per_s'])} | {x} | {_fmt(r.get('hours_90_epochs'), '.2f')} | "
-                         f"{_fmt(r.get('img_per_s_with_restarts'))} |")
+                         f"{_fmt(r.get('img_per_s_with_restarts', r.get('img_per_s_epoch_wall')))} |")
         lines.append("")
     fl = result.get("flops_per_image") or {}
     if fl:
@@ -617,6 +738,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--markdown", type=Path, metavar="RESULTS.json", help="print the markdown tables of a result file and exit")
     ap.add_argument("--preflight", action="store_true",
                     help="seconds: versions, /dev/shm, the GPU, the LRN op and one compiled step at the paper's shapes")
+    ap.add_argument("--plan", action="store_true",
+                    help="print the rows this run would measure, each with its estimated seconds, and exit (no GPU "
+                         "needed: --plan --device cuda shows the GPU machine's plan)")
     ap.add_argument("--device", default=None, help="cuda (default when available), cuda:N, cpu")
     ap.add_argument("--tiny", action="store_true", help="toy scale (batch 2, few steps, 48 images): tests the code path")
     ap.add_argument("--only", choices=MODES, help="one of the two parts (default: both)")
@@ -701,6 +825,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.preflight:
         return 0 if preflight(torch.device(args.device) if args.device else None) else 1
     device = torch.device(args.device)
+    if args.plan:
+        runner = Runner(args, device, {"cuda_device": args.device, "processor": args.device}, args.out / "unused.json")
+        print(f"dataset build ~{args.build_estimate:.0f} s, FLOP count ~5 s (before the rows)")
+        runner.data["prepared"] = None  # the rows' estimates, as after the build
+        print_plan(plan(runner), args.build_estimate + 5 + 10, args.deadline)  # 10 s: imports and start-up
+        return 0
     if device.type == "cuda" and not torch.cuda.is_available():
         print("gpu.py: --device cuda but CUDA is not available (use --device cpu --tiny for the CPU smoke run)",
               file=sys.stderr)
@@ -720,14 +850,18 @@ def main(argv: list[str] | None = None) -> int:
         runner = Runner(args, device, env, args.out / "gpu-pending.json", t0=START)
         runner.path = args.out / f"gpu-{device_slug(runner.device_name, device.type)}-{env['date_utc'][:10]}.json"
         runner.save()
-        if "end-to-end" in args.only:  # first: its worker processes fork before CUDA and the compilers start threads
+        if "end-to-end" in args.only or "train" in args.only:  # first: its worker processes fork before CUDA and the compilers start threads
             runner.phase("dataset", runner.dataset)
         print(f"{runner.device_name} | {env['cpu_count']} CPUs | torch {torch.__version__} | batch {args.batch} | "
               f"workers {args.workers} | budget {args.time_budget}s per measurement | deadline {args.deadline or '—'}s",
               flush=True)
         runner.phase("flops", lambda: count_flops(runner))
-        for task in plan(runner):
-            task()
+        tasks = plan(runner)
+        runner.plan = [{"row": task.label, "estimate_s": round(task.estimate_s)} for task in tasks]
+        print_plan(tasks, runner.elapsed(), args.deadline)
+        runner.save()
+        for task in tasks:
+            task.run()
         runner.add_ratios()
         print()
         print(markdown(json.loads(runner.path.read_text())))

@@ -84,6 +84,24 @@ def test_tiny_run_writes_rows_and_markdown(tmp_path: Path) -> None:
         assert r["x_reference"] == pytest.approx(r["img_per_s"] / ref["img_per_s"], rel=0.01)
         assert r["step"] in ("eager", "compile")
     assert any(r["mode"] == "loader-only" for r in rows)
+    # alexnet train itself (the engine's run()): the second of two epochs, with evaluation and checkpoints.
+    (train,) = [r for r in rows if r["mode"] == "train"]
+    assert train["decode"] == "cpu" and train["model"] == "alexnet" and train["photos"] is True
+    assert train["steps_per_epoch"] == 3 and train["train_images_per_epoch"] == 3 * 2 and train["val_images"] == 4
+    assert 0 < train["img_per_s_epoch_wall"] < train["img_per_s"]  # the whole epoch: evaluation and checkpoint too
+    assert train["first_epoch_s"] > 0 and train["save_every"] == 1
+    assert train["recipe"]["optimizer"] == "PaperSGD §5 (foreach)" and train["recipe"]["compile"] is False
+    assert train["x_reference"] == pytest.approx(train["img_per_s"] / ref["img_per_s"], rel=0.01)
+    # The plan: headline rows first, the compiled no-LRN net right after the compiled paper net, then
+    # alexnet train; every row says how long it took, every plan entry its estimate.
+    plan = [p["row"] for p in result["plan"]]
+    assert plan[:3] == ["model-only alexnet compile", "model-only alexnet-nolrn compile", "train alexnet decode cpu"]
+    assert plan.index("end-to-end torchvision reference recipe") < plan.index("model-only alexnet-owt compile")
+    assert all(p["estimate_s"] > 0 for p in result["plan"]) and len(plan) == len(rows)
+    assert [(r["mode"], r["model"], r.get("step")) for r in rows[:3]] == [
+        ("model-only", "alexnet", "compile"), ("model-only", "alexnet", "compile"), ("train", "alexnet", "eager")]
+    assert rows[1]["variant"] == "lrn=none"
+    assert all(r["row_s"] > 0 for r in rows)
     # FLOPs counted by FlopCounterMode agree with a count from the layer shapes.
     fl = result["flops_per_image"]
     assert fl["alexnet-owt"] == pytest.approx(_hand_flops(models.create("alexnet-owt")), rel=1e-6)
@@ -97,3 +115,22 @@ def test_tiny_run_writes_rows_and_markdown(tmp_path: Path) -> None:
     table_rows = [line for line in md.stdout.splitlines() if line.startswith("| ") and not line.startswith("| model")]
     assert len(table_rows) == len(rows)
     assert "| alexnet | lrn=none | eager |" in md.stdout
+
+
+@pytest.mark.slow
+def test_gpu_run_sh_writes_the_preflight_the_plan_the_results_and_the_tables(tmp_path: Path) -> None:
+    # The orchestration only, on the CPU: a deadline of 1 s skips every row (recorded as skipped).
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", ""), "PYTHON": sys.executable,
+           "GPU_RUN_ARGS": f"--device cpu --tiny --only model-only --deadline 1 --work-dir {tmp_path / 'work'}"}
+    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_run.sh"), str(out)], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "ok    compiled step" in (out / "preflight.txt").read_text()
+    log = (out / "gpu.log").read_text()
+    assert "plan: " in log and "1. model-only alexnet compile" in log
+    (result,) = out.glob("gpu-cpu-*.json")
+    rows = json.loads(result.read_text())["rows"]
+    assert rows and all(r.get("skipped", "").startswith("deadline") for r in rows)
+    assert "| alexnet |" in result.with_suffix(".md").read_text()
+    assert (out / "summary.txt").read_text().startswith("preflight exit 0, measurement exit 0")
