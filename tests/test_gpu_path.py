@@ -267,3 +267,12 @@ def test_tensorboard_gets_loss_lr_and_speed_every_n_steps(data: Path, tmp_path: 
                  "--workers", "0", "--no-progress", "--epochs", "1", "--tensorboard", "--set", "max_steps_per_epoch=2",
                  "--set", "tensorboard_every=0"]) == 0
     assert not (off / "tb" / "steps").exists() and list((off / "tb").glob("events.out.tfevents.*"))
+
+
+def test_a_tensorboard_cadence_without_tensorboard_is_warned_about(data: Path, tmp_path: Path, capsys) -> None:
+    from alexnet.cli import main
+
+    assert main(["train", "--data", str(data), "--model", "alexnet-cifar", "--out", str(tmp_path / "run"), "--batch-size",
+                 "16", "--workers", "0", "--no-progress", "--epochs", "1", "--set", "max_steps_per_epoch=1",
+                 "--set", "tensorboard_every=5"]) == 0
+    assert "warning: tensorboard_every=5 has no effect without tensorboard (--tensorboard)" in capsys.readouterr().out

@@ -654,8 +654,6 @@ class StepScalars:
     boundaries are not counted). Their own event files: the per-epoch scalars of RUN/tb count
     epochs, and a resumed run hides what each logged after its checkpoint by its own counter."""
 
-    TAGS = ("step/train_loss", "step/lr", "step/img_per_s")
-
     def __init__(self, writer: Any) -> None:
         self.writer = writer
         self.last: tuple[float, float] | None = None  # (time, images of the epoch) at the previous point
@@ -680,6 +678,8 @@ class StepScalars:
 def _open_tensorboard(ctx: Context, state: RunState) -> tuple[Any, StepScalars | None]:
     """The SummaryWriter of RUN/tb and the per-step scalars of RUN/tb/steps (rank 0, with
     tensorboard=True; per step when tensorboard_every > 0), or None."""
+    if not ctx.cfg.tensorboard and ctx.cfg.tensorboard_every != TrainConfig.tensorboard_every:
+        ctx.log(f"warning: tensorboard_every={ctx.cfg.tensorboard_every} has no effect without tensorboard (--tensorboard)")
     if not (ctx.cfg.tensorboard and ctx.dist.is_main):
         return None, None
     try:
