@@ -91,7 +91,7 @@ def test_tiny_run_writes_rows_and_markdown(tmp_path: Path) -> None:
     assert 0 < train["img_per_s_epoch_wall"] < train["img_per_s"]  # the whole epoch: evaluation and checkpoint too
     assert train["first_epoch_s"] > 0 and train["save_every"] == 1
     assert train["recipe"]["optimizer"] == "PaperSGD §5 (foreach)" and train["recipe"]["compile"] is False
-    assert train["x_reference"] == pytest.approx(train["img_per_s"] / ref["img_per_s"], rel=0.01)
+    assert train["x_reference"] == pytest.approx(train["img_per_s"] / ref["img_per_s"], rel=0.01, abs=0.005)
     # The plan: headline rows first, the compiled no-LRN net right after the compiled paper net, then
     # alexnet train; every row says how long it took, every plan entry its estimate.
     plan = [p["row"] for p in result["plan"]]

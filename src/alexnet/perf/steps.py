@@ -55,7 +55,7 @@ def make_step(model: nn.Module, device: torch.device, *, ours: bool = True, stat
     update for ours (one fused kernel per parameter when compiled, PaperSGD's foreach passes
     otherwise), torchvision's recipe (momentum 0.9, weight decay 1e-4) for theirs; the §4.1
     augmentation from ``stats`` (None: the input is fed as it is, already float and cropped).
-    ``fused_optimizer`` overrides the choice of update (``alexnet train`` fuses on every GPU)."""
+    ``fused_optimizer`` overrides that choice (``alexnet train`` makes the same one: fused where compiled)."""
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
