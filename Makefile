@@ -47,7 +47,7 @@ bench: $(STAMP)
 
 # The GPU machine's preinstalled stack (torch 2.11, torchvision 0.26, no TorchCodec), in a second
 # venv: `make test-compat` runs the GPU-relevant tests on it (models, LRN, the fast step, loader,
-# augmentation, JPEG codecs, the benchmarks' library and preflight, and `benchmarks/gpu.py --device cpu
+# augmentation, JPEG codecs, the benchmarks' library and preflight, the loops' host syncs, and `benchmarks/gpu.py --device cpu
 # --tiny`, which tests/test_bench_gpu.py runs and checks). Not part of `make test`.
 # PyPI's Linux torch wheels are CUDA builds: the first run downloads about 3 GB. The GPU machine runs
 # Python 3.12: `make test-compat COMPAT_PYTHON=python3.12` matches it where that Python is installed.
@@ -56,7 +56,7 @@ COMPAT_VENV := .venv-compat
 COMPAT_PY := $(COMPAT_VENV)/bin/python
 COMPAT_STAMP := $(COMPAT_VENV)/.installed
 COMPAT_TESTS := tests/test_models.py tests/test_lrn_fast.py tests/test_fast_step.py tests/test_bench_gpu.py \
-	tests/test_perf.py tests/test_loader.py tests/test_augment.py tests/test_jpeg.py tests/test_optim.py
+	tests/test_perf.py tests/test_loader.py tests/test_augment.py tests/test_jpeg.py tests/test_optim.py tests/test_gpu_path.py
 
 $(COMPAT_STAMP): pyproject.toml
 	$(COMPAT_PYTHON) -m venv $(COMPAT_VENV)
