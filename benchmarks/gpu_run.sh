@@ -19,8 +19,8 @@ PREFLIGHT_S=${GPU_RUN_PREFLIGHT_S:-150}   # at most; it takes ~1 minute, most of
 PY=${PYTHON:-python3}
 # GPU_RUN_ARGS: more gpu.py options, after the script's own (the last of an option wins), e.g. for
 # the CPU smoke test: GPU_RUN_ARGS="--device cpu --tiny".
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)  # absolute: the script runs from the repository root
 cd "$(dirname "$0")/.."
-mkdir -p "$OUT"
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
 start=$(date +%s)
 
