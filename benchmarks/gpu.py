@@ -571,7 +571,8 @@ def plan(r: Runner) -> list[Task]:
     main = "compile" if a.compile else "eager"  # the step alexnet train runs on this device (fast recipe)
     other = ["eager"] if a.compile else []
     mo, e2e, tr = "model-only" in a.only, "end-to-end" in a.only, "train" in a.only
-    first, gpu_decode = [d for d in a.decode if d == "cpu"][:1] or a.decode[:1], [d for d in a.decode if d != "cpu"]
+    first = [d for d in a.decode if d == "cpu"][:1] or a.decode[:1]  # the headline rows' decoding
+    gpu_decode = [d for d in a.decode if d not in first]
     t: list[Task] = []
 
     def model_only(key: str, kind: str, **kw: Any) -> None:
