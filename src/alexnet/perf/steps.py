@@ -20,11 +20,12 @@ LR = 1e-3
 def random_batch(batch: int, image_size: int, num_classes: int, device: torch.device,
                  seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A uint8 batch (N×3×S×S) and labels on ``device``, and the samples' indices on the CPU (as the
-    loader delivers them)."""
+    loader delivers them: page-locked for a GPU, so that the step's copy of them does not wait)."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     u8 = torch.randint(0, 256, (batch, 3, image_size, image_size), generator=gen, dtype=torch.uint8).to(device)
     labels = torch.randint(0, num_classes, (batch,), generator=gen).to(device)
-    return u8, labels, torch.arange(batch)
+    indices = torch.arange(batch)
+    return u8, labels, indices.pin_memory() if torch.device(device).type == "cuda" else indices
 
 
 def random_stats(images: torch.Tensor) -> dict[str, torch.Tensor]:
