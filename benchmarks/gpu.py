@@ -517,7 +517,7 @@ class Runner:
                 print(f"      train | {line}", flush=True)
 
         try:
-            res = training.timed_run(cfg, out, log=log)
+            res = training.timed_run(cfg, out, log=log, count_syncs=self.cuda)
         finally:
             shutil.rmtree(out, ignore_errors=True)  # ~0.5 GB per checkpoint
         print(f"train       {'alexnet':20s} decode {decode:5s} {'compile' if compile else 'eager':18s} "

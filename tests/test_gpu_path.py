@@ -276,3 +276,35 @@ def test_a_tensorboard_cadence_without_tensorboard_is_warned_about(data: Path, t
                  "16", "--workers", "0", "--no-progress", "--epochs", "1", "--set", "max_steps_per_epoch=1",
                  "--set", "tensorboard_every=5"]) == 0
     assert "warning: tensorboard_every=5 has no effect without tensorboard (--tensorboard)" in capsys.readouterr().out
+
+
+def test_the_timed_train_run_counts_host_syncs_from_the_warm_epoch_on(data: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # On CUDA torch.cuda.set_sync_debug_mode("warn") makes each synchronising call a warning; here
+    # the switch is recorded (no GPU), and a sync warning is raised from the loop's own log line.
+    import warnings
+
+    from alexnet.perf import training
+
+    modes: list[str] = []
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", lambda mode: modes.append(mode))
+    seen: list[str] = []
+
+    def log(line: str) -> None:
+        seen.append(line)
+        if modes == ["warn"] and line.startswith("epoch"):
+            warnings.warn("called a synchronizing CUDA operation", UserWarning)
+
+    cfg = training.train_config(data, device="cpu", batch=16, workers=0, decode="cpu", amp="none", channels_last=False,
+                                compile=False, save_every=3, model="alexnet-cifar", max_steps_per_epoch=4)
+    res = training.timed_run(cfg, tmp_path / "run", log=log, count_syncs=True)
+    assert modes == ["warn", "default"]  # on after the first epoch's summary line, off at the end
+    assert res["host_syncs_last_epoch_total"] == 1 and list(res["host_syncs_last_epoch"]) == ["tests/test_gpu_path.py:" +
+                                                                                             str(_line_of("warnings.warn(\"called"))]
+    assert res["steps_per_epoch"] == 4 and res["train_images_per_epoch"] == 64 and res["val_images"] == 50
+    assert 0 < res["img_per_s_epoch_wall"] < res["img_per_s"] and res["save_every"] == 3
+    assert sum(line.startswith("epoch") for line in seen) == 2
+
+
+def _line_of(text: str) -> int:
+    return next(i for i, line in enumerate(Path(__file__).read_text().splitlines(), 1) if text in line)
