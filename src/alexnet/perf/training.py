@@ -26,8 +26,9 @@ def train_config(data: str | Path, *, device: str, batch: int, workers: int, dec
                  compile: bool, save_every: int, model: str = "alexnet", max_steps_per_epoch: int = 0) -> TrainConfig:
     """The paper's recipe (its update, schedule and augmentation) with the speed switches, for two
     epochs: the first warms up, the second is timed. ``save_every``: steps between checkpoints
-    (the epoch ends write one too); ``max_steps_per_epoch`` > 0 shortens the epochs (smoke runs). The learning rate is the benchmarks' (:data:`LR`): the timing
-    fixtures' labels are arbitrary, and the paper's 0.01 diverges on them."""
+    (the epoch ends write one too); ``max_steps_per_epoch`` > 0 shortens the epochs (smoke runs).
+    The learning rate is the benchmarks' (:data:`LR`): the timing fixtures' labels are arbitrary,
+    and the paper's 0.01 diverges on them."""
     return config.resolve("paper", {"model": model, "data": str(data), "epochs": 2, "batch_size": batch, "lr": LR,
                                     "workers": workers, "decode": decode, "device": device, "amp": amp,
                                     "channels_last": channels_last, "compile": compile, "save_every": save_every,
