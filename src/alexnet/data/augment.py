@@ -180,15 +180,17 @@ class Augment:
         sub, scale, _, _ = self._consts(dev)
         if dev.type == "cpu" and not self.pad:
             x = self._crop_loop(images, p, sub)
+            if noise is not None:
+                x.add_(noise.to(dev, torch.float32)[:, :, None, None])
         else:
-            x = self._crop_gather(images, p, sub)
-        if noise is not None:
-            x.add_(noise.to(dev, torch.float32)[:, :, None, None])
+            x = self._crop_gather(images, p, sub, noise)
         x.mul_(scale.view(1, 3, 1, 1))
         return x.to(dtype)
 
-    def _crop_gather(self, images: torch.Tensor, p: CropParams, sub: torch.Tensor) -> torch.Tensor:
-        """One gather kernel for the whole batch (the GPU path, and padded crops)."""
+    def _crop_gather(self, images: torch.Tensor, p: CropParams, sub: torch.Tensor,
+                     noise: torch.Tensor | None = None) -> torch.Tensor:
+        """One gather kernel for the whole batch (the GPU path, and padded crops). The colour noise
+        (N×3) is added to the image's pixels only: the padding stays the mean."""
         n, _, h, w = images.shape
         dev = images.device
         ar = torch.arange(self.crop, device=dev)
@@ -199,6 +201,8 @@ class Augment:
         lin = (rows_c[:, :, None] * w + cols_c[:, None, :]).view(n, 1, -1)  # N×1×(S·S) flat pixel index
         x = images.reshape(n, 3, h * w).gather(2, lin.expand(n, 3, -1)).float()  # N×3×(S·S)
         x -= sub.reshape(1, 3, h * w).expand(n, -1, -1).gather(2, lin.expand(n, 3, -1))
+        if noise is not None:
+            x.add_(noise.to(dev, torch.float32)[:, :, None])
         if self.pad:
             valid = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]  # N×S×S
             x *= valid.view(n, 1, -1)  # padding reads as the mean (zero after subtraction)
