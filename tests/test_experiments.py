@@ -482,3 +482,28 @@ def test_augmentation_arms_are_what_they_say_on_32px_data(tmp_path: Path) -> Non
     cfgs = _configs(tmp_path / "out")
     assert {c["crop_padding"] for n, c in cfgs.items() if n.startswith("none-")} == {0}
     assert {c["crop_padding"] for n, c in cfgs.items() if n.startswith("crops-")} == {4}
+
+
+def test_plateau_schedule_of_experiment_runs_reads_only_the_selection_half(tiny: Path, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from alexnet.engine.evaluate import selection_half
+    from alexnet.engine.metrics import read_metrics
+    from alexnet.engine.optim import Schedule
+    from alexnet.experiments.runner import Runner, Variant
+
+    fed: list[float | None] = []
+    orig = Schedule.end_of_epoch
+    monkeypatch.setattr(Schedule, "end_of_epoch", lambda self, v: fed.append(v) or orig(self, v))
+    runner = Runner("lrn", str(tiny), tmp_path, scale="test", device="cpu", workers=0, log=lambda s: None)
+    base = runner.base_config(schedule="plateau", eval_every=1)
+    assert base["plateau_on"] == "select"
+    row = runner.train(base, Variant("v"), 0)
+    metrics = read_metrics(tmp_path / row["run"] / "metrics.jsonl")
+    assert len(fed) == len(metrics) == 2
+    assert fed == [m["val_select_top1_err"] for m in metrics]
+    # ... which is the selection half's error of the final weights, not the whole set's.
+    runner.add_val_halves(row)
+    assert fed[-1] == pytest.approx(row["select_top1_err"])
+    from alexnet.data.format import PreparedDataset
+
+    assert selection_half(PreparedDataset(tiny, "val").labels).sum() < len(PreparedDataset(tiny, "val"))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import ContextManager
+from typing import Any, ContextManager
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -89,10 +91,23 @@ class EvalResult:
     top5_err: float
     loss: float
     probs: torch.Tensor | None = None
+    subset: "EvalResult | None" = None  # the same over the ``subset`` images alone
 
     def metrics(self) -> dict[str, float | int]:
         """The numbers, as RUN/eval.json and ``alexnet evaluate --json`` store them."""
         return {"n": self.n, "top1_err": self.top1_err, "top5_err": self.top5_err, "loss": self.loss}
+
+
+def selection_half(labels: Any) -> np.ndarray:
+    """A boolean mask over validation images: within each class, every other image (in stored
+    order) belongs to the selection half, the rest to the report half. Class-balanced and
+    deterministic, whatever the order of the classes in the split."""
+    labels = np.asarray(labels)
+    mask = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        mask[idx[0::2]] = True
+    return mask
 
 
 @torch.no_grad()
@@ -109,15 +124,20 @@ def evaluate(
     world_size: int = 1,
     return_probs: bool = False,
     progress: bool = False,
+    subset: np.ndarray | None = None,
 ) -> EvalResult:
     """Top-1/top-5 error and loss over the whole split, each image counted exactly once (across
     processes too: contiguous unpadded shards, sums all-reduced). ``progress``: a bar on a
-    terminal, a periodic line elsewhere (:class:`alexnet.progress.Progress`), from rank 0."""
+    terminal, a periodic line elsewhere (:class:`alexnet.progress.Progress`), from rank 0.
+    ``subset``: a boolean mask over the split; also counted over those images alone
+    (``EvalResult.subset``)."""
     was_training = model.training
     model.eval()
     loader = BatchLoader(ds, batch_size * world_size, shuffle=False, workers=workers, rank=rank, world_size=world_size,
                          pin_memory=prec.device.type == "cuda")
     sums = torch.zeros(4, dtype=torch.float64)  # n, top1 correct, top5 correct, loss sum
+    sub_sums = torch.zeros(4, dtype=torch.float64)  # the same over ``subset``
+    mask = torch.from_numpy(np.asarray(subset, dtype=bool)) if subset is not None else None
     all_probs = []
     bar = Progress(len(loader), "evaluate" + (" (10-crop)" if ten_crop else ""), "batch", enabled=progress and rank == 0,
                    leave=False)
@@ -128,6 +148,11 @@ def evaluate(
             c1, c5 = topk_correct(probs, labels)
             nll = F.nll_loss(torch.log(probs.clamp_min(1e-12)), labels, reduction="sum")
             sums += torch.tensor([len(labels), c1, c5, float(nll)], dtype=torch.float64)
+            if mask is not None:
+                m = mask[b.indices.cpu()].to(probs.device)
+                s1, s5 = topk_correct(probs[m], labels[m])
+                snll = F.nll_loss(torch.log(probs[m].clamp_min(1e-12)), labels[m], reduction="sum") if m.any() else 0.0
+                sub_sums += torch.tensor([int(m.sum()), s1, s5, float(snll)], dtype=torch.float64)
             if return_probs:
                 all_probs.append(probs.cpu())
             bar.update(1)
@@ -136,8 +161,15 @@ def evaluate(
     bar.close()
     if world_size > 1:
         sums = distributed.all_reduce_sum(sums.to(prec.device)).cpu()
+        if mask is not None:
+            sub_sums = distributed.all_reduce_sum(sub_sums.to(prec.device)).cpu()
     model.train(was_training)
-    n = max(1.0, float(sums[0]))
     probs = (torch.cat(all_probs) if all_probs else torch.zeros(0)) if return_probs else None
+    result = _result(sums, probs)
+    return dataclasses.replace(result, subset=_result(sub_sums, None)) if mask is not None else result
+
+
+def _result(sums: torch.Tensor, probs: torch.Tensor | None) -> EvalResult:
+    n = max(1.0, float(sums[0]))
     return EvalResult(n=int(sums[0]), top1_err=1 - float(sums[1]) / n, top5_err=1 - float(sums[2]) / n,
                       loss=float(sums[3]) / n, probs=probs)

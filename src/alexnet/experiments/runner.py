@@ -43,7 +43,7 @@ from alexnet.config import TrainConfig
 from alexnet.data.format import PreparedDataset
 from alexnet.data.resolve import open_splits, resolve_data
 from alexnet.engine.device import is_cuda, pick_device
-from alexnet.engine.evaluate import Precision, predict_probs, topk_correct
+from alexnet.engine.evaluate import Precision, predict_probs, selection_half, topk_correct
 from alexnet.engine.inference import augment_for, load
 from alexnet.engine.metrics import read_metrics
 from alexnet.engine.train import METRICS, RUNTIME_FIELDS, TrainingDiverged
@@ -105,18 +105,6 @@ def open_data(spec: str) -> DataInfo:
         root = resolve_data(spec, 0)
     train, val = open_splits(root)
     return DataInfo(spec, root, tuple(train.image_size), train.num_classes, len(train), len(val))  # type: ignore[arg-type]
-
-
-def selection_half(labels: Any) -> Any:
-    """A boolean mask over validation images: within each class, every other image (in stored
-    order) belongs to the selection half, the rest to the report half. Class-balanced and
-    deterministic, whatever the order of the classes in the split."""
-    labels = np.asarray(labels)
-    mask = np.zeros(len(labels), dtype=bool)
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        mask[idx[0::2]] = True
-    return mask
 
 
 def mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None, int]:
@@ -246,7 +234,9 @@ class Runner:
         then ``overrides``."""
         model = model or self.main_model()
         d = config_mod.load_recipe(self.recipe(model))
-        d.update({"model": model, "data": self.data.spec, "device": self.device, "progress": self.progress})
+        # The plateau schedule reads the selection half only: the report half never steers training.
+        d.update({"model": model, "data": self.data.spec, "device": self.device, "progress": self.progress,
+                  "plateau_on": "select"})
         if self.workers is not None:
             d["workers"] = self.workers
         if self.scale == "quick":
