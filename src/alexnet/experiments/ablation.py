@@ -132,7 +132,7 @@ def run_ablation(runner: Runner, *, title: str, claim: str, reference: Variant, 
                       ylabel="validation top-5 error (%), report half", title=title_png)
     sections = ["## Result\n\nErrors on the report half of the validation images, mean ± std over the seeds, each arm at its "
                 "chosen learning rate. Δ = arm − reference in percentage points (+ = worse) with Welch's 95% confidence "
-                "interval and p-value; *within seed noise* when the interval contains 0. The paper's Δ beside ours.\n\n"
+                "interval and p-value; *not resolved at this scale* when the interval contains 0 (with the minimum detectable effect, MDE). The paper's Δ beside ours.\n\n"
                 + markdown_table(table).rstrip(),
                 sweep_note(runner, base, sweep), *extra_sections]
     all_notes = list(notes)

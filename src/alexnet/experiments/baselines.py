@@ -222,7 +222,7 @@ def run(runner: Runner) -> Path:
     sections = [
         f"## Result (ours, the report half of the {d.val_images} validation images; chance {100 * chance1:.1f}% top-1 / "
         f"{100 * chance5:.1f}% top-5)\n\nMean ± std over the seeds, each method at its chosen learning rate (CNNs) or "
-        "regularisation C (SVM); Δ with Welch's 95% interval and p-value, *within seed noise* when it contains 0.\n\n"
+        "regularisation C (SVM); Δ with Welch's 95% interval and p-value, *not resolved at this scale* when it contains 0 (with the MDE).\n\n"
         + markdown_table(table, cols).rstrip(),
         "## The paper's numbers (ImageNet)\n\n" + markdown_table(PAPER_ROWS).rstrip(),
         "## Sweeps\n\n" + small.text() + " HOG + SVM: its C likewise, every C with every seed.\n\nSelection-half top-1 "

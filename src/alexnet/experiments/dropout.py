@@ -81,7 +81,7 @@ def run(runner: Runner) -> Path:
                         ylabel="val − train top-1 error (fraction)", title="Overfitting: validation minus training error")
     sections = ["## Result\n\nMean ± std over the seeds, each arm at its chosen learning rate; validation errors on the "
                 "report half of the validation images.\n\n" + markdown_table(table).rstrip(),
-                "Differences with Welch's 95% confidence interval and p-value (*within seed noise* when the interval "
+                "Differences with Welch's 95% confidence interval and p-value (*not resolved at this scale* when the interval "
                 "contains 0):\n\n" + markdown_table(diffs).rstrip(),
                 "The paper gives no number for the gap; its claims are the direction (a larger gap without dropout) "
                 "and slower convergence with dropout (a higher running training error at the same epoch).",
