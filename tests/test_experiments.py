@@ -309,7 +309,7 @@ def test_welch_matches_scipy_and_the_hand_computation() -> None:
     ref = sps.ttest_ind(b, a, equal_var=False)
     ci = ref.confidence_interval(0.95)
     assert d.p == pytest.approx(ref.pvalue) and d.low == pytest.approx(ci.low) and d.high == pytest.approx(ci.high)
-    assert d.text() == "+7.25 [-1.43, +15.93], p = 0.084"  # points: 100 × (0.31 − 0.2375)
+    assert d.text() == "+7.25 [-1.43, +15.93], p = 0.084; MDE 11.76"  # points: 100 × (0.31 − 0.2375)
 
 
 def test_verdicts_say_within_seed_noise_and_the_direction() -> None:
