@@ -278,11 +278,46 @@ def test_sweep_gives_every_arm_the_same_rates_and_seeds_and_retrains_no_arm_alon
 def test_full_scale_sweeps_every_seed_over_a_wider_range(tiny: Path, tmp_path: Path) -> None:
     from alexnet.experiments.runner import Variant
 
+    from alexnet.experiments.runner import MAX_EXTEND, seed_base
+
     runner = _fake_runner(tiny, tmp_path, seeds=3, scale="full")
+    b = seed_base("fake", "full")
+    # Lower is always better here: the grid extends downwards MAX_EXTEND times, then says "not bracketed".
     sw = runner.sweep({"lr": 0.02}, [Variant("a"), Variant("b")], measure=lambda r: r.update(select_top1_err=r["lr"]))
-    assert sw.rates == (0.005, 0.01, 0.02, 0.04) and sw.sweep_seeds == [0, 1, 2]
-    assert len(runner.trained) == 2 * 4 * 3  # type: ignore[attr-defined]
-    assert sw.best == {"a": 0.005, "b": 0.005}
+    assert sw.rates[-4:] == (0.005, 0.01, 0.02, 0.04) and sw.sweep_seeds == [b, b + 1, b + 2]
+    assert sw.extended["a"] == [0.0025, 0.00125, 0.000625] and sw.bracketed == {"a": False, "b": False}
+    assert len(runner.trained) == 2 * (4 + MAX_EXTEND) * 3  # type: ignore[attr-defined]
+    assert sw.best == {"a": 0.000625, "b": 0.000625}
+    assert "**Not bracketed**" in sw.text()
+
+
+def test_medium_sweep_extends_until_the_chosen_rate_is_bracketed(tiny: Path, tmp_path: Path) -> None:
+    from alexnet.experiments.runner import Variant, seed_base
+
+    runner = _fake_runner(tiny, tmp_path, seeds=3, scale="medium")
+    b = seed_base("fake", "medium")
+    assert runner.seeds == [b, b + 1, b + 2] and b >= 1000
+    # The best rate is 0.08: above the grid (0.01, 0.02, 0.04) for arm "a"; inside it for arm "m".
+    err = lambda r: abs(math.log(r["lr"] / (0.08 if r["arm"] == "a" else 0.02)))  # noqa: E731
+    sw = runner.sweep({"lr": 0.02}, [Variant("a"), Variant("m")], measure=lambda r: r.update(select_top1_err=err(r)))
+    assert sw.extended == {"a": [0.08, 0.16], "m": []} and sw.bracketed == {"a": True, "m": True}
+    assert sw.best == {"a": 0.08, "m": 0.02}
+    trained = sorted((a, lr, seed) for a, lr, seed, _ in runner.trained)  # type: ignore[attr-defined]
+    assert trained == sorted([("a", lr, b) for lr in (0.01, 0.02, 0.04, 0.08, 0.16)] + [("m", lr, b) for lr in (0.01, 0.02, 0.04)]
+                             + [("a", 0.08, s) for s in (b + 1, b + 2)] + [("m", 0.02, s) for s in (b + 1, b + 2)])
+    rows = {r["arm"]: r for r in sw.rows}
+    assert rows["a"]["sweep_extended"] == [0.08, 0.16] and rows["a"]["sweep_rates"] == [0.01, 0.02, 0.04, 0.08, 0.16]
+    assert rows["m"]["bracketed"] is True and "extended to 0.08, 0.16" in sw.text()
+
+
+def test_experiments_draw_independent_seeds_at_medium_and_full_scale() -> None:
+    from alexnet.experiments.runner import seed_base
+
+    for scale in ("medium", "full"):
+        bases = [seed_base(n, scale) for n in (*names(), "data-scale")]
+        # Each experiment's seeds (base … base + 9) overlap no other's.
+        assert all(abs(x - y) >= 10 for i, x in enumerate(bases) for y in bases[i + 1:])
+    assert seed_base("lrn", "quick") == seed_base("pooling", "test") == 0
 
 
 def test_sweep_ties_go_to_the_tie_breaker_then_the_lower_rate(tiny: Path, tmp_path: Path) -> None:
