@@ -548,3 +548,36 @@ def test_plateau_schedule_of_experiment_runs_reads_only_the_selection_half(tiny:
     from alexnet.data.format import PreparedDataset
 
     assert selection_half(PreparedDataset(tiny, "val").labels).sum() < len(PreparedDataset(tiny, "val"))
+
+
+def test_report_marks_runs_from_a_dirty_tree_or_several_commits(tiny: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import alexnet.engine.train as train_mod
+    import alexnet.experiments.runner as runner_mod
+    from alexnet.environment import environment
+
+    real = environment()
+
+    def env(sha: str, dirty: bool):  # noqa: ANN202
+        return lambda *a, **k: {**real, "git_sha": sha, "git_dirty": dirty}
+
+    monkeypatch.setattr(train_mod, "environment", env("a" * 40, True))
+    monkeypatch.setattr(runner_mod, "environment", env("a" * 40, False))
+    runner = runner_mod.Runner("prov", str(tiny), tmp_path, scale="test", device="cpu", workers=0, log=lambda s: None)
+    base = runner.base_config()
+    rows = [runner.train(base, runner_mod.Variant("v"), 0)]
+    report = runner.write_report(title="t", claim="c", sections=[], base=base, rows=rows).read_text()
+    assert "not citable" in report and "dirty tree" in report and "runs/v-s0" in report
+    runner.write_results(rows)
+    assert json.loads((tmp_path / "provenance.json").read_text())["citable"] is False
+    # The same runs, clean, but the report from another commit: not one commit either.
+    monkeypatch.setattr(train_mod, "environment", env("a" * 40, False))
+    rows.append(runner.train(base, runner_mod.Variant("w"), 0))
+    (tmp_path / "runs/v-s0/environment.json").write_text(json.dumps({"git_sha": "a" * 40, "git_dirty": False}))
+    monkeypatch.setattr(runner_mod, "environment", env("b" * 40, False))
+    report = runner.write_report(title="t", claim="c", sections=[], base=base, rows=rows).read_text()
+    assert "from 2 commits" in report
+    monkeypatch.setattr(runner_mod, "environment", env("a" * 40, False))
+    report = runner.write_report(title="t", claim="c", sections=[], base=base, rows=rows).read_text()
+    assert f"commit `{'a' * 40}`, a clean tree" in report and "not citable" not in report
+    assert "decision rule" in report  # the protocol, as written before the runs

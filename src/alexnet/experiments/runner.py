@@ -523,6 +523,11 @@ class Runner:
             for name in ("select", "report"):
                 row[f"{name}_top1_err"], row[f"{name}_top5_err"] = 1 - 1 / c, max(0.0, 1 - 5 / c)
             return
+        if self.planning:
+            c = self.data.num_classes
+            for name in ("select", "report"):
+                row[f"{name}_top1_err"], row[f"{name}_top5_err"] = 1 - 1 / c, max(0.0, 1 - 5 / c)
+            return
         cache = self.out / row["run"] / "val_halves.json"
         if cache.is_file():
             row.update(json.loads(cache.read_text()))
@@ -541,7 +546,13 @@ class Runner:
     # -- evaluation of trained runs ---------------------------------------------------------------
     def predict(self, run: str | Path, split: str = "val", limit: int = 0) -> tuple[Any, Any]:
         """Softmax probabilities (N×C float tensor) and labels of a finished run on ``split``
-        (its first ``limit`` images when > 0), centre crop, the model in eval mode."""
+        (its first ``limit`` images when > 0), centre crop, the model in eval mode. Planning:
+        uniform probabilities (nothing was trained)."""
+        if self.planning:
+            labels = PreparedDataset(self.data.root, split).labels
+            n = len(labels) if limit <= 0 else min(limit, len(labels))
+            return (torch.full((n, self.data.num_classes), 1.0 / self.data.num_classes),
+                    torch.from_numpy(labels[:n].astype(np.int64)))
         device = pick_device(self.device)
         trained = load(self.out / run, device)
         # The run's own data (the baselines train the 32×32 nets on a downscaled copy).
@@ -560,6 +571,8 @@ class Runner:
     def write_results(self, rows: Sequence[Mapping[str, Any]]) -> Path:
         """``results.json``: the rows without private (``_``) fields."""
         clean = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+        prov = self.provenance(rows)
+        atomic_write_text(self.out / "provenance.json", json.dumps({k: v for k, v in prov.items()}, indent=1) + "\n")
         p = self.out / "results.json"
         atomic_write_text(p, json.dumps(clean, indent=1) + "\n")
         return p
@@ -577,6 +590,35 @@ class Runner:
                  f"{len(self.seeds)} seed(s) per variant"]
         return ", ".join(parts)
 
+    def provenance(self, rows: Sequence[Mapping[str, Any]], env: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Which commits trained the runs and wrote the report, and whether any tree was dirty
+        (each run folder's environment.json). ``citable``: one commit, a clean tree, throughout."""
+        env = environment() if env is None else env
+        runs: dict[str, tuple[Any, Any]] = {}
+        for r in rows:
+            run = r.get("run")
+            f = self.out / str(run) / "environment.json" if run else None
+            if f is not None and f.is_file():
+                e = json.loads(f.read_text())
+                runs[str(run)] = (e.get("git_sha"), e.get("git_dirty"))
+        shas = sorted({str(sha) for sha, _ in runs.values() if sha} | ({str(env["git_sha"])} if env.get("git_sha") else set()))
+        dirty = sorted(run for run, (_, d) in runs.items() if d) + (["this report"] if env.get("git_dirty") else [])
+        unknown = not env.get("git_sha") or any(sha is None for sha, _ in runs.values())
+        citable = len(shas) == 1 and not dirty and not unknown
+        if citable:
+            text = f"**Provenance.** Every run and this report from commit `{shas[0]}`, a clean tree."
+        else:
+            why = []
+            if dirty:
+                why.append(f"from a dirty tree (uncommitted changes): {', '.join(dirty[:5])}"
+                           + (f" and {len(dirty) - 5} more" if len(dirty) > 5 else ""))
+            if len(shas) > 1:
+                why.append(f"from {len(shas)} commits ({', '.join(s[:12] for s in shas)})")
+            if unknown:
+                why.append("some without a known commit")
+            text = "**Provenance: not citable as a result of one commit.** Produced " + "; ".join(why) + "."
+        return {"citable": citable, "shas": shas, "dirty": dirty, "text": text}
+
     def write_report(self, *, title: str, claim: str, sections: Sequence[str], base: Mapping[str, Any],
                      rows: Sequence[Mapping[str, Any]], figures: Sequence[str | Path] = (),
                      notes: Sequence[str] = (), row_columns: Sequence[str] | None = None) -> Path:
@@ -590,7 +632,8 @@ class Runner:
         if diverged:
             notes = [f"{len(diverged)} run(s) diverged (a non-finite loss) and count at chance-level error: "
                      + ", ".join(f"`{d}`" for d in diverged) + ".", *notes]
-        parts = [f"# Experiment `{self.name}`: {title}", f"**The paper's claim.** {claim}", *sections]
+        prov = self.provenance(rows, env)
+        parts = [f"# Experiment `{self.name}`: {title}", prov["text"], f"**The paper's claim.** {claim}", *sections]
         for fig in figures:
             rel = Path(fig).relative_to(self.out) if Path(fig).is_absolute() else Path(fig)
             parts.append(f"![{rel.stem}]({rel.as_posix()})")
@@ -609,6 +652,8 @@ class Runner:
             f"- command: `{' '.join(shlex.quote(a) for a in ['alexnet', *sys.argv[1:]]) if sys.argv and 'alexnet' in sys.argv[0] else 'alexnet experiment ' + self.name}`\n"
             f"- wall time of this invocation: {time.time() - self.t0:.0f} s ({self.trained_now} run(s) trained, the rest reused)\n\n"
             "Base config (each variant changes the fields its name says):\n\n```yaml\n" + cfg_text + "\n```")
+        parts.append("## Protocol (written to protocol.json before the first run)\n\n"
+                     + "\n".join(f"- {k.replace('_', ' ')}: {v}" for k, v in self.protocol.items()))
         env_rows = [{"": k, "value": v} for k, v in env.items()]
         parts.append("## Machine\n\n" + markdown_table(env_rows, ["", "value"]).rstrip("\n"))
         p = self.out / "report.md"
