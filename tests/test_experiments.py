@@ -63,6 +63,11 @@ def test_experiment_writes_report_plot_and_rows(name: str, tiny: Path, tmp_path:
     if name == "ensemble":
         assert any(r["variant"].startswith("ensemble-") for r in rows)
         assert "[95% CI over the nets]" in report
+        # One denominator: every row (members and averages) on the report half of the validation images.
+        from alexnet.data.format import PreparedDataset
+        from alexnet.engine.evaluate import selection_half
+
+        assert {r["images"] for r in rows} == {int((~selection_half(PreparedDataset(tiny, "val").labels)).sum())}
         return
     if name == "dropout":
         assert all("gap_top1" in r for r in rows)

@@ -582,7 +582,10 @@ class Runner:
         sub = base.get("train_subset") or 0
         steps = base.get("max_steps_per_epoch") or 0
         words = {"full": "full (the recipe's epochs on all the data)",
-                 "quick": "quick (sized for under 5 minutes on 2 CPU cores on the built-in data)",
+                 "medium": "medium (sized for about 30 minutes on 2 CPU cores on Fashion-MNIST; the scale whose "
+                           "verdicts count on this data)",
+                 "quick": "quick (a smoke test that the experiment runs, under 5 minutes on 2 CPU cores on the built-in "
+                          "data: no directional claim is drawn from it)",
                  "test": "test (a few steps: the numbers mean nothing)"}[self.scale]
         parts = [f"scale **{words}**", f"{base.get('epochs')} epochs", f"batch {base.get('batch_size')}",
                  f"{sub if sub else d.train_images} of {d.train_images} training images",
