@@ -88,10 +88,11 @@ def test_relu_vs_tanh_and_rerun_skips(tiny: Path, tmp_path: Path) -> None:
     _run("relu-vs-tanh", tiny, out)
     rows = _check_outputs(out)
     assert {r["activation"] for r in rows} == {"relu", "tanh"}
-    assert all("epochs_to_25" in r and "ratio_kind" in r for r in rows)
+    assert all("epochs_to_threshold" in r and "ratio_kind" in r for r in rows)
     # The sweep on seed 0, then seed 1 at each activation's best rate: one best rate per activation.
     assert {(r["activation"], r["lr"]) for r in rows if r["best_lr"]} == {(a, r["chosen_lr"]) for r in rows for a in [r["activation"]]}
     assert sorted(r["seed"] for r in rows if r["best_lr"]) == [0, 0, 1, 1]
+    assert {r["threshold"] for r in rows} == {0.25}
     for name, c in _configs(out).items():  # no regularisation of any kind, the Figure-1 net
         assert c["weight_decay"] == 0 and c["pca_std"] == 0 and c["label_smoothing"] == 0, name
         assert not c["random_crop"] and not c["flip"] and c["schedule"] == "constant", name
@@ -465,8 +466,8 @@ def test_ratio_stats_pairs_seeds_and_bounds_not_reached() -> None:
     from alexnet.experiments.runner import Sweep
 
     def row(act: str, seed: int, ep: int | None) -> dict:
-        return {"arm": act, "activation": act, "seed": seed, "lr": 0.01, "chosen": True, "epochs_to_25": ep,
-                "reached": ep is not None, "time_to_25_s": None if ep is None else ep * 2.0, "time_s": 20.0,
+        return {"arm": act, "activation": act, "seed": seed, "lr": 0.01, "chosen": True, "epochs_to_threshold": ep,
+                "reached": ep is not None, "time_to_threshold_s": None if ep is None else ep * 2.0, "time_s": 20.0,
                 "epochs": 10, "train_top1_err": 0.1}
 
     rows = [row("relu", 0, 2), row("tanh", 0, 8), row("relu", 1, 2), row("tanh", 1, 12)]
@@ -475,7 +476,7 @@ def test_ratio_stats_pairs_seeds_and_bounds_not_reached() -> None:
     assert [p["ratio"] for p in st["per_seed"]] == [4.0, 6.0]
     assert st["ratio_mean"] == pytest.approx(5.0) and st["ratio_std"] == pytest.approx(math.sqrt(2))
     assert st["ratio_of_means"]["ratio"] == pytest.approx(5.0)
-    rows[3]["epochs_to_25"], rows[3]["reached"] = None, False  # tanh seed 1 never got there in 10 epochs
+    rows[3]["epochs_to_threshold"], rows[3]["reached"] = None, False  # tanh seed 1 never got there in 10 epochs
     st = ratio_stats(sw, 10)
     assert st["per_seed"][1]["kind"] == "lower" and st["ratio_mean"] is None
     assert st["ratio_of_means"]["kind"] == "lower"  # not all tanh seeds reached it: a bound
@@ -586,3 +587,26 @@ def test_report_marks_runs_from_a_dirty_tree_or_several_commits(tiny: Path, tmp_
     report = runner.write_report(title="t", claim="c", sections=[], base=base, rows=rows).read_text()
     assert f"commit `{'a' * 40}`, a clean tree" in report and "not citable" not in report
     assert "decision rule" in report  # the protocol, as written before the runs
+
+
+def test_relu_vs_tanh_threshold_option_and_its_rule(tiny: Path, tmp_path: Path) -> None:
+    from alexnet.experiments.relu_vs_tanh import THRESHOLD, threshold_for
+
+    assert THRESHOLD == 0.25 and threshold_for("cifar10") == 0.25 and threshold_for("fashion-mnist") == 0.125
+    out = tmp_path / "rvt"
+    run_experiment("relu-vs-tanh", str(tiny), out, scale="test", device="cpu", workers=0, log=lambda s: None,
+                   seeds=1, threshold=0.99)
+    rows = json.loads((out / "results.json").read_text())
+    assert {r["threshold"] for r in rows} == {0.99}
+    # Any running error is at most 99%: every run reached it after its first epoch.
+    assert all(r["epochs_to_threshold"] is not None for r in rows)
+    assert json.loads((out / "protocol.json").read_text())["threshold"] == 0.99
+    assert "epochs to 99%" in (out / "report.md").read_text()
+    # The protocol is fixed: the same folder with another threshold is refused.
+    from alexnet.errors import UserError
+
+    with pytest.raises(UserError, match="another protocol"):
+        run_experiment("relu-vs-tanh", str(tiny), out, scale="test", device="cpu", workers=0, log=lambda s: None,
+                       seeds=1, threshold=0.5)
+    with pytest.raises(UserError, match="threshold"):
+        run_experiment("lrn", str(tiny), tmp_path / "l", scale="test", device="cpu", threshold=0.5)
