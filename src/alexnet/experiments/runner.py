@@ -415,6 +415,14 @@ class Runner:
                 "epochs": cfg.epochs, "steps": 0, "time_s": 0.0, "model": cfg.model, "run": str(rd.relative_to(self.out)),
                 "_metrics": []}
 
+    def _plan_eval(self, run: str | Path, images: int) -> None:
+        """Planning: ``images`` more evaluated for run ``run`` (the halves, the training-set error)."""
+        name = Path(run).name
+        for p in reversed(self.planned):
+            if p["run"] == name:
+                p["eval_images"] += images
+                return
+
     def train_all(self, base: Mapping[str, Any], variants: Sequence[Variant],
                   seeds: Sequence[int] | None = None) -> list[dict[str, Any]]:
         """Every variant for every seed (seed-major, so a first pass over the variants finishes early)."""
@@ -524,6 +532,7 @@ class Runner:
                 row[f"{name}_top1_err"], row[f"{name}_top5_err"] = 1 - 1 / c, max(0.0, 1 - 5 / c)
             return
         if self.planning:
+            self._plan_eval(row["run"], self.data.val_images)
             c = self.data.num_classes
             for name in ("select", "report"):
                 row[f"{name}_top1_err"], row[f"{name}_top5_err"] = 1 - 1 / c, max(0.0, 1 - 5 / c)
@@ -551,6 +560,7 @@ class Runner:
         if self.planning:
             labels = PreparedDataset(self.data.root, split).labels
             n = len(labels) if limit <= 0 else min(limit, len(labels))
+            self._plan_eval(run, n)
             return (torch.full((n, self.data.num_classes), 1.0 / self.data.num_classes),
                     torch.from_numpy(labels[:n].astype(np.int64)))
         device = pick_device(self.device)
