@@ -60,6 +60,10 @@ def test_experiment_writes_report_plot_and_rows(name: str, tiny: Path, tmp_path:
     variants = {r["variant"] for r in rows}
     assert len(variants) >= 2, variants
     report = (tmp_path / name / "report.md").read_text()
+    from alexnet.experiments.summary import lines
+
+    summary = lines(tmp_path / name)  # README's table, generated from what the experiment wrote
+    assert summary and all(ln["ours"] != "—" and ln["verdict"] for ln in summary), summary
     if name == "ensemble":
         assert any(r["variant"].startswith("ensemble-") for r in rows)
         assert "[95% CI over the nets]" in report
@@ -610,3 +614,27 @@ def test_relu_vs_tanh_threshold_option_and_its_rule(tiny: Path, tmp_path: Path) 
                        seeds=1, threshold=0.5)
     with pytest.raises(UserError, match="threshold"):
         run_experiment("lrn", str(tiny), tmp_path / "l", scale="test", device="cpu", threshold=0.5)
+
+
+def test_results_table_is_generated_from_results_json(tmp_path: Path) -> None:
+    from alexnet.experiments.summary import table
+
+    d = tmp_path / "lrn"
+    d.mkdir()
+    rows = [{"arm": "lrn-paper", "variant": f"lrn-paper-lr0.02", "seed": s, "chosen": True, "report_top1_err": e}
+            for s, e in ((1, 0.10), (2, 0.12), (3, 0.11))]
+    rows += [{"arm": "lrn-none", "variant": "lrn-none-lr0.02", "seed": s, "chosen": True, "report_top1_err": e,
+              "reference": "lrn-paper", "delta_top1_vs_reference": 0.01, "delta_top1_ci95": [-0.01, 0.03],
+              "delta_top1_mde": 0.025, "verdict": "not resolved at this scale", "paper": "+2.0 / — (CIFAR-10 test)"}
+             for s, e in ((1, 0.11), (2, 0.13), (3, 0.12))]
+    (d / "results.json").write_text(json.dumps(rows))
+    (d / "protocol.json").write_text(json.dumps({"experiment": "lrn", "scale": "medium"}))
+    (d / "provenance.json").write_text(json.dumps({"citable": True, "shas": ["0123456789abcdef"]}))
+    text = table([d])
+    assert "| claim (§) | the paper | ours | verdict |" in text
+    assert ("lrn-none 12.00 ± 1.00% vs lrn-paper 11.00 ± 1.00% top-1; Δ +1.00 [-1.00, +3.00], MDE 2.50 points; "
+            "n = 3, 3 seeds") in text
+    assert "`lrn`, medium, git 0123456789ab" in text and "+2.0 / — (CIFAR-10 test)" in text
+    assert "not resolved at this scale" in text
+    (d / "provenance.json").write_text(json.dumps({"citable": False, "shas": ["0123456789abcdef"]}))
+    assert "not citable" in table([d])

@@ -72,6 +72,7 @@ def compare_arms(sweep: Sweep, reference: str, paper: Sequence[PaperDiff] = (),
             d = welch(sweep.values(reference, k), sweep.values(arm, k))
             entry[k] = d
         entry["verdict"] = entry[keys[0]].verdict(p.direction if p else None)
+        entry["paper"] = p.text() if p else None
         out.append(entry)
     return out
 
@@ -90,7 +91,10 @@ def annotate(rows: Sequence[dict[str, Any]], comparisons: Sequence[Mapping[str, 
             r[f"delta_{name}_vs_reference"] = d.diff
             r[f"delta_{name}_ci95"] = [d.low, d.high] if d.tested else None
             r[f"delta_{name}_welch_p"] = d.p
+            r[f"delta_{name}_mde"] = d.mde
         r["verdict"] = c["verdict"]
+        r["reference"] = c["reference"]
+        r["paper"] = c.get("paper")
 
 
 def sweep_note(runner: Runner, base: Mapping[str, Any], sweep: Sweep) -> str:

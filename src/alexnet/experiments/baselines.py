@@ -209,6 +209,7 @@ def run(runner: Runner) -> Path:
         for r in rows:
             if c is not None and r["arm"] == arm:
                 r["delta_top1_vs_reference"], r["verdict"] = c["report_top1_err"].diff, c["verdict"]
+                r["reference"], r["paper"], r["delta_top1_mde"] = ref, c.get("paper"), c["report_top1_err"].mde
                 r["delta_top1_ci95"] = [c["report_top1_err"].low, c["report_top1_err"].high] if c["report_top1_err"].tested else None
         table.append({"method": rs[0]["method"],
                       "chosen": f"C {best_c:g}" if arm == "hog-svm" else f"lr {rs[0]['lr']:g}",

@@ -60,6 +60,8 @@ def run(runner: Runner) -> Path:
             r["delta_gap_vs_dropout"], r["delta_gap_ci95"] = gap.diff, [gap.low, gap.high] if gap.tested else None
             r["delta_top1_vs_dropout"], r["delta_top1_ci95"] = val.diff, [val.low, val.high] if val.tested else None
             r["verdict"] = gap.verdict(1.0)
+            r["delta_gap_mde"], r["reference"] = gap.mde, "dropout-0.5"
+            r["paper"] = "a larger train-val gap without dropout ('substantial overfitting')"
     table = [{"arm": a["arm"], "rate": sweep.best[a["arm"]],
               "train err (eval mode)": pm(a["train_eval_top1_err_mean"], a["train_eval_top1_err_std"]),
               "val top-1 err": pm(a["report_top1_err_mean"], a["report_top1_err_std"]),

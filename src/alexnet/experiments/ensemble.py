@@ -78,6 +78,8 @@ def run(runner: Runner) -> Path:
     full["gain_top1"], full["gain_top1_ci95"] = g1.diff, [g1.low, g1.high] if g1.tested else None
     full["gain_top5"], full["gain_top5_ci95"] = g5.diff, [g5.low, g5.high] if g5.tested else None
     full["verdict"] = g1.verdict(-1.0)
+    full["gain_top1_mde"] = g1.mde
+    full["paper"] = "5 CNNs vs 1: -2.6 top-1 / -1.8 top-5 (ILSVRC-2012 val)"
     table = [
         {"": "one net (mean ± std over the N nets)", "top-1 err": pm(s1, sd1), "top-5 err": pm(s5, sd5),
          "paper (ILSVRC-2012 val)": "1 CNN: 40.7% / 18.2%"},
