@@ -299,7 +299,7 @@ class Runner:
 
     # -- which model, which recipe ----------------------------------------------------------------
     def main_model(self) -> str:
-        """The paper's network on 256×256 data; the authors' CIFAR-10 net on small images."""
+        """The paper's network on 256×256 data; alexnet-cifar (a net of the authors' CIFAR-10 family) on small images."""
         return "alexnet" if self.data.large else "alexnet-cifar"
 
     def recipe(self, model: str) -> str:
