@@ -638,3 +638,10 @@ def test_results_table_is_generated_from_results_json(tmp_path: Path) -> None:
     assert "not resolved at this scale" in text
     (d / "provenance.json").write_text(json.dumps({"citable": False, "shas": ["0123456789abcdef"]}))
     assert "not citable" in table([d])
+
+
+def test_paper_ablation_deltas_are_not_labelled_ilsvrc_2012_val() -> None:
+    # §2: most of the paper's experiments used ILSVRC-2010; its ablation deltas do not name the set.
+    from alexnet.experiments.ablation import PaperDiff
+
+    assert "2012" not in PaperDiff("x", 0.014, 0.012).text() and "not stated" in PaperDiff("x", 0.014, 0.012).text()
