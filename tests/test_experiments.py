@@ -645,3 +645,36 @@ def test_paper_ablation_deltas_are_not_labelled_ilsvrc_2012_val() -> None:
     from alexnet.experiments.ablation import PaperDiff
 
     assert "2012" not in PaperDiff("x", 0.014, 0.012).text() and "not stated" in PaperDiff("x", 0.014, 0.012).text()
+
+
+def test_plan_lists_the_runs_without_training(tiny: Path, tmp_path: Path) -> None:
+    from alexnet.data.format import PreparedDataset
+    from alexnet.experiments.plan import make_plan
+
+    n_train = len(PreparedDataset(tiny, "train"))
+    plan = make_plan("lrn", str(tiny), scale="medium")
+    # 2 arms × 3 rates on the first seed, then 2 more seeds × 2 arms; at most 3 added rates per arm.
+    assert len(plan.runs) == 10 and plan.extension_bound == 6
+    assert all(r["epochs"] == 4 and r["batch_size"] == 128 for r in plan.runs)
+    assert plan.train_images == 10 * 4 * min(15000, n_train)
+    assert {r["model_options"]["lrn"] for r in plan.runs} == {"paper", "none"}
+    assert len(plan.networks()) == 2 and plan.protocol["scale"] == "medium"
+    rvt = make_plan("relu-vs-tanh", str(tiny), scale="medium", threshold=0.125)
+    assert len(rvt.runs) == 2 * 4 + 2 * 2 and rvt.protocol["threshold"] == 0.125
+    ens = make_plan("ensemble", str(tiny), scale="medium")
+    assert len(ens.runs) == 5 and ens.extension_bound == 0
+    # Each planned run is evaluated on the whole val set at the end, and again on its two halves.
+    n_val = len(PreparedDataset(tiny, "val"))
+    assert all(r["eval_images"] == 2 * n_val for r in plan.runs)
+    assert sum(1 for _ in tmp_path.iterdir()) == 0  # nothing written outside its temporary folder
+
+
+def test_cli_plan_prints_runs_and_times_and_trains_nothing(tiny: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    rc = main(["experiment", "pooling", "--data", str(tiny), "--scale", "medium", "--plan", "--gpu-img-s", "10000"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "10 runs" in out and "expected on this machine" in out and "img/s training" in out
+    assert "expected on a GPU at 10,000 img/s" in out and "GPU-hours" in out
+    assert main(["experiment", "lrn", "--data", str(tiny), "--plan", "--threshold", "0.2"]) == 2
+    assert "--threshold applies to experiment 'relu-vs-tanh' only" in capsys.readouterr().err
+    assert main(["experiment", "lrn", "--data", str(tiny), "--scale", "medium"]) == 2  # no --out
+    assert main(["experiment", "lrn", "--quick", "--scale", "medium", "--out", str(tmp_path / "x")]) == 2
