@@ -141,8 +141,18 @@ def test_changed_config_in_same_folder_is_refused(tiny: Path, tmp_path: Path) ->
 
     out = tmp_path / "pool"
     _run("pooling", tiny, out)
-    with pytest.raises(UserError, match="different config"):
+    # Another scale is another protocol: refused before any run is looked at.
+    with pytest.raises(UserError, match="another protocol"):
         run_experiment("pooling", str(tiny), out, scale="quick", device="cpu", workers=0, log=lambda s: None)
+    # The same protocol with a run whose config differs (here: a changed recipe field): refused too.
+    import yaml
+
+    cfg = next(iter(sorted(out.glob("runs/*/config.yaml"))))
+    d = yaml.safe_load(cfg.read_text())
+    d["momentum"] = 0.5
+    cfg.write_text(yaml.safe_dump(d))
+    with pytest.raises(UserError, match="different config"):
+        _run("pooling", tiny, out)
 
 
 def test_epochs_to_reach() -> None:
