@@ -305,9 +305,10 @@ def test_full_scale_sweeps_every_seed_over_a_wider_range(tiny: Path, tmp_path: P
     # Lower is always better here: the grid extends downwards MAX_EXTEND times, then says "not bracketed".
     sw = runner.sweep({"lr": 0.02}, [Variant("a"), Variant("b")], measure=lambda r: r.update(select_top1_err=r["lr"]))
     assert sw.rates[-4:] == (0.005, 0.01, 0.02, 0.04) and sw.sweep_seeds == [b, b + 1, b + 2]
-    assert sw.extended["a"] == [0.0025, 0.00125, 0.000625] and sw.bracketed == {"a": False, "b": False}
+    # Rates beyond the grid keep two significant digits (0.00125 -> 0.0013).
+    assert sw.extended["a"] == [0.0025, 0.0013, 0.00065] and sw.bracketed == {"a": False, "b": False}
     assert len(runner.trained) == 2 * (4 + MAX_EXTEND) * 3  # type: ignore[attr-defined]
-    assert sw.best == {"a": 0.000625, "b": 0.000625}
+    assert sw.best == {"a": 0.00065, "b": 0.00065}
     assert "**Not bracketed**" in sw.text()
 
 
@@ -490,10 +491,17 @@ def test_ratio_stats_pairs_seeds_and_bounds_not_reached() -> None:
     assert [p["ratio"] for p in st["per_seed"]] == [4.0, 6.0]
     assert st["ratio_mean"] == pytest.approx(5.0) and st["ratio_std"] == pytest.approx(math.sqrt(2))
     assert st["ratio_of_means"]["ratio"] == pytest.approx(5.0)
+    # The decision rule on the log ratios: log 4 and log 6, t interval with 1 df, excludes 0.
+    lo, hi = st["log_ratio"].low, st["log_ratio"].high
+    half = 12.706204736174704 * abs(math.log(6) - math.log(4)) / 2
+    m = (math.log(4) + math.log(6)) / 2
+    assert (lo, hi) == (pytest.approx(m - half), pytest.approx(m + half))
+    assert st["verdict"] == ("in the paper's direction" if lo > 0 else "not resolved at this scale")
     rows[3]["epochs_to_threshold"], rows[3]["reached"] = None, False  # tanh seed 1 never got there in 10 epochs
     st = ratio_stats(sw, 10)
     assert st["per_seed"][1]["kind"] == "lower" and st["ratio_mean"] is None
     assert st["ratio_of_means"]["kind"] == "lower"  # not all tanh seeds reached it: a bound
+    assert st["verdict"].startswith("not resolved at this scale") and st["log_ratio"] is None
 
 
 @pytest.mark.slow

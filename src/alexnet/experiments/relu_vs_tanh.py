@@ -37,6 +37,7 @@ from typing import Any, Mapping, Sequence
 
 from alexnet.experiments.baselines import downscaled
 from alexnet.experiments.runner import Runner, Sweep, Variant, mean_std
+from alexnet.experiments.stats import NOT_RESOLVED, one_sample
 from alexnet.report.figures import plot_series
 from alexnet.report.tables import markdown_table
 
@@ -167,6 +168,13 @@ def ratio_stats(sweep: Sweep, epochs_budget: int, prefix: str = "") -> dict[str,
     rm, rs_, _ = mean_std(ratios)
     exact = len(ratios) == len(out["per_seed"]) and ratios
     out["ratio_mean"], out["ratio_std"] = (rm, rs_) if exact else (None, None)
+    # The decision rule on the ratio: the t interval of the per-seed log ratios (the paper: tanh
+    # slower, log ratio > 0), only when every seed's ratio is exact; bounds are not resolved.
+    if exact:
+        d = one_sample([math.log(x) for x in ratios if x > 0 and math.isfinite(x)])
+        out["log_ratio"], out["verdict"] = d, d.verdict(+1.0)
+    else:
+        out["log_ratio"], out["verdict"] = None, NOT_RESOLVED + " (the ratio is a bound: an arm did not reach it)"
     relu, tanh = out["relu"], out["tanh"]
     out["ratio_of_means"] = speedup(relu["epochs_mean"] if relu["all_reached"] else None,
                                     tanh["epochs_mean"] if tanh["all_reached"] else None, epochs_budget, epochs_budget)
@@ -218,6 +226,9 @@ def run(runner: Runner) -> Path:
         r["ratio_epochs"], r["ratio_kind"] = st["ratio_of_means"]["ratio"], st["ratio_of_means"]["kind"]
         r["ratio_time"] = st["time_ratio"]["ratio"]
         r["ratio_epochs_per_seed_mean"], r["ratio_epochs_per_seed_std"] = st["ratio_mean"], st["ratio_std"]
+        lr_ = st["log_ratio"]
+        r["ratio_ci95"] = [math.exp(lr_.low), math.exp(lr_.high)] if lr_ is not None and lr_.tested else None
+        r["verdict"] = st["verdict"]
 
     # One factor at a time from the Figure-1 set-up, the same sweep on the sweep seeds.
     factor_rows: list[dict[str, Any]] = []
@@ -257,6 +268,10 @@ def run(runner: Runner) -> Path:
          "paper": f"{PAPER_RATIO:g}× (CIFAR-10, 25%)"},
         {"": f"epochs to {tp}: tanh / ReLU, ratio of the means", "ours": st["ratio_of_means"]["text"], "paper": f"{PAPER_RATIO:g}×"},
         {"": f"wall time to {tp}: tanh / ReLU", "ours": st["time_ratio"]["text"], "paper": "—"},
+        {"": "verdict (t interval of the per-seed log ratios)",
+         "ours": st["verdict"] + ("" if st["log_ratio"] is None or not st["log_ratio"].tested else
+                                  f"; ratio 95% CI [{math.exp(st['log_ratio'].low):.2f}, {math.exp(st['log_ratio'].high):.2f}]×"),
+         "paper": "ReLU faster"},
     ]
     pct = lambda v: f"{v:.0f}"  # noqa: E731
     sections = [

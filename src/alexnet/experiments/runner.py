@@ -505,7 +505,8 @@ class Runner:
                     self.plan_extensions += len(sweep_seeds) * self.max_extend
                     bracketed[a.name] = False
                     break
-                lr = round(tried[0] / ratio if side == "low" else tried[-1] * ratio, 12)
+                # Two significant digits: 0.0322 becomes 0.032 (the grids' own rates are round numbers).
+                lr = float(f"{tried[0] / ratio if side == 'low' else tried[-1] * ratio:.2g}")
                 added[side] += 1
                 extended[a.name].append(lr)
                 self.log(f"[{self.name}] {a.name}: best rate {b:g} at the sweep's {side} edge; adding {lr:g}")

@@ -108,7 +108,9 @@ def lines(folder: str | Path) -> list[dict[str, Any]]:
         else:
             ours = "not measured (neither reached the threshold)"
         seeds = len({r["seed"] for r in rows if r.get("chosen")})
-        line(f"tanh / ReLU epochs to {100 * thr:g}% training error: {ours}; {seeds} seeds", "ratio (no sign test)")
+        ci = r0.get("ratio_ci95")
+        ours += f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+        line(f"tanh / ReLU epochs to {100 * thr:g}% training error: {ours}; {seeds} seeds", str(r0.get("verdict")))
     return out
 
 
