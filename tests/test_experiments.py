@@ -696,3 +696,13 @@ def test_cli_plan_prints_runs_and_times_and_trains_nothing(tiny: Path, tmp_path:
     assert "--threshold applies to experiment 'relu-vs-tanh' only" in capsys.readouterr().err
     assert main(["experiment", "lrn", "--data", str(tiny), "--scale", "medium"]) == 2  # no --out
     assert main(["experiment", "lrn", "--quick", "--scale", "medium", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_seeds_to_resolve_the_papers_effect() -> None:
+    from alexnet.experiments.stats import seeds_to_resolve, welch
+
+    d = welch([0.20, 0.22, 0.24], [0.21, 0.23, 0.25])  # sd 2 points in each arm, 3 seeds
+    assert d.within_noise and d.mde is not None
+    n = seeds_to_resolve(d, 0.014)
+    assert n == math.ceil(3 * (d.mde / 0.014) ** 2) and n > 3
+    assert seeds_to_resolve(d, 1.0) == 3 and seeds_to_resolve(welch([0.1], [0.2]), 0.01) is None

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from alexnet.experiments.runner import Runner, Sweep, Variant, aggregate, pm
-from alexnet.experiments.stats import welch
+from alexnet.experiments.stats import seeds_to_resolve, welch
 from alexnet.report.figures import plot_bars
 from alexnet.report.tables import markdown_table
 
@@ -73,6 +73,10 @@ def compare_arms(sweep: Sweep, reference: str, paper: Sequence[PaperDiff] = (),
             entry[k] = d
         entry["verdict"] = entry[keys[0]].verdict(p.direction if p else None)
         entry["paper"] = p.text() if p else None
+        # Where the paper gives a size and ours is not resolved: the seeds its size would need here.
+        d = entry[keys[0]]
+        entry["seeds_for_paper_effect"] = (seeds_to_resolve(d, p.top1) if p is not None and p.top1 and d.within_noise
+                                           else None)
         out.append(entry)
     return out
 
@@ -95,6 +99,7 @@ def annotate(rows: Sequence[dict[str, Any]], comparisons: Sequence[Mapping[str, 
         r["verdict"] = c["verdict"]
         r["reference"] = c["reference"]
         r["paper"] = c.get("paper")
+        r["seeds_for_paper_effect"] = c.get("seeds_for_paper_effect")
 
 
 def sweep_note(runner: Runner, base: Mapping[str, Any], sweep: Sweep) -> str:
@@ -148,6 +153,12 @@ def run_ablation(runner: Runner, *, title: str, claim: str, reference: Variant, 
                 + markdown_table(table).rstrip(),
                 sweep_note(runner, base, sweep), *extra_sections]
     all_notes = list(notes)
+    for c in comparisons:
+        if c.get("seeds_for_paper_effect"):
+            d = c["report_top1_err"]
+            all_notes.append(f"`{c['arm']}`: not resolved, MDE {100 * d.mde:.2f} points against the paper's "
+                             f"{100 * abs(paper_by[c['arm']].top1):.1f}; at this spread about {c['seeds_for_paper_effect']} "
+                             "seeds per arm would resolve an effect of the paper's size (rerun with --seeds K into a new --out).")
     if runner.scale in ("quick", "test"):
         subset = f"a {base['train_subset']:,}-image subset of the data" if base.get("train_subset") else "the data"
         all_notes.append(quick_note or f"Quick/test scale: {base['epochs']} epochs on {subset}, a two-rate sweep and "

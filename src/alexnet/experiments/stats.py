@@ -110,6 +110,16 @@ def welch(a: Sequence[float | None], b: Sequence[float | None], confidence: floa
     return Difference(diff, diff - half, diff + half, p, df, len(xa), len(xb), confidence, mde(se, df, confidence))
 
 
+def seeds_to_resolve(d: Difference, effect: float) -> int | None:
+    """Seeds per arm that would bring the minimum detectable effect of ``d``'s design down to
+    ``effect`` at the same spread (the MDE shrinks as 1/√n): ⌈n · (MDE / effect)²⌉, at least n; None
+    without a spread or an effect."""
+    if d.mde is None or not effect or not math.isfinite(d.mde):
+        return None
+    n = max(d.n_a, d.n_b)
+    return max(n, math.ceil(n * (d.mde / abs(effect)) ** 2))
+
+
 def mde(se: float, df: float, confidence: float = CONFIDENCE, power: float = POWER) -> float:
     """The minimum detectable effect of a t-based comparison with standard error ``se`` and ``df``
     degrees of freedom: (t_{1−α/2} + t_{power}) · se, the true difference whose interval would exclude
