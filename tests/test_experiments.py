@@ -706,3 +706,13 @@ def test_seeds_to_resolve_the_papers_effect() -> None:
     n = seeds_to_resolve(d, 0.014)
     assert n == math.ceil(3 * (d.mde / 0.014) ** 2) and n > 3
     assert seeds_to_resolve(d, 1.0) == 3 and seeds_to_resolve(welch([0.1], [0.2]), 0.01) is None
+
+
+def test_no_net_is_called_the_authors_where_its_configuration_is_not_theirs() -> None:
+    # alexnet-cifar's defaults (He init, cross-map LRN, max-pools) and Figure 1's net (no rnorm layers,
+    # biases at the weights' rate, batch 100) are not cuda-convnet's 18% net as the authors ran it.
+    from alexnet.experiments import relu_vs_tanh
+
+    assert "not its configuration" in models.info("alexnet-cifar").summary
+    assert "as the authors ran it" not in relu_vs_tanh.__doc__.split("\n")[0]
+    assert "*not* that net as the" in relu_vs_tanh.__doc__
