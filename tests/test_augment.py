@@ -91,6 +91,19 @@ def test_padding_crop_reads_mean_outside():
     assert torch.all(out[i, :, :rows_outside] == 0)
 
 
+def test_padding_stays_the_mean_under_pca_noise():
+    # §4.1's colour noise changes the image's pixels; the padding around a 32×32 image is no pixel
+    # of it and reads as the mean (zero), with or without the noise.
+    aug = make_aug(h=8, crop=8, crop_padding=2, pca_std=0.5, flip=False)
+    x = images(32, 8)
+    out = aug.train(x, torch.arange(32), 0)
+    p, noise = aug.params(torch.arange(32), 0)
+    i = int(torch.nonzero(p.oy < 0)[0])
+    assert noise[i].abs().max() > 1.0
+    assert torch.all(out[i, :, :-int(p.oy[i])] == 0)
+    assert (out[i, :, -int(p.oy[i]):] != 0).any()
+
+
 def test_mean_std_normalisation():
     aug = make_aug(h=8, crop=8, pca_std=0.0, flip=False, input_norm="mean_std", random_crop=False)
     x = torch.full((1, 3, 8, 8), 255, dtype=torch.uint8)

@@ -172,3 +172,60 @@ def test_official_urls():
     assert D.url_of("cifar10") == "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
     assert D.url_of("imagenette") == "https://s3.amazonaws.com/fast-ai-imageclas/imagenette2-320.tgz"
     assert D.url_of("imagewoof", "http://mirror/x/") == "http://mirror/x/imagewoof2-320.tgz"
+
+
+@pytest.fixture
+def fashion_served(tmp_path, monkeypatch):
+    """Four fake IDX archives served under Fashion-MNIST's official names, their md5s the ones checked."""
+    from fakes_data import write_idx
+
+    fake = write_idx(tmp_path / "served", n_train=12, n_test=5)
+    remote = D.DATASETS["fashion-mnist"]
+    files = tuple((f, hashlib.md5((tmp_path / "served" / f).read_bytes()).hexdigest()) for f, _ in remote.files)
+    monkeypatch.setitem(D.DATASETS, "fashion-mnist", D.Remote(remote.filename, remote.base_url, fmt="idx", files=files))
+    return fake
+
+
+def test_fashion_mnist_four_files_verified_and_prepared(tmp_path, fashion_served):
+    with Server(tmp_path / "served") as srv:
+        out = D.download("fashion-mnist", tmp_path / "out", base_url=srv.url, cache=tmp_path / "cache", progress=False)
+    assert sorted(p for p, _ in srv.requests) == sorted(f"/files/{f}" for f, _ in D.DATASETS["fashion-mnist"].files)
+    for f, _ in D.DATASETS["fashion-mnist"].files:
+        assert (tmp_path / "cache" / "fashion-mnist" / f).read_bytes() == (tmp_path / "served" / f).read_bytes()
+    ds = PreparedDataset(out, "train")
+    assert len(ds) == 12 and ds.image_size == (32, 32) and ds.labels.tolist() == fashion_served["train"][1].tolist()
+    assert len(PreparedDataset(out, "val")) == 5
+
+
+def test_fashion_mnist_resumes_each_file_and_refuses_a_bad_one(tmp_path, fashion_served, capsys):
+    cache = tmp_path / "cache" / "fashion-mnist"
+    cache.mkdir(parents=True)
+    first = D.DATASETS["fashion-mnist"].files[0][0]
+    data = (tmp_path / "served" / first).read_bytes()
+    (cache / (first + ".part")).write_bytes(data[:100])  # an interrupted earlier attempt
+    with Server(tmp_path / "served") as srv:
+        rc = main(["download", "fashion-mnist", "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"),
+                   "--base-url", srv.url, "--quiet"])
+    assert rc == 0
+    assert (f"/files/{first}", "bytes=100-") in srv.requests
+    assert (cache / first).read_bytes() == data and not (cache / (first + ".part")).exists()
+    # A damaged file on the server: refused, removed, nothing prepared.
+    last = D.DATASETS["fashion-mnist"].files[-1][0]
+    (tmp_path / "served" / last).write_bytes(b"tampered")
+    (cache / last).unlink()
+    with Server(tmp_path / "served") as srv:
+        rc = main(["download", "fashion-mnist", "--out", str(tmp_path / "out2"), "--cache", str(tmp_path / "cache"),
+                   "--base-url", srv.url])
+    assert rc == 2 and "checksum mismatch" in capsys.readouterr().err
+    assert not (cache / last).exists() and not (tmp_path / "out2").exists()
+
+
+def test_fashion_mnist_official_urls_and_checksums():
+    r = D.DATASETS["fashion-mnist"]
+    assert [f for f, _ in r.files] == ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                                       "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+    assert D.url_of("fashion-mnist", filename="t10k-labels-idx1-ubyte.gz") == \
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/t10k-labels-idx1-ubyte.gz"
+    with pytest.raises(UserError, match="each with its own checksum"):
+        D.download("fashion-mnist", Path("/nonexistent-never-created"), checksum="0" * 32,
+                   base_url="http://127.0.0.1:9/none")

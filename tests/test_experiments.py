@@ -60,9 +60,18 @@ def test_experiment_writes_report_plot_and_rows(name: str, tiny: Path, tmp_path:
     variants = {r["variant"] for r in rows}
     assert len(variants) >= 2, variants
     report = (tmp_path / name / "report.md").read_text()
+    from alexnet.experiments.summary import lines
+
+    summary = lines(tmp_path / name)  # README's table, generated from what the experiment wrote
+    assert summary and all(ln["ours"] != "—" and ln["verdict"] for ln in summary), summary
     if name == "ensemble":
         assert any(r["variant"].startswith("ensemble-") for r in rows)
         assert "[95% CI over the nets]" in report
+        # One denominator: every row (members and averages) on the report half of the validation images.
+        from alexnet.data.format import PreparedDataset
+        from alexnet.engine.evaluate import selection_half
+
+        assert {r["images"] for r in rows} == {int((~selection_half(PreparedDataset(tiny, "val").labels)).sum())}
         return
     if name == "dropout":
         assert all("gap_top1" in r for r in rows)
@@ -83,10 +92,11 @@ def test_relu_vs_tanh_and_rerun_skips(tiny: Path, tmp_path: Path) -> None:
     _run("relu-vs-tanh", tiny, out)
     rows = _check_outputs(out)
     assert {r["activation"] for r in rows} == {"relu", "tanh"}
-    assert all("epochs_to_25" in r and "ratio_kind" in r for r in rows)
+    assert all("epochs_to_threshold" in r and "ratio_kind" in r for r in rows)
     # The sweep on seed 0, then seed 1 at each activation's best rate: one best rate per activation.
     assert {(r["activation"], r["lr"]) for r in rows if r["best_lr"]} == {(a, r["chosen_lr"]) for r in rows for a in [r["activation"]]}
     assert sorted(r["seed"] for r in rows if r["best_lr"]) == [0, 0, 1, 1]
+    assert {r["threshold"] for r in rows} == {0.25}
     for name, c in _configs(out).items():  # no regularisation of any kind, the Figure-1 net
         assert c["weight_decay"] == 0 and c["pca_std"] == 0 and c["label_smoothing"] == 0, name
         assert not c["random_crop"] and not c["flip"] and c["schedule"] == "constant", name
@@ -131,8 +141,18 @@ def test_changed_config_in_same_folder_is_refused(tiny: Path, tmp_path: Path) ->
 
     out = tmp_path / "pool"
     _run("pooling", tiny, out)
-    with pytest.raises(UserError, match="different config"):
+    # Another scale is another protocol: refused before any run is looked at.
+    with pytest.raises(UserError, match="another protocol"):
         run_experiment("pooling", str(tiny), out, scale="quick", device="cpu", workers=0, log=lambda s: None)
+    # The same protocol with a run whose config differs (here: a changed recipe field): refused too.
+    import yaml
+
+    cfg = next(iter(sorted(out.glob("runs/*/config.yaml"))))
+    d = yaml.safe_load(cfg.read_text())
+    d["momentum"] = 0.5
+    cfg.write_text(yaml.safe_dump(d))
+    with pytest.raises(UserError, match="different config"):
+        _run("pooling", tiny, out)
 
 
 def test_epochs_to_reach() -> None:
@@ -165,7 +185,7 @@ def test_baselines_runs_every_method(tiny: Path, tmp_path: Path) -> None:
     # The same seeds for every method; the SVM's C swept like the CNNs' rates.
     assert {(r["arm"], r["seed"]) for r in rows if r["chosen"]} == {(m, s) for m in by for s in (0, 1)}
     assert sorted(r["C"] for r in rows if r["arm"] == "hog-svm" and r["seed"] == 0) == [0.001, 0.01, 0.1]
-    assert {r["verdict"] for r in rows if r["arm"] == "hog-svm"} <= {"within seed noise", "in the paper's direction",
+    assert {r["verdict"] for r in rows if r["arm"] == "hog-svm"} <= {"not resolved at this scale", "in the paper's direction",
                                                                       "against the paper's direction"}
 
 
@@ -278,11 +298,47 @@ def test_sweep_gives_every_arm_the_same_rates_and_seeds_and_retrains_no_arm_alon
 def test_full_scale_sweeps_every_seed_over_a_wider_range(tiny: Path, tmp_path: Path) -> None:
     from alexnet.experiments.runner import Variant
 
+    from alexnet.experiments.runner import MAX_EXTEND, seed_base
+
     runner = _fake_runner(tiny, tmp_path, seeds=3, scale="full")
+    b = seed_base("fake", "full")
+    # Lower is always better here: the grid extends downwards MAX_EXTEND times, then says "not bracketed".
     sw = runner.sweep({"lr": 0.02}, [Variant("a"), Variant("b")], measure=lambda r: r.update(select_top1_err=r["lr"]))
-    assert sw.rates == (0.005, 0.01, 0.02, 0.04) and sw.sweep_seeds == [0, 1, 2]
-    assert len(runner.trained) == 2 * 4 * 3  # type: ignore[attr-defined]
-    assert sw.best == {"a": 0.005, "b": 0.005}
+    assert sw.rates[-4:] == (0.005, 0.01, 0.02, 0.04) and sw.sweep_seeds == [b, b + 1, b + 2]
+    # Rates beyond the grid keep two significant digits (0.00125 -> 0.0013).
+    assert sw.extended["a"] == [0.0025, 0.0013, 0.00065] and sw.bracketed == {"a": False, "b": False}
+    assert len(runner.trained) == 2 * (4 + MAX_EXTEND) * 3  # type: ignore[attr-defined]
+    assert sw.best == {"a": 0.00065, "b": 0.00065}
+    assert "**Not bracketed**" in sw.text()
+
+
+def test_medium_sweep_extends_until_the_chosen_rate_is_bracketed(tiny: Path, tmp_path: Path) -> None:
+    from alexnet.experiments.runner import Variant, seed_base
+
+    runner = _fake_runner(tiny, tmp_path, seeds=3, scale="medium")
+    b = seed_base("fake", "medium")
+    assert runner.seeds == [b, b + 1, b + 2] and b >= 1000
+    # The best rate is 0.08: above the grid (0.01, 0.02, 0.04) for arm "a"; inside it for arm "m".
+    err = lambda r: abs(math.log(r["lr"] / (0.08 if r["arm"] == "a" else 0.02)))  # noqa: E731
+    sw = runner.sweep({"lr": 0.02}, [Variant("a"), Variant("m")], measure=lambda r: r.update(select_top1_err=err(r)))
+    assert sw.extended == {"a": [0.08, 0.16], "m": []} and sw.bracketed == {"a": True, "m": True}
+    assert sw.best == {"a": 0.08, "m": 0.02}
+    trained = sorted((a, lr, seed) for a, lr, seed, _ in runner.trained)  # type: ignore[attr-defined]
+    assert trained == sorted([("a", lr, b) for lr in (0.01, 0.02, 0.04, 0.08, 0.16)] + [("m", lr, b) for lr in (0.01, 0.02, 0.04)]
+                             + [("a", 0.08, s) for s in (b + 1, b + 2)] + [("m", 0.02, s) for s in (b + 1, b + 2)])
+    rows = {r["arm"]: r for r in sw.rows}
+    assert rows["a"]["sweep_extended"] == [0.08, 0.16] and rows["a"]["sweep_rates"] == [0.01, 0.02, 0.04, 0.08, 0.16]
+    assert rows["m"]["bracketed"] is True and "extended to 0.08, 0.16" in sw.text()
+
+
+def test_experiments_draw_independent_seeds_at_medium_and_full_scale() -> None:
+    from alexnet.experiments.runner import seed_base
+
+    for scale in ("medium", "full"):
+        bases = [seed_base(n, scale) for n in (*names(), "data-scale")]
+        # Each experiment's seeds (base … base + 9) overlap no other's.
+        assert all(abs(x - y) >= 10 for i, x in enumerate(bases) for y in bases[i + 1:])
+    assert seed_base("lrn", "quick") == seed_base("pooling", "test") == 0
 
 
 def test_sweep_ties_go_to_the_tie_breaker_then_the_lower_rate(tiny: Path, tmp_path: Path) -> None:
@@ -309,14 +365,20 @@ def test_welch_matches_scipy_and_the_hand_computation() -> None:
     ref = sps.ttest_ind(b, a, equal_var=False)
     ci = ref.confidence_interval(0.95)
     assert d.p == pytest.approx(ref.pvalue) and d.low == pytest.approx(ci.low) and d.high == pytest.approx(ci.high)
-    assert d.text() == "+7.25 [-1.43, +15.93], p = 0.084"  # points: 100 × (0.31 − 0.2375)
+    assert d.text() == "+7.25 [-1.43, +15.93], p = 0.084; MDE 11.76"  # points: 100 × (0.31 − 0.2375)
 
 
 def test_verdicts_say_within_seed_noise_and_the_direction() -> None:
     from alexnet.experiments.stats import AGAINST, NO_SPREAD, PAPER_DIRECTION, WITHIN_NOISE, one_sample, welch
 
     noisy = welch([0.20, 0.30], [0.22, 0.27])
-    assert noisy.within_noise and noisy.verdict(+1.0) == WITHIN_NOISE == "within seed noise"
+    assert noisy.within_noise and noisy.verdict(+1.0) == WITHIN_NOISE == "not resolved at this scale"
+    # The minimum detectable effect: (t_0.975 + t_0.80) · se at the Welch df.
+    from scipy import stats as sps
+
+    se = math.sqrt(0.005 / 2 + 0.00125 / 2)
+    assert noisy.mde == pytest.approx((sps.t.ppf(0.975, noisy.df) + sps.t.ppf(0.8, noisy.df)) * se)
+    assert noisy.text().endswith(f"; MDE {100 * noisy.mde:.2f}")
     clear = welch([0.10, 0.11, 0.12], [0.20, 0.21, 0.22])  # b worse by 10 points, every seed
     assert not clear.within_noise and clear.low > 0
     assert clear.verdict(+1.0) == PAPER_DIRECTION and clear.verdict(-1.0) == AGAINST
@@ -419,8 +481,8 @@ def test_ratio_stats_pairs_seeds_and_bounds_not_reached() -> None:
     from alexnet.experiments.runner import Sweep
 
     def row(act: str, seed: int, ep: int | None) -> dict:
-        return {"arm": act, "activation": act, "seed": seed, "lr": 0.01, "chosen": True, "epochs_to_25": ep,
-                "reached": ep is not None, "time_to_25_s": None if ep is None else ep * 2.0, "time_s": 20.0,
+        return {"arm": act, "activation": act, "seed": seed, "lr": 0.01, "chosen": True, "epochs_to_threshold": ep,
+                "reached": ep is not None, "time_to_threshold_s": None if ep is None else ep * 2.0, "time_s": 20.0,
                 "epochs": 10, "train_top1_err": 0.1}
 
     rows = [row("relu", 0, 2), row("tanh", 0, 8), row("relu", 1, 2), row("tanh", 1, 12)]
@@ -429,10 +491,17 @@ def test_ratio_stats_pairs_seeds_and_bounds_not_reached() -> None:
     assert [p["ratio"] for p in st["per_seed"]] == [4.0, 6.0]
     assert st["ratio_mean"] == pytest.approx(5.0) and st["ratio_std"] == pytest.approx(math.sqrt(2))
     assert st["ratio_of_means"]["ratio"] == pytest.approx(5.0)
-    rows[3]["epochs_to_25"], rows[3]["reached"] = None, False  # tanh seed 1 never got there in 10 epochs
+    # The decision rule on the log ratios: log 4 and log 6, t interval with 1 df, excludes 0.
+    lo, hi = st["log_ratio"].low, st["log_ratio"].high
+    half = 12.706204736174704 * abs(math.log(6) - math.log(4)) / 2
+    m = (math.log(4) + math.log(6)) / 2
+    assert (lo, hi) == (pytest.approx(m - half), pytest.approx(m + half))
+    assert st["verdict"] == ("in the paper's direction" if lo > 0 else "not resolved at this scale")
+    rows[3]["epochs_to_threshold"], rows[3]["reached"] = None, False  # tanh seed 1 never got there in 10 epochs
     st = ratio_stats(sw, 10)
     assert st["per_seed"][1]["kind"] == "lower" and st["ratio_mean"] is None
     assert st["ratio_of_means"]["kind"] == "lower"  # not all tanh seeds reached it: a bound
+    assert st["verdict"].startswith("not resolved at this scale") and st["log_ratio"] is None
 
 
 @pytest.mark.slow
@@ -482,3 +551,168 @@ def test_augmentation_arms_are_what_they_say_on_32px_data(tmp_path: Path) -> Non
     cfgs = _configs(tmp_path / "out")
     assert {c["crop_padding"] for n, c in cfgs.items() if n.startswith("none-")} == {0}
     assert {c["crop_padding"] for n, c in cfgs.items() if n.startswith("crops-")} == {4}
+
+
+def test_plateau_schedule_of_experiment_runs_reads_only_the_selection_half(tiny: Path, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from alexnet.engine.evaluate import selection_half
+    from alexnet.engine.metrics import read_metrics
+    from alexnet.engine.optim import Schedule
+    from alexnet.experiments.runner import Runner, Variant
+
+    fed: list[float | None] = []
+    orig = Schedule.end_of_epoch
+    monkeypatch.setattr(Schedule, "end_of_epoch", lambda self, v: fed.append(v) or orig(self, v))
+    runner = Runner("lrn", str(tiny), tmp_path, scale="test", device="cpu", workers=0, log=lambda s: None)
+    base = runner.base_config(schedule="plateau", eval_every=1)
+    assert base["plateau_on"] == "select"
+    row = runner.train(base, Variant("v"), 0)
+    metrics = read_metrics(tmp_path / row["run"] / "metrics.jsonl")
+    assert len(fed) == len(metrics) == 2
+    assert fed == [m["val_select_top1_err"] for m in metrics]
+    # ... which is the selection half's error of the final weights, not the whole set's.
+    runner.add_val_halves(row)
+    assert fed[-1] == pytest.approx(row["select_top1_err"])
+    from alexnet.data.format import PreparedDataset
+
+    assert selection_half(PreparedDataset(tiny, "val").labels).sum() < len(PreparedDataset(tiny, "val"))
+
+
+def test_report_marks_runs_from_a_dirty_tree_or_several_commits(tiny: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import alexnet.engine.train as train_mod
+    import alexnet.experiments.runner as runner_mod
+    from alexnet.environment import environment
+
+    real = environment()
+
+    def env(sha: str, dirty: bool):  # noqa: ANN202
+        return lambda *a, **k: {**real, "git_sha": sha, "git_dirty": dirty}
+
+    monkeypatch.setattr(train_mod, "environment", env("a" * 40, True))
+    monkeypatch.setattr(runner_mod, "environment", env("a" * 40, False))
+    runner = runner_mod.Runner("prov", str(tiny), tmp_path, scale="test", device="cpu", workers=0, log=lambda s: None)
+    base = runner.base_config()
+    rows = [runner.train(base, runner_mod.Variant("v"), 0)]
+    report = runner.write_report(title="t", claim="c", sections=[], base=base, rows=rows).read_text()
+    assert "not citable" in report and "dirty tree" in report and "runs/v-s0" in report
+    runner.write_results(rows)
+    assert json.loads((tmp_path / "provenance.json").read_text())["citable"] is False
+    # The same runs, clean, but the report from another commit: not one commit either.
+    monkeypatch.setattr(train_mod, "environment", env("a" * 40, False))
+    rows.append(runner.train(base, runner_mod.Variant("w"), 0))
+    (tmp_path / "runs/v-s0/environment.json").write_text(json.dumps({"git_sha": "a" * 40, "git_dirty": False}))
+    monkeypatch.setattr(runner_mod, "environment", env("b" * 40, False))
+    report = runner.write_report(title="t", claim="c", sections=[], base=base, rows=rows).read_text()
+    assert "from 2 commits" in report
+    monkeypatch.setattr(runner_mod, "environment", env("a" * 40, False))
+    report = runner.write_report(title="t", claim="c", sections=[], base=base, rows=rows).read_text()
+    assert f"commit `{'a' * 40}`, a clean tree" in report and "not citable" not in report
+    assert "decision rule" in report  # the protocol, as written before the runs
+
+
+def test_relu_vs_tanh_threshold_option_and_its_rule(tiny: Path, tmp_path: Path) -> None:
+    from alexnet.experiments.relu_vs_tanh import THRESHOLD, threshold_for
+
+    assert THRESHOLD == 0.25 and threshold_for("cifar10") == 0.25 and threshold_for("fashion-mnist") == 0.125
+    out = tmp_path / "rvt"
+    run_experiment("relu-vs-tanh", str(tiny), out, scale="test", device="cpu", workers=0, log=lambda s: None,
+                   seeds=1, threshold=0.99)
+    rows = json.loads((out / "results.json").read_text())
+    assert {r["threshold"] for r in rows} == {0.99}
+    # Any running error is at most 99%: every run reached it after its first epoch.
+    assert all(r["epochs_to_threshold"] is not None for r in rows)
+    assert json.loads((out / "protocol.json").read_text())["threshold"] == 0.99
+    assert "epochs to 99%" in (out / "report.md").read_text()
+    # The protocol is fixed: the same folder with another threshold is refused.
+    from alexnet.errors import UserError
+
+    with pytest.raises(UserError, match="another protocol"):
+        run_experiment("relu-vs-tanh", str(tiny), out, scale="test", device="cpu", workers=0, log=lambda s: None,
+                       seeds=1, threshold=0.5)
+    with pytest.raises(UserError, match="threshold"):
+        run_experiment("lrn", str(tiny), tmp_path / "l", scale="test", device="cpu", threshold=0.5)
+
+
+def test_results_table_is_generated_from_results_json(tmp_path: Path) -> None:
+    from alexnet.experiments.summary import table
+
+    d = tmp_path / "lrn"
+    d.mkdir()
+    rows = [{"arm": "lrn-paper", "variant": f"lrn-paper-lr0.02", "seed": s, "chosen": True, "report_top1_err": e}
+            for s, e in ((1, 0.10), (2, 0.12), (3, 0.11))]
+    rows += [{"arm": "lrn-none", "variant": "lrn-none-lr0.02", "seed": s, "chosen": True, "report_top1_err": e,
+              "reference": "lrn-paper", "delta_top1_vs_reference": 0.01, "delta_top1_ci95": [-0.01, 0.03],
+              "delta_top1_mde": 0.025, "verdict": "not resolved at this scale", "paper": "+2.0 / — (CIFAR-10 test)"}
+             for s, e in ((1, 0.11), (2, 0.13), (3, 0.12))]
+    (d / "results.json").write_text(json.dumps(rows))
+    (d / "protocol.json").write_text(json.dumps({"experiment": "lrn", "scale": "medium"}))
+    (d / "provenance.json").write_text(json.dumps({"citable": True, "shas": ["0123456789abcdef"]}))
+    text = table([d])
+    assert "| claim (§) | the paper | ours | verdict |" in text
+    assert ("lrn-none 12.00 ± 1.00% vs lrn-paper 11.00 ± 1.00% top-1; Δ +1.00 [-1.00, +3.00], MDE 2.50 points; "
+            "n = 3, 3 seeds") in text
+    assert "`lrn`, medium, git 0123456789ab" in text and "+2.0 / — (CIFAR-10 test)" in text
+    assert "not resolved at this scale" in text
+    (d / "provenance.json").write_text(json.dumps({"citable": False, "shas": ["0123456789abcdef"]}))
+    assert "not citable" in table([d])
+
+
+def test_paper_ablation_deltas_are_not_labelled_ilsvrc_2012_val() -> None:
+    # §2: most of the paper's experiments used ILSVRC-2010; its ablation deltas do not name the set.
+    from alexnet.experiments.ablation import PaperDiff
+
+    assert "2012" not in PaperDiff("x", 0.014, 0.012).text() and "not stated" in PaperDiff("x", 0.014, 0.012).text()
+
+
+def test_plan_lists_the_runs_without_training(tiny: Path, tmp_path: Path) -> None:
+    from alexnet.data.format import PreparedDataset
+    from alexnet.experiments.plan import make_plan
+
+    n_train = len(PreparedDataset(tiny, "train"))
+    plan = make_plan("lrn", str(tiny), scale="medium")
+    # 2 arms × 3 rates on the first seed, then 2 more seeds × 2 arms; at most 3 added rates per arm.
+    assert len(plan.runs) == 10 and plan.extension_bound == 6
+    assert all(r["epochs"] == 4 and r["batch_size"] == 128 for r in plan.runs)
+    assert plan.train_images == 10 * 4 * min(15000, n_train)
+    assert {r["model_options"]["lrn"] for r in plan.runs} == {"paper", "none"}
+    assert len(plan.networks()) == 2 and plan.protocol["scale"] == "medium"
+    rvt = make_plan("relu-vs-tanh", str(tiny), scale="medium", threshold=0.125)
+    assert len(rvt.runs) == 2 * 4 + 2 * 2 and rvt.protocol["threshold"] == 0.125
+    ens = make_plan("ensemble", str(tiny), scale="medium")
+    assert len(ens.runs) == 5 and ens.extension_bound == 0
+    # Each planned run is evaluated on the whole val set at the end, and again on its two halves.
+    n_val = len(PreparedDataset(tiny, "val"))
+    assert all(r["eval_images"] == 2 * n_val for r in plan.runs)
+    assert sum(1 for _ in tmp_path.iterdir()) == 0  # nothing written outside its temporary folder
+
+
+def test_cli_plan_prints_runs_and_times_and_trains_nothing(tiny: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    rc = main(["experiment", "pooling", "--data", str(tiny), "--scale", "medium", "--plan", "--gpu-img-s", "10000"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "10 runs" in out and "expected on this machine" in out and "img/s training" in out
+    assert "expected on a GPU at 10,000 img/s" in out and "GPU-hours" in out
+    assert main(["experiment", "lrn", "--data", str(tiny), "--plan", "--threshold", "0.2"]) == 2
+    assert "--threshold applies to experiment 'relu-vs-tanh' only" in capsys.readouterr().err
+    assert main(["experiment", "lrn", "--data", str(tiny), "--scale", "medium"]) == 2  # no --out
+    assert main(["experiment", "lrn", "--quick", "--scale", "medium", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_seeds_to_resolve_the_papers_effect() -> None:
+    from alexnet.experiments.stats import seeds_to_resolve, welch
+
+    d = welch([0.20, 0.22, 0.24], [0.21, 0.23, 0.25])  # sd 2 points in each arm, 3 seeds
+    assert d.within_noise and d.mde is not None
+    n = seeds_to_resolve(d, 0.014)
+    assert n == math.ceil(3 * (d.mde / 0.014) ** 2) and n > 3
+    assert seeds_to_resolve(d, 1.0) == 3 and seeds_to_resolve(welch([0.1], [0.2]), 0.01) is None
+
+
+def test_no_net_is_called_the_authors_where_its_configuration_is_not_theirs() -> None:
+    # alexnet-cifar's defaults (He init, cross-map LRN, max-pools) and Figure 1's net (no rnorm layers,
+    # biases at the weights' rate, batch 100) are not cuda-convnet's 18% net as the authors ran it.
+    from alexnet.experiments import relu_vs_tanh
+
+    assert "not its configuration" in models.info("alexnet-cifar").summary
+    assert "as the authors ran it" not in relu_vs_tanh.__doc__.split("\n")[0]
+    assert "*not* that net as the" in relu_vs_tanh.__doc__

@@ -37,6 +37,10 @@ class TrainConfig:
     schedule: str = "plateau"  # plateau | cosine | step | constant
     plateau_patience: int = 2  # epochs without improvement before a drop
     plateau_threshold: float = 1e-3  # improvement smaller than this does not count
+    # Which validation images the plateau schedule reads: "all", or "select" (the selection half,
+    # every other image of each class; an experiment reports the other half, which then never
+    # steers training).
+    plateau_on: str = "all"
     lr_drop_factor: float = 0.1
     max_lr_drops: int = 3  # §5: "reduced three times prior to termination"
     step_epochs: list[int] = field(default_factory=list)  # for schedule "step"
@@ -139,6 +143,7 @@ _RULES: dict[str, tuple[str, Any, str]] = {
     "schedule": _choice("plateau", "cosine", "step", "constant"),
     "plateau_patience": _int(0),
     "plateau_threshold": ("float", lambda v: v >= 0, "a number ≥ 0"),
+    "plateau_on": _choice("all", "select"),
     "lr_drop_factor": ("float", lambda v: 0 < v <= 1, "a number in (0, 1]"),
     "max_lr_drops": _int(0),
     "step_epochs": ("list[int]", lambda v: all(e >= 1 for e in v), "a list of epochs ≥ 1, e.g. [30, 60]"),

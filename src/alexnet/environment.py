@@ -75,7 +75,10 @@ def environment(device: torch.device | str | None = None) -> dict[str, Any]:
                     "cudnn": torch.backends.cudnn.version(), "driver": driver.splitlines()[0].strip() if driver else None}
     except Exception:  # noqa: BLE001 - a broken driver must not stop a report
         pass
-    status = _run(["git", "status", "--porcelain"], _REPO)
+    # Dirty: a tracked file changed, or an untracked file among the sources. Untracked files elsewhere
+    # (an experiment's results being written inside the checkout) are outputs, not the code that ran.
+    status = (_run(["git", "status", "--porcelain", "--untracked-files=no"], _REPO) or "") + (
+        _run(["git", "ls-files", "--others", "--exclude-standard", "--", "src", "configs"], _REPO) or "")
     sha = git_sha()
     return {
         "platform": platform.platform(),

@@ -11,7 +11,7 @@ from alexnet.data.download import DATASETS, ENV_BASE_URL
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", metavar="NAME", choices=list(DATASETS),
-                   help=f"one of: {', '.join(DATASETS)} (imagenette/imagewoof: fast.ai's 320 px builds)")
+                   help=f"one of: {', '.join(DATASETS)} (imagenette/imagewoof: fast.ai's 320 px builds; fashion-mnist: its four official IDX files)")
     p.add_argument("--out", required=True, metavar="DIR", help="the prepared dataset folder to create")
     p.add_argument("--base-url", default=None, metavar="URL",
                    help=f"download from URL/<archive name> instead of the official site (also ${ENV_BASE_URL})")

@@ -192,9 +192,10 @@ class Augment:
 
         The crop's pixels are gathered as uint8 (1 byte a pixel); the mean image at those pixels
         in fp32, the one fp32 N×3×S×S intermediate (154 MB at batch 256, 224²); the subtraction,
-        the padding mask, the colour noise and the scale run in place on it; the result is
+        the colour noise, the padding mask and the scale run in place on it; the result is
         rounded once into a new ``dtype`` tensor (bf16: 2 bytes a pixel). The same operations in
-        the same order as fp32 all the way and a cast at the end: the same bits."""
+        the same order as fp32 all the way and a cast at the end: the same bits. The colour noise (N×3)
+        is added to the image's pixels only: the padding stays the mean."""
         n, _, h, w = images.shape
         dev = images.device
         ar = torch.arange(self.crop, device=dev)
@@ -206,11 +207,11 @@ class Augment:
         x = images.reshape(n, 3, h * w).gather(2, lin)  # uint8 N×3×(S·S)
         m = sub.reshape(1, 3, h * w).expand(n, -1, -1).gather(2, lin)  # fp32 N×3×(S·S)
         torch.sub(x, m, out=m)  # x - mean, in fp32 (uint8 converts exactly)
+        if noise is not None:
+            m += noise.to(dev, torch.float32)[:, :, None]  # before the mask: the padding stays the mean
         if self.pad:
             valid = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]  # N×S×S
             m *= valid.view(n, 1, -1)  # padding reads as the mean (zero after subtraction)
-        if noise is not None:
-            m += noise.to(dev, torch.float32)[:, :, None]
         out = torch.empty((n, 3, self.crop * self.crop), dtype=dtype, device=dev)
         torch.mul(m, scale.view(1, 3, 1), out=out)  # computed in fp32, rounded once on the store
         return out.view(n, 3, self.crop, self.crop)  # N×3×S×S

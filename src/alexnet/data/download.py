@@ -9,6 +9,9 @@ Datasets (the archives are kept in ``$ALEXNET_CACHE/downloads``, default
   would only add download time. Prepared straight from the .tgz at 256×256, classes are the
   WNIDs (sorted) named by their ImageNet words.
 * ``cifar10`` / ``cifar100`` — the "python version" archives from the University of Toronto.
+* ``fashion-mnist`` — Zalando's four official IDX archives (Xiao, Rasul & Vollgraf 2017): 60,000
+  training and 10,000 test images, 28×28 grey, padded to 32×32 by ``prepare`` (the IDX reader).
+  Kept as ``downloads/fashion-mnist/*.gz``; each file is fetched, resumed and verified on its own.
 
 Downloads are resumable (an HTTP Range request continues ``<file>.part``) and verified (md5 as
 torchvision checks them, or sha256); a mismatch removes the file and is an error. The base URL can
@@ -57,6 +60,9 @@ class Remote:
     fmt: str = "folder"
     names: dict[str, str] = field(default_factory=dict)
     about: str = ""
+    # A dataset published as several files (Fashion-MNIST's four IDX archives): (file name, md5)
+    # each, kept in the cache folder ``filename`` and prepared from that folder.
+    files: tuple[tuple[str, str], ...] = ()
 
 
 # Checksums: torchvision.datasets.CIFAR10/CIFAR100/Imagenette (md5 of the whole file); imagewoof's
@@ -72,6 +78,14 @@ DATASETS: dict[str, Remote] = {
                       md5="c58f30108f718f92721af3b95e74349a", fmt="cifar", about="CIFAR-10, python version"),
     "cifar100": Remote("cifar-100-python.tar.gz", "https://www.cs.toronto.edu/~kriz",
                        md5="eb9058c3a382ffc7106e4002c42a8d85", fmt="cifar", about="CIFAR-100, python version"),
+    # The official archives' md5 as torchvision.datasets.FashionMNIST checks them. (Debian's
+    # dataset-fashion-mnist package recompresses the same IDX data: its .gz files have other md5s.)
+    "fashion-mnist": Remote("fashion-mnist", "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com", fmt="idx",
+                            about="Fashion-MNIST: 10 classes of Zalando article images, 28x28 grey (padded to 32x32)",
+                            files=(("train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
+                                   ("train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe"),
+                                   ("t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79"),
+                                   ("t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310"))),
 }
 
 
@@ -81,14 +95,15 @@ def cache_dir() -> Path:
     return Path(root) / "downloads"
 
 
-def url_of(name: str, base_url: str | None = None) -> str:
+def url_of(name: str, base_url: str | None = None, filename: str | None = None) -> str:
+    """The URL of dataset ``name``'s archive (or of its file ``filename``, for a multi-file dataset)."""
     remote = DATASETS[name]
     base = base_url or os.environ.get(ENV_BASE_URL) or remote.base_url
     parts = urllib.parse.urlsplit(base)
     if parts.scheme not in ("http", "https", "file") or (parts.scheme != "file" and not parts.netloc):
         where = "--base-url" if base_url else (f"${ENV_BASE_URL}" if os.environ.get(ENV_BASE_URL) else "base URL")
         raise UserError(f"{where} {base!r}: not a URL; accepted: http://HOST/PATH, https://HOST/PATH or file:///PATH")
-    return base.rstrip("/") + "/" + remote.filename
+    return base.rstrip("/") + "/" + (filename or (remote.files[0][0] if remote.files else remote.filename))
 
 
 def _digest(path: Path, algo: str) -> str:
@@ -198,8 +213,19 @@ def _download(name: str, out: Path, url: str, lock: Any, *, progress: bool, cach
     # Refuse before spending minutes on a download that could not be prepared.
     check_destination(out)
     remote = DATASETS[name]
-    algo, digest = _expected(remote, checksum)
     folder = Path(cache).expanduser() if cache is not None else cache_dir()
+    if remote.files:
+        if checksum:
+            raise UserError(f"--checksum: {name} is {len(remote.files)} files, each with its own checksum; "
+                            "--checksum applies to single-archive datasets only")
+        base = url.rsplit("/", 1)[0]
+        for fname, md5 in remote.files:
+            fetch(f"{base}/{fname}", folder / remote.filename / fname, "md5", md5, progress=progress)
+        if progress:
+            print(f"{folder / remote.filename}: {len(remote.files)} files verified (md5); preparing", file=sys.stderr)
+        return prepare(folder / remote.filename, out, fmt=remote.fmt, names=remote.names or None, progress=progress,
+                       size=size, workers=workers, lock=lock)
+    algo, digest = _expected(remote, checksum)
     archive = fetch(url, folder / remote.filename, algo, digest, progress=progress)
     if progress:
         print(f"{archive}: verified ({algo}); preparing", file=sys.stderr)
@@ -208,4 +234,5 @@ def _download(name: str, out: Path, url: str, lock: Any, *, progress: bool, cach
 
 
 def describe() -> list[dict[str, Any]]:
-    return [{"name": k, "file": v.filename, "url": url_of(k), "about": v.about} for k, v in DATASETS.items()]
+    return [{"name": k, "file": ", ".join(f for f, _ in v.files) if v.files else v.filename, "url": url_of(k),
+             "about": v.about} for k, v in DATASETS.items()]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import ContextManager
+from typing import Any, ContextManager
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -95,10 +97,23 @@ class EvalResult:
     top5_err: float
     loss: float
     probs: torch.Tensor | None = None
+    subset: "EvalResult | None" = None  # the same over the ``subset`` images alone
 
     def metrics(self) -> dict[str, float | int]:
         """The numbers, as RUN/eval.json and ``alexnet evaluate --json`` store them."""
         return {"n": self.n, "top1_err": self.top1_err, "top5_err": self.top5_err, "loss": self.loss}
+
+
+def selection_half(labels: Any) -> np.ndarray:
+    """A boolean mask over validation images: within each class, every other image (in stored
+    order) belongs to the selection half, the rest to the report half. Class-balanced and
+    deterministic, whatever the order of the classes in the split."""
+    labels = np.asarray(labels)
+    mask = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        mask[idx[0::2]] = True
+    return mask
 
 
 @torch.no_grad()
@@ -115,17 +130,22 @@ def evaluate(
     world_size: int = 1,
     return_probs: bool = False,
     progress: bool = False,
+    subset: np.ndarray | None = None,
 ) -> EvalResult:
     """Top-1/top-5 error and loss over the whole split, each image counted exactly once (across
     processes too: contiguous unpadded shards, sums all-reduced). ``progress``: a bar on a
-    terminal, a periodic line elsewhere (:class:`alexnet.progress.Progress`), from rank 0."""
+    terminal, a periodic line elsewhere (:class:`alexnet.progress.Progress`), from rank 0.
+    ``subset``: a boolean mask over the split; also counted over those images alone
+    (``EvalResult.subset``)."""
     was_training = model.training
     model.eval()
     loader = BatchLoader(ds, batch_size * world_size, shuffle=False, workers=workers, rank=rank, world_size=world_size,
                          pin_memory=prec.device.type == "cuda")
-    # n, top-1 hits, top-5 hits, loss sum: accumulated on the device and read once at the end (a
-    # read per batch would make the host wait for the GPU at every batch).
+    # n, top-1 hits, top-5 hits, loss sum (and the same over ``subset``): accumulated on the device
+    # and read once at the end (a read per batch would make the host wait for the GPU at every batch).
     sums = torch.zeros(4, dtype=torch.float64, device=prec.device)
+    sub_sums = torch.zeros(4, dtype=torch.float64, device=prec.device)
+    mask = torch.as_tensor(np.asarray(subset, dtype=bool)).to(prec.device) if subset is not None else None
     all_probs = []
     bar = Progress(len(loader), "evaluate" + (" (10-crop)" if ten_crop else ""), "batch", enabled=progress and rank == 0,
                    leave=False)
@@ -137,6 +157,12 @@ def evaluate(
             sums[0] += len(labels)
             sums[1:3] += topk_hits(probs, labels)
             sums[3] += nll
+            if mask is not None:  # weights, not boolean indexing: no data-dependent shape, no read
+                m = mask[b.indices.to(prec.device, non_blocking=True)]
+                w = m.to(torch.float64)
+                sub_sums[0] += w.sum()
+                sub_sums[1:3] += (_row_hits(probs, labels) * w[:, None]).sum(0)
+                sub_sums[3] += (F.nll_loss(torch.log(probs.clamp_min(1e-12)), labels, reduction="none").double() * w).sum()
             if return_probs:
                 all_probs.append(probs)  # on the device: one copy to the host after the pass
             bar.update(1)
@@ -145,9 +171,23 @@ def evaluate(
     bar.close()
     if world_size > 1:
         sums = distributed.all_reduce_sum(sums)
-    sums = sums.cpu()
+        if mask is not None:
+            sub_sums = distributed.all_reduce_sum(sub_sums)
+    sums, sub_sums = sums.cpu(), sub_sums.cpu()
     model.train(was_training)
-    n = max(1.0, float(sums[0]))
     probs = (torch.cat(all_probs).cpu() if all_probs else torch.zeros(0)) if return_probs else None
+    result = _result(sums, probs)
+    return dataclasses.replace(result, subset=_result(sub_sums, None)) if mask is not None else result
+
+
+def _row_hits(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """N×2 float64: whether each row has its label among its 1 and 5 highest scores."""
+    kmax = min(5, probs.shape[1])
+    hit = probs.topk(kmax, dim=1).indices == labels[:, None]
+    return torch.stack([hit[:, :1].any(1), hit.any(1)], dim=1).to(torch.float64)
+
+
+def _result(sums: torch.Tensor, probs: torch.Tensor | None) -> EvalResult:
+    n = max(1.0, float(sums[0]))
     return EvalResult(n=int(sums[0]), top1_err=1 - float(sums[1]) / n, top5_err=1 - float(sums[2]) / n,
                       loss=float(sums[3]) / n, probs=probs)

@@ -56,7 +56,7 @@ from alexnet.engine import checkpoint as ckpt
 from alexnet.engine import distributed
 from alexnet.engine.checks import check_against_data, describe_augmentation, effective_crop_padding
 from alexnet.engine.device import pick_device
-from alexnet.engine.evaluate import Precision, evaluate
+from alexnet.engine.evaluate import Precision, evaluate, selection_half
 from alexnet.engine.fast_step import FastStep
 from alexnet.engine.metrics import read_metrics
 from alexnet.engine.model_parallel import ModelParallelAlexNet, model_parallel_devices
@@ -532,9 +532,16 @@ def train_one_epoch(ctx: Context, state: RunState, stop: StopFlag, checkpointer:
 
 
 def validate(ctx: Context, ten_crop: bool) -> dict[str, float]:
+    """The validation metrics; with ``plateau_on: select`` also the selection half's top-1 error
+    (``val_select_top1_err``), the one the plateau schedule then reads."""
+    select = selection_half(ctx.val_ds.labels) if ctx.cfg.plateau_on == "select" else None
     r = evaluate(ctx.eval_model, ctx.val_ds, ctx.augment, ctx.prec, batch_size=ctx.cfg.eval_batch_size or ctx.cfg.batch_size,
-                 ten_crop=ten_crop, workers=ctx.cfg.workers, rank=ctx.dist.rank, world_size=ctx.dist.world_size)
-    return {"val_top1_err": r.top1_err, "val_top5_err": r.top5_err, "val_loss": r.loss, "val_images": r.n}
+                 ten_crop=ten_crop, workers=ctx.cfg.workers, rank=ctx.dist.rank, world_size=ctx.dist.world_size,
+                 subset=select)
+    out = {"val_top1_err": r.top1_err, "val_top5_err": r.top5_err, "val_loss": r.loss, "val_images": r.n}
+    if r.subset is not None:
+        out["val_select_top1_err"] = r.subset.top1_err
+    return out
 
 
 def setup(cfg: TrainConfig, out: Path, *, log: Callable[[str], None] = print) -> Context:
@@ -868,7 +875,7 @@ def _loop(ctx: Context, state: RunState) -> dict[str, Any]:
                     stop.evaluating = False
                     raise Interrupted(stop.exit_code(), checkpointer.write(state)) from None
                 stop.evaluating = False
-            dropped = ctx.schedule.end_of_epoch(val.get("val_top1_err"))
+            dropped = ctx.schedule.end_of_epoch(val.get("val_select_top1_err" if cfg.plateau_on == "select" else "val_top1_err"))
             row = {"epoch": state.epoch + 1, "lr": lr, **tr, **val, "step": state.global_step,
                    "time_s": state.elapsed_s + time.time() - t_start}
             append_metrics(ctx, row)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from alexnet.experiments.runner import Runner, Sweep, Variant, aggregate, pm
-from alexnet.experiments.stats import welch
+from alexnet.experiments.stats import seeds_to_resolve, welch
 from alexnet.report.figures import plot_bars
 from alexnet.report.tables import markdown_table
 
@@ -22,6 +22,12 @@ from alexnet.report.tables import markdown_table
 # ablation trains 8 runs: about five minutes on 2 idle cores.
 QUICK: dict[str, Any] = {"epochs": 4, "batch_size": 64, "train_subset": 0, "eval_every": 4,
                          "schedule": "step", "step_epochs": [3]}
+# Medium scale (Fashion-MNIST on 2 CPU cores): 15,000 training images for 4 epochs at the paper's
+# batch of 128, the last epoch at a tenth of the rate; validation (all 10,000 images) at the end. A
+# two-arm ablation trains 10 runs (3 rates on the first seed, 2 more seeds at each arm's chosen rate),
+# plus a run per rate a sweep adds at an edge: about 25 minutes at 450 images/s (``--plan``).
+MEDIUM: dict[str, Any] = {"epochs": 4, "batch_size": 128, "train_subset": 15000, "eval_every": 4,
+                          "schedule": "step", "step_epochs": [3], "max_steps_per_epoch": 0}
 
 
 @dataclass
@@ -32,7 +38,9 @@ class PaperDiff:
     variant: str
     top1: float | None
     top5: float | None
-    data: str = "ILSVRC-2012 val"
+    # §2: most of the paper's experiments were on ILSVRC-2010 (the only version with test labels);
+    # its ablation deltas do not say which set they were measured on.
+    data: str = "ImageNet, set not stated"
     sign: float | None = None  # the direction where the paper gives no number (+1: the arm is worse)
 
     @property
@@ -64,6 +72,11 @@ def compare_arms(sweep: Sweep, reference: str, paper: Sequence[PaperDiff] = (),
             d = welch(sweep.values(reference, k), sweep.values(arm, k))
             entry[k] = d
         entry["verdict"] = entry[keys[0]].verdict(p.direction if p else None)
+        entry["paper"] = p.text() if p else None
+        # Where the paper gives a size and ours is not resolved: the seeds its size would need here.
+        d = entry[keys[0]]
+        entry["seeds_for_paper_effect"] = (seeds_to_resolve(d, p.top1) if p is not None and p.top1 and d.within_noise
+                                           else None)
         out.append(entry)
     return out
 
@@ -82,7 +95,11 @@ def annotate(rows: Sequence[dict[str, Any]], comparisons: Sequence[Mapping[str, 
             r[f"delta_{name}_vs_reference"] = d.diff
             r[f"delta_{name}_ci95"] = [d.low, d.high] if d.tested else None
             r[f"delta_{name}_welch_p"] = d.p
+            r[f"delta_{name}_mde"] = d.mde
         r["verdict"] = c["verdict"]
+        r["reference"] = c["reference"]
+        r["paper"] = c.get("paper")
+        r["seeds_for_paper_effect"] = c.get("seeds_for_paper_effect")
 
 
 def sweep_note(runner: Runner, base: Mapping[str, Any], sweep: Sweep) -> str:
@@ -132,11 +149,17 @@ def run_ablation(runner: Runner, *, title: str, claim: str, reference: Variant, 
                       ylabel="validation top-5 error (%), report half", title=title_png)
     sections = ["## Result\n\nErrors on the report half of the validation images, mean ± std over the seeds, each arm at its "
                 "chosen learning rate. Δ = arm − reference in percentage points (+ = worse) with Welch's 95% confidence "
-                "interval and p-value; *within seed noise* when the interval contains 0. The paper's Δ beside ours.\n\n"
+                "interval and p-value; *not resolved at this scale* when the interval contains 0 (with the minimum detectable effect, MDE). The paper's Δ beside ours.\n\n"
                 + markdown_table(table).rstrip(),
                 sweep_note(runner, base, sweep), *extra_sections]
     all_notes = list(notes)
-    if runner.scale != "full":
+    for c in comparisons:
+        if c.get("seeds_for_paper_effect"):
+            d = c["report_top1_err"]
+            all_notes.append(f"`{c['arm']}`: not resolved, MDE {100 * d.mde:.2f} points against the paper's "
+                             f"{100 * abs(paper_by[c['arm']].top1):.1f}; at this spread about {c['seeds_for_paper_effect']} "
+                             "seeds per arm would resolve an effect of the paper's size (rerun with --seeds K into a new --out).")
+    if runner.scale in ("quick", "test"):
         subset = f"a {base['train_subset']:,}-image subset of the data" if base.get("train_subset") else "the data"
         all_notes.append(quick_note or f"Quick/test scale: {base['epochs']} epochs on {subset}, a two-rate sweep and "
                          f"{len(runner.seeds)} seeds; with so few seeds only large differences leave the seed noise — run "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alexnet.experiments.ablation import QUICK, PaperDiff, run_ablation
+from alexnet.experiments.ablation import MEDIUM, QUICK, PaperDiff, run_ablation
 from alexnet.experiments.runner import Runner, Variant
 
 TITLE = "removing a middle convolutional layer (§7)"
@@ -27,7 +27,7 @@ def middle_convs(model: str) -> list[int]:
 
 def run(runner: Runner) -> Path:
     model = runner.main_model()
-    base = runner.base_config(model, QUICK)
+    base = runner.base_config(model, QUICK, MEDIUM)
     others = [Variant(f"no-conv{i}", {"model_options": {OPTION: i}}, {OPTION: i}) for i in middle_convs(model)]
     return run_ablation(
         runner, title=TITLE, claim=CLAIM, base=base,

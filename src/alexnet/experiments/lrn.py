@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alexnet.experiments.ablation import QUICK, PaperDiff, run_ablation
+from alexnet.experiments.ablation import MEDIUM, QUICK, PaperDiff, run_ablation
 from alexnet.experiments.runner import Runner, Variant
 
 TITLE = "local response normalisation (§3.3)"
@@ -15,7 +15,7 @@ CLAIM = ("Response normalisation reduces top-1 and top-5 error rates by 1.4% and
 
 def run(runner: Runner) -> Path:
     model = runner.main_model()
-    base = runner.base_config(model, QUICK)
+    base = runner.base_config(model, QUICK, MEDIUM)
     paper = ([PaperDiff("lrn-none", 0.014, 0.012)] if runner.data.large
              else [PaperDiff("lrn-none", 0.02, None, "CIFAR-10 test, 13% vs 11%")])
     return run_ablation(

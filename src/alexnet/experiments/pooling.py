@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alexnet.experiments.ablation import QUICK, PaperDiff, run_ablation
+from alexnet.experiments.ablation import MEDIUM, QUICK, PaperDiff, run_ablation
 from alexnet.experiments.runner import Runner, Variant
 
 TITLE = "overlapping pooling (§3.4)"
@@ -15,7 +15,7 @@ CLAIM = ("Overlapping pooling (z = 3, s = 2) reduces the top-1 and top-5 error r
 
 def run(runner: Runner) -> Path:
     model = runner.main_model()
-    base = runner.base_config(model, QUICK)
+    base = runner.base_config(model, QUICK, MEDIUM)
     return run_ablation(
         runner, title=TITLE, claim=CLAIM, base=base, paper=[PaperDiff("pool-2x2-s2", 0.004, 0.003)],
         reference=Variant("pool-3x3-s2", {"model_options": {"overlapping_pool": True}}, {"overlapping_pool": True}),

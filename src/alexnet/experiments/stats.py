@@ -2,9 +2,12 @@
 Welch's t-test and its confidence interval (unequal variances, Welch–Satterthwaite degrees of
 freedom), and the words a report uses for it.
 
-A difference whose 95% interval contains zero is *within seed noise*: with the seeds run, the
-experiment cannot tell the arms apart. With fewer than two seeds in an arm there is no spread to
-test against, and the comparison says so instead of guessing.
+The decision rule (:data:`DECISION_RULE`), the same for every experiment and written into each
+experiment's ``protocol.json`` before its first run: a difference is *in the paper's direction* or
+*against it* only when its 95% interval excludes zero; otherwise it is *not resolved at this
+scale*, reported with the minimum detectable effect (:attr:`Difference.mde`: the true difference
+that the same design, with the spread observed, would resolve with 80% power). With fewer than two
+seeds in an arm there is no spread to test against, and the comparison says so instead of guessing.
 """
 
 from __future__ import annotations
@@ -14,10 +17,16 @@ from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Sequence
 
 CONFIDENCE = 0.95
-WITHIN_NOISE = "within seed noise"
+POWER = 0.80  # of the minimum detectable effect
+NOT_RESOLVED = "not resolved at this scale"
+WITHIN_NOISE = NOT_RESOLVED  # the interval contains zero: the seeds run cannot tell the arms apart
 PAPER_DIRECTION = "in the paper's direction"
 AGAINST = "against the paper's direction"
 NO_SPREAD = "one seed per arm: no spread to test against"
+DECISION_RULE = (f"Welch's two-sided {CONFIDENCE:.0%} interval of the difference of the arms' means over seeds (each arm "
+                 f"at its chosen rate): '{PAPER_DIRECTION}' or '{AGAINST}' only when the interval excludes zero; "
+                 f"otherwise '{NOT_RESOLVED}', with the minimum detectable effect (the true difference the same "
+                 f"design resolves with {POWER:.0%} power at the spread observed). Fixed before the runs.")
 
 
 def finite(values: Iterable[float | None]) -> list[float]:
@@ -36,6 +45,7 @@ class Difference:
     n_a: int
     n_b: int
     confidence: float = CONFIDENCE
+    mde: float | None = None  # the minimum detectable effect (> 0), same units as diff
 
     @property
     def tested(self) -> bool:
@@ -47,8 +57,9 @@ class Difference:
         return not self.tested or (self.low <= 0.0 <= self.high)  # type: ignore[operator]
 
     def verdict(self, paper_sign: float | None = None) -> str:
-        """"within seed noise", or the direction against the paper's (``paper_sign`` > 0: the paper
-        finds b larger than a), or "differs" where the paper gives no sign."""
+        """"not resolved at this scale" (the interval contains zero), or the direction against the
+        paper's (``paper_sign`` > 0: the paper finds b larger than a), or "differs" where the paper
+        gives no sign."""
         if self.diff is None:
             return "—"
         if not self.tested:
@@ -67,6 +78,8 @@ class Difference:
         if self.tested:
             s += (f" [{self.low * scale:+.{digits}f}, {self.high * scale:+.{digits}f}]"  # type: ignore[operator]
                   + (f", p = {self.p:.2g}" if self.p is not None else ""))
+            if self.within_noise and self.mde is not None and math.isfinite(self.mde):
+                s += f"; MDE {self.mde * scale:.{digits}f}"
         return s
 
     def to_dict(self) -> dict[str, Any]:
@@ -94,7 +107,26 @@ def welch(a: Sequence[float | None], b: Sequence[float | None], confidence: floa
     se = math.sqrt(se2)
     half = float(stats.t.ppf(0.5 + confidence / 2, df)) * se
     p = float(2 * stats.t.sf(abs(diff) / se, df))
-    return Difference(diff, diff - half, diff + half, p, df, len(xa), len(xb), confidence)
+    return Difference(diff, diff - half, diff + half, p, df, len(xa), len(xb), confidence, mde(se, df, confidence))
+
+
+def seeds_to_resolve(d: Difference, effect: float) -> int | None:
+    """Seeds per arm that would bring the minimum detectable effect of ``d``'s design down to
+    ``effect`` at the same spread (the MDE shrinks as 1/√n): ⌈n · (MDE / effect)²⌉, at least n; None
+    without a spread or an effect."""
+    if d.mde is None or not effect or not math.isfinite(d.mde):
+        return None
+    n = max(d.n_a, d.n_b)
+    return max(n, math.ceil(n * (d.mde / abs(effect)) ** 2))
+
+
+def mde(se: float, df: float, confidence: float = CONFIDENCE, power: float = POWER) -> float:
+    """The minimum detectable effect of a t-based comparison with standard error ``se`` and ``df``
+    degrees of freedom: (t_{1−α/2} + t_{power}) · se, the true difference whose interval would exclude
+    zero with probability ``power``."""
+    from scipy import stats
+
+    return float(stats.t.ppf(0.5 + confidence / 2, df) + stats.t.ppf(power, df)) * se
 
 
 def one_sample(values: Sequence[float | None], confidence: float = CONFIDENCE) -> Difference:
@@ -113,4 +145,5 @@ def one_sample(values: Sequence[float | None], confidence: float = CONFIDENCE) -
     se = sd / math.sqrt(len(xs))
     df = len(xs) - 1
     half = float(stats.t.ppf(0.5 + confidence / 2, df)) * se
-    return Difference(m, m - half, m + half, float(2 * stats.t.sf(abs(m) / se, df)), df, 0, len(xs), confidence)
+    return Difference(m, m - half, m + half, float(2 * stats.t.sf(abs(m) / se, df)), df, 0, len(xs), confidence,
+                      mde(se, df, confidence))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alexnet.experiments.ablation import QUICK, PaperDiff, run_ablation
+from alexnet.experiments.ablation import MEDIUM, QUICK, PaperDiff, run_ablation
 from alexnet.experiments.runner import Runner, Variant
 from alexnet.models.alexnet import PAPER_WIDTHS
 
@@ -28,7 +28,7 @@ def halved(model: str) -> list[int]:
 
 def run(runner: Runner) -> Path:
     model = runner.main_model()
-    base = runner.base_config(model, QUICK)
+    base = runner.base_config(model, QUICK, MEDIUM)
     full = list(PAPER_WIDTHS) if model == "alexnet" else list(CIFAR_WIDTHS)
     one = halved(model)
     return run_ablation(

@@ -31,7 +31,7 @@ _REGISTRY: dict[str, ModelInfo] = {
     for m in (
         ModelInfo("alexnet", alexnet, AlexNet, 224, "mean_image", "the 2012 paper's two-tower network (60,965,224 params)"),
         ModelInfo("alexnet-owt", alexnet_owt, AlexNet, 224, "mean_std", "one-weird-trick net = torchvision.models.alexnet"),
-        ModelInfo("alexnet-cifar", CifarNet, CifarNet, 32, "mean_image_std", "the authors' CIFAR-10 net (Figure 1's family)"),
+        ModelInfo("alexnet-cifar", CifarNet, CifarNet, 32, "mean_image_std", "a 3-conv net of the authors' CIFAR-10 family (the layers of cuda-convnet's 18% net; He init, the paper's LRN, max-pools: not its configuration)"),
         ModelInfo("lenet5", LeNet5, LeNet5, 32, "mean_image_std", "LeNet-5 (LeCun 1998), the pre-2012 baseline"),
     )
 }

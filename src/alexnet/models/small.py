@@ -1,4 +1,4 @@
-"""Small siblings for CPUs and 32×32 data: the authors' CIFAR-10 net and LeNet-5."""
+"""Small siblings for CPUs and 32×32 data: a net of the authors' CIFAR-10 family and LeNet-5."""
 
 from __future__ import annotations
 
