@@ -411,14 +411,18 @@ class Runner:
         row.update(d)
 
     # -- evaluation of trained runs ---------------------------------------------------------------
-    def predict(self, run: str | Path, split: str = "val", limit: int = 0) -> tuple[Any, Any]:
+    def predict(self, run: str | Path, split: str = "val", limit: int = 0,
+                root: Path | None = None) -> tuple[Any, Any]:
         """Softmax probabilities (N×C float tensor) and labels of a finished run on ``split``
-        (its first ``limit`` images when > 0), centre crop, the model in eval mode."""
+        (its first ``limit`` images when > 0), centre crop, the model in eval mode; of the run's own
+        data, or of the prepared dataset at ``root``."""
         device = pick_device(self.device)
         trained = load(self.out / run, device)
         # The run's own data (the baselines train the 32×32 nets on a downscaled copy).
         spec = (yaml.safe_load((self.out / run / "config.yaml").read_text()) or {}).get("data")
-        ds = PreparedDataset(self.data.root if spec in (None, self.data.spec) else Path(spec), split)
+        if root is None:
+            root = self.data.root if spec in (None, self.data.spec) else Path(spec)
+        ds = PreparedDataset(root, split)
         aug = augment_for(trained, ds)
         prec = Precision(device)
         n = len(ds) if limit <= 0 else min(limit, len(ds))
