@@ -52,7 +52,7 @@ def _configs(out: Path) -> dict[str, dict]:
     return {p.parent.name: yaml.safe_load(p.read_text()) for p in sorted(out.glob("runs/*/config.yaml"))}
 
 
-@pytest.mark.parametrize("name", [n for n in names() if n not in ("relu-vs-tanh", "baselines")])
+@pytest.mark.parametrize("name", [n for n in names() if n not in ("relu-vs-tanh", "baselines", "data-scale")])
 def test_experiment_writes_report_plot_and_rows(name: str, tiny: Path, tmp_path: Path) -> None:
     # One seed (the sweep's) keeps this smoke test short; the ensemble needs two nets.
     _run(name, tiny, tmp_path / name, seeds=2 if name == "ensemble" else 1)
