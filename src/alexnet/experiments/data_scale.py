@@ -277,7 +277,7 @@ class Experiment:
         base = self.runner.base_config(REFERENCE)
         if self.runner.scale != "test":
             e = cnn_epochs(n, self.plan)
-            base.update({"epochs": e, "schedule": "step", "step_epochs": [max(1, round(0.75 * e))], "eval_every": e})
+            base.update({"epochs": e, "schedule": "step", "step_epochs": [max(1, math.floor(0.75 * e))], "eval_every": e})
             if self.plan.batch_size:
                 base["batch_size"] = self.plan.batch_size
         return base
