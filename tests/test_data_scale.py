@@ -104,3 +104,14 @@ def test_data_scale_runs_every_method_at_every_size(tiny: Path, tmp_path: Path) 
     run_experiment("data-scale", str(tiny), out, scale="test", device="cpu", workers=0, seeds=2, log=logs.append)
     assert not any(": training (" in s for s in logs) and not any("features of" in s for s in logs)
     assert json.loads((out / "results.json").read_text()) == rows
+
+
+def test_scaling_plot(tmp_path: Path) -> None:
+    from alexnet.errors import UserError
+    from alexnet.report.figures import plot_scaling
+
+    p = plot_scaling({"a": [(500, 20.0, 1.0), (2000, 15.0, None)], "b": [(500, 25.0, 3.0), (2000, 14.0, 1.0)]},
+                     tmp_path / "s.png", "training images", "error (%)", hline=90.0)
+    assert p.stat().st_size > 0
+    with pytest.raises(UserError, match="nothing to plot"):
+        plot_scaling({}, tmp_path / "t.png", "x", "y")

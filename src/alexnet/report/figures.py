@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator, PercentFormatter
+from matplotlib.ticker import MaxNLocator, NullFormatter, PercentFormatter
 
 from alexnet.errors import UserError
 
@@ -621,6 +621,10 @@ def plot_scaling(
         if hline is not None:
             ax.axhline(hline, color="0.4", linestyle="--", linewidth=1, label=f"{hline_label} ({hline:g})")
         ax.set_xscale("log")
+        # Ticks at the sizes run, written out (500, 2,000, …), not as powers of ten.
+        ticks = sorted({float(p[0]) for pts in series.values() for p in pts if _finite(p[0]) is not None and p[0] > 0})
+        ax.set_xticks(ticks, [f"{t:,.0f}" for t in ticks])
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
