@@ -104,6 +104,15 @@ def test_data_scale_runs_every_method_at_every_size(tiny: Path, tmp_path: Path) 
     run_experiment("data-scale", str(tiny), out, scale="test", device="cpu", workers=0, seeds=2, log=logs.append)
     assert not any(": training (" in s for s in logs) and not any("features of" in s for s in logs)
     assert json.loads((out / "results.json").read_text()) == rows
+    # A cached fit of another pipeline is refused, not reused under this one's name.
+    cache = out / "classic" / "sift-fv-svm-n20-s0.json"
+    saved = json.loads(cache.read_text())
+    saved["pipeline"]["gaussians"] = 7
+    cache.write_text(json.dumps(saved))
+    from alexnet.errors import UserError
+
+    with pytest.raises(UserError, match="another pipeline"):
+        run_experiment("data-scale", str(tiny), out, scale="test", device="cpu", workers=0, seeds=2, log=logs.append)
 
 
 def test_scaling_plot(tmp_path: Path) -> None:

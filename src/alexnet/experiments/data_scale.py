@@ -204,14 +204,30 @@ class Experiment:
         """One row per setting (λ or C) of ``method`` at size ``n`` and ``seed``; cached in
         ``DIR/classic`` so a rerun reuses finished fits."""
         cache = self.classic_dir / f"{method}-n{n}-s{seed}.json"
+        pipeline = self.pipeline(method)
         done: dict[float, dict[str, Any]] = {}
         if cache.is_file():
-            done = {r["setting"]: r for r in json.loads(cache.read_text())}
+            saved = json.loads(cache.read_text())
+            if saved.get("pipeline") != pipeline:
+                raise UserError(f"{cache}: holds fits of another pipeline or data ({saved.get('pipeline')}); use another "
+                                "--out or remove that file")
+            done = {r["setting"]: r for r in saved["rows"]}
         todo = [v for v in settings if v not in done]
         if todo:
             done.update({r["setting"]: r for r in self._fit_classic(method, n, seed, todo)})
-            atomic_write_text(cache, json.dumps(list(done.values()), indent=1) + "\n")
+            atomic_write_text(cache, json.dumps({"pipeline": pipeline, "rows": list(done.values())}, indent=1) + "\n")
         return [dict(done[v]) for v in settings]
+
+    def pipeline(self, method: str) -> dict[str, Any]:
+        """What a cached fit depends on besides its size, seed and setting."""
+        d = {"data": str(self.runner.data.root), "holdout_per_class": self.plan.holdout_per_class,
+             "holdout_seed": HOLDOUT_SEED}
+        if method == "sift-fv-svm":
+            d.update({"layout": list(map(list, [cf.sift_layout(*self.runner.data.image_size)[0]])),
+                      "step": cf.sift_layout(*self.runner.data.image_size)[1], "pca_dims": cf.PCA_DIMS,
+                      "gaussians": cf.GAUSSIANS, "fit_descriptors": cf.FIT_DESCRIPTORS, "power": cf.POWER,
+                      "pyramid": list(cf.PYRAMID_STRIPS), "sgd_epochs": cf.SGD_MAX_EPOCHS})
+        return d
 
     def _fit_classic(self, method: str, n: int, seed: int, settings: Sequence[float]) -> list[dict[str, Any]]:
         from sklearn.preprocessing import StandardScaler
