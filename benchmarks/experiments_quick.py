@@ -19,12 +19,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ORDER = ["relu-vs-tanh", "lrn", "pooling", "towers", "depth", "dropout", "augmentation", "baselines", "ensemble"]
+ORDER = ["relu-vs-tanh", "lrn", "pooling", "towers", "depth", "dropout", "augmentation", "baselines", "ensemble",
+         "data-scale"]
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("names", nargs="*", default=ORDER, help=f"experiments (default: all nine: {' '.join(ORDER)})")
+    p.add_argument("names", nargs="*", default=ORDER, help=f"experiments (default: all ten: {' '.join(ORDER)})")
     p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "alexnet-exp-quick"),
                    help="where the experiment folders (with their runs) live (default: under the temp folder)")
     args = p.parse_args()

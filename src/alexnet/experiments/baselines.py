@@ -7,8 +7,8 @@ training time.
 
 SIFT + FV + SVM: dense SIFT at four (small images) or five scales, PCA, a diagonal GMM, improved Fisher
 vectors over a 1×1 + 3×1 spatial pyramid, one-vs-rest hinge-loss SVMs trained by SGD; its
-regularisation λ swept like the CNNs' rates. HOG + SVM: scikit-image's ``hog`` on each stored image (all three channels, the strongest gradient per
-pixel), standardised, then scikit-learn's ``LinearSVC`` (one-vs-rest); top-5 from the ranking of its
+regularisation λ swept like the CNNs' rates. HOG + SVM: scikit-image's ``hog`` on each stored image
+(all three channels, the strongest gradient per pixel), standardised, then scikit-learn's ``LinearSVC`` (one-vs-rest); top-5 from the ranking of its
 ``decision_function``. The CNNs train through the engine with the ``cifar`` recipe (32×32 nets) or the
 ``paper`` recipe (the 2012 network, on 256×256 data). On 256×256 data the 32×32 nets train on a copy
 of the data downscaled to 36×36 (written once into ``DIR/data-36``).
