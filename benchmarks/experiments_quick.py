@@ -24,12 +24,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ORDER = ["relu-vs-tanh", "lrn", "pooling", "towers", "depth", "dropout", "augmentation", "baselines", "ensemble"]
+ORDER = ["relu-vs-tanh", "lrn", "pooling", "towers", "depth", "dropout", "augmentation", "baselines", "ensemble",
+         "data-scale"]
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("names", nargs="*", default=ORDER, help=f"experiments (default: all nine: {' '.join(ORDER)})")
+    p.add_argument("names", nargs="*", default=ORDER, help=f"experiments (default: all ten: {' '.join(ORDER)})")
     p.add_argument("--work", default=None,
                    help="where the experiment folders (with their runs) live (default: under the temp folder)")
     p.add_argument("--scale", choices=["quick", "medium"], default="quick")

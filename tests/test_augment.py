@@ -182,7 +182,7 @@ def test_training_step_builds_nothing_on_the_host():
 
 
 def _crop_gather_fp32(aug, images, p, noise, dtype):
-    """The gather path as it was, fp32 all the way and cast at the end: the reference for the bits."""
+    """The gather path fp32 all the way and cast at the end: the reference for the bits."""
     sub, scale, _, _ = aug._consts(images.device)
     n, _, h, w = images.shape
     ar = torch.arange(aug.crop)
@@ -191,12 +191,12 @@ def _crop_gather_fp32(aug, images, p, noise, dtype):
     lin = (rows.clamp(0, h - 1)[:, :, None] * w + cols.clamp(0, w - 1)[:, None, :]).view(n, 1, -1)
     x = images.reshape(n, 3, h * w).gather(2, lin.expand(n, 3, -1)).float()
     x -= sub.reshape(1, 3, h * w).expand(n, -1, -1).gather(2, lin.expand(n, 3, -1))
+    if noise is not None:  # the image's pixels only: the padding stays the mean
+        x.add_(noise.float()[:, :, None])
     if aug.pad:
         valid = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
         x *= valid.view(n, 1, -1)
     x = x.view(n, 3, aug.crop, aug.crop)
-    if noise is not None:
-        x.add_(noise.float()[:, :, None, None])
     x.mul_(scale.view(1, 3, 1, 1))
     return x.to(dtype)
 

@@ -2,8 +2,8 @@
 writes report.md, a PNG and results.json rows; reruns skip finished runs; every arm gets the same
 learning-rate sweep, seeds, epochs and schedule and no arm is retrained alone; Welch's interval and
 the "within seed noise" verdict; Figure 1's net (no regularisation, cuda-convnet's layers and init,
-raw input) and its training error over the whole training set; the ReLU/tanh ratio logic; the HOG +
-SVM baseline; the depth ablation's layer removal; unknown names exit 2."""
+raw input) and its training error over the whole training set; the ReLU/tanh ratio logic; the SIFT +
+Fisher vector and HOG + SVM baselines; the depth ablation's layer removal; unknown names exit 2."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def _configs(out: Path) -> dict[str, dict]:
     return {p.parent.name: yaml.safe_load(p.read_text()) for p in sorted(out.glob("runs/*/config.yaml"))}
 
 
-@pytest.mark.parametrize("name", [n for n in names() if n not in ("relu-vs-tanh", "baselines")])
+@pytest.mark.parametrize("name", [n for n in names() if n not in ("relu-vs-tanh", "baselines", "data-scale")])
 def test_experiment_writes_report_plot_and_rows(name: str, tiny: Path, tmp_path: Path) -> None:
     # One seed (the sweep's) keeps this smoke test short; the ensemble needs two nets.
     _run(name, tiny, tmp_path / name, seeds=2 if name == "ensemble" else 1)
@@ -177,15 +177,18 @@ def test_baselines_runs_every_method(tiny: Path, tmp_path: Path) -> None:
     _run("baselines", tiny, out)
     rows = _check_outputs(out)
     by = {r["arm"]: r for r in rows if r["chosen"] and r["seed"] == 0}  # each method at its chosen rate / C
-    assert set(by) == {"hog-svm", "lenet5", "alexnet-cifar"}
-    hog = by["hog-svm"]
-    assert hog["features"] > 0 and hog["time_s"] > 0 and hog["train_images"] == 200
-    assert hog["top5_err"] <= hog["top1_err"]
+    assert set(by) == {"sift-fv-svm", "hog-svm", "lenet5", "alexnet-cifar"}
+    for arm in ("sift-fv-svm", "hog-svm"):
+        classic = by[arm]
+        assert classic["features"] > 0 and classic["time_s"] > 0 and classic["train_images"] == 200
+        assert classic["top5_err"] <= classic["top1_err"]
+    assert by["sift-fv-svm"]["features"] == 4 * 2 * 32 * 32  # 1×1 + 3×1 pyramid × (means, variances) × K × D
     assert all(by[m]["params"] > 0 for m in ("lenet5", "alexnet-cifar"))
     # The same seeds for every method; the SVM's C swept like the CNNs' rates.
     assert {(r["arm"], r["seed"]) for r in rows if r["chosen"]} == {(m, s) for m in by for s in (0, 1)}
     assert sorted(r["C"] for r in rows if r["arm"] == "hog-svm" and r["seed"] == 0) == [0.001, 0.01, 0.1]
-    assert {r["verdict"] for r in rows if r["arm"] == "hog-svm"} <= {"not resolved at this scale", "in the paper's direction",
+    assert sorted(r["lambda"] for r in rows if r["arm"] == "sift-fv-svm" and r["seed"] == 0) == [1e-5, 1e-4, 1e-3]
+    assert {r["verdict"] for r in rows if r["arm"] in ("sift-fv-svm", "hog-svm")} <= {"not resolved at this scale", "in the paper's direction",
                                                                       "against the paper's direction"}
 
 

@@ -173,7 +173,7 @@ def evaluate(
         sums = distributed.all_reduce_sum(sums)
         if mask is not None:
             sub_sums = distributed.all_reduce_sum(sub_sums)
-    sums, sub_sums = sums.cpu(), sub_sums.cpu()
+    sums, sub_sums = torch.stack([sums, sub_sums]).cpu() if mask is not None else (sums.cpu(), None)  # the one read
     model.train(was_training)
     probs = (torch.cat(all_probs).cpu() if all_probs else torch.zeros(0)) if return_probs else None
     result = _result(sums, probs)

@@ -36,7 +36,11 @@ _REGISTRY: dict[str, ExperimentInfo] = {
         ExperimentInfo("depth", "alexnet.experiments.depth", "§7: removing each middle conv layer"),
         ExperimentInfo("towers", "alexnet.experiments.towers", "§3.2: two towers vs one tower with half the kernels"),
         ExperimentInfo("baselines", "alexnet.experiments.baselines",
-                       "pre-2012: HOG + linear SVM vs LeNet-5 vs the AlexNet family, top-1/top-5 and training time"),
+                       "pre-2012: SIFT + Fisher vectors + SVM and HOG + SVM vs LeNet-5 vs the AlexNet family, "
+                       "top-1/top-5 and training time"),
+        ExperimentInfo("data-scale", "alexnet.experiments.data_scale",
+                       "the thesis: test error against training-set size (nested subsets), SIFT + FVs and HOG with "
+                       "SVMs vs LeNet-5 and the AlexNet family, with where the CNN overtakes and the compute"),
         ExperimentInfo("ensemble", "alexnet.experiments.ensemble",
                        "§6: softmax average of N independently trained nets vs each single net (paper: 5 vs 1 CNN)"),
     )

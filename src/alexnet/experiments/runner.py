@@ -554,12 +554,14 @@ class Runner:
         row.update(d)
 
     # -- evaluation of trained runs ---------------------------------------------------------------
-    def predict(self, run: str | Path, split: str = "val", limit: int = 0) -> tuple[Any, Any]:
+    def predict(self, run: str | Path, split: str = "val", limit: int = 0,
+                root: Path | None = None) -> tuple[Any, Any]:
         """Softmax probabilities (N×C float tensor) and labels of a finished run on ``split``
-        (its first ``limit`` images when > 0), centre crop, the model in eval mode. Planning:
-        uniform probabilities (nothing was trained)."""
+        (its first ``limit`` images when > 0), centre crop, the model in eval mode; of the run's own
+        data, or of the prepared dataset at ``root``. Planning: uniform probabilities (nothing was
+        trained)."""
         if self.planning:
-            labels = PreparedDataset(self.data.root, split).labels
+            labels = PreparedDataset(root or self.data.root, split).labels
             n = len(labels) if limit <= 0 else min(limit, len(labels))
             self._plan_eval(run, n)
             return (torch.full((n, self.data.num_classes), 1.0 / self.data.num_classes),
@@ -568,7 +570,9 @@ class Runner:
         trained = load(self.out / run, device)
         # The run's own data (the baselines train the 32×32 nets on a downscaled copy).
         spec = (yaml.safe_load((self.out / run / "config.yaml").read_text()) or {}).get("data")
-        ds = PreparedDataset(self.data.root if spec in (None, self.data.spec) else Path(spec), split)
+        if root is None:
+            root = self.data.root if spec in (None, self.data.spec) else Path(spec)
+        ds = PreparedDataset(root, split)
         aug = augment_for(trained, ds)
         prec = Precision(device)
         n = len(ds) if limit <= 0 else min(limit, len(ds))

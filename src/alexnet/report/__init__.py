@@ -10,7 +10,7 @@ import importlib
 from typing import Any
 
 _FIGURES = ("filter_grid", "plot_bars", "plot_confusion", "plot_curves", "plot_filters", "plot_neighbors",
-            "plot_predictions", "plot_series")
+            "plot_predictions", "plot_scaling", "plot_series")
 _MARKDOWN = ("PAPER_REFERENCE", "write_run_report")
 _TABLES = ("format_value", "markdown_table")
 

@@ -9,7 +9,7 @@ and uses no randomness, so the same inputs give the same PNG.
 - :func:`plot_filters`: the first-layer kernels, one block per GPU (Figure 3).
 - :func:`plot_predictions`: test images with their top-5 predictions (Figure 4, left).
 - :func:`plot_neighbors`: nearest neighbours in the last hidden layer (Figure 4, right).
-- :func:`plot_confusion`, :func:`plot_bars`, :func:`plot_series`: generic plots for reports
+- :func:`plot_confusion`, :func:`plot_bars`, :func:`plot_series`, :func:`plot_scaling`: generic plots for reports
   (Figure 1 is a :func:`plot_series` of training error against epochs for ReLU and tanh).
 
 Errors are fractions everywhere in the package; the plots show them as percentages where the
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator, PercentFormatter
+from matplotlib.ticker import MaxNLocator, NullFormatter, PercentFormatter
 
 from alexnet.errors import UserError
 
@@ -39,6 +39,7 @@ __all__ = [
     "plot_neighbors",
     "plot_confusion",
     "plot_bars",
+    "plot_scaling",
     "plot_series",
     "filter_grid",
 ]
@@ -578,6 +579,55 @@ def plot_series(
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        if title:
+            ax.set_title(title)
+        return _save(fig, path)
+
+
+def plot_scaling(
+    series: Mapping[str, Sequence[tuple[float, float, float | None]]],
+    path: str | Path,
+    xlabel: str,
+    ylabel: str,
+    title: str | None = None,
+    hline: float | None = None,
+    hline_label: str = "chance",
+) -> Path:
+    """Lines ``name → [(x, mean, std), ...]`` on a logarithmic x axis, each with its spread (mean ± std,
+    a shaded band; none where std is None), in its own colour and line style; values as given (e.g.
+    error in %). An error-against-training-set-size plot is ``{"method": [(images, err, std), ...]}``."""
+    if not series:
+        raise UserError("series: nothing to plot")
+    styles = ["-", "--", "-.", ":"]
+    with _style():
+        fig = _figure(6.4, 4.4)
+        ax = fig.add_subplot()
+        for i, (name, points) in enumerate(series.items()):
+            pts = sorted((float(x), float(m), None if s is None or _finite(s) is None else float(s))
+                         for x, m, s in points if _finite(x) is not None and _finite(m) is not None and x > 0)
+            if not pts:
+                continue
+            xs = [p[0] for p in pts]
+            ms = [p[1] for p in pts]
+            color = f"C{i % 10}"
+            ax.plot(xs, ms, linestyle=styles[i % len(styles)], color=color, linewidth=1.6, marker="o", markersize=3,
+                    label=str(name))
+            band = [(x, m, s) for x, m, s in pts if s is not None]
+            if band:
+                ax.fill_between([b[0] for b in band], [b[1] - b[2] for b in band], [b[1] + b[2] for b in band],
+                                color=color, alpha=0.18, linewidth=0)
+        if hline is not None:
+            ax.axhline(hline, color="0.4", linestyle="--", linewidth=1, label=f"{hline_label} ({hline:g})")
+        ax.set_xscale("log")
+        # Ticks at the sizes run, written out (500, 2,000, …), not as powers of ten.
+        ticks = sorted({float(p[0]) for pts in series.values() for p in pts if _finite(p[0]) is not None and p[0] > 0})
+        ax.set_xticks(ticks, [f"{t:,.0f}" for t in ticks])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
         if title:
