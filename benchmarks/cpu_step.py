@@ -22,6 +22,8 @@ Rows, all fp32 on the CPU with ``--threads`` threads (default: the machine's cor
   from a temporary ``git worktree`` of REF in a subprocess (another version of the package cannot be
   imported beside this one), alternated round by round with ours, so that both see the same load.
   Ours runs in this process through ``alexnet.engine.train.run``; each side uses its own recipe files.
+  The ceiling and plain-loop rows are measured first, before ours' set-up changes this process's
+  malloc (``keep_freed_cpu_memory``): they are PyTorch's defaults.
 
 Each train row gives img/s (median of ``--rounds``), GFLOP/s from the FLOP count of one image
 (``alexnet.perf.flops.flops_per_image``) and the fraction of the measured matmul ceiling; the baseline
