@@ -6,7 +6,7 @@
 LRN rows: forward + backward of one layer on N×96×55×55 (after conv1) and N×256×27×27 (after conv2)
 (§3.3, Figure 2), for
   plain          alexnet.models.lrn_fast.lrn_plain (pure PyTorch, eager)
-  cpu            alexnet.models.lrn_fast.lrn_cpu (the same forward, hand-written backward; CPU default)
+  cpu            alexnet.models.lrn_fast.lrn_cpu (fewer passes, rsqrt power, hand-written backward; CPU default)
   plain+compile  the same under torch.compile (Inductor fuses the shifted adds; CUDA default, --compile)
   torch          torch.nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2) == the paper's formula (α/n trap)
   triton         the Triton kernel pair (CUDA only)

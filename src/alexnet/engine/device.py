@@ -40,4 +40,32 @@ def amp_dtype(amp: str) -> torch.dtype | None:
     return AMP_DTYPES[amp]
 
 
-__all__ = ["AMP_DTYPES", "amp_dtype", "is_cuda", "pick_device"]
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD_MAX = 32 * 2**20  # glibc's ceiling for M_MMAP_THRESHOLD on 64-bit machines
+
+
+def keep_freed_cpu_memory() -> bool:
+    """Let glibc's malloc serve tensors up to 32 MB from its heap and keep what is freed, for eager
+    CPU training; returns whether it applied (glibc only; elsewhere nothing changes).
+
+    By default glibc maps every allocation above ~128 KB to fresh pages and returns them at ``free``.
+    An eager step allocates and frees each activation (4 MB for the CIFAR net's 32×32×32 maps at batch
+    32) every step, so every elementwise op first takes a page fault per 4 KB it writes: on a 2-core
+    VM three chained ops on such a tensor took 55 ms instead of 9 ms. PyTorch's CPU allocator has no
+    cache of its own. The cost: the process keeps its peak heap until it exits."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = getattr(libc, "mallopt", None)
+    except OSError:
+        mallopt = None
+    if mallopt is None or not hasattr(libc, "gnu_get_libc_version"):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**30))
+
+
+__all__ = ["AMP_DTYPES", "amp_dtype", "is_cuda", "keep_freed_cpu_memory", "pick_device"]

@@ -55,7 +55,7 @@ from alexnet.data.resolve import open_splits, resolve_data
 from alexnet.engine import checkpoint as ckpt
 from alexnet.engine import distributed
 from alexnet.engine.checks import check_against_data, describe_augmentation, effective_crop_padding
-from alexnet.engine.device import pick_device
+from alexnet.engine.device import keep_freed_cpu_memory, pick_device
 from alexnet.engine.evaluate import Precision, evaluate, selection_half
 from alexnet.engine.fast_step import FastStep
 from alexnet.engine.metrics import read_metrics
@@ -547,6 +547,8 @@ def validate(ctx: Context, ten_crop: bool) -> dict[str, float]:
 def setup(cfg: TrainConfig, out: Path, *, log: Callable[[str], None] = print) -> Context:
     dist_info = distributed.from_env()
     device = pick_device(cfg.device, dist_info.local_rank)
+    if device.type == "cpu":
+        keep_freed_cpu_memory()  # eager CPU steps would otherwise page-fault on every activation
     if cfg.model not in models.names():
         raise UserError(f"unknown model {cfg.model!r}; accepted: {', '.join(models.names())}")
     if cfg.model_parallel == 2 and cfg.model != "alexnet":

@@ -11,10 +11,14 @@ Three implementations:
   differentiates it. Half-precision inputs are computed in fp32: in bf16, ``k + alpha * sum`` with k = 2
   is rounded to steps of 1/64, which loses the term entirely unless the sum exceeds ~80 (α = 1e-4).
   It is the reference fallback.
-* ``lrn_cpu``: the same forward ops in the same order (bit-identical output) with the backward below
-  written out, for eager CPU training: autograd's backward of ``lrn_plain`` recomputes the pow, and
-  each of the n shifted views gets its own zero-filled full-size gradient. On a 2-core CPU LRN then
-  cost as much as the rest of the CIFAR net's step; the hand-written backward is a handful of passes.
+* ``lrn_cpu``: for eager CPU training, the formula in as few memory passes as eager ops allow: the
+  window sum as one ``addcmul`` per offset into ``k + alpha * sum`` (no ``a^2`` tensor, no zero fill),
+  beta = 0.75 as ``rsqrt(s) * sqrt(rsqrt(s))`` instead of ``pow`` (exp and log per element), and the
+  backward below written out the same way. Autograd's backward of ``lrn_plain`` recomputes the pow,
+  and each of the n shifted views gets its own zero-filled full-size gradient: on a 2-core CPU LRN
+  then cost as much as the rest of the CIFAR net's step. Not bit-identical to ``lrn_plain`` (the
+  window's additions and the power round differently); within 1e-6 relative of the float64 formula
+  per element in fp32 (tests).
 * ``lrn_triton``: a Triton forward/backward kernel pair (NCHW and channels_last, fp32/bf16/fp16 with
   fp32 arithmetic), exposed as the custom op ``torch.ops.alexnet.lrn`` with a fake implementation and
   registered autograd, so ``torch.compile`` traces it without a graph break.
@@ -133,25 +137,39 @@ def lrn_plain(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -
     return out.to(x.dtype)
 
 
-def _window_sum(t: torch.Tensor, size: int) -> torch.Tensor:
-    """out[:, i] = sum of t[:, j] over the channels j within size//2 of i (zero outside 0..C-1), added
-    in the order j = i - size//2, ..., i + size//2, as ``lrn_plain`` adds its shifted views."""
-    half, c = size // 2, t.shape[1]
-    out = torch.zeros_like(t)
+def _scaled_window(x: torch.Tensor, size: int, alpha: float, k: float) -> torch.Tensor:
+    """``k + alpha * sum of x[:, j]^2`` over the channels j within size//2 of each channel (zero outside
+    0..C-1): one ``addcmul`` per offset into a single output, so neither ``x^2`` nor a zero-filled sum
+    is written. In ``x``'s memory format."""
+    half, c = size // 2, x.shape[1]
+    s = torch.addcmul(torch.tensor(k, dtype=x.dtype), x, x, value=alpha)  # the centre channel, + k
     for off in range(-half, half + 1):
-        lo, hi = max(0, -off), min(c, c - off)  # out channels i whose neighbour i + off exists
-        if hi > lo:
-            out.narrow(1, lo, hi - lo).add_(t.narrow(1, lo + off, hi - lo))
-    return out
+        lo, hi = max(0, -off), min(c, c - off)  # channels i whose neighbour i + off exists
+        if off and hi > lo:
+            xs = x.narrow(1, lo + off, hi - lo)
+            s.narrow(1, lo, hi - lo).addcmul_(xs, xs, value=alpha)
+    return s
+
+
+def _neg_pow(s: torch.Tensor, beta: float) -> torch.Tensor:
+    """``s ** -beta``. §3.3's beta = 0.75 as ``rsqrt(s) * sqrt(rsqrt(s))`` (s^-1/2 · s^-1/4): three
+    cheap vectorised passes instead of pow's exp/log per element, within a few ulp of the formula
+    (s ≥ k > 0; tests/test_lrn_fast.py bounds it against float64); beta = 0.5 as rsqrt alone."""
+    if beta == 0.75:
+        r = s.rsqrt()
+        return r.sqrt().mul_(r)
+    if beta == 0.5:
+        return s.rsqrt()
+    return s.pow(-beta)
 
 
 class _LRNCpu(torch.autograd.Function):
-    """``lrn_plain``'s forward with the backward of the module docstring, for eager CPU tensors."""
+    """§3.3's LRN with the backward of the module docstring, for eager CPU tensors."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:  # type: ignore[override]
-        s = _window_sum(x * x, size).mul_(alpha).add_(k)  # k + alpha * window sum, as lrn_plain rounds it
-        scale = s.pow(-beta)
+        s = _scaled_window(x, size, alpha, k)
+        scale = _neg_pow(s, beta)
         ctx.save_for_backward(x, s, scale)
         ctx.consts = (size, alpha, beta)
         return x * scale
@@ -160,15 +178,21 @@ class _LRNCpu(torch.autograd.Function):
     def backward(ctx, g: torch.Tensor):  # type: ignore[override]
         x, s, scale = ctx.saved_tensors
         size, alpha, beta = ctx.consts
-        t = (g * x).mul_(scale).div_(s)  # g[i] * a[i] * s[i] ** (-beta - 1)
-        grad = g * scale
-        grad.addcmul_(x, _window_sum(t, size), value=-2.0 * alpha * beta)
+        grad = g * scale  # g[j] * s[j] ** -beta
+        t = torch.mul(grad, x).div_(s)  # t[i] = g[i] * a[i] * s[i] ** (-beta - 1)
+        # grad[j] -= 2 alpha beta a[j] sum_{i in W(j)} t[i]: one addcmul per offset, no window tensor.
+        half, c, value = size // 2, x.shape[1], -2.0 * alpha * beta
+        for off in range(-half, half + 1):
+            lo, hi = max(0, -off), min(c, c - off)
+            if hi > lo:
+                grad.narrow(1, lo, hi - lo).addcmul_(x.narrow(1, lo, hi - lo), t.narrow(1, lo + off, hi - lo), value=value)
         return grad, None, None, None, None
 
 
 def lrn_cpu(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
-    """``lrn_plain`` with a hand-written backward for ``CPU_DTYPES``; other dtypes (half precision)
-    go to ``lrn_plain``, which computes in fp32."""
+    """§3.3's LRN for ``CPU_DTYPES`` with a hand-written backward and beta = 0.75 through rsqrt (within
+    a few ulp of the formula, not bit-identical to ``lrn_plain``); other dtypes (half precision) go to
+    ``lrn_plain``, which computes in fp32."""
     if x.dtype not in CPU_DTYPES:
         return lrn_plain(x, size, alpha, beta, k)
     return _LRNCpu.apply(x, int(size), float(alpha), float(beta), float(k))
