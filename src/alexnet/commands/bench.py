@@ -26,11 +26,12 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
-
-import torch
+from typing import TYPE_CHECKING, Any, Iterator
 
 from alexnet.errors import UserError
+
+if TYPE_CHECKING:  # imported in the functions: the parser (alexnet --help) loads no torch
+    import torch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -61,6 +62,8 @@ def _rate(batches: Iterator[tuple[torch.Tensor, int]], warmup: int, timed: int, 
 def bench_ours(ds: Any, device: torch.device, workers: int, batch_size: int, warmup: int, timed: int, *,
                decode: str = "cpu", augment: bool = True) -> tuple[float, dict[str, Any]]:
     """Our loader + the paper's training augmentation on ``device`` (uint8 only without ``augment``)."""
+    import torch
+
     from alexnet.data.augment import Augment
     from alexnet.data.loader import BatchLoader
 
@@ -84,6 +87,8 @@ def bench_ours(ds: Any, device: torch.device, workers: int, batch_size: int, war
 
 def bench_reference(folder: Path, device: torch.device, workers: int, batch_size: int, warmup: int, timed: int) -> float:
     """torchvision's ImageNet training recipe on an image folder (:mod:`alexnet.perf.reference`)."""
+    import torch
+
     from alexnet.perf.reference import reference_dataset, reference_epoch
 
     ds = reference_dataset(folder)
@@ -178,6 +183,8 @@ def run_data(args: argparse.Namespace) -> dict[str, Any]:
 def run_model(args: argparse.Namespace) -> dict[str, Any]:
     """The training step of ``alexnet train`` (FastStep: the same update, augmentation, autocast,
     layout and compilation) on a random uint8 batch on the device."""
+    import torch
+
     from alexnet import models
     from alexnet.engine.device import pick_device
     from alexnet.perf.steps import make_step, optimizer_label, random_batch, random_stats

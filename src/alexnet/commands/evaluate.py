@@ -7,11 +7,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from alexnet.commands.common import add_engine_arguments, add_log_every_argument
 from alexnet.errors import UserError
+
+if TYPE_CHECKING:  # imported in the functions: the parser (alexnet --help) loads no torch
+    import torch
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -49,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, record: bool) -> int:
+    import torch
+
     from alexnet.data.format import PreparedDataset
     from alexnet.data.resolve import resolve_data
     from alexnet.engine.device import pick_device

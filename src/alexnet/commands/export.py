@@ -26,12 +26,13 @@ import argparse
 import json
 import warnings
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from alexnet.errors import UserError
+
+if TYPE_CHECKING:  # imported in the functions: the parser (alexnet --help) loads no torch
+    import torch
+    from torch import nn
 
 FORMATS = ("safetensors", "onnx", "pt2", "hub")
 REMOVED = {"torchscript": "TorchScript is deprecated in torch 2.14 (torch.jit.trace and torch.jit.script warn so); "
@@ -51,11 +52,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def example_images(size: tuple[int, int], batch: int = 2) -> torch.Tensor:
     """uint8 N×3×H×W (the self-contained graphs' input)."""
+    import torch
+
     return torch.randint(0, 256, (batch, 3, *size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 
 
 def example_input(meta: dict[str, Any], batch: int = 2) -> torch.Tensor:
     """Normalised crops N×3×S×S float32 (the bare network's input)."""
+    import torch
+
     s = int(meta["input_size"])
     return torch.randn(batch, 3, s, s, generator=torch.Generator().manual_seed(0))
 
@@ -71,6 +76,8 @@ def _graph(trained: Any, network_only: bool, data: str | None) -> tuple[nn.Modul
 
 
 def _check(exported: Any, module: nn.Module, x: torch.Tensor, out: Path, what: str) -> None:
+    import torch
+
     with torch.no_grad():
         x3 = torch.cat([x, x[:1]])  # another batch size than the example's
         if not torch.allclose(exported(x3), module(x3), rtol=1e-4, atol=1e-5):
@@ -80,6 +87,8 @@ def _check(exported: Any, module: nn.Module, x: torch.Tensor, out: Path, what: s
 def export_pt2(module: nn.Module, x: torch.Tensor, meta: dict[str, Any], out: Path) -> Path:
     """``torch.export`` with a dynamic batch axis, saved with ``torch.export.save``; checked to
     reproduce the module at another batch size."""
+    import torch
+
     from alexnet.models import lrn_fast
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -97,6 +106,7 @@ def export_onnx(module: nn.Module, x: torch.Tensor, meta: dict[str, Any], out: P
     """torch.onnx's dynamo exporter (the default in recent torch), falling back to the legacy
     TorchScript-based exporter if it fails; either way with a dynamic batch axis."""
     import onnx
+    import torch
 
     from alexnet.models import lrn_fast
 

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from alexnet.errors import UserError
+
+if TYPE_CHECKING:  # imported in the functions: the parser (alexnet --help) loads no torch
+    import torch
+    from torch import nn
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,29 +42,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def last_linear(model: nn.Module) -> nn.Linear:
     """The classifier's final ``nn.Linear``: its input is the last hidden layer."""
+    from torch import nn
+
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise UserError(f"{type(model).__name__}: no fully connected layer to take features from")
     return linears[-1]
 
 
-@torch.no_grad()
 def hidden_features(model: nn.Module, crops: torch.Tensor) -> torch.Tensor:
     """The last hidden layer's activations (N×D, float32) for already normalised crops."""
+    import torch
+
     captured: list[torch.Tensor] = []
     handle = last_linear(model).register_forward_hook(lambda _m, inp, _out: captured.append(inp[0].detach()))
     try:
-        model(crops)
+        with torch.no_grad():
+            model(crops)
     finally:
         handle.remove()
     return captured[-1].flatten(1).float()  # N×D
 
 
-@torch.no_grad()
 def nearest(model: nn.Module, queries: torch.Tensor, ds: object, augment: object, *, k: int,
             batch_size: int = 128, workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(distances, indices), each Q×k, of the k images of ``ds`` nearest to each query feature
-    vector (Q×D), closest first. Streams the dataset: memory is one batch, not N×D."""
+    vector (Q×D), closest first (no gradients: the features come from :func:`hidden_features`).
+    Streams the dataset: memory is one batch, not N×D."""
+    import torch
+
     from alexnet.data.loader import BatchLoader
 
     device = queries.device
@@ -82,6 +90,8 @@ def nearest(model: nn.Module, queries: torch.Tensor, ds: object, augment: object
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from alexnet.data.format import PreparedDataset
     from alexnet.data.resolve import resolve_data
     from alexnet.engine.device import pick_device

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from alexnet.errors import UserError
+
+if TYPE_CHECKING:  # imported in the functions: the parser (alexnet --help) loads no torch
+    import torch
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -41,6 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def top_classes(probs: torch.Tensor, classes: list[str], names: list[str], k: int) -> list[list[dict[str, Any]]]:
     """Per row of ``probs`` (N×C), the k most probable classes, most probable first (ties by index)."""
+    import torch
+
     k = min(k, probs.shape[1])
     # A stable descending sort: equal probabilities keep class order, so output is deterministic.
     order = torch.sort(probs, dim=1, descending=True, stable=True).indices[:, :k]  # N×k
@@ -54,6 +57,8 @@ def top_classes(probs: torch.Tensor, classes: list[str], names: list[str], k: in
 def predict_files(trained: Any, paths: list[str], *, data: str | None = None, ten_crop: bool = False,
                   batch_size: int = 64) -> torch.Tensor:
     """Softmax probabilities (N×C, float32, on the CPU) for image files."""
+    import torch
+
     from alexnet.engine.evaluate import Precision, predict_probs
     from alexnet.engine.inference import file_augment, image_size_for, read_image
 

@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from alexnet import config as config_mod
-from alexnet import models
 from alexnet.commands.common import add_engine_arguments, add_log_every_argument, parse_assignments, print_stopped
 from alexnet.errors import UserError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="'synthetic' (built in) or a prepared dataset folder")
-    p.add_argument("--model", default=None, help=f"one of: {', '.join(models.names())}")
+    p.add_argument("--model", default=None, help="a model name: alexnet (default), alexnet-owt, alexnet-cifar, lenet5; an unknown name is refused "
+                        "with the list")
     p.add_argument("--out", required=True, help="run folder (config, metrics, checkpoints, weights)")
     p.add_argument("--recipe", default=None,
                    help=f"one of: {', '.join(config_mod.recipe_names())}, or a .yaml file (default: the model's)")
@@ -119,6 +119,7 @@ def resume_command(out: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from alexnet import models
     from alexnet.engine.checkpoint import CheckpointWriteError
     from alexnet.engine.train import Interrupted, run as train_run
 

@@ -46,7 +46,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
-from alexnet import models
+from alexnet import models, signals
 from alexnet.config import TrainConfig, save_yaml
 from alexnet.data.augment import Augment
 from alexnet.data.format import PreparedDataset
@@ -405,6 +405,9 @@ def stop_on_signals(dist: distributed.DistInfo) -> Iterator[StopFlag]:
             raise _StopEvaluation
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    pending = signals.take_pending()  # arrived while the command started: stop at the first step
+    if pending is not None:
+        handler(pending, None)
     try:
         yield stop
     finally:
