@@ -49,7 +49,7 @@ def test_train_help_names_every_model() -> None:
         main(["train", "--help"])
     text = "".join(out.getvalue().split())  # argparse wraps lines at hyphens too
     for name in models.names():
-        assert f"{name}," in text or f"{name};" in text or f"{name}(default)" in text, name
+        assert name in text, name
 
 
 def _tree(root: Path) -> Path:

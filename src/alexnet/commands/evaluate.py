@@ -57,7 +57,7 @@ def _run(args: argparse.Namespace, record: bool) -> int:
     from alexnet.data.resolve import resolve_data
     from alexnet.engine.device import pick_device
     from alexnet.engine.evaluate import Precision, evaluate, per_class_summary
-    from alexnet.engine.inference import augment_for, load
+    from alexnet.engine.inference import augment_for, check_classes, load
 
     device = pick_device(args.device or "auto")
     members = [load(r, device) for r in args.runs]
@@ -71,6 +71,8 @@ def _run(args: argparse.Namespace, record: bool) -> int:
             raise UserError(f"{m.source}: predicts {m.meta['num_classes']} classes but {data} has {ds.num_classes}")
         if m.meta.get("source") == "torchvision":
             _check_imagenet_order(m.source, ds.classes, str(data))
+        else:  # all before the first evaluation: an ensemble's members agree with each other and the data
+            check_classes(m, ds)
     prec = Precision(device, args.amp or "none", bool(args.channels_last))
     results = []
     probs = None

@@ -5,15 +5,29 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+SOFTWARE = "alexnet filters"  # the PNG's Software field: how a rerun recognises its own earlier output
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUN_OR_WEIGHTS")
-    p.add_argument("--out", required=True, metavar="PNG")
+    p.add_argument("--out", required=True, metavar="PNG", help="the PNG to write (an existing file only if an earlier "
+                                                                 "'alexnet filters' wrote it, or with --force)")
+    p.add_argument("--force", action="store_true", help="replace whatever file is at --out")
+
+
+def written_by_filters(path: Path) -> bool:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.format == "PNG" and im.info.get("Software") == SOFTWARE
 
 
 def run(args: argparse.Namespace) -> int:
     from alexnet.engine.inference import load
+    from alexnet.files import output_file
     from alexnet.report.run import draw_filters
 
-    print(draw_filters(load(args.run).model, Path(args.out)))
+    with output_file(args.out, force=args.force, ours=written_by_filters) as out:
+        model = load(args.run).model
+        print(draw_filters(model, Path(out), software=SOFTWARE))
     return 0

@@ -118,15 +118,37 @@ def resume_command(out: str) -> str:
     return f"{shlex.quote(sys.executable)} {tail}"
 
 
+def check_new_run_folder(out: Path, data: str) -> None:
+    """Refuse, as ``prepare`` does, a --out that is not a place for a new run: a prepared dataset,
+    a file, a folder holding other things, the dataset's own folder or one inside or around it.
+    A run folder (config.yaml) is judged by the training itself (a finished run needs --resume)."""
+    from alexnet.data.format import is_prepared
+
+    if is_prepared(out):
+        raise UserError(f"--out {out}: a prepared dataset is there; choose another --out")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
+    if out.is_dir() and not (out / "config.yaml").is_file() and any(p.name != ".lock" for p in out.iterdir()):
+        raise UserError(f"--out {out}: exists and is neither a run folder nor empty; choose another --out")
+    if data and Path(data).exists():
+        a, b = out.resolve(), Path(data).resolve()
+        if a == b or b in a.parents or a in b.parents:
+            raise UserError(f"--out {out}: is the dataset {data} or inside or around it; choose another --out")
+
+
 def run(args: argparse.Namespace) -> int:
     from alexnet import models
     from alexnet.engine.checkpoint import CheckpointWriteError
     from alexnet.engine.train import Interrupted, run as train_run
+    from alexnet.files import nonempty_path
 
+    nonempty_path(args.out, "--out")
     cfg = config_from_args(args)
     if cfg.model not in models.names():
         raise UserError(f"unknown model {cfg.model!r}; accepted: {', '.join(models.names())}")
     main = int(os.environ.get("RANK", 0)) == 0
+    if not args.resume:
+        check_new_run_folder(Path(args.out), cfg.data)
     try:
         summary = train_run(cfg, args.out, resume=args.resume)
     except (OSError, CheckpointWriteError) as e:

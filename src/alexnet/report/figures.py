@@ -18,6 +18,7 @@ value's name ends in ``_err`` (or ``_error``).
 
 from __future__ import annotations
 
+import io
 import math
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +32,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from alexnet.errors import UserError
+from alexnet.files import atomic_write_bytes
 
 __all__ = [
     "plot_curves",
@@ -67,12 +69,16 @@ def _figure(width: float, height: float) -> Figure:
     return fig
 
 
-def _save(fig: Figure, path: str | Path, tight: bool = True) -> Path:
+SOFTWARE = "alexnet (matplotlib)"  # the PNG's Software field
+
+
+def _save(fig: Figure, path: str | Path, tight: bool = True, software: str = SOFTWARE) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
     # Fixed metadata: the default embeds the matplotlib version only, but be explicit.
-    fig.savefig(path, format="png", dpi=DPI, bbox_inches="tight" if tight else None,
-                pad_inches=0.08, metadata={"Software": "alexnet (matplotlib)"})
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight" if tight else None,
+                pad_inches=0.08, metadata={"Software": software})
+    atomic_write_bytes(path, buf.getvalue())  # never a torn PNG over a good one
     return path
 
 
@@ -301,7 +307,8 @@ def filter_grid(weight: torch.Tensor | np.ndarray, towers: int = 1, columns: int
     return [_tile(k[t * per : (t + 1) * per], columns, gap) for t in range(towers)]
 
 
-def plot_filters(weight: torch.Tensor, path: str | Path, towers: int = 1, title: str | None = None) -> Path:
+def plot_filters(weight: torch.Tensor, path: str | Path, towers: int = 1, title: str | None = None,
+                 software: str = SOFTWARE) -> Path:
     """Figure 3: the first-layer kernels, each normalised on its own and shown as RGB (grey for
     1-channel kernels), small gaps between kernels. With ``towers=2`` the kernels of tower 1 and
     tower 2 are two labelled blocks, "GPU 1" above "GPU 2", as the paper's 48 + 48.
@@ -333,7 +340,7 @@ def plot_filters(weight: torch.Tensor, path: str | Path, towers: int = 1, title:
                 fig.text(left / width, (top + 4) / height, f"GPU {t + 1}  (kernels {t * per}–{(t + 1) * per - 1})",
                          ha="left", va="bottom", fontsize=9, fontweight="bold")
             top -= ah + block_gap
-        return _save(fig, path, tight=False)
+        return _save(fig, path, tight=False, software=software)
 
 
 # --------------------------------------------------------------------------- Figure 4 (left)

@@ -1,0 +1,179 @@
+"""Outputs and identities, with real processes: no command overwrites a file it did not write, nor
+writes into a folder another process holds or into what is not its own kind of folder; exports
+go through the one atomic writer (a real full disk leaves the earlier export intact); a model and
+a dataset must agree on their classes (evaluate, an ensemble, ``train --resume --data OTHER``).
+Each refusal is one line, exit 2, and leaves every file as it was."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_faults import cli, copy_run, drive, ds, image_tree, one_line, run, snapshot, train_args  # noqa: F401 (fixtures)
+
+from alexnet.data.prepare import prepare
+from alexnet.report.figures import plot_filters
+
+
+def _holder(folder: Path) -> subprocess.Popen:
+    """Another process holding ``folder``'s lock, as a live training run does."""
+    code = ("import sys, time\nfrom alexnet.files import lock_folder\nlock = lock_folder(sys.argv[1])\n"
+            "print('held', flush=True)\ntime.sleep(120)\n")
+    p = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None and p.stdout.readline().strip() == "held"
+    return p
+
+
+def test_export_and_filters_never_overwrite_a_file_they_did_not_write(run: Path, tmp_path: Path) -> None:
+    keep, keep_png = tmp_path / "keep.txt", tmp_path / "keep.png"
+    keep.write_text("my notes\n")
+    other = copy_run(run, tmp_path / "other")
+    plot_filters(torch.randn(6, 3, 5, 5), other / "filters.png")  # a run's figure, as report draws it
+    shutil.copy(other / "filters.png", keep_png)
+    before = snapshot(other)
+    ours, ours_onnx, ours_png = tmp_path / "w.safetensors", tmp_path / "m.onnx", tmp_path / "f.png"
+    live = tmp_path / "live"
+    live.mkdir()
+    holder = _holder(live)
+    try:
+        r = drive([
+            ["export", str(run), "--format", "safetensors", "--out", str(keep)],
+            ["export", str(run), "--format", "safetensors", "--out", str(other / "model.safetensors")],
+            ["export", str(run), "--format", "safetensors", "--out", str(other / "config.yaml")],
+            ["filters", str(run), "--out", str(keep_png)],
+            ["filters", str(run), "--out", str(other / "filters.png")],
+            ["export", str(run), "--format", "safetensors", "--out", str(live / "w.safetensors"), "--force"],
+            ["filters", str(run), "--out", str(live / "f.png"), "--force"],
+            ["export", str(run), "--format", "safetensors", "--out", ""],
+            # an earlier output of the same command is replaced; --force replaces anything
+            ["export", str(run), "--format", "safetensors", "--out", str(ours)],
+            ["export", str(run), "--format", "safetensors", "--out", str(ours)],
+            ["export", str(run), "--format", "onnx", "--out", str(ours_onnx)],
+            ["export", str(run), "--format", "onnx", "--out", str(ours_onnx)],
+            ["filters", str(run), "--out", str(ours_png)],
+            ["filters", str(run), "--out", str(ours_png)],
+            ["export", str(run), "--format", "safetensors", "--out", str(ours_png)],
+            ["export", str(run), "--format", "safetensors", "--out", str(keep), "--force"],
+        ])
+    finally:
+        holder.kill()
+        holder.wait()
+    for case in r[:5]:
+        assert "exists and was not written by this command" in one_line(case["err"], case["rc"]), case
+        assert "--force" in case["err"]
+    for case in r[5:7]:
+        assert f"{live}: in use by another alexnet process (pid {holder.pid})" in one_line(case["err"], case["rc"]), case
+    assert "--out '': an empty path" in one_line(r[7]["err"], r[7]["rc"])
+    assert [c["rc"] for c in r[8:14]] == [0] * 6, [c["err"][-500:] for c in r[8:14]]
+    assert "exists and was not written by this command" in one_line(r[14]["err"], r[14]["rc"])  # a filters PNG
+    assert r[15]["rc"] == 0, r[15]["err"]
+    assert keep.read_bytes()[:8] != b"my notes"  # replaced, as asked
+    assert keep_png.read_bytes() == (other / "filters.png").read_bytes()
+    assert snapshot(other) == before
+    assert [p.name for p in live.iterdir() if p.name != ".lock"] == []  # the holder was killed: its lock file stays
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_report_writes_only_into_a_run_folder(ds: Path, tmp_path: Path) -> None:
+    images = image_tree(tmp_path / "images", per_class=2, val_per_class=1)
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "report.md").write_text("mine\n")
+    copy = shutil.copytree(ds, tmp_path / "ds")
+    befores = [snapshot(d) for d in (images, notes, copy)]
+    r = drive([["report", str(d)] for d in (images, notes, copy)] + [["report", ""]])
+    for case, d in zip(r, (images, notes, copy)):
+        assert one_line(case["err"], case["rc"]) == (f"alexnet report: error: {d}: not a run folder (no config.yaml); "
+                                                     f"report writes only into a folder 'alexnet train' made")
+    assert "RUN '': an empty path" in one_line(r[3]["err"], r[3]["rc"])
+    assert [snapshot(d) for d in (images, notes, copy)] == befores
+
+
+def test_train_out_must_be_a_new_or_empty_folder_never_the_dataset(ds: Path, tmp_path: Path) -> None:
+    copy = shutil.copytree(ds, tmp_path / "ds")
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "thesis.tex").write_text("x")
+    befores = snapshot(copy), snapshot(busy)
+    base = ["--model", "lenet5", "--epochs", "1", "--workers", "0", "--no-progress"]
+    r = drive([["train", "--data", str(copy), "--out", str(copy), *base],
+               ["train", "--data", str(copy), "--out", str(copy / "run"), *base],
+               ["train", "--data", str(copy), "--out", str(busy), *base],
+               ["train", "--data", str(copy), "--out", "", *base]])
+    assert f"--out {copy}: a prepared dataset is there" in one_line(r[0]["err"], r[0]["rc"])
+    assert f"--out {copy / 'run'}: is the dataset {copy} or inside or around it" in one_line(r[1]["err"], r[1]["rc"])
+    assert f"--out {busy}: exists and is neither a run folder nor empty" in one_line(r[2]["err"], r[2]["rc"])
+    assert "--out '': an empty path" in one_line(r[3]["err"], r[3]["rc"])
+    assert (snapshot(copy), snapshot(busy)) == befores
+
+
+@pytest.fixture(scope="module")
+def other_classes(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """Two prepared datasets with the same number of classes but other names, and a finished run
+    (checkpoints kept) trained on the first."""
+    root = tmp_path_factory.mktemp("classes")
+    a = image_tree(root / "tree-a", per_class=4, val_per_class=2, size=36)
+    b = image_tree(root / "tree-b", per_class=4, val_per_class=2, size=36)
+    for split in ("train", "val"):
+        for c, new in (("c0", "dog"), ("c1", "cat")):
+            (b / split / c).rename(b / split / new)
+    da, db = prepare(a, root / "a", progress=False, workers=0), prepare(b, root / "b", progress=False, workers=0)
+    out = root / "run-a"
+    rc, _, err = cli(train_args(Path(da), out, epochs=1))
+    assert rc == 0, err[-3000:]
+    return Path(da), Path(db), out
+
+
+def test_a_model_and_a_dataset_must_agree_on_their_classes(other_classes: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    da, db, run_a = other_classes
+    run_b = tmp_path / "run-b"
+    rc, _, err = cli(train_args(db, run_b, epochs=1))
+    assert rc == 0, err[-3000:]
+    resumed = copy_run(run_a, tmp_path / "resumed")
+    before = snapshot(resumed)
+    r = drive([["evaluate", str(run_a), "--data", str(db), "--workers", "0", "--quiet"],
+               ["evaluate", str(run_a), str(run_b), "--data", str(da), "--workers", "0", "--quiet"],
+               ["train", "--out", str(resumed), "--resume", "--data", str(db), "--epochs", "2", "--workers", "0",
+                "--no-progress"]])
+    line = one_line(r[0]["err"], r[0]["rc"])
+    assert f"{run_a} and {db} do not agree on their classes: class 0 is 'c0' in {run_a} but 'cat' in {db}" in line, line
+    assert "a model and a dataset must agree on their classes" in line
+    line = one_line(r[1]["err"], r[1]["rc"])
+    assert f"{run_b} and {da} do not agree on their classes: class 0 is 'cat' in {run_b} but 'c0' in {da}" in line, line
+    line = one_line(r[2]["err"], r[2]["rc"])
+    assert "do not agree on their classes: class 0 is 'c0' in" in line and f"'cat' in {db}" in line, line
+    assert snapshot(resumed) == before  # config.yaml not rewritten, nothing trained
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    d = tmp_path / "disk"
+    d.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(d)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "pt2", "safetensors"])
+def test_an_export_on_a_real_full_disk_keeps_the_earlier_export(run: Path, small_disk: Path, fmt: str) -> None:
+    out = small_disk / f"model.{fmt}"
+    rc, _, err = cli(["export", str(run), "--format", fmt, "--out", str(out)])
+    assert rc == 0, err[-3000:]
+    good = out.read_bytes()
+    free = shutil.disk_usage(small_disk).free
+    (small_disk / "filler").write_bytes(b"\0" * max(0, free - len(good) // 2))  # less room than one more export
+    rc, _, err = cli(["export", str(run), "--format", fmt, "--out", str(out)])
+    line = one_line(err, rc)
+    assert "No space left on device" in line or "export failed" in line, line
+    assert out.read_bytes() == good
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler", out.name]
