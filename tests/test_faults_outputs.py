@@ -177,3 +177,73 @@ def test_an_export_on_a_real_full_disk_keeps_the_earlier_export(run: Path, small
     assert "No space left on device" in line or "export failed" in line, line
     assert out.read_bytes() == good
     assert sorted(p.name for p in small_disk.iterdir()) == ["filler", out.name]
+
+
+class _Site:
+    """An HTTP server answering each path with the bytes given for it (200), or 404."""
+
+    def __init__(self, files: dict[str, bytes]) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                body = files.get(self.path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_hub_downloads_are_cached_by_url_and_a_bad_download_is_never_kept(tmp_path: Path, monkeypatch) -> None:
+    from alexnet import models
+    from alexnet.engine.checkpoint import save_weights
+    from alexnet.engine.torch_hub import build
+    from alexnet.errors import UserError
+
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    nets, blobs = [], []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        net = models.create("lenet5", 2).eval()
+        meta = {"model": "lenet5", "model_options": {}, "num_classes": 2, "classes": ["a", "b"], "input_size": 32,
+                "input_norm": "mean_image_std", "image_size": [32, 32]}
+        save_weights(net, tmp_path / f"w{seed}.safetensors", meta)
+        nets.append(net)
+        blobs.append((tmp_path / f"w{seed}.safetensors").read_bytes())
+    damaged = (10).to_bytes(8, "little") + b"{not json}" + b"\0" * 32  # looks like safetensors, does not load
+    site = _Site({"/a/model.safetensors": blobs[0], "/b/model.safetensors": blobs[1],
+                  "/html/model.safetensors": b"<!DOCTYPE html><html>Not found</html>", "/cut/model.safetensors": damaged})
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    try:
+        for _ in range(2):  # downloaded, then from the cache: each URL its own weights
+            for name, net in zip("ab", nets):
+                with torch.no_grad():
+                    torch.testing.assert_close(build("lenet5", weights=f"{site.url}/{name}/model.safetensors",
+                                                     progress=False)(x), net(x))
+        with pytest.raises(UserError, match=r"html/model.safetensors: the download is not a weights file \(it begins "
+                                            r"'<!DOCTYPE html><'\); nothing was kept"):
+            build("lenet5", weights=f"{site.url}/html/model.safetensors", progress=False)
+        with pytest.raises(UserError, match="removed from the cache"):
+            build("lenet5", weights=f"{site.url}/cut/model.safetensors", progress=False)
+        with torch.no_grad():  # neither failure touched what other URLs had cached
+            torch.testing.assert_close(build("lenet5", weights=f"{site.url}/a/model.safetensors", progress=False)(x),
+                                       nets[0](x))
+    finally:
+        site.close()
+    kept = sorted(p.read_bytes() for p in (tmp_path / "hub").rglob("*") if p.is_file())
+    assert kept == sorted(blobs)
