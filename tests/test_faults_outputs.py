@@ -68,7 +68,7 @@ def test_export_and_filters_never_overwrite_a_file_they_did_not_write(run: Path,
         assert "--force" in case["err"]
     for case in r[5:7]:
         assert f"{live}: in use by another alexnet process (pid {holder.pid})" in one_line(case["err"], case["rc"]), case
-    assert "--out '': an empty path" in one_line(r[7]["err"], r[7]["rc"])
+    assert "--out '': an empty value" in one_line(r[7]["err"], r[7]["rc"])
     assert [c["rc"] for c in r[8:14]] == [0] * 6, [c["err"][-500:] for c in r[8:14]]
     assert "exists and was not written by this command" in one_line(r[14]["err"], r[14]["rc"])  # a filters PNG
     assert r[15]["rc"] == 0, r[15]["err"]
@@ -90,7 +90,7 @@ def test_report_writes_only_into_a_run_folder(ds: Path, tmp_path: Path) -> None:
     for case, d in zip(r, (images, notes, copy)):
         assert one_line(case["err"], case["rc"]) == (f"alexnet report: error: {d}: not a run folder (no config.yaml); "
                                                      f"report writes only into a folder 'alexnet train' made")
-    assert "RUN '': an empty path" in one_line(r[3]["err"], r[3]["rc"])
+    assert "argument 2 '': an empty value" in one_line(r[3]["err"], r[3]["rc"])
     assert [snapshot(d) for d in (images, notes, copy)] == befores
 
 
@@ -108,7 +108,7 @@ def test_train_out_must_be_a_new_or_empty_folder_never_the_dataset(ds: Path, tmp
     assert f"--out {copy}: a prepared dataset is there" in one_line(r[0]["err"], r[0]["rc"])
     assert f"--out {copy / 'run'}: is the dataset {copy} or inside or around it" in one_line(r[1]["err"], r[1]["rc"])
     assert f"--out {busy}: exists and is neither a run folder nor empty" in one_line(r[2]["err"], r[2]["rc"])
-    assert "--out '': an empty path" in one_line(r[3]["err"], r[3]["rc"])
+    assert "--out '': an empty value" in one_line(r[3]["err"], r[3]["rc"])
     assert (snapshot(copy), snapshot(busy)) == befores
 
 

@@ -64,11 +64,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         restore()
 
 
+def _refuse_empty(argv: list[str]) -> None:
+    """An empty argument ('' or --opt=) means nothing any command can use (as a path it would be
+    read as the current folder): refused, naming the option it was given to."""
+    for i, a in enumerate(argv):
+        flag = a[:-1] if a.startswith("--") and a.endswith("=") else None
+        if a.strip() == "" or flag:
+            name = flag or (argv[i - 1] if i and argv[i - 1].startswith("-") else f"argument {i + 1}")
+            raise UserError(f"{name} {a.partition('=')[2] if flag else a!r}: an empty value; give a name or a value")
+
+
 def _main(argv: Sequence[str] | None) -> int:
     given = list(sys.argv[1:] if argv is None else argv)
     # The command's name for a message, even before the arguments are parsed (a signal then).
     command = next((a for a in given if a in COMMANDS), "command")
     try:
+        _refuse_empty(given)
         parser = build_parser()
         args = parser.parse_args(given)
         command = args.command

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from alexnet.commands.common import add_engine_arguments, add_log_every_argument
+from alexnet.commands.common import add_engine_arguments, add_log_every_argument, at_least
 from alexnet.errors import UserError
 
 if TYPE_CHECKING:  # imported in the functions: the parser (alexnet --help) loads no torch
@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="dataset (default: the one the first run was trained on)")
     p.add_argument("--split", default="val")
     p.add_argument("--ten-crop", action="store_true", help="§4.1: average the softmax over 10 patches")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=at_least(1), default=128)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--confusion", default=None, metavar="PNG", help="also draw the confusion matrix here")
     p.add_argument("--quiet", action="store_true", help="no progress bar or periodic progress lines")

@@ -19,6 +19,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from alexnet.commands.common import at_least
 from alexnet.errors import UserError
 
 if TYPE_CHECKING:  # imported in the functions: the parser (alexnet --help) loads no torch
@@ -32,11 +33,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--query", action="append", required=True, metavar="INDEX|IMAGE",
                    help="an index into --split or an image file; repeat for several rows")
     p.add_argument("--out", required=True, metavar="PNG")
-    p.add_argument("--k", type=int, default=6, help="neighbours per query (default 6)")
+    p.add_argument("--k", type=at_least(1), default=6, help="neighbours per query (default 6)")
     p.add_argument("--split", default="val", help="split the INDEX queries come from (default val)")
     p.add_argument("--search-split", default="train", help="split searched for neighbours (default train, as the paper)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--workers", type=int, default=0, help="loader worker processes (default 0)")
+    p.add_argument("--batch-size", type=at_least(1), default=128)
+    p.add_argument("--workers", type=at_least(0), default=0, help="loader worker processes (default 0)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
 
 

@@ -22,6 +22,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
+from alexnet.commands.common import at_least
 from alexnet.errors import UserError
 
 if TYPE_CHECKING:  # imported in the functions: the parser (alexnet --help) loads no torch
@@ -33,10 +34,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
     p.add_argument("--json", action="store_true", help="print a JSON list, one object per image")
     p.add_argument("--ten-crop", action="store_true", help="§4.1: average the softmax over 10 patches")
-    p.add_argument("--top", type=int, default=5, metavar="K", help="how many classes per image (default 5)")
+    p.add_argument("--top", type=at_least(1), default=5, metavar="K", help="how many classes per image (default 5)")
     p.add_argument("--data", default=None, help="the training set, for models that subtract its mean image "
                    "(default: the dataset recorded in the run)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=at_least(1), default=64)
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from alexnet import config as config_mod
 from alexnet.commands.common import add_engine_arguments, add_log_every_argument, parse_assignments, print_stopped
-from alexnet.errors import UserError
+from alexnet.errors import UserError, shown
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -48,21 +48,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     overrides = parse_assignments(args.set, "--set")
-    for key in ("data", "model", "epochs", "batch_size", "lr", "seed", "save_every", "ten_crop", "tensorboard",
-                "model_parallel", "device", "workers", "amp", "channels_last", "compile"):
-        v = getattr(args, key, None)
-        if v is not None:
-            overrides[key] = v
-    if args.keep is not None:
-        overrides["keep_checkpoints"] = args.keep
+    flags = {key: getattr(args, key, None) for key in (
+        "data", "model", "epochs", "batch_size", "lr", "seed", "save_every", "ten_crop", "tensorboard", "model_parallel",
+        "device", "workers", "amp", "channels_last", "compile")}
+    flags["keep_checkpoints"] = args.keep
+    flags["progress"] = False if args.no_progress else None
+    for key, v in flags.items():
+        if v is None:
+            continue
+        if key in overrides:  # a setting given two ways: never one of them silently dropped
+            flag = {"keep_checkpoints": "--keep", "progress": "--no-progress"}.get(key, "--" + key.replace("_", "-"))
+            raise UserError(f"{key} is given twice: {flag} and --set {key}={shown(overrides[key], 40)}; give it once")
+        overrides[key] = v
     if args.model_opt:
         given = overrides.get("model_options", {})
         if not isinstance(given, dict):
-            raise UserError(f"--set model_options={given!r}: model_options is a mapping of option: value; "
+            raise UserError(f"--set model_options={shown(given)}: model_options is a mapping of option: value; "
                             f"give options with --model-opt NAME=VALUE")
-        overrides["model_options"] = {**given, **parse_assignments(args.model_opt, "--model-opt")}
-    if args.no_progress:
-        overrides["progress"] = False
+        opts = parse_assignments(args.model_opt, "--model-opt")
+        twice = sorted(set(opts) & set(given))
+        if twice:
+            raise UserError(f"model option {twice[0]} is given twice: --model-opt and --set model_options; give it once")
+        overrides["model_options"] = {**given, **opts}
     return overrides
 
 

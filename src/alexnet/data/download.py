@@ -76,6 +76,8 @@ DATASETS: dict[str, Remote] = {
 def cache_dir() -> Path:
     root = os.environ.get("ALEXNET_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "alexnet")
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise UserError(f"{root}: the cache ($ALEXNET_CACHE) is not a folder (a file is there); point it at a folder")
     return Path(root) / "downloads"
 
 
