@@ -59,6 +59,9 @@ def test_export_and_filters_never_overwrite_a_file_they_did_not_write(run: Path,
             ["filters", str(run), "--out", str(ours_png)],
             ["export", str(run), "--format", "safetensors", "--out", str(ours_png)],
             ["export", str(run), "--format", "safetensors", "--out", str(keep), "--force"],
+            ["evaluate", str(run), "--confusion", str(keep_png), "--workers", "0", "--quiet"],
+            ["neighbors", str(run), "--query", "0", "--out", str(keep_png)],
+            ["evaluate", str(run), "--confusion", str(ours_png), "--workers", "0", "--quiet"],
         ])
     finally:
         holder.kill()
@@ -72,6 +75,8 @@ def test_export_and_filters_never_overwrite_a_file_they_did_not_write(run: Path,
     assert [c["rc"] for c in r[8:14]] == [0] * 6, [c["err"][-500:] for c in r[8:14]]
     assert "exists and was not written by this command" in one_line(r[14]["err"], r[14]["rc"])  # a filters PNG
     assert r[15]["rc"] == 0, r[15]["err"]
+    for case in r[16:19]:  # the confusion matrix and the neighbours' figure: the same rule
+        assert "exists and was not written by this command" in one_line(case["err"], case["rc"]), case
     assert keep.read_bytes()[:8] != b"my notes"  # replaced, as asked
     assert keep_png.read_bytes() == (other / "filters.png").read_bytes()
     assert snapshot(other) == before

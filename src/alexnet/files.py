@@ -125,6 +125,9 @@ def os_error_line(e: OSError, path: str | os.PathLike[str] | None = None) -> str
     return f"{where}: {why}" if where is not None else why
 
 
+_HELD: set[str] = set()  # the lock files this process holds
+
+
 class BusyError(UserError):
     """Another process holds the lock of a run folder or a dataset."""
 
@@ -171,11 +174,13 @@ class ExclusiveLock:
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())
             self._fd = fd
+            _HELD.add(os.path.abspath(self.path))
             return
 
     def release(self) -> None:
         if self._fd is None:
             return
+        _HELD.discard(os.path.abspath(self.path))
         try:
             self.path.unlink(missing_ok=True)
         except OSError:
@@ -244,7 +249,9 @@ def output_file(path: str | os.PathLike[str], *, force: bool = False, ours: Call
             raise UserError(f"{p}: exists and was not written by this command; choose another {flag} "
                             f"(or pass --force to replace it)")
     check_writable(p.parent, f"{flag} {p}")
-    lock = ExclusiveLock(p.parent / ".lock", p.parent) if (p.parent / ".lock").exists() else None
+    guard = p.parent / ".lock"
+    held_here = os.path.abspath(guard) in _HELD  # this command already holds the folder
+    lock = ExclusiveLock(guard, p.parent) if guard.exists() and not held_here else None
     try:
         yield p
     finally:

@@ -15,19 +15,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="replace whatever file is at --out")
 
 
-def written_by_filters(path: Path) -> bool:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return im.format == "PNG" and im.info.get("Software") == SOFTWARE
-
-
 def run(args: argparse.Namespace) -> int:
     from alexnet.engine.inference import load
     from alexnet.files import output_file
+    from alexnet.report.figures import png_written_by
     from alexnet.report.run import draw_filters
 
-    with output_file(args.out, force=args.force, ours=written_by_filters) as out:
+    with output_file(args.out, force=args.force, ours=lambda p: png_written_by(p, SOFTWARE)) as out:
         model = load(args.run).model
         print(draw_filters(model, Path(out), software=SOFTWARE))
     return 0

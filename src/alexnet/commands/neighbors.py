@@ -32,7 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="dataset (default: the one the run was trained on)")
     p.add_argument("--query", action="append", required=True, metavar="INDEX|IMAGE",
                    help="an index into --split or an image file; repeat for several rows")
-    p.add_argument("--out", required=True, metavar="PNG")
+    p.add_argument("--out", required=True, metavar="PNG", help="the PNG to write (an existing file only if an earlier "
+                                                                 "'alexnet neighbors' wrote it, or with --force)")
+    p.add_argument("--force", action="store_true", help="replace whatever file is at --out")
     p.add_argument("--k", type=at_least(1), default=6, help="neighbours per query (default 6)")
     p.add_argument("--split", default="val", help="split the INDEX queries come from (default val)")
     p.add_argument("--search-split", default="train", help="split searched for neighbours (default train, as the paper)")
@@ -90,7 +92,18 @@ def nearest(model: nn.Module, queries: torch.Tensor, ds: object, augment: object
     return best_d.cpu(), best_i.cpu()
 
 
+SOFTWARE = "alexnet neighbors"  # the PNG's Software field: how a rerun recognises its own earlier output
+
+
 def run(args: argparse.Namespace) -> int:
+    from alexnet.files import output_file
+    from alexnet.report.figures import png_written_by
+
+    with output_file(args.out, force=args.force, ours=lambda p: png_written_by(p, SOFTWARE)):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     import torch
 
     from alexnet.data.format import PreparedDataset
@@ -134,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     names = search.class_names
     out = plot_neighbors(q_imgs, nb_imgs, Path(args.out),
                          query_labels=labels if all(lab is not None for lab in labels) else None,
-                         neighbor_labels=nb_labels, class_names=names)
+                         neighbor_labels=nb_labels, class_names=names, software=SOFTWARE)
     for q, lab, ds_, is_ in zip(args.query, labels, dist, idx):
         head = f"query {q}" + (f" ({names[lab]})" if lab is not None else "")
         print(head + ": " + ", ".join(f"#{int(i)} {names[int(search.labels[int(i)])]} d={float(d):.3g}" for d, i in zip(ds_, is_)))

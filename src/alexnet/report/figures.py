@@ -72,6 +72,15 @@ def _figure(width: float, height: float) -> Figure:
 SOFTWARE = "alexnet (matplotlib)"  # the PNG's Software field
 
 
+def png_written_by(path: str | Path, software: str) -> bool:
+    """Whether ``path`` is a PNG whose Software field is ``software`` (how a command recognises its
+    own earlier output, which it may replace)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.format == "PNG" and im.info.get("Software") == software
+
+
 def _save(fig: Figure, path: str | Path, tight: bool = True, software: str = SOFTWARE) -> Path:
     path = Path(path)
     buf = io.BytesIO()
@@ -406,6 +415,7 @@ def plot_neighbors(
     query_labels: torch.Tensor | list[int] | None = None,
     neighbor_labels: torch.Tensor | list[list[int]] | None = None,
     class_names: list[str] | None = None,
+    software: str = SOFTWARE,
 ) -> Path:
     """Figure 4, right: one row per query (uint8 Q×3×H×W, first column) followed by its K nearest
     neighbours (uint8 Q×K×3×H×W) in the last hidden layer. With labels, each image is captioned and a
@@ -447,11 +457,12 @@ def plot_neighbors(
                     if j >= 0 and ql is not None:
                         colour = "#2ca02c" if label == ql[r] else CORRECT_COLOUR
                     ax.set_xlabel(_class_name(label, class_names, 16), fontsize=7, color=colour, labelpad=2)
-        return _save(fig, path)
+        return _save(fig, path, software=software)
 
 
 # --------------------------------------------------------------------------- confusion matrix
-def plot_confusion(matrix: np.ndarray | torch.Tensor, class_names: list[str], path: str | Path) -> Path:
+def plot_confusion(matrix: np.ndarray | torch.Tensor, class_names: list[str], path: str | Path,
+                   software: str = SOFTWARE) -> Path:
     """A confusion matrix (rows: true class, columns: predicted class) normalised per row, so each
     row shows where one class's images went; the title gives the overall top-1 error from the counts.
     Class names label the axes up to 30 classes; above that the axes show indices only.
@@ -494,7 +505,7 @@ def plot_confusion(matrix: np.ndarray | torch.Tensor, class_names: list[str], pa
         ax.set_ylabel("true class")
         err = f" — top-1 error {100 * (1 - np.trace(m) / total):.2f}% on {int(round(total))} images" if total > 0 else ""
         ax.set_title(f"Confusion matrix{err}")
-        return _save(fig, path)
+        return _save(fig, path, software=software)
 
 
 # --------------------------------------------------------------------------- experiment plots
