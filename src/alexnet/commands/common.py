@@ -56,8 +56,7 @@ def print_stopped(exit_code: int, checkpoint: object, again: str) -> None:
 def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("engine")
     g.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
-    g.add_argument("--workers", type=at_least(-1), default=None,
-                   help="loader worker processes (default: automatic; -1: automatic)")
+    g.add_argument("--workers", type=int, default=None, help="loader worker processes (default: automatic)")
     g.add_argument("--amp", choices=["none", "bf16", "fp16"], default=None, help="autocast dtype")
     g.add_argument("--channels-last", action="store_true", default=None, help="NHWC memory format")
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")

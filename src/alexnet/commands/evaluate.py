@@ -41,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
     from alexnet.files import BusyError, lock_folder, output_file
     from alexnet.report.figures import png_written_by
 
+    if args.workers is not None and args.workers < -1:
+        raise UserError(f"--workers {args.workers}: must be 0 or more (or -1 for automatic)")
     if args.force and not args.confusion:
         raise UserError("--force applies to --confusion only: evaluate writes no other file of yours")
     lock = None
