@@ -121,9 +121,11 @@ class StopRequest:
                 self._handle(pending, None)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         for s, h in self._previous.items():
             signal.signal(s, h)
+        if self.requested and exc_type is None:  # the work ended before it looked: never a lost signal
+            self.stop()
 
 
 def worker_signals() -> None:

@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="'synthetic' (built in, 32×32 nets) or a prepared dataset folder (256×256 data: the paper's net)")
     p.add_argument("--out", required=True, help="experiment folder (report.md, results.json, plots, runs/)")
     p.add_argument("--quick", action="store_true", help="a small scale: under 5 minutes on 2 CPU cores on the built-in data")
-    p.add_argument("--seeds", type=at_least(1), default=None, metavar="K",
+    p.add_argument("--seeds", type=int, default=None, metavar="K",
                    help="seeds per arm (default 3; relu-vs-tanh 2 with --quick; ensemble: the number of nets, default 5, "
                         "3 with --quick); every arm gets the same learning-rate sweep and seeds")
     p.add_argument("--factors", action="store_true",

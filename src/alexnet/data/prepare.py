@@ -181,6 +181,8 @@ def _prepare_source(source: Source, out: Path, *, size: int | None, workers: int
                     continue
                 _run_split(source, split, dw, Spec(target, enc, quality, stats=split == "train"), executor,
                            report, state, progress, cheap, stop)
+            if stop.requested:  # after the last chunk: stop rather than commit (a signal is never lost)
+                stop.stop()
             dw.report = {**report, "summary": {
                 "converted": len(report["converted"]), "skipped": len(report["skipped"]),
                 "by_reason": dict(Counter(c for k in ("converted", "skipped") for e in report[k] for c in e["codes"])),
