@@ -12,6 +12,7 @@ import torch
 
 from alexnet import models
 from alexnet.engine.checkpoint import save_weights
+from alexnet.engine.torch_hub import cache_path
 from test_download import Server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,7 +98,7 @@ def test_weights_from_a_url_are_downloaded_once_into_the_hub_cache(cifar_weights
     _same_outputs(m, net)
     _same_outputs(again, net)
     assert [p for p, _ in srv.requests] == [f"/files/{path.name}"]  # the second load used the cache
-    assert (Path(torch.hub.get_dir()) / "checkpoints" / path.name).read_bytes() == path.read_bytes()
+    assert cache_path(url).read_bytes() == path.read_bytes() and cache_path(url).name == path.name
 
 
 def test_a_hash_in_the_file_name_is_checked(cifar_weights, tmp_path) -> None:
@@ -113,7 +114,7 @@ def test_a_hash_in_the_file_name_is_checked(cifar_weights, tmp_path) -> None:
         _same_outputs(hub_load("alexnet_cifar", weights=f"{srv.url}/{good.name}", progress=False, check_hash=True), net)
         with pytest.raises(UserError, match="hash"):
             hub_load("alexnet_cifar", weights=f"{srv.url}/{bad.name}", progress=False, check_hash=True)
-    assert not (Path(torch.hub.get_dir()) / "checkpoints" / bad.name).exists()
+    assert [p.name for p in (Path(torch.hub.get_dir()) / "checkpoints").rglob("*") if p.is_file()] == [good.name]
 
 
 def test_mismatched_weights_are_refused(cifar_weights) -> None:

@@ -7,11 +7,10 @@ import argparse
 import importlib.util
 import importlib
 import os
-import signal
 import sys
-from typing import Any, Sequence
+from typing import Sequence
 
-from alexnet import __version__
+from alexnet import __version__, signals
 from alexnet.errors import Terminated, UserError
 
 # name -> (module, one-line help)
@@ -53,38 +52,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _terminate(signum: int, frame: Any) -> None:
-    raise Terminated
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    # SIGTERM unwinds like Ctrl-C from the first moment (imports included), so cleanup code runs and
-    # partial work is kept or removed as it would be for Ctrl-C; the training loop and prepare
-    # install their own handlers on top of this one.
-    import threading
-
-    main_thread = threading.current_thread() is threading.main_thread()  # only it can set handlers
-    previous = signal.getsignal(signal.SIGTERM) if main_thread else None
-    if previous == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _terminate)
+    # First of all: SIGTERM unwinds like Ctrl-C, so cleanup code runs and partial work is kept or
+    # removed as it would be for Ctrl-C; a signal that arrives while modules are imported (torch
+    # takes seconds) is recorded and acted on once the import is done (alexnet.signals). The
+    # training loop and prepare install their own handlers on top of this one.
+    restore = signals.install()
     try:
         return _main(argv)
     finally:
-        if previous == signal.SIG_DFL:
-            signal.signal(signal.SIGTERM, previous)
+        restore()
+
+
+def _refuse_empty(argv: list[str]) -> None:
+    """An empty argument ('' or --opt=) means nothing any command can use (as a path it would be
+    read as the current folder): refused, naming the option it was given to."""
+    for i, a in enumerate(argv):
+        flag = a[:-1] if a.startswith("--") and a.endswith("=") else None
+        if a.strip() == "" or flag:
+            name = flag or (argv[i - 1] if i and argv[i - 1].startswith("-") else f"argument {i + 1}")
+            raise UserError(f"{name} {a.partition('=')[2] if flag else a!r}: an empty value; give a name or a value")
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    command = "command"
+    given = list(sys.argv[1:] if argv is None else argv)
+    # The command's name for a message, even before the arguments are parsed (a signal then).
+    command = next((a for a in given if a in COMMANDS), "command")
     try:
+        _refuse_empty(given)
         parser = build_parser()
-        args = parser.parse_args(argv)
+        args = parser.parse_args(given)
         command = args.command
         if getattr(args, "log_every", None) is not None:
             from alexnet.commands.common import apply_log_every
 
             apply_log_every(args)
-        return int(importlib.import_module(args._module).run(args) or 0)
+        rc = int(importlib.import_module(args._module).run(args) or 0)
+        late = signals.take_pending()  # arrived during the command's last import
+        if late is not None:
+            signals.stop_now(late)
+        return rc
     except UserError as e:
         print(f"alexnet {command}: error: {e}", file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
-from alexnet.errors import UserError
+from alexnet.errors import UserError, shown
 from alexnet.files import atomic_write_text
 
 RECIPE_DIR = Path(__file__).parent / "configs"
@@ -83,7 +83,7 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise UserError(f"{source}: unknown field {unknown[0]!r}")
+            raise UserError(f"{source}: unknown field {shown(unknown[0])}")
         cfg = cls(**{k: v for k, v in d.items()})
         cfg.validate()
         return cfg
@@ -95,7 +95,7 @@ class TrainConfig:
             value = getattr(self, f.name)
             kind, check, accepted = _RULES[f.name]
             if not (_is(value, kind) and check(value)):
-                raise UserError(f"{f.name}={value!r} is not valid; accepted: {accepted}")
+                raise UserError(f"{f.name}={shown(value)} is not valid; accepted: {accepted}")
 
 
 def _is(value: Any, kind: str) -> bool:
@@ -191,7 +191,7 @@ def load_recipe(name_or_path: str) -> dict[str, Any]:
             raise UserError(f"unknown recipe {name_or_path!r}; accepted: {', '.join(recipe_names())} or a .yaml file")
     elif not p.is_file():
         raise UserError(f"{p}: no such recipe file")
-    d = _read_yaml(p) or {}
+    d = read_yaml(p) or {}
     if not isinstance(d, dict):
         raise UserError(f"{p}: a recipe must be a mapping of config fields")
     d.setdefault("recipe", p.stem)
@@ -200,17 +200,62 @@ def load_recipe(name_or_path: str) -> dict[str, Any]:
 
 def load_saved(path: Path) -> dict[str, Any]:
     """A run's saved config (RUN/config.yaml), the base that ``--resume`` continues with."""
-    d = _read_yaml(path)
+    d = read_yaml(path)
     if not isinstance(d, dict):
         raise UserError(f"{path}: not a saved training config")
     return d
 
 
-def _read_yaml(path: Path) -> Any:
+MAX_YAML_BYTES = 1 << 20  # a recipe or a saved config is a few kilobytes
+
+
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader (plain data only, no ``!!python`` tags) that also refuses
+    aliases (``*name``: a few lines of them expand to gigabytes, the "billion laughs") and
+    duplicate keys (the last one would silently win)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, f"aliases are not accepted (*{event.anchor})", event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                again = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the constructor refuses it below
+                continue
+            if again:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {shown(key, 60)}", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """``text`` parsed with :class:`StrictLoader`; a problem is one line naming ``source``."""
+    if len(text) > MAX_YAML_BYTES:
+        raise UserError(f"{source}: {len(text):,} characters; a recipe or config is at most {MAX_YAML_BYTES:,}")
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.load(text, Loader=StrictLoader)  # noqa: S506 (StrictLoader is a SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        where = f" at line {e.problem_mark.line + 1}" if e.problem_mark is not None else ""
+        raise UserError(f"{source}: not valid YAML ({e.problem or e.context}{where})") from None
     except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        raise UserError(f"{source}: not valid YAML ({str(e).splitlines()[0][:200]})") from None
+
+
+def read_yaml(path: Path) -> Any:
+    """A recipe or a saved config file, parsed with :func:`load_yaml` (UTF-8 only, bounded)."""
+    if path.stat().st_size > MAX_YAML_BYTES:
+        raise UserError(f"{path}: {path.stat().st_size:,} bytes; a recipe or config is at most {MAX_YAML_BYTES:,}")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    return load_yaml(text, str(path))
 
 
 def default_recipe(model: str) -> str:
@@ -268,6 +313,6 @@ def save_yaml(cfg: TrainConfig | dict[str, Any], path: str | Path) -> None:
     atomic_write_text(path, yaml.safe_dump(d, sort_keys=False))
 
 
-def parse_value(text: str) -> Any:
+def parse_value(text: str, source: str = "value") -> Any:
     """``--set key=value`` values: YAML scalars (numbers, booleans, lists)."""
-    return yaml.safe_load(text)
+    return load_yaml(text, source)

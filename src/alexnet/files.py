@@ -10,6 +10,8 @@ an operating-system error (a full disk, a read-only place).
   dataset for its whole life; a second writer is refused at once with one line naming the folder
   and the process that holds it. The kernel drops the lock when its holder dies, even by SIGKILL,
   so a stale lock file never blocks anyone.
+* :func:`output_file` is where a command checks the one file it writes at the user's ``--out``:
+  no command overwrites a file it did not write, nor writes into a folder another process holds.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import errno
 import fcntl
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from alexnet.errors import UserError
 
@@ -122,6 +125,9 @@ def os_error_line(e: OSError, path: str | os.PathLike[str] | None = None) -> str
     return f"{where}: {why}" if where is not None else why
 
 
+_HELD: set[str] = set()  # the lock files this process holds
+
+
 class BusyError(UserError):
     """Another process holds the lock of a run folder or a dataset."""
 
@@ -168,11 +174,13 @@ class ExclusiveLock:
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())
             self._fd = fd
+            _HELD.add(os.path.abspath(self.path))
             return
 
     def release(self) -> None:
         if self._fd is None:
             return
+        _HELD.discard(os.path.abspath(self.path))
         try:
             self.path.unlink(missing_ok=True)
         except OSError:
@@ -211,3 +219,41 @@ def check_writable(folder: str | os.PathLike[str], what: str | None = None) -> N
         os.unlink(tmp)
     except OSError as e:
         raise UserError(f"{label}: cannot be written ({os_error_line(e)})") from None
+
+
+def nonempty_path(value: str | os.PathLike[str], flag: str) -> Path:
+    """``value`` as a path; an empty string (which Path reads as the current folder) refused."""
+    if not str(value).strip():
+        raise UserError(f"{flag} {str(value)!r}: an empty path; give a file or folder name")
+    return Path(value)
+
+
+@contextmanager
+def output_file(path: str | os.PathLike[str], *, force: bool = False, ours: Callable[[Path], bool] | None = None,
+                flag: str = "--out") -> Iterator[Path]:
+    """The place a command writes one file to, checked before any work and held while it writes.
+    No command overwrites a file it did not write: an existing file is replaced only when ``ours``
+    recognises it as an earlier output of the same command, or with ``force``. A folder that a
+    live process holds (its ``.lock``, see :func:`lock_folder`) is never written into: its lock
+    is taken for the write, or the command is refused. The file itself is written by the caller
+    through :func:`atomic_write`."""
+    p = nonempty_path(path, flag)
+    if p.is_dir():
+        raise UserError(f"{p}: is a folder; give the file to write")
+    if (p.exists() or p.is_symlink()) and not force:
+        try:
+            mine = ours is not None and p.is_file() and ours(p)
+        except (OSError, ValueError):
+            mine = False
+        if not mine:
+            raise UserError(f"{p}: exists and was not written by this command; choose another {flag} "
+                            f"(or pass --force to replace it)")
+    check_writable(p.parent, f"{flag} {p}")
+    guard = p.parent / ".lock"
+    held_here = os.path.abspath(guard) in _HELD  # this command already holds the folder
+    lock = ExclusiveLock(guard, p.parent) if guard.exists() and not held_here else None
+    try:
+        yield p
+    finally:
+        if lock is not None:
+            lock.release()

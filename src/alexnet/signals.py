@@ -1,17 +1,93 @@
-"""Ctrl-C and SIGTERM during long work: :class:`StopRequest` (a context manager, main thread
-only) turns the first SIGINT or SIGTERM into a request to stop at the work's next consistent point
-(the caller polls ``requested``, writes what it needs to resume, then calls
-:meth:`StopRequest.stop`); a second one stops at once. :func:`worker_signals` is what a worker
-process does with the two signals."""
+"""Ctrl-C and SIGTERM, the one mechanism of every command.
+
+* :func:`install` (the command line's first act) makes both signals unwind the command like
+  Ctrl-C (KeyboardInterrupt, exit 130; :class:`~alexnet.errors.Terminated`, exit 143), so cleanup
+  code runs, except while Python is importing a module: an exception thrown into an import leaves
+  half-initialised modules behind (numpy's, torch's), and the cleanup that follows fails on them
+  with a traceback. A signal that arrives during an import is only recorded, and acted on at the
+  first point where no import is running (checked every few milliseconds), or taken over by a
+  :class:`StopRequest` (or the training loop's handler) that starts before then.
+* :class:`StopRequest` (a context manager, main thread only) turns the first SIGINT or SIGTERM
+  into a request to stop at the work's next consistent point (the caller polls ``requested``,
+  writes what it needs to resume, then calls :meth:`StopRequest.stop`); a second one stops at
+  once.
+* :func:`worker_signals` is what a worker process does with the two signals."""
 
 from __future__ import annotations
 
 import signal
 import sys
 import threading
-from typing import Any
+from typing import Any, Callable
 
 from alexnet.errors import Terminated
+
+RETRY_S = 0.02  # how often a signal recorded during an import is looked at again
+_pending: list[int] = []  # the first signal that arrived while a module was being imported
+
+
+def _importing(frame: Any) -> bool:
+    """Whether the interrupted code is inside an import (a frame of importlib's bootstrap)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib._bootstrap"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def stop_now(signum: int) -> None:
+    """Unwind the command: Terminated for SIGTERM (exit 143), KeyboardInterrupt otherwise (130)."""
+    raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+
+
+def _unwind(signum: int, frame: Any) -> None:
+    if _importing(frame):
+        if not _pending:
+            _pending.append(signum)
+        signal.setitimer(signal.ITIMER_REAL, RETRY_S)
+        return
+    stop_now(signum)
+
+
+def _retry(signum: int, frame: Any) -> None:
+    if not _pending:
+        return
+    if _importing(frame):
+        signal.setitimer(signal.ITIMER_REAL, RETRY_S)
+        return
+    stop_now(take_pending())  # type: ignore[arg-type]
+
+
+def take_pending() -> int | None:
+    """The signal recorded during an import and not yet acted on (forgetting it), or None: a
+    handler installed later takes it over as if it had just arrived."""
+    if not _pending:
+        return None
+    if threading.current_thread() is threading.main_thread():
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    return _pending.pop()
+
+
+def install() -> Callable[[], None]:
+    """SIGINT and SIGTERM unwind the command (see the module docstring); returns what restores
+    the handlers found. Leaves alone a signal whose handler is not the default (a caller that
+    set its own, or SIGINT ignored as in a background job), and does nothing outside the main
+    thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL, signal.SIGALRM: signal.SIG_DFL}
+    previous = {s: signal.getsignal(s) for s in defaults}
+    mine = {s: _retry if s == signal.SIGALRM else _unwind for s, d in defaults.items() if previous[s] == d}
+    for s, h in mine.items():
+        signal.signal(s, h)
+
+    def restore() -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        _pending.clear()
+        for s in mine:
+            signal.signal(s, previous[s])
+
+    return restore
 
 
 class StopRequest:
@@ -28,7 +104,7 @@ class StopRequest:
         self._previous: dict[int, Any] = {}
 
     def stop(self) -> None:
-        raise Terminated if self.signum == signal.SIGTERM else KeyboardInterrupt
+        stop_now(self.signum or signal.SIGINT)
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested:
@@ -40,11 +116,16 @@ class StopRequest:
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
             self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+            pending = take_pending()
+            if pending is not None:  # arrived while the command was starting: stop at the first point
+                self._handle(pending, None)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         for s, h in self._previous.items():
             signal.signal(s, h)
+        if self.requested and exc_type is None:  # the work ended before it looked: never a lost signal
+            self.stop()
 
 
 def worker_signals() -> None:

@@ -26,11 +26,13 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-import torch
-
+from alexnet.commands.common import at_least
 from alexnet.errors import UserError
+
+if TYPE_CHECKING:  # imported in the functions: the parser (alexnet --help) loads no torch
+    import torch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -61,6 +63,8 @@ def _rate(batches: Iterator[tuple[torch.Tensor, int]], warmup: int, timed: int, 
 def bench_ours(ds: Any, device: torch.device, workers: int, batch_size: int, warmup: int, timed: int, *,
                decode: str = "cpu", augment: bool = True) -> tuple[float, dict[str, Any]]:
     """Our loader + the paper's training augmentation on ``device`` (uint8 only without ``augment``)."""
+    import torch
+
     from alexnet.data.augment import Augment
     from alexnet.data.loader import BatchLoader
 
@@ -84,6 +88,8 @@ def bench_ours(ds: Any, device: torch.device, workers: int, batch_size: int, war
 
 def bench_reference(folder: Path, device: torch.device, workers: int, batch_size: int, warmup: int, timed: int) -> float:
     """torchvision's ImageNet training recipe on an image folder (:mod:`alexnet.perf.reference`)."""
+    import torch
+
     from alexnet.perf.reference import reference_dataset, reference_epoch
 
     ds = reference_dataset(folder)
@@ -178,6 +184,8 @@ def run_data(args: argparse.Namespace) -> dict[str, Any]:
 def run_model(args: argparse.Namespace) -> dict[str, Any]:
     """The training step of ``alexnet train`` (FastStep: the same update, augmentation, autocast,
     layout and compilation) on a random uint8 batch on the device."""
+    import torch
+
     from alexnet import models
     from alexnet.engine.device import pick_device
     from alexnet.perf.steps import make_step, optimizer_label, random_batch, random_stats
@@ -221,19 +229,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                    "reference recipe on the same JPEGs, and prepare throughput per core.")
     src = d.add_mutually_exclusive_group()
     src.add_argument("--data", help="a prepared JPEG dataset (its train split is read)")
-    src.add_argument("--make-photos", type=int, default=None, metavar="N",
+    src.add_argument("--make-photos", type=at_least(1), default=None, metavar="N",
                      help="build N real-photo 256×256 JPEGs from scikit-image's photos (the default; N: enough for "
                           "one epoch to cover warmup + timed batches)")
     d.add_argument("--work-dir", help="where to build the photo set and the image folder (default: a temp dir, removed)")
-    d.add_argument("--workers", type=int, default=None, help="worker processes for both loaders (default: automatic)")
+    d.add_argument("--workers", type=at_least(0), default=None, help="worker processes for both loaders (default: automatic)")
     d.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
     d.add_argument("--decode", choices=["cpu", "cuda", "auto"], default="cpu", help="where our loader decodes JPEGs")
-    d.add_argument("--batch-size", type=int, default=256)
-    d.add_argument("--batches", type=int, default=8, help="timed batches per loader")
-    d.add_argument("--warmup", type=int, default=None, help="untimed batches first (default: 2×workers+1)")
+    d.add_argument("--batch-size", type=at_least(1), default=256)
+    d.add_argument("--batches", type=at_least(1), default=8, help="timed batches per loader")
+    d.add_argument("--warmup", type=at_least(0), default=None, help="untimed batches first (default: 2×workers+1)")
     d.add_argument("--no-uint8", dest="uint8", action="store_false",
                    help="skip the run of our loader alone (uint8 batches, no augmentation)")
-    d.add_argument("--prepare-images", type=int, default=64, metavar="N",
+    d.add_argument("--prepare-images", type=at_least(0), default=64, metavar="N",
                    help="ImageNet-sized JPEGs to time prepare on (0: skip)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--json", action="store_true", help="print one JSON object")
@@ -243,13 +251,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                    "uint8 batch already on the device.")
     m.add_argument("--model", default="alexnet")
     m.add_argument("--device", default=None)
-    m.add_argument("--batch-size", type=int, default=256)
-    m.add_argument("--num-classes", type=int, default=1000)
+    m.add_argument("--batch-size", type=at_least(1), default=256)
+    m.add_argument("--num-classes", type=at_least(1), default=1000)
     m.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
     m.add_argument("--channels-last", action="store_true")
     m.add_argument("--compile", action="store_true")
-    m.add_argument("--steps", type=int, default=20)
-    m.add_argument("--warmup", type=int, default=3)
+    m.add_argument("--steps", type=at_least(1), default=20)
+    m.add_argument("--warmup", type=at_least(0), default=3)
     m.add_argument("--json", action="store_true")
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from alexnet.config import parse_value
-from alexnet.errors import UserError
+from alexnet.errors import UserError, shown
 
 
 def parse_assignments(items: list[str] | None, flag: str) -> dict[str, Any]:
@@ -16,13 +16,33 @@ def parse_assignments(items: list[str] | None, flag: str) -> dict[str, Any]:
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise UserError(f"{flag} {item!r}: expected KEY=VALUE")
+            raise UserError(f"{flag} {shown(item)}: expected KEY=VALUE")
         node = out
         *parents, leaf = key.split(".")
         for k in parents:
             node = node.setdefault(k, {})
-        node[leaf] = parse_value(value)
+            if not isinstance(node, dict):
+                raise UserError(f"{flag} {shown(item)}: {k} is given a value and options at once")
+        if leaf in node:  # never a silent last-one-wins
+            raise UserError(f"{flag} {key}: given twice")
+        node[leaf] = parse_value(value, f"{flag} {shown(item)}")
     return out
+
+
+def at_least(lo: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer ≥ ``lo``, else one line naming the option (exit 2), as
+    train's options are checked (no option of any command is accepted that cannot work)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{shown(text)} is not an integer") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"must be at least {lo}, not {value}")
+        return value
+
+    return parse
 
 
 def print_stopped(exit_code: int, checkpoint: object, again: str) -> None:

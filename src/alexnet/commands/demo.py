@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import time
 from pathlib import Path
 
+from alexnet import signals
 from alexnet.commands.common import add_log_every_argument
 from alexnet.errors import UserError
 
@@ -31,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from alexnet.engine.device import is_cuda, pick_device
     from alexnet.engine.evaluate import Precision, evaluate
     from alexnet.engine.inference import augment_for, load
-    from alexnet.engine.train import run as train_run
+    from alexnet.engine.train import Interrupted, run as train_run
     from alexnet.report.markdown import write_run_report
     from alexnet.report.run import make_run_figures, record_eval
 
@@ -56,7 +58,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"[2/4] training {cfg.model} with the paper's update rule, crops, flips and PCA colour noise "
           f"({cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr:g} divided by 10 after epochs "
           f"{', '.join(map(str, cfg.step_epochs))}, seed {cfg.seed})")
-    train_run(cfg, out)
+    try:
+        train_run(cfg, out)
+    except Interrupted as e:  # one line, as for any command (a later demo replaces the folder)
+        signals.stop_now(signal.SIGINT if e.exit_code == 130 else signal.SIGTERM)
 
     print("[3/4] evaluating on the validation split: centre crop and the 10-crop average (§4.1)")
     device = pick_device(args.device)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from alexnet.commands.common import add_log_every_argument
+from alexnet.commands.common import add_log_every_argument, at_least
 from alexnet.data.download import DATASETS, ENV_BASE_URL
 
 
@@ -19,8 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="where the archive is kept (default $ALEXNET_CACHE/downloads or ~/.cache/alexnet/downloads)")
     p.add_argument("--checksum", default=None, metavar="HEX",
                    help="expected md5 or sha256 of the archive, for a mirror serving another build")
-    p.add_argument("--size", type=int, default=None, help="as in 'alexnet prepare' (default 256; CIFAR native 32)")
-    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
+    p.add_argument("--size", type=at_least(1), default=None, help="as in 'alexnet prepare' (default 256; CIFAR native 32)")
+    p.add_argument("--workers", type=at_least(0), default=None, help="decoding processes (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or summary")
     add_log_every_argument(p)
 

@@ -7,11 +7,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from alexnet.commands.common import add_engine_arguments, add_log_every_argument
+from alexnet.commands.common import add_engine_arguments, add_log_every_argument, at_least
 from alexnet.errors import UserError
+
+if TYPE_CHECKING:  # imported in the functions: the parser (alexnet --help) loads no torch
+    import torch
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,20 +21,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="dataset (default: the one the first run was trained on)")
     p.add_argument("--split", default="val")
     p.add_argument("--ten-crop", action="store_true", help="§4.1: average the softmax over 10 patches")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=at_least(1), default=128)
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--confusion", default=None, metavar="PNG", help="also draw the confusion matrix here")
+    p.add_argument("--confusion", default=None, metavar="PNG",
+                   help="also draw the confusion matrix here (an existing file only if an earlier 'alexnet evaluate' "
+                        "drew it, or with --force)")
+    p.add_argument("--force", action="store_true", help="replace whatever file is at --confusion")
     p.add_argument("--quiet", action="store_true", help="no progress bar or periodic progress lines")
     add_engine_arguments(p)
     add_log_every_argument(p)
 
 
-def run(args: argparse.Namespace) -> int:
-    from alexnet.files import BusyError, check_writable, lock_folder
+SOFTWARE = "alexnet evaluate"  # the confusion PNG's Software field: how a rerun recognises its own earlier output
 
-    # Places to write are checked before the evaluation, not after it.
-    if args.confusion:
-        check_writable(Path(args.confusion).parent, f"--confusion {args.confusion}")
+
+def run(args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+
+    from alexnet.files import BusyError, lock_folder, output_file
+    from alexnet.report.figures import png_written_by
+
+    if args.workers is not None and args.workers < -1:
+        raise UserError(f"--workers {args.workers}: must be 0 or more (or -1 for automatic)")
+    if args.force and not args.confusion:
+        raise UserError("--force applies to --confusion only: evaluate writes no other file of yours")
     lock = None
     if len(args.runs) == 1 and Path(args.runs[0]).is_dir():
         try:
@@ -42,18 +54,23 @@ def run(args: argparse.Namespace) -> int:
         except UserError as e:
             print(f"warning: {e}; the result is printed but not recorded in eval.json", file=sys.stderr)
     try:
-        return _run(args, lock is not None)
+        # Places to write are checked before the evaluation, not after it.
+        with (output_file(args.confusion, force=args.force, ours=lambda p: png_written_by(p, SOFTWARE),
+                          flag="--confusion") if args.confusion else nullcontext()):
+            return _run(args, lock is not None)
     finally:
         if lock is not None:
             lock.release()
 
 
 def _run(args: argparse.Namespace, record: bool) -> int:
+    import torch
+
     from alexnet.data.format import PreparedDataset
     from alexnet.data.resolve import resolve_data
     from alexnet.engine.device import pick_device
     from alexnet.engine.evaluate import Precision, evaluate, per_class_summary
-    from alexnet.engine.inference import augment_for, load
+    from alexnet.engine.inference import augment_for, check_classes, load
 
     device = pick_device(args.device or "auto")
     members = [load(r, device) for r in args.runs]
@@ -67,6 +84,8 @@ def _run(args: argparse.Namespace, record: bool) -> int:
             raise UserError(f"{m.source}: predicts {m.meta['num_classes']} classes but {data} has {ds.num_classes}")
         if m.meta.get("source") == "torchvision":
             _check_imagenet_order(m.source, ds.classes, str(data))
+        else:  # all before the first evaluation: an ensemble's members agree with each other and the data
+            check_classes(m, ds)
     prec = Precision(device, args.amp or "none", bool(args.channels_last))
     results = []
     probs = None
@@ -89,7 +108,7 @@ def _run(args: argparse.Namespace, record: bool) -> int:
     if args.confusion:
         from alexnet.report.figures import plot_confusion
 
-        plot_confusion(confusion, ds.class_names, Path(args.confusion))
+        plot_confusion(confusion, ds.class_names, Path(args.confusion), software=SOFTWARE)
     if args.json:
         print(json.dumps({k: v for k, v in out.items() if v is not None}))
     else:

@@ -11,7 +11,7 @@ import json
 import shlex
 import sys
 
-from alexnet.commands.common import add_log_every_argument, print_stopped
+from alexnet.commands.common import add_log_every_argument, at_least, print_stopped
 from alexnet.errors import UserError
 
 
@@ -43,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--factors", action="store_true",
                    help="relu-vs-tanh: also vary one factor at a time (init scale, input scale, LRN); always on at full scale")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
-    p.add_argument("--workers", type=int, default=None, help="loader worker processes (default: automatic)")
+    p.add_argument("--workers", type=at_least(-1), default=None, help="loader worker processes (default: automatic)")
     p.add_argument("--progress", action="store_true", help="show each run's per-epoch log")
     add_log_every_argument(p)
 

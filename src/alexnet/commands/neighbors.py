@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-
+from alexnet.commands.common import at_least
 from alexnet.errors import UserError
+
+if TYPE_CHECKING:  # imported in the functions: the parser (alexnet --help) loads no torch
+    import torch
+    from torch import nn
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,40 +32,48 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="dataset (default: the one the run was trained on)")
     p.add_argument("--query", action="append", required=True, metavar="INDEX|IMAGE",
                    help="an index into --split or an image file; repeat for several rows")
-    p.add_argument("--out", required=True, metavar="PNG")
-    p.add_argument("--k", type=int, default=6, help="neighbours per query (default 6)")
+    p.add_argument("--out", required=True, metavar="PNG", help="the PNG to write (an existing file only if an earlier "
+                                                                 "'alexnet neighbors' wrote it, or with --force)")
+    p.add_argument("--force", action="store_true", help="replace whatever file is at --out")
+    p.add_argument("--k", type=at_least(1), default=6, help="neighbours per query (default 6)")
     p.add_argument("--split", default="val", help="split the INDEX queries come from (default val)")
     p.add_argument("--search-split", default="train", help="split searched for neighbours (default train, as the paper)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--workers", type=int, default=0, help="loader worker processes (default 0)")
+    p.add_argument("--batch-size", type=at_least(1), default=128)
+    p.add_argument("--workers", type=at_least(0), default=0, help="loader worker processes (default 0)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
 
 
 def last_linear(model: nn.Module) -> nn.Linear:
     """The classifier's final ``nn.Linear``: its input is the last hidden layer."""
+    from torch import nn
+
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise UserError(f"{type(model).__name__}: no fully connected layer to take features from")
     return linears[-1]
 
 
-@torch.no_grad()
 def hidden_features(model: nn.Module, crops: torch.Tensor) -> torch.Tensor:
     """The last hidden layer's activations (N×D, float32) for already normalised crops."""
+    import torch
+
     captured: list[torch.Tensor] = []
     handle = last_linear(model).register_forward_hook(lambda _m, inp, _out: captured.append(inp[0].detach()))
     try:
-        model(crops)
+        with torch.no_grad():
+            model(crops)
     finally:
         handle.remove()
     return captured[-1].flatten(1).float()  # N×D
 
 
-@torch.no_grad()
 def nearest(model: nn.Module, queries: torch.Tensor, ds: object, augment: object, *, k: int,
             batch_size: int = 128, workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(distances, indices), each Q×k, of the k images of ``ds`` nearest to each query feature
-    vector (Q×D), closest first. Streams the dataset: memory is one batch, not N×D."""
+    vector (Q×D), closest first (no gradients: the features come from :func:`hidden_features`).
+    Streams the dataset: memory is one batch, not N×D."""
+    import torch
+
     from alexnet.data.loader import BatchLoader
 
     device = queries.device
@@ -81,7 +92,20 @@ def nearest(model: nn.Module, queries: torch.Tensor, ds: object, augment: object
     return best_d.cpu(), best_i.cpu()
 
 
+SOFTWARE = "alexnet neighbors"  # the PNG's Software field: how a rerun recognises its own earlier output
+
+
 def run(args: argparse.Namespace) -> int:
+    from alexnet.files import output_file
+    from alexnet.report.figures import png_written_by
+
+    with output_file(args.out, force=args.force, ours=lambda p: png_written_by(p, SOFTWARE)):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+
     from alexnet.data.format import PreparedDataset
     from alexnet.data.resolve import resolve_data
     from alexnet.engine.device import pick_device
@@ -123,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     names = search.class_names
     out = plot_neighbors(q_imgs, nb_imgs, Path(args.out),
                          query_labels=labels if all(lab is not None for lab in labels) else None,
-                         neighbor_labels=nb_labels, class_names=names)
+                         neighbor_labels=nb_labels, class_names=names, software=SOFTWARE)
     for q, lab, ds_, is_ in zip(args.query, labels, dist, idx):
         head = f"query {q}" + (f" ({names[lab]})" if lab is not None else "")
         print(head + ": " + ", ".join(f"#{int(i)} {names[int(search.labels[int(i)])]} d={float(d):.3g}" for d, i in zip(ds_, is_)))

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
+from alexnet.commands.common import at_least
 from alexnet.errors import UserError
+
+if TYPE_CHECKING:  # imported in the functions: the parser (alexnet --help) loads no torch
+    import torch
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,15 +34,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
     p.add_argument("--json", action="store_true", help="print a JSON list, one object per image")
     p.add_argument("--ten-crop", action="store_true", help="§4.1: average the softmax over 10 patches")
-    p.add_argument("--top", type=int, default=5, metavar="K", help="how many classes per image (default 5)")
+    p.add_argument("--top", type=at_least(1), default=5, metavar="K", help="how many classes per image (default 5)")
     p.add_argument("--data", default=None, help="the training set, for models that subtract its mean image "
                    "(default: the dataset recorded in the run)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=at_least(1), default=64)
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
 
 
 def top_classes(probs: torch.Tensor, classes: list[str], names: list[str], k: int) -> list[list[dict[str, Any]]]:
     """Per row of ``probs`` (N×C), the k most probable classes, most probable first (ties by index)."""
+    import torch
+
     k = min(k, probs.shape[1])
     # A stable descending sort: equal probabilities keep class order, so output is deterministic.
     order = torch.sort(probs, dim=1, descending=True, stable=True).indices[:, :k]  # N×k
@@ -54,6 +58,8 @@ def top_classes(probs: torch.Tensor, classes: list[str], names: list[str], k: in
 def predict_files(trained: Any, paths: list[str], *, data: str | None = None, ten_crop: bool = False,
                   batch_size: int = 64) -> torch.Tensor:
     """Softmax probabilities (N×C, float32, on the CPU) for image files."""
+    import torch
+
     from alexnet.engine.evaluate import Precision, predict_probs
     from alexnet.engine.inference import file_augment, image_size_for, read_image
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from alexnet.commands.common import add_log_every_argument
+from alexnet.commands.common import add_log_every_argument, at_least
 from alexnet.data.sources.detect import FORMATS
 
 
@@ -15,12 +15,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(cifar-10-python.tar.gz or cifar-10-batches-py/), a folder of MNIST-family IDX files, "
                         "or 'synthetic'")
     p.add_argument("--out", required=True, metavar="DIR", help="the prepared dataset folder to create")
-    p.add_argument("--size", type=int, default=None,
+    p.add_argument("--size", type=at_least(1), default=None,
                    help="shorter side rescaled to SIZE, central SIZE×SIZE crop (default 256; CIFAR/MNIST and folders "
                         "of small images keep their native size unless given)")
-    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
+    p.add_argument("--workers", type=at_least(0), default=None, help="decoding processes (default: all cores)")
     p.add_argument("--format", dest="fmt", choices=FORMATS, default=None, help="source type (default: detected)")
-    p.add_argument("--quality", type=int, default=90, help="JPEG quality of the stored images (default 90)")
+    p.add_argument("--quality", type=at_least(1), default=None, help="JPEG quality of the stored images (default 90; JPEG only)")
     p.add_argument("--encoding", choices=["jpeg", "raw"], default=None,
                    help="stored encoding (default: raw up to 64×64, JPEG above)")
     p.add_argument("--val-fraction", type=float, default=None, metavar="F",

@@ -16,9 +16,14 @@ def run(args: argparse.Namespace) -> int:
     from alexnet.errors import UserError
     from alexnet.report.run import regenerate
 
-    run_dir = Path(args.run)
+    from alexnet.files import nonempty_path
+
+    run_dir = nonempty_path(args.run, "RUN")
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run folder")
+    if not (run_dir / "config.yaml").is_file():  # an image folder, a dataset, any other folder: never written into
+        raise UserError(f"{run_dir}: not a run folder (no config.yaml); report writes only into a folder 'alexnet train' "
+                        f"made")
     from alexnet.files import lock_folder
 
     with lock_folder(run_dir):  # not while a training process (or another report) writes the folder

@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from alexnet import config as config_mod
-from alexnet import models
 from alexnet.commands.common import add_engine_arguments, add_log_every_argument, parse_assignments, print_stopped
-from alexnet.errors import UserError
+from alexnet.errors import UserError, shown
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="'synthetic' (built in) or a prepared dataset folder")
-    p.add_argument("--model", default=None, help=f"one of: {', '.join(models.names())}")
+    p.add_argument("--model", default=None, help="a model name: alexnet (default), alexnet-owt, alexnet-cifar, lenet5; an unknown name is refused "
+                        "with the list")
     p.add_argument("--out", required=True, help="run folder (config, metrics, checkpoints, weights)")
     p.add_argument("--recipe", default=None,
                    help=f"one of: {', '.join(config_mod.recipe_names())}, or a .yaml file (default: the model's)")
@@ -48,21 +48,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     overrides = parse_assignments(args.set, "--set")
-    for key in ("data", "model", "epochs", "batch_size", "lr", "seed", "save_every", "ten_crop", "tensorboard",
-                "model_parallel", "device", "workers", "amp", "channels_last", "compile"):
-        v = getattr(args, key, None)
-        if v is not None:
-            overrides[key] = v
-    if args.keep is not None:
-        overrides["keep_checkpoints"] = args.keep
+    flags = {key: getattr(args, key, None) for key in (
+        "data", "model", "epochs", "batch_size", "lr", "seed", "save_every", "ten_crop", "tensorboard", "model_parallel",
+        "device", "workers", "amp", "channels_last", "compile")}
+    flags["keep_checkpoints"] = args.keep
+    flags["progress"] = False if args.no_progress else None
+    for key, v in flags.items():
+        if v is None:
+            continue
+        if key in overrides:  # a setting given two ways: never one of them silently dropped
+            flag = {"keep_checkpoints": "--keep", "progress": "--no-progress"}.get(key, "--" + key.replace("_", "-"))
+            raise UserError(f"{key} is given twice: {flag} and --set {key}={shown(overrides[key], 40)}; give it once")
+        overrides[key] = v
     if args.model_opt:
         given = overrides.get("model_options", {})
         if not isinstance(given, dict):
-            raise UserError(f"--set model_options={given!r}: model_options is a mapping of option: value; "
+            raise UserError(f"--set model_options={shown(given)}: model_options is a mapping of option: value; "
                             f"give options with --model-opt NAME=VALUE")
-        overrides["model_options"] = {**given, **parse_assignments(args.model_opt, "--model-opt")}
-    if args.no_progress:
-        overrides["progress"] = False
+        opts = parse_assignments(args.model_opt, "--model-opt")
+        twice = sorted(set(opts) & set(given))
+        if twice:
+            raise UserError(f"model option {twice[0]} is given twice: --model-opt and --set model_options; give it once")
+        overrides["model_options"] = {**given, **opts}
     return overrides
 
 
@@ -118,14 +125,37 @@ def resume_command(out: str) -> str:
     return f"{shlex.quote(sys.executable)} {tail}"
 
 
+def check_new_run_folder(out: Path, data: str) -> None:
+    """Refuse, as ``prepare`` does, a --out that is not a place for a new run: a prepared dataset,
+    a file, a folder holding other things, the dataset's own folder or one inside or around it.
+    A run folder (config.yaml) is judged by the training itself (a finished run needs --resume)."""
+    from alexnet.data.format import is_prepared
+
+    if is_prepared(out):
+        raise UserError(f"--out {out}: a prepared dataset is there; choose another --out")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
+    if out.is_dir() and not (out / "config.yaml").is_file() and any(p.name != ".lock" for p in out.iterdir()):
+        raise UserError(f"--out {out}: exists and is neither a run folder nor empty; choose another --out")
+    if data and Path(data).exists():
+        a, b = out.resolve(), Path(data).resolve()
+        if a == b or b in a.parents or a in b.parents:
+            raise UserError(f"--out {out}: is the dataset {data} or inside or around it; choose another --out")
+
+
 def run(args: argparse.Namespace) -> int:
+    from alexnet import models
     from alexnet.engine.checkpoint import CheckpointWriteError
     from alexnet.engine.train import Interrupted, run as train_run
+    from alexnet.files import nonempty_path
 
+    nonempty_path(args.out, "--out")
     cfg = config_from_args(args)
     if cfg.model not in models.names():
         raise UserError(f"unknown model {cfg.model!r}; accepted: {', '.join(models.names())}")
     main = int(os.environ.get("RANK", 0)) == 0
+    if not args.resume:
+        check_new_run_folder(Path(args.out), cfg.data)
     try:
         summary = train_run(cfg, args.out, resume=args.resume)
     except (OSError, CheckpointWriteError) as e:

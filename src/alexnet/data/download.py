@@ -31,8 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alexnet.data.format import check_destination, lock_dataset
-from alexnet.data.prepare import prepare
 from alexnet.errors import UserError
 
 ENV_BASE_URL = "ALEXNET_DOWNLOAD_BASE_URL"
@@ -92,6 +90,8 @@ DATASETS: dict[str, Remote] = {
 def cache_dir() -> Path:
     root = os.environ.get("ALEXNET_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "alexnet")
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise UserError(f"{root}: the cache ($ALEXNET_CACHE) is not a folder (a file is there); point it at a folder")
     return Path(root) / "downloads"
 
 
@@ -200,6 +200,9 @@ def download(name: str, out: str | os.PathLike[str], *, base_url: str | None = N
     url = url_of(name, base_url)
     # The dataset's lock from the start: a second download into the same --out is refused before
     # it downloads anything.
+    # Imported here, not at the top: `alexnet download --help` lists DATASETS without loading torch.
+    from alexnet.data.format import lock_dataset
+
     lock = lock_dataset(out)
     try:
         return _download(name, out, url, lock, progress=progress, cache=cache, checksum=checksum, size=size,
@@ -210,6 +213,9 @@ def download(name: str, out: str | os.PathLike[str], *, base_url: str | None = N
 
 def _download(name: str, out: Path, url: str, lock: Any, *, progress: bool, cache: str | os.PathLike[str] | None,
               checksum: str | None, size: int | None, workers: int | None) -> Path:
+    from alexnet.data.format import check_destination
+    from alexnet.data.prepare import prepare
+
     # Refuse before spending minutes on a download that could not be prepared.
     check_destination(out)
     remote = DATASETS[name]

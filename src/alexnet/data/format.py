@@ -86,9 +86,11 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
             raise DatasetError(f"{p}: incomplete dataset (an interrupted prepare); rerun 'alexnet prepare'")
         raise DatasetError(f"{p}: not a prepared dataset (no meta.json); run 'alexnet prepare' on it first")
     try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, ValueError) as e:
-        raise DatasetError(f"{meta_path}: unreadable ({e})") from None
+        meta = json.loads(meta_path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise DatasetError(f"{meta_path}: unreadable ({str(e)[:200]})") from None
+    if not isinstance(meta, dict):
+        raise DatasetError(f"{meta_path}: not a JSON object")
     if meta.get("format") != FORMAT_NAME:
         raise DatasetError(f"{meta_path}: not an {FORMAT_NAME} dataset")
     if meta.get("version", 0) > FORMAT_VERSION:
@@ -712,4 +714,6 @@ class PreparedDataset(torch.utils.data.Dataset):
             if k not in st or tuple(st[k].shape) != shape:
                 got = tuple(st[k].shape) if k in st else "missing"
                 raise DatasetError(f"{path}: {k!r} should be {'×'.join(map(str, shape))}, got {got}; prepare the dataset again")
+            if not bool(torch.isfinite(st[k].float()).all()):  # else blamed on the learning rate at the first step
+                raise DatasetError(f"{path}: {k!r} holds NaN or infinite values; prepare the dataset again")
         return st

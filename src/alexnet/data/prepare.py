@@ -77,8 +77,11 @@ def summarize(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+DEFAULT_QUALITY = 90  # JPEG quality of the stored images
+
+
 def prepare(src: str | os.PathLike[str], out: str | os.PathLike[str], *, size: int | None = None,
-            workers: int | None = None, fmt: str | None = None, quality: int = 90, encoding: str | None = None,
+            workers: int | None = None, fmt: str | None = None, quality: int | None = None, encoding: str | None = None,
             val_fraction: float | None = None, progress: bool = True,
             names: Mapping[str, str] | None = None, lock: Any = None) -> Path:
     """Prepare ``src`` into the dataset folder ``out`` and return ``out``.
@@ -97,13 +100,17 @@ def prepare(src: str | os.PathLike[str], out: str | os.PathLike[str], *, size: i
     out = Path(out).expanduser()
     if size is not None and not 1 <= int(size) <= 8192:
         raise UserError(f"--size {size}: must be between 1 and 8192")
-    if not 1 <= int(quality) <= 100:
+    if quality is not None and not 1 <= int(quality) <= 100:
         raise UserError(f"--quality {quality}: must be between 1 and 100")
+    if quality is not None and encoding == "raw":
+        raise UserError(f"--quality {quality} has no effect with --encoding raw (raw images are not compressed)")
     if encoding is not None and encoding not in ENCODINGS:
         raise UserError(f"--encoding {encoding}: accepted: {', '.join(ENCODINGS)}")
     if workers is not None and workers < 0:
         raise UserError(f"--workers {workers}: must be 0 or more")
     if fmt == "synthetic" or (fmt is None and str(src) == "synthetic" and not Path(src).exists()):
+        if quality is not None or encoding is not None:
+            raise UserError("--quality and --encoding have no effect on the synthetic data (its encoding follows its size)")
         return Path(synthetic.build(out, size=size) if size else synthetic.build(out))
     # Cheap refusals first: no source scan for a destination that cannot be written.
     check_destination(out)
@@ -140,9 +147,13 @@ def _plan(source: Source, size: int | None, encoding: str | None) -> tuple[tuple
     return target, encoding or ("raw" if max(target) <= SMALL else "jpeg"), how
 
 
-def _prepare_source(source: Source, out: Path, *, size: int | None, workers: int | None, quality: int,
+def _prepare_source(source: Source, out: Path, *, size: int | None, workers: int | None, quality: int | None,
                     encoding: str | None, progress: bool, lock: Any = None) -> Path:
     target, enc, how = _plan(source, size, encoding)
+    if quality is not None and enc == "raw":
+        raise UserError(f"--quality {quality} has no effect: these {target[0]}×{target[1]} images are stored raw; "
+                        f"pass --encoding jpeg to store them as JPEG")
+    quality = DEFAULT_QUALITY if quality is None else quality
     nworkers = default_workers() if workers is None else max(1, workers)
     cheap = source.native_size is not None and target == source.native_size and enc == "raw"
     describe = {**source.describe(), "image_size": list(target), "encoding": enc, "preprocessing": how}
@@ -170,6 +181,8 @@ def _prepare_source(source: Source, out: Path, *, size: int | None, workers: int
                     continue
                 _run_split(source, split, dw, Spec(target, enc, quality, stats=split == "train"), executor,
                            report, state, progress, cheap, stop)
+            if stop.requested:  # after the last chunk: stop rather than commit (a signal is never lost)
+                stop.stop()
             dw.report = {**report, "summary": {
                 "converted": len(report["converted"]), "skipped": len(report["skipped"]),
                 "by_reason": dict(Counter(c for k in ("converted", "skipped") for e in report[k] for c in e["codes"])),

@@ -150,15 +150,29 @@ def params_finite(model: nn.Module) -> bool:
 STATS_PREFIX = "_data_stats."
 
 
-def save_weights(model: nn.Module, path: Path, meta: dict[str, Any], stats: dict[str, torch.Tensor] | None = None) -> None:
+def save_weights(model: nn.Module, path: Path, meta: dict[str, Any], stats: dict[str, torch.Tensor] | None = None,
+                 written_by: str | None = None) -> None:
     """safetensors with the model's identity in the metadata (strings only) and, when given, the
-    training set's statistics (``mean``, ``eigval``, ``eigvec``) as extra tensors."""
+    training set's statistics (``mean``, ``eigval``, ``eigvec``) as extra tensors; ``written_by``
+    (metadata ``written_by``) names the command that wrote it, for :func:`written_by`."""
     from safetensors.torch import save
 
     sd = {k: v.detach().cpu().contiguous() for k, v in model_state_dict(model).items()}
     sd.update({STATS_PREFIX + k: v.detach().cpu().float().contiguous() for k, v in (stats or {}).items()})
-    data = save(sd, metadata={"alexnet": json.dumps(meta)})
+    data = save(sd, metadata={"alexnet": json.dumps(meta), **({"written_by": written_by} if written_by else {})})
     atomic_write_bytes(path, data)
+
+
+def written_by(path: str | Path) -> str | None:
+    """The command named in a safetensors file's ``written_by`` metadata (None: none, or not a
+    safetensors file)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("written_by")
+    except Exception:  # safetensors raises its own error type for a file that is not one
+        return None
 
 
 def split_stats(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:

@@ -132,3 +132,28 @@ def check_against_data(cfg: TrainConfig, *, image_size: Sequence[int], input_siz
     if train_images is not None and cfg.train_subset > train_images:
         warnings.append(f"train_subset={cfg.train_subset} exceeds the {train_images} training images: all of them are used")
     return warnings
+
+
+def _shown(name: object) -> str:
+    s = repr(str(name))
+    return s if len(s) <= 60 else s[:57] + "...'"
+
+
+def same_classes(mine: Sequence[object] | None, what: object, theirs: Sequence[object] | None, other: object) -> None:
+    """A model and a dataset (or two models) must agree on their classes, in order: output unit i
+    is scored as class i, so counts that match are not enough. Refuses a mismatch in one line
+    naming both and the first class that differs; does nothing where either side records none."""
+    if mine is None or theirs is None:
+        return
+    a, b = [str(c) for c in mine], [str(c) for c in theirs]
+    if a == b:
+        return
+    if len(a) != len(b):
+        detail = f"{len(a)} classes in {what}, {len(b)} in {other}"
+    else:
+        i = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+        detail = f"class {i} is {_shown(a[i])} in {what} but {_shown(b[i])} in {other}"
+        if sorted(a) == sorted(b):
+            detail += " (the same classes in another order)"
+    raise UserError(f"{what} and {other} do not agree on their classes: {detail}; "
+                    f"a model and a dataset must agree on their classes")

@@ -20,8 +20,12 @@ def pick_device(spec: str, local_rank: int = 0) -> torch.device:
         dev = torch.device(spec)
     except RuntimeError:
         raise UserError(f"device {spec!r} is not valid; accepted: auto, cpu, cuda, cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):  # mps, xpu, meta...: the engine's code paths are CPU and CUDA only
+        raise UserError(f"device {spec!r}: not supported; accepted: auto, cpu, cuda, cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {spec!r}: CUDA is not available on this machine")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserError(f"device {spec!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device(f"cuda:{local_rank}")
     return dev

@@ -16,6 +16,7 @@ from alexnet.data.format import PreparedDataset
 from alexnet.data.decode import read_image as read_rgb
 from alexnet.data.resolve import resolve_data
 from alexnet.engine import checkpoint as ckpt
+from alexnet.engine.checks import same_classes
 from alexnet.engine.torchvision_weights import load_torchvision
 from alexnet.errors import UserError
 
@@ -57,8 +58,17 @@ def load(path: str | Path, device: torch.device | str = "cpu") -> Trained:
     return Trained(model, meta, Path(path), stats)
 
 
+def check_classes(trained: Trained, ds: PreparedDataset) -> None:
+    """A model meets a dataset: the same classes in the same order, or one line naming both
+    (torchvision's weights record class names, not WNIDs: see ``alexnet evaluate``'s check)."""
+    if trained.meta.get("source") != "torchvision":
+        same_classes(trained.meta.get("classes"), trained.source, ds.classes, ds.root)
+
+
 def augment_for(trained: Trained, ds: PreparedDataset) -> Augment:
-    """Test-time crops with the dataset's mean image and the model's input normalisation."""
+    """Test-time crops with the dataset's mean image and the model's input normalisation, for a
+    model and a dataset that agree on their classes (:func:`check_classes`)."""
+    check_classes(trained, ds)
     return Augment.from_stats(ds.stats(), trained.meta.get("input_size", models.info(trained.meta["model"]).input_size),
                               input_norm=trained.meta.get("input_norm", "mean_image"))
 

@@ -13,7 +13,10 @@ def read_metrics(path: str | Path) -> list[dict]:
     """The rows of a metrics.jsonl. A torn last line (training killed mid-write) is dropped; a bad
     line elsewhere is an error naming the file and line."""
     path = Path(path)
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = path.read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start})") from None
     rows = []
     numbered = [(i + 1, s) for i, s in enumerate(lines) if s.strip()]
     for j, (lineno, line) in enumerate(numbered):

@@ -3,8 +3,12 @@
 ``build(name, num_classes, weights=..., **options)`` is :func:`alexnet.models.create` plus weights:
 a path or an http(s) URL to this project's ``.safetensors`` (a run's ``model.safetensors`` or an
 ``alexnet export --format safetensors`` file), or torchvision's ``alexnet-owt-*.pth`` for
-``alexnet-owt``. URLs are fetched once into torch.hub's cache (``torch.hub.get_dir()/checkpoints``)
-with ``torch.hub.download_url_to_file``; ``.pth`` files are opened with ``weights_only=True``.
+``alexnet-owt``. URLs are fetched once into torch.hub's cache, keyed by the whole URL
+(``torch.hub.get_dir()/checkpoints/url-<sha256 of the URL>/<file name>``: two URLs that end in the
+same file name never share a file), with ``torch.hub.download_url_to_file``; what arrives is
+checked to be a weights file (a server's HTML error page is not), and a download that is not, or
+that cannot be loaded, is removed from the cache rather than kept for the next call; ``.pth``
+files are opened with ``weights_only=True``.
 
 A model built from weights carries what using it needs, outside its state_dict: ``model.meta``
 (classes, class names, input size, ``input_norm``, the stored image size, and for our own runs the
@@ -15,8 +19,10 @@ weights, which use fixed per-channel statistics.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import urllib.parse
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +36,28 @@ from alexnet.errors import UserError
 DEFAULT_CLASSES = {"alexnet": 1000, "alexnet-owt": 1000, "alexnet-cifar": 10, "lenet5": 10}
 
 
+def cache_path(url: str) -> Path:
+    """Where the download of ``url`` is kept: one folder per URL, the file keeping its name."""
+    name = os.path.basename(urllib.parse.urlparse(url).path)
+    key = hashlib.sha256(url.encode()).hexdigest()[:16]
+    return Path(torch.hub.get_dir()) / "checkpoints" / f"url-{key}" / name
+
+
+def _check_download(path: Path, url: str) -> None:
+    """A downloaded file must look like weights (a safetensors header, a torch zip archive or a
+    legacy pickle); anything else (an HTML error page) is removed and refused."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    ok = head[:1] == b"\x80" or zipfile.is_zipfile(path)
+    if path.suffix == ".safetensors":
+        n = int.from_bytes(head[:8], "little") if len(head) >= 9 else 0
+        ok = 0 < n < path.stat().st_size and head[8:9] == b"{"
+    if not ok:
+        path.unlink(missing_ok=True)
+        shown = head.decode("latin-1").split("\n")[0][:16]
+        raise UserError(f"{url}: the download is not a weights file (it begins {shown!r}); nothing was kept")
+
+
 def fetch(weights: str | os.PathLike[str], *, progress: bool = True, check_hash: bool = False) -> Path:
     """A local file as it is; a URL downloaded into torch.hub's cache (reused when already there).
     ``check_hash``: the file name carries the first digits of its sha256 after a dash, as
@@ -39,7 +67,7 @@ def fetch(weights: str | os.PathLike[str], *, progress: bool = True, check_hash:
         name = os.path.basename(urllib.parse.urlparse(text).path)
         if not name:
             raise UserError(f"{text}: the URL names no file")
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / name
+        cached = cache_path(text)
         if not cached.is_file():
             cached.parent.mkdir(parents=True, exist_ok=True)
             prefix = None
@@ -54,6 +82,7 @@ def fetch(weights: str | os.PathLike[str], *, progress: bool = True, check_hash:
                 raise UserError(f"{text}: {str(e).splitlines()[0][:200]}") from None
             except OSError as e:  # urllib's errors (HTTP status, refused connection) are OSErrors
                 raise UserError(f"{text}: cannot download ({getattr(e, 'reason', e)})") from None
+            _check_download(cached, text)
         return cached
     path = Path(text).expanduser()
     if not path.is_file():
@@ -71,7 +100,13 @@ def build(name: str, num_classes: int | None = None, *, weights: str | os.PathLi
     from alexnet.engine.inference import load
 
     path = fetch(weights, progress=progress, check_hash=check_hash)
-    trained = load(path, "cpu")
+    try:
+        trained = load(path, "cpu")
+    except UserError as e:
+        if path != Path(os.fspath(weights)).expanduser():  # a download: never kept for the next call
+            path.unlink(missing_ok=True)
+            raise UserError(f"{e}; removed from the cache ({weights})") from None
+        raise
     meta = trained.meta
     if meta["model"] != name:
         raise UserError(f"{weights}: holds weights of {meta['model']!r}, not {name!r}; load it with the "

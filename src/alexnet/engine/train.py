@@ -46,7 +46,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
-from alexnet import models
+from alexnet import models, signals
 from alexnet.config import TrainConfig, save_yaml
 from alexnet.data.augment import Augment
 from alexnet.data.format import PreparedDataset
@@ -54,7 +54,7 @@ from alexnet.data.loader import BatchLoader
 from alexnet.data.resolve import open_splits, resolve_data
 from alexnet.engine import checkpoint as ckpt
 from alexnet.engine import distributed
-from alexnet.engine.checks import check_against_data, describe_augmentation, effective_crop_padding
+from alexnet.engine.checks import check_against_data, describe_augmentation, effective_crop_padding, same_classes
 from alexnet.engine.device import keep_freed_cpu_memory, pick_device
 from alexnet.engine.evaluate import Precision, evaluate, selection_half
 from alexnet.engine.fast_step import FastStep
@@ -330,6 +330,8 @@ def restore(ctx: Context, d: dict[str, Any], path: Path) -> RunState:
             # skip or repeat samples.
             raise UserError(f"{path}: written with a global batch of {saved_batch}; resume it with --batch-size "
                             f"{saved_batch} (now {ctx.cfg.batch_size}), on any number of processes that divides it")
+        # The run's classes, not only their count: --resume --data OTHER must not train on others.
+        same_classes(json.loads(d.get("meta") or "{}").get("classes"), path, ctx.meta["classes"], ctx.cfg.data)
         ckpt.load_model_state_dict(ctx.model, d["model"])
         ctx.optimizer.load_state_dict(d["optimizer"])
         ctx.schedule.load_state_dict(d["schedule"])
@@ -406,6 +408,9 @@ def stop_on_signals(dist: distributed.DistInfo) -> Iterator[StopFlag]:
             raise _StopEvaluation
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    pending = signals.take_pending()  # arrived while the command started: stop at the first step
+    if pending is not None:
+        handler(pending, None)
     try:
         yield stop
     finally:

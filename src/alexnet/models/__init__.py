@@ -61,6 +61,29 @@ def input_norm(name: str, model_options: dict[str, Any] | None = None) -> str:
     return chosen if chosen and "input_norm" in options(name) else info(name).input_norm
 
 
+def _check_types(name: str, opts: dict[str, Any]) -> None:
+    """Each option of the type of its default (a bool for a bool, a number for a float, an integer
+    for an int, a string for a string), so that ``dropout=abc`` is one clear line, not an error
+    from deep inside the constructor."""
+    sig = inspect.signature(info(name).cls.__init__)
+    defaults = {p.name: p.default for p in sig.parameters.values() if p.kind is p.KEYWORD_ONLY}
+    for key, value in opts.items():
+        default = defaults.get(key)
+        if isinstance(default, bool):
+            ok, want = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok, want = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif isinstance(default, float):
+            ok, want = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+        elif isinstance(default, str):
+            ok, want = isinstance(value, str), "a string"
+        else:
+            continue
+        if not ok:
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:55] + " ..."
+            raise ValueError(f"option {key}={shown} of model {name!r}: expected {want} (default {default!r})")
+
+
 def create(name: str, num_classes: int = 1000, **opts: Any) -> nn.Module:
     """Build a model by name. Unknown names or options raise ``ValueError`` naming what is accepted."""
     m = info(name)
@@ -68,6 +91,7 @@ def create(name: str, num_classes: int = 1000, **opts: Any) -> nn.Module:
     bad = sorted(set(opts) - set(accepted))
     if bad:
         raise ValueError(f"option {bad[0]!r} does not apply to model {name!r}; accepted: {', '.join(accepted)}")
+    _check_types(name, opts)
     model = m.builder(num_classes, **opts)
     model.input_size = m.input_size  # type: ignore[assignment]
     return model

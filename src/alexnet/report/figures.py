@@ -18,6 +18,7 @@ value's name ends in ``_err`` (or ``_error``).
 
 from __future__ import annotations
 
+import io
 import math
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +32,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter, PercentFormatter
 
 from alexnet.errors import UserError
+from alexnet.files import atomic_write_bytes
 
 __all__ = [
     "plot_curves",
@@ -68,12 +70,25 @@ def _figure(width: float, height: float) -> Figure:
     return fig
 
 
-def _save(fig: Figure, path: str | Path, tight: bool = True) -> Path:
+SOFTWARE = "alexnet (matplotlib)"  # the PNG's Software field
+
+
+def png_written_by(path: str | Path, software: str) -> bool:
+    """Whether ``path`` is a PNG whose Software field is ``software`` (how a command recognises its
+    own earlier output, which it may replace)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.format == "PNG" and im.info.get("Software") == software
+
+
+def _save(fig: Figure, path: str | Path, tight: bool = True, software: str = SOFTWARE) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
     # Fixed metadata: the default embeds the matplotlib version only, but be explicit.
-    fig.savefig(path, format="png", dpi=DPI, bbox_inches="tight" if tight else None,
-                pad_inches=0.08, metadata={"Software": "alexnet (matplotlib)"})
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight" if tight else None,
+                pad_inches=0.08, metadata={"Software": software})
+    atomic_write_bytes(path, buf.getvalue())  # never a torn PNG over a good one
     return path
 
 
@@ -302,7 +317,8 @@ def filter_grid(weight: torch.Tensor | np.ndarray, towers: int = 1, columns: int
     return [_tile(k[t * per : (t + 1) * per], columns, gap) for t in range(towers)]
 
 
-def plot_filters(weight: torch.Tensor, path: str | Path, towers: int = 1, title: str | None = None) -> Path:
+def plot_filters(weight: torch.Tensor, path: str | Path, towers: int = 1, title: str | None = None,
+                 software: str = SOFTWARE) -> Path:
     """Figure 3: the first-layer kernels, each normalised on its own and shown as RGB (grey for
     1-channel kernels), small gaps between kernels. With ``towers=2`` the kernels of tower 1 and
     tower 2 are two labelled blocks, "GPU 1" above "GPU 2", as the paper's 48 + 48.
@@ -334,7 +350,7 @@ def plot_filters(weight: torch.Tensor, path: str | Path, towers: int = 1, title:
                 fig.text(left / width, (top + 4) / height, f"GPU {t + 1}  (kernels {t * per}–{(t + 1) * per - 1})",
                          ha="left", va="bottom", fontsize=9, fontweight="bold")
             top -= ah + block_gap
-        return _save(fig, path, tight=False)
+        return _save(fig, path, tight=False, software=software)
 
 
 # --------------------------------------------------------------------------- Figure 4 (left)
@@ -400,6 +416,7 @@ def plot_neighbors(
     query_labels: torch.Tensor | list[int] | None = None,
     neighbor_labels: torch.Tensor | list[list[int]] | None = None,
     class_names: list[str] | None = None,
+    software: str = SOFTWARE,
 ) -> Path:
     """Figure 4, right: one row per query (uint8 Q×3×H×W, first column) followed by its K nearest
     neighbours (uint8 Q×K×3×H×W) in the last hidden layer. With labels, each image is captioned and a
@@ -441,11 +458,12 @@ def plot_neighbors(
                     if j >= 0 and ql is not None:
                         colour = "#2ca02c" if label == ql[r] else CORRECT_COLOUR
                     ax.set_xlabel(_class_name(label, class_names, 16), fontsize=7, color=colour, labelpad=2)
-        return _save(fig, path)
+        return _save(fig, path, software=software)
 
 
 # --------------------------------------------------------------------------- confusion matrix
-def plot_confusion(matrix: np.ndarray | torch.Tensor, class_names: list[str], path: str | Path) -> Path:
+def plot_confusion(matrix: np.ndarray | torch.Tensor, class_names: list[str], path: str | Path,
+                   software: str = SOFTWARE) -> Path:
     """A confusion matrix (rows: true class, columns: predicted class) normalised per row, so each
     row shows where one class's images went; the title gives the overall top-1 error from the counts.
     Class names label the axes up to 30 classes; above that the axes show indices only.
@@ -488,7 +506,7 @@ def plot_confusion(matrix: np.ndarray | torch.Tensor, class_names: list[str], pa
         ax.set_ylabel("true class")
         err = f" — top-1 error {100 * (1 - np.trace(m) / total):.2f}% on {int(round(total))} images" if total > 0 else ""
         ax.set_title(f"Confusion matrix{err}")
-        return _save(fig, path)
+        return _save(fig, path, software=software)
 
 
 # --------------------------------------------------------------------------- experiment plots

@@ -24,6 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from alexnet.config import read_yaml
 from alexnet.engine.metrics import read_metrics
 from alexnet.environment import environment
 from alexnet.errors import UserError
@@ -49,16 +50,11 @@ def _table(*args: Any) -> str:
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from None
-
-
-def _read_yaml(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not YAML ({str(e).splitlines()[0]})") from None
 
 
 def _num(v: Any) -> float | None:
@@ -148,7 +144,7 @@ def _read_run(run: Path) -> tuple[dict[str, Any], list[dict], dict[str, Any], An
     """config.yaml, metrics.jsonl, eval.json and environment.json, each empty when missing."""
     config: dict[str, Any] = {}
     if (run / "config.yaml").is_file():
-        loaded = _read_yaml(run / "config.yaml")
+        loaded = read_yaml(run / "config.yaml")  # the one YAML reader: no aliases, bounded
         if loaded is not None and not isinstance(loaded, dict):
             raise UserError(f"{run / 'config.yaml'}: expected a mapping of settings")
         config = loaded or {}

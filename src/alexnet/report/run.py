@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,9 +28,10 @@ def first_conv(model: nn.Module) -> nn.Conv2d:
     raise ValueError("model has no convolution")
 
 
-def draw_filters(model: nn.Module, path: Path) -> Path:
+def draw_filters(model: nn.Module, path: Path, **kw: Any) -> Path:
     # §3.2 / Figure 3: with two towers the first layer's kernels split 48 + 48 over the GPUs.
-    return plot_filters(first_conv(model).weight.detach().float().cpu(), path, towers=int(getattr(model, "towers", 1)))
+    return plot_filters(first_conv(model).weight.detach().float().cpu(), path, towers=int(getattr(model, "towers", 1)),
+                        **kw)
 
 
 def make_run_figures(run: Path, *, data: str | None = None, device: str = "cpu", n_predictions: int = 8) -> list[Path]:

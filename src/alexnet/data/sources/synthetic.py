@@ -402,10 +402,14 @@ def build(out: str | os.PathLike[str], *, size: int = 36, train_per_class: int =
 
 
 def cache_root(root: str | os.PathLike[str] | None = None) -> Path:
-    if root is not None:
-        return Path(root)
+    """``root``, else $ALEXNET_CACHE, else ~/.cache/alexnet; refused at once where it cannot be a
+    folder (a file is there)."""
     env = os.environ.get("ALEXNET_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "alexnet"
+    path, what = (Path(root), str(root)) if root is not None else (
+        (Path(env), f"ALEXNET_CACHE={env}") if env else (Path.home() / ".cache" / "alexnet", "the cache folder"))
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what}: not a folder (a file is there); point it at a folder")
+    return path
 
 
 def _remove_orphans(out: Path) -> None:
