@@ -124,3 +124,53 @@ def test_scaling_plot(tmp_path: Path) -> None:
     assert p.stat().st_size > 0
     with pytest.raises(UserError, match="nothing to plot"):
         plot_scaling({}, tmp_path / "t.png", "x", "y")
+
+
+def test_plan_trains_and_fits_nothing_and_lists_the_cnn_runs(tiny: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from alexnet.experiments import data_scale, runner as runner_mod
+    from alexnet.experiments.plan import describe, make_plan
+    from alexnet.experiments.runner import Runner
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("planning extracted features, trained, or wrote a dataset copy")
+
+    monkeypatch.setattr(data_scale.cf, "dense_sift", refuse)
+    monkeypatch.setattr(data_scale, "hog_features", refuse)
+    monkeypatch.setattr(data_scale, "write_arrays", refuse)
+    monkeypatch.setattr(runner_mod, "train_run", refuse)
+    out = tmp_path / "ds"
+    runner = Runner("data-scale", str(tiny), out, seeds=2, scale="test", device="cpu", log=lambda s: None,
+                    planning=True)
+    data_scale.run(runner)
+
+    # Nothing trained or fitted: no run folder, no dataset copy, no cached SVM fit.
+    assert not (out / "runs").exists() and not list(out.glob("data-s*")) and not (out / "classic").exists()
+    # Each CNN at each size: both rates on seed 0, then the chosen rate on seed 1.
+    sizes = [20, 80, 180]
+    planned = runner.planned
+    assert len(planned) == len(CNNS) * len(sizes) * 3
+    assert sorted(p["model"] for p in planned) == sorted([m for m in CNNS for _ in range(3 * len(sizes))])
+    groups: dict[str, list[dict]] = {}
+    for p in planned:
+        groups.setdefault(p["group"], []).append(p)
+    assert len(groups) == len(CNNS) * len(sizes) and all(len(g) == 3 for g in groups.values())
+    for m in CNNS:
+        for n in sizes:
+            # The cifar recipe's rate 0.02 × (1/4, 1), the test scale's grid.
+            assert f"{data_scale.METHODS[m]} at {n} images: lr 0.005, 0.02 × seed 0, then the chosen lr × seed 1" \
+                in groups
+    # The test scale's 2 epochs of at most 2 batches of 16 from the size-n subset; validated on the
+    # 20 held-out images after each epoch, then scored once on the 50 test images.
+    for p in planned:
+        n = int(p["run"].split("-n")[1].split("-")[0])
+        assert p["epochs"] == 2 and p["train_images"] == 2 * min(n, 32) and p["eval_images"] == 2 * 20 + 50
+    # The classic pipelines' work is named in the plan, and their time said to be left out.
+    assert len(runner.plan_notes) == 1 and "not planned" in runner.plan_notes[0]
+    assert "SIFT + FV + SVM 9 SVM fits" in runner.plan_notes[0] and "HOG + SVM 9 SVM fits" in runner.plan_notes[0]
+
+    plan = make_plan("data-scale", str(tiny), scale="test", seeds=2)
+    cpu = {json.dumps([m, o, b], sort_keys=True): (1000.0, 2000.0) for m, o, b in plan.networks()}
+    text = describe(plan, cpu, None, "", "test")
+    assert f"{len(planned)} runs" in text and "LeNet-5 at 80 images: lr" in text and "3 runs" in text
+    assert "expected here" in text and "count the CNN runs only" in text

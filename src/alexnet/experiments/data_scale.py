@@ -163,7 +163,10 @@ class Experiment:
         self.feature_s_per_image: dict[str, float] = {}
         self.grid: np.ndarray | None = None
         self.classic_dir = runner.out / "classic"
-        self.classic_dir.mkdir(parents=True, exist_ok=True)
+        # Planning (--plan): no features, no SVM fit, no dataset copy; the fits are counted instead.
+        self.planned_fits: dict[str, int] = {m: 0 for m in CLASSIC}
+        if not runner.planning:
+            self.classic_dir.mkdir(parents=True, exist_ok=True)
 
     # -- images and features, computed once for every size and seed ----------------------------
     def images(self, part: str) -> tuple[np.ndarray, np.ndarray]:
@@ -202,7 +205,15 @@ class Experiment:
     # -- the classic pipelines ------------------------------------------------------------------
     def classic(self, method: str, n: int, seed: int, settings: Sequence[float]) -> list[dict[str, Any]]:
         """One row per setting (λ or C) of ``method`` at size ``n`` and ``seed``; cached in
-        ``DIR/classic`` so a rerun reuses finished fits."""
+        ``DIR/classic`` so a rerun reuses finished fits. Planning: counted, and chance-level
+        placeholders (nothing is extracted or fitted, no cache is written)."""
+        if self.runner.planning:
+            self.planned_fits[method] += len(settings)
+            c = self.runner.data.num_classes
+            chance1, chance5 = 1 - 1 / c, max(0.0, 1 - 5 / c)
+            return [{"setting": v, "holdout_top1_err": chance1, "top1_err": chance1, "top5_err": chance5,
+                     "train_top1_err": chance1, "train_time_s": None, "inference_time_s": None, "features": None}
+                    for v in settings]
         cache = self.classic_dir / f"{method}-n{n}-s{seed}.json"
         pipeline = self.pipeline(method)
         done: dict[float, dict[str, Any]] = {}
@@ -283,8 +294,11 @@ class Experiment:
     # -- the CNNs -------------------------------------------------------------------------------
     def cnn_data(self, seed: int) -> Path:
         """The seed's prepared dataset for the CNNs: ``train`` the pool in the seed's interleaved order
-        (so ``train_subset: n`` is its size-n subset), ``val`` the held-out images; written once."""
+        (so ``train_subset: n`` is its size-n subset), ``val`` the held-out images; written once
+        (planning: only named, not written)."""
         out = self.runner.out / f"data-s{seed}"
+        if self.runner.planning:
+            return out
         source = {"type": "data-scale subsets", "from": str(self.runner.data.root), "seed": seed,
                   "holdout_per_class": self.plan.holdout_per_class, "holdout_seed": HOLDOUT_SEED}
         if is_prepared(out):
@@ -310,6 +324,11 @@ class Experiment:
         r = self.runner
         v = Variant(f"{model}-n{n}-lr{lr:g}", {"model": model, "lr": lr, "train_subset": n, "data": str(self.cnn_data(seed))})
         row = r.train(self.cnn_base(n), v, seed)
+        if r.planning:
+            # The runner counted its validation passes on the original data's val split (the test
+            # split here); this run validates on the held-out images.
+            p = r.planned[-1]
+            p["eval_images"] = p["eval_images"] // r.data.val_images * len(self.holdout)
         cache = r.out / row["run"] / "test_errors.json"
         if row["diverged"]:
             c = r.data.num_classes
@@ -322,8 +341,9 @@ class Experiment:
             dt = time.perf_counter() - t0
             y = labels.numpy()
             t = dict(zip(("top1_err", "top5_err"), errors(np.argsort(-probs.numpy(), axis=1), y)))
-            t["inference_time_s"] = dt
-            atomic_write_text(cache, json.dumps(t) + "\n")
+            t["inference_time_s"] = None if r.planning else dt
+            if not r.planning:
+                atomic_write_text(cache, json.dumps(t) + "\n")
         return {"setting": lr, "holdout_top1_err": row["top1_err"], "top1_err": t["top1_err"], "top5_err": t["top5_err"],
                 "train_top1_err": row["train_top1_err"], "train_time_s": row["time_s"],
                 "inference_time_s": t["inference_time_s"], "epochs": row["epochs"], "run": row["run"],
@@ -352,10 +372,20 @@ class Experiment:
                           "variant": f"{method}-n{n}-{self.setting_name(method)}{r['setting']:g}"})
             return rs
 
+        first = len(self.runner.planned)
         rows = [r for s in self.select_seeds for r in fit(s, grid)]
         score = {v: mean_std(r["holdout_top1_err"] for r in rows if r["setting"] == v)[0] for v in grid}
         best = min(grid, key=lambda v: (score[v] if score[v] is not None else math.inf, v))
-        rows += [r for s in self.seeds if s not in self.select_seeds for r in fit(s, [best])]
+        rest = [s for s in self.seeds if s not in self.select_seeds]
+        rows += [r for s in rest for r in fit(s, [best])]
+        if self.runner.planning and method in CNNS:  # the plan's line for this method at this size
+            name = self.setting_name(method)
+            label = (f"{METHODS[method]} at {n:,} images: {name} {', '.join(f'{v:g}' for v in grid)} × seed "
+                     f"{', '.join(map(str, self.select_seeds))}"
+                     + (f", then the chosen {name} × seed{'s' if len(rest) > 1 else ''} {', '.join(map(str, rest))}"
+                        if rest else ""))
+            for p in self.runner.planned[first:]:
+                p["group"] = label
         for r in rows:
             r["chosen"] = r["setting"] == best
             r["chosen_setting"] = best
@@ -413,6 +443,8 @@ def run(runner: Runner) -> Path:
     params = {m: sum(p.numel() for p in models.create(m, d.num_classes).parameters()) for m in CNNS}
     for r in rows:
         r["params"] = params.get(r["arm"])
+    if runner.planning:
+        runner.plan_notes.append(planned_classic_text(exp))
     chosen = [r for r in rows if r["chosen"]]
 
     def at(method: str, n: int) -> list[dict[str, Any]]:
@@ -500,6 +532,19 @@ def run(runner: Runner) -> Path:
                                figures=[fig], notes=notes,
                                row_columns=["variant", "seed", "size", "setting", "chosen", "holdout_top1_err", "top1_err",
                                             "top5_err", "train_time_s", "inference_time_s"])
+
+
+def planned_classic_text(exp: Experiment) -> str:
+    """Planning: what the classic pipelines would do, and that their time is not in the estimate
+    (their cost per image is measured only when they run)."""
+    images = len(exp.pool) + len(exp.holdout) + exp.runner.data.val_images
+    fits = "; ".join(f"{METHODS[m]} {exp.planned_fits[m]} SVM fits ({len(exp.grid_for(m, {}))} "
+                     f"{exp.setting_name(m)} on seed {exp.select_seeds[0]}, then the chosen one on "
+                     f"{len(exp.seeds) - len(exp.select_seeds)} more seed(s), at each of {len(exp.sizes)} sizes)"
+                     for m in CLASSIC)
+    return (f"not planned: the classic pipelines' time (features of {images:,} images once per method, then {fits}; "
+            "SIFT + FV also fits a PCA + GMM per size and seed). No per-image cost of theirs is measured before "
+            "they run, so the expected times below count the CNN runs only.")
 
 
 def selection_text(exp: Experiment, rows: list[dict[str, Any]], sizes: Sequence[int], order: Sequence[str]) -> str:

@@ -39,6 +39,7 @@ class Plan:
     runs: list[dict[str, Any]]
     extension_bound: int  # runs the sweeps may add beyond the grid, at most
     protocol: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what the plan leaves out
 
     @property
     def train_images(self) -> int:
@@ -85,12 +86,14 @@ def make_plan(name: str, data: str, *, scale: str, seeds: int | None = None, fac
                         log=lambda s: None, factors=factors, threshold=threshold, planning=True)
         mod.run(runner)
         return Plan(name, scale, data, list(runner.seeds), list(runner.planned), runner.plan_extensions,
-                    dict(runner.protocol))
+                    dict(runner.protocol), list(runner.plan_notes))
 
 
 def hours(seconds: float | None) -> str:
     if seconds is None:
         return "—"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
     if seconds < 3600:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
@@ -114,9 +117,22 @@ def describe(plan: Plan, cpu: Mapping[str, tuple[float, float]], gpu_img_s: floa
         opts = ", ".join(f"{a}={b}" for a, b in sorted(r0["model_options"].items())) or "defaults"
         t, e = cpu.get(k, (None, None))
         lines.append(f"  {len(rs):3d} x {r0['model']} ({opts}), batch {r0['batch_size']}: "
-                     f"{', '.join(sorted({str(x['epochs']) for x in rs}))} epochs of "
-                     f"{', '.join(sorted({format(x['images_per_epoch'], ',') for x in rs}))} images"
+                     f"{', '.join(map(str, sorted({x['epochs'] for x in rs})))} epochs of "
+                     f"{', '.join(format(v, ',') for v in sorted({x['images_per_epoch'] for x in rs}))} images"
                      + (f"; measured here {t:,.0f} img/s training, {e:,.0f} evaluating" if t and e else ""))
+    labelled: dict[str, list[dict[str, Any]]] = {}
+    for r in plan.runs:
+        if r.get("group"):
+            labelled.setdefault(r["group"], []).append(r)
+    for label, rs in labelled.items():
+        part = Plan(plan.experiment, plan.scale, plan.data, plan.seeds, rs, 0)
+        t, _ = part.seconds(lambda r: cpu.get(key(r), (None, None))[0], lambda r: cpu.get(key(r), (None, None))[1])
+        lines.append(f"  {label}: {len(rs)} run{'s' if len(rs) > 1 else ''}, "
+                     f"{', '.join(map(str, sorted({x['epochs'] for x in rs})))} epochs of "
+                     f"{', '.join(format(v, ',') for v in sorted({x['images_per_epoch'] for x in rs}))} images "
+                     f"({part.train_images:,} training images)"
+                     + (f", expected here {hours(t)}" if t is not None else ""))
+    lines += [f"note: {n}" for n in plan.notes]
     lo, hi = plan.seconds(lambda r: cpu.get(key(r), (None, None))[0], lambda r: cpu.get(key(r), (None, None))[1])
     lines.append(f"expected on this machine ({cpu_label}): {hours(lo)}"
                  + (f" (up to {hours(hi)} if every sweep extends to its bound)" if plan.extension_bound else ""))

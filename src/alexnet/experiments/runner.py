@@ -261,10 +261,12 @@ class Runner:
         self.threshold = threshold  # relu-vs-tanh: the training error to reach (None: the paper's)
         self.max_extend = MAX_EXTEND if self.scale in ("medium", "full") else 0
         # Planning (``--plan``): nothing is trained; ``train`` records each run (``planned``) and
-        # returns a placeholder row, so that an experiment's own code enumerates its runs.
+        # returns a placeholder row, so that an experiment's own code enumerates its runs; an entry
+        # of ``planned`` may carry a ``group`` (a label the plan totals its runs under).
         self.planning = planning
         self.planned: list[dict[str, Any]] = []
         self.plan_extensions = 0  # runs the sweeps may add when they extend (the bound)
+        self.plan_notes: list[str] = []  # what the plan leaves out (an experiment's work that is not a run)
         self.data = open_data(data)
         self.t0 = time.time()
         self.out.mkdir(parents=True, exist_ok=True)
