@@ -699,17 +699,31 @@ def _small_png(tmp: Path) -> Path:
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path):
-    d = tmp_path / "disk"
-    d.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root (the ENOSPC-injection tests cover the same paths)")
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(d)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here")
+def tmpfs(tmp_path: Path):
+    """``tmpfs(size)``: a real tmpfs of that size (mount's notation, e.g. "128k") in a new folder under
+    tmp_path, unmounted after the test; skips where none can be mounted."""
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        d = tmp_path / f"disk{len(mounted)}"
+        d.mkdir()
+        if os.geteuid() != 0 or shutil.which("mount") is None:
+            pytest.skip("mounting a tmpfs needs root (the ENOSPC-injection tests cover the same paths)")
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)], capture_output=True).returncode:
+            pytest.skip("cannot mount a tmpfs here")
+        mounted.append(d)
+        return d
+
     try:
-        yield d
+        yield mount
     finally:
-        subprocess.run(["umount", "-l", str(d)], capture_output=True)
+        for d in mounted:
+            subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+@pytest.fixture
+def small_disk(tmpfs) -> Path:
+    return tmpfs("128k")
 
 
 def test_a_real_full_disk_during_prepare_and_a_read_only_one(tree: Path, run: Path, small_disk: Path, tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ Each refusal is one line, exit 2, and leaves every file as it was."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_faults import cli, copy_run, drive, ds, image_tree, one_line, run, snapshot, train_args  # noqa: F401 (fixtures)
+from test_faults import cli, copy_run, drive, ds, image_tree, one_line, run, snapshot, tmpfs, train_args  # noqa: F401 (fixtures)
 
 from alexnet.data.prepare import prepare
 from alexnet.report.figures import plot_filters
@@ -156,17 +155,8 @@ def test_a_model_and_a_dataset_must_agree_on_their_classes(other_classes: tuple[
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path):
-    d = tmp_path / "disk"
-    d.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(d)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
-        yield d
-    finally:
-        subprocess.run(["umount", "-l", str(d)], capture_output=True)
+def small_disk(tmpfs) -> Path:
+    return tmpfs("1m")
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "pt2", "safetensors"])
