@@ -174,3 +174,20 @@ def test_plan_trains_and_fits_nothing_and_lists_the_cnn_runs(tiny: Path, tmp_pat
     text = describe(plan, cpu, None, "", "test")
     assert f"{len(planned)} runs" in text and "LeNet-5 at 80 images: lr" in text and "3 runs" in text
     assert "expected here" in text and "count the CNN runs only" in text
+
+
+def test_medium_scale_is_the_hour_plan_without_the_generic_medium_fields(tmp_path: Path) -> None:
+    """data-scale's full plan is already sized for two CPU cores, so ``--scale medium`` (what
+    benchmarks/experiments_quick.py passes) runs it, with the plan's epochs and schedule rather than
+    the runner's generic 5 epochs of 10,000 images."""
+    from alexnet.experiments import data_scale
+    from alexnet.experiments.runner import Runner
+
+    assert data_scale.plan_for("medium") == data_scale.plan_for("full") == data_scale.FULL
+    assert data_scale.DEFAULT_SEEDS["medium"] == data_scale.DEFAULT_SEEDS["full"]
+    runner = Runner("data-scale", "synthetic", tmp_path / "ds", seeds=3, scale="medium", device="cpu", log=lambda s: None,
+                    planning=True)
+    exp = data_scale.Experiment(runner)
+    base = exp.cnn_base(500)
+    assert base["epochs"] == data_scale.cnn_epochs(500, data_scale.FULL) == 64
+    assert base["step_epochs"] == [48] and base["eval_every"] == 64 and base["schedule"] == "step"
