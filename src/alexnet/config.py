@@ -16,6 +16,18 @@ from alexnet.files import atomic_write_text
 
 RECIPE_DIR = Path(__file__).parent / "configs"
 
+# Roles a field may declare in its metadata (``field(metadata=...)``), beside what it computes:
+# "runtime": where and how fast a run ran and how it reported, not what it computed (a run may be
+#   resumed with other values; experiments compare runs without them);
+# "saving": how often it saved (with the runtime fields, left out of the recipe stored with the
+#   weights, so that a resumed run's weights file equals an uninterrupted one's);
+# "local": may differ between the processes of one torchrun job (how each reads its data and
+#   whether it draws bars);
+# ``auto``: the field's recipe value may be "auto": (value on a CUDA device, value elsewhere).
+_RUNTIME = {"roles": ("runtime",)}
+_RUNTIME_LOCAL = {"roles": ("runtime", "local")}
+_SAVING = {"roles": ("saving",)}
+
 
 @dataclass
 class TrainConfig:
@@ -57,23 +69,23 @@ class TrainConfig:
     ten_crop: bool = False  # 10-crop in per-epoch evaluation (the final evaluation does both)
     # Engine
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    workers: int = -1  # -1: automatic
+    device: str = field(default="auto", metadata=_RUNTIME)  # auto | cpu | cuda | cuda:N
+    workers: int = field(default=-1, metadata=_RUNTIME_LOCAL)  # -1: automatic
     decode: str = "cpu"  # cpu | cuda | auto: where JPEG records are decoded (cuda: nvJPEG; auto: split on a GPU)
-    amp: str = "none"  # none | bf16 | fp16
-    channels_last: bool = False
-    compile: bool = False
-    eval_batch_size: int = 0  # 0: same as batch_size
+    amp: str = field(default="none", metadata={"auto": ("bf16", "none")})  # none | bf16 | fp16
+    channels_last: bool = field(default=False, metadata={"auto": (True, False)})
+    compile: bool = field(default=False, metadata={"auto": (True, False)})
+    eval_batch_size: int = field(default=0, metadata=_RUNTIME)  # 0: same as batch_size
     max_steps_per_epoch: int = 0  # >0: shorter epochs (quick runs and tests)
     train_subset: int = 0  # >0: use only the first N training images
-    save_every: int = 0  # steps between checkpoints (0: epoch ends only)
-    keep_checkpoints: int = 2
+    save_every: int = field(default=0, metadata=_SAVING)  # steps between checkpoints (0: epoch ends only)
+    keep_checkpoints: int = field(default=2, metadata=_SAVING)
     stall_steps: int = 0  # >0: warn when the loss stays at chance for this many steps
     model_parallel: int = 1  # 2: §3.2's split of the towers over two devices
     ddp_comm_hook: str = "none"  # none | bf16 | fp16: gradients compressed for the all-reduce (torchrun)
-    tensorboard: bool = False
-    tensorboard_every: int = 50  # with tensorboard: loss, lr and img/s every N steps (RUN/tb/steps); 0: per epoch only
-    progress: bool = True
+    tensorboard: bool = field(default=False, metadata=_RUNTIME)
+    tensorboard_every: int = field(default=50, metadata=_RUNTIME)  # with tensorboard: loss, lr and img/s every N steps (RUN/tb/steps); 0: per epoch only
+    progress: bool = field(default=True, metadata=_RUNTIME_LOCAL)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -178,6 +190,19 @@ _RULES: dict[str, tuple[str, Any, str]] = {
 assert set(_RULES) == {f.name for f in dataclasses.fields(TrainConfig)}, "every TrainConfig field has a rule"
 
 
+def fields_with_role(role: str) -> tuple[str, ...]:
+    """The names of the TrainConfig fields that declare ``role`` in their metadata, in field order."""
+    return tuple(f.name for f in dataclasses.fields(TrainConfig) if role in f.metadata.get("roles", ()))
+
+
+RUNTIME_FIELDS = fields_with_role("runtime")
+NOT_IN_RECIPE = (*RUNTIME_FIELDS, *fields_with_role("saving"))
+LOCAL_FIELDS = fields_with_role("local")
+# Fields whose recipe value may be "auto" (the fast recipe): (value on a CUDA device, value elsewhere).
+AUTO_FIELDS: dict[str, tuple[Any, Any]] = {f.name: f.metadata["auto"] for f in dataclasses.fields(TrainConfig)
+                                           if "auto" in f.metadata}
+
+
 def recipe_names() -> list[str]:
     return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
 
@@ -262,8 +287,6 @@ def default_recipe(model: str) -> str:
     return {"alexnet-cifar": "cifar", "lenet5": "cifar"}.get(model, "paper")
 
 
-# Fields whose recipe value may be "auto": (value on a CUDA device, value elsewhere) (the fast recipe).
-AUTO_FIELDS: dict[str, tuple[Any, Any]] = {"amp": ("bf16", "none"), "channels_last": (True, False), "compile": (True, False)}
 
 
 def resolve_auto(d: Mapping[str, Any], cuda: Callable[[str], bool]) -> dict[str, Any]:

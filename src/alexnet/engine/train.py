@@ -47,7 +47,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 from alexnet import models, signals
-from alexnet.config import TrainConfig, save_yaml
+from alexnet.config import LOCAL_FIELDS, NOT_IN_RECIPE, TrainConfig, save_yaml
 from alexnet.data.augment import Augment
 from alexnet.data.format import PreparedDataset
 from alexnet.data.loader import BatchLoader
@@ -196,14 +196,6 @@ def model_meta(cfg: TrainConfig, ds: PreparedDataset) -> dict[str, Any]:
     return {"model": cfg.model, "model_options": cfg.model_options, "num_classes": ds.num_classes,
             "classes": ds.classes, "class_names": ds.class_names, "input_size": mi.input_size,
             "input_norm": models.input_norm(cfg.model, cfg.model_options), "data": cfg.data, "image_size": list(ds.image_size)}
-
-
-# Config fields that say where and how fast a run ran and how it reported, not what it computed: a
-# run may be resumed with other values.
-RUNTIME_FIELDS = ("device", "workers", "progress", "tensorboard", "tensorboard_every", "eval_batch_size")
-# ... and how often it saved: left out of the recipe stored with the weights (a resumed run's weights
-# file equals an uninterrupted one's).
-NOT_IN_RECIPE = (*RUNTIME_FIELDS, "save_every", "keep_checkpoints")
 
 
 def final_meta(ctx: Context, row: dict[str, Any]) -> dict[str, Any]:
@@ -617,10 +609,6 @@ def setup(cfg: TrainConfig, out: Path, *, log: Callable[[str], None] = print) ->
                    augment=augment, train_loader=loader, val_ds=val_ds, train_ds=train_ds,
                    prec=Precision(device, cfg.amp, cfg.channels_last), step_fn=step_fn, dist=dist_info, meta=model_meta(cfg, train_ds),
                    devices=devices, log=log if dist_info.is_main else (lambda s: None), scaler=scaler)
-
-
-# Config fields that may differ between processes: how each reads its data and whether it draws bars.
-LOCAL_FIELDS = ("workers", "progress")
 
 
 def check_same_config(cfg: TrainConfig) -> None:

@@ -56,14 +56,14 @@ import torch
 import yaml
 
 from alexnet import config as config_mod
-from alexnet.config import TrainConfig
+from alexnet.config import RUNTIME_FIELDS, TrainConfig
 from alexnet.data.format import PreparedDataset
 from alexnet.data.resolve import open_splits, resolve_data
 from alexnet.engine.device import is_cuda, pick_device
 from alexnet.engine.evaluate import Precision, predict_probs, selection_half, topk_correct
 from alexnet.engine.inference import augment_for, load
 from alexnet.engine.metrics import read_metrics
-from alexnet.engine.train import METRICS, RUNTIME_FIELDS, TrainingDiverged
+from alexnet.engine.train import METRICS, TrainingDiverged
 from alexnet.engine.train import run as train_run
 from alexnet.environment import environment
 from alexnet.errors import UserError
