@@ -16,7 +16,7 @@ from alexnet.cli import build_parser
 from alexnet.commands.train import config_from_args
 from alexnet.engine import train as engine
 from alexnet.engine.model_parallel import ModelParallelAlexNet
-from alexnet.engine.optim import build_optimizer
+from alexnet.engine.optim import base_lr, build_optimizer
 from alexnet.models.layers import LocalResponseNorm, lrn_reference
 
 
@@ -35,7 +35,7 @@ def _one_step_without_gradient(cfg: config_mod.TrainConfig) -> tuple[torch.Tenso
     with torch.no_grad():
         net.bias.fill_(1.0)
     w0, b0 = net.weight.detach().clone(), net.bias.detach().clone()
-    opt = build_optimizer(cfg, net)
+    opt = build_optimizer(cfg, net, base_lr(cfg))
     for p in net.parameters():
         p.grad = torch.zeros_like(p)
     opt.step()

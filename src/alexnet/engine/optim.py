@@ -133,9 +133,10 @@ def base_lr(cfg: TrainConfig) -> float:
     return cfg.lr * cfg.batch_size / cfg.lr_scaling_batch if cfg.lr_scaling_batch > 0 else cfg.lr
 
 
-def build_optimizer(cfg: TrainConfig, model: nn.Module) -> Optimizer:
+def build_optimizer(cfg: TrainConfig, model: nn.Module, lr: float) -> Optimizer:
+    """The optimizer ``cfg`` names at learning rate ``lr`` (the schedule's :attr:`Schedule.base`:
+    the schedule sets the rate before every step)."""
     groups = param_groups(model, cfg.weight_decay, cfg.weight_decay_biases)
-    lr = base_lr(cfg)
     if cfg.optimizer == "paper":
         return PaperSGD(groups, lr=lr, momentum=cfg.momentum)
     return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.optimizer == "nesterov")
@@ -148,7 +149,7 @@ class Schedule:
 
     def __init__(self, cfg: TrainConfig, steps_per_epoch: int) -> None:
         self.cfg = cfg
-        self.base = base_lr(cfg)
+        self.base = base_lr(cfg)  # the one place the base rate is computed; the optimizer starts from it
         self.steps_per_epoch = max(1, steps_per_epoch)
         self.drops = 0
         self.best = math.inf

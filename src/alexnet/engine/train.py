@@ -591,13 +591,14 @@ def setup(cfg: TrainConfig, out: Path, *, log: Callable[[str], None] = print) ->
     # With compile, the training step compiles model + loss as one function (FastStep); evaluation
     # compiles the plain model on its own.
     eval_model = torch.compile(plain) if cfg.compile else plain  # type: ignore[assignment]
-    optimizer = build_optimizer(cfg, plain)
     loader = BatchLoader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed, workers=cfg.workers, rank=dist_info.rank,
                          world_size=dist_info.world_size, pin_memory=device.type == "cuda",
                          limit_batches=cfg.max_steps_per_epoch, subset=cfg.train_subset,
                          decode=cfg.decode, device=device if cfg.decode != "cpu" else None)
     if len(loader) == 0:
         raise UserError(f"{root}: {loader.n} training images make no full batch of {cfg.batch_size}; lower --batch-size")
+    schedule = Schedule(cfg, len(loader))
+    optimizer = build_optimizer(cfg, plain, schedule.base)
     scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
     augment = make_augment(cfg, train_ds, models.input_norm(cfg.model, cfg.model_options))
     # The paper's update as one fused kernel per parameter, where it is compiled; uncompiled it would
@@ -605,7 +606,7 @@ def setup(cfg: TrainConfig, out: Path, *, log: Callable[[str], None] = print) ->
     # compute the same rule (§5).
     step_fn = FastStep(model, optimizer, augment, device, amp=cfg.amp, channels_last=cfg.channels_last, compile=cfg.compile,
                        fused_optimizer=cfg.compile, label_smoothing=cfg.label_smoothing, scaler=scaler)
-    return Context(cfg=cfg, out=out, model=model, eval_model=eval_model, optimizer=optimizer, schedule=Schedule(cfg, len(loader)),
+    return Context(cfg=cfg, out=out, model=model, eval_model=eval_model, optimizer=optimizer, schedule=schedule,
                    augment=augment, train_loader=loader, val_ds=val_ds, train_ds=train_ds,
                    prec=Precision(device, cfg.amp, cfg.channels_last), step_fn=step_fn, dist=dist_info, meta=model_meta(cfg, train_ds),
                    devices=devices, log=log if dist_info.is_main else (lambda s: None), scaler=scaler)
