@@ -22,7 +22,7 @@ import torch
 from alexnet.data.format import write_arrays
 from alexnet.data.sources import synthetic
 from alexnet.engine import checkpoint as ckpt
-from alexnet.engine.train import ELASTIC_RUN_ID, TIMING_FIELDS
+from alexnet.engine.run_folder import ELASTIC_RUN_ID, TIMING_FIELDS
 from launch_hooks import STOP_FLAG_HOOK
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"

@@ -584,7 +584,7 @@ def test_plateau_schedule_of_experiment_runs_reads_only_the_selection_half(tiny:
 
 def test_report_marks_runs_from_a_dirty_tree_or_several_commits(tiny: Path, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    import alexnet.engine.train as train_mod
+    import alexnet.engine.run_folder as run_folder_mod
     import alexnet.experiments.runner as runner_mod
     from alexnet.environment import environment
 
@@ -593,7 +593,7 @@ def test_report_marks_runs_from_a_dirty_tree_or_several_commits(tiny: Path, tmp_
     def env(sha: str, dirty: bool):  # noqa: ANN202
         return lambda *a, **k: {**real, "git_sha": sha, "git_dirty": dirty}
 
-    monkeypatch.setattr(train_mod, "environment", env("a" * 40, True))
+    monkeypatch.setattr(run_folder_mod, "environment", env("a" * 40, True))
     monkeypatch.setattr(runner_mod, "environment", env("a" * 40, False))
     runner = runner_mod.Runner("prov", str(tiny), tmp_path, scale="test", device="cpu", workers=0, log=lambda s: None)
     base = runner.base_config()
@@ -603,7 +603,7 @@ def test_report_marks_runs_from_a_dirty_tree_or_several_commits(tiny: Path, tmp_
     runner.write_results(rows)
     assert json.loads((tmp_path / "provenance.json").read_text())["citable"] is False
     # The same runs, clean, but the report from another commit: not one commit either.
-    monkeypatch.setattr(train_mod, "environment", env("a" * 40, False))
+    monkeypatch.setattr(run_folder_mod, "environment", env("a" * 40, False))
     rows.append(runner.train(base, runner_mod.Variant("w"), 0))
     (tmp_path / "runs/v-s0/environment.json").write_text(json.dumps({"git_sha": "a" * 40, "git_dirty": False}))
     monkeypatch.setattr(runner_mod, "environment", env("b" * 40, False))

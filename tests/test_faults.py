@@ -36,7 +36,7 @@ from PIL import Image
 from alexnet.data.format import PreparedDataset, write_arrays
 from alexnet.data.sources import synthetic
 from alexnet.engine import checkpoint as ckpt
-from alexnet.engine.train import TIMING_FIELDS
+from alexnet.engine.run_folder import TIMING_FIELDS
 
 LAUNCHER = r"""
 import builtins, errno, importlib, os, signal, sys, time

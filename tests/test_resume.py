@@ -21,7 +21,7 @@ import pytest
 
 from alexnet.data.sources import synthetic
 from alexnet.engine import checkpoint as ckpt
-from alexnet.engine.train import TIMING_FIELDS
+from alexnet.engine.run_folder import TIMING_FIELDS
 from launch_hooks import STOP_FLAG_HOOK
 
 LAUNCHER = STOP_FLAG_HOOK + r"""
@@ -29,6 +29,7 @@ import os, sys, time
 from pathlib import Path
 import alexnet.engine.train as T
 import alexnet.engine.checkpoint as C
+import alexnet.engine.run_folder as RF
 from alexnet.engine.fast_step import FastStep
 
 spec = os.environ.get("PAUSE_AT", "")
@@ -68,11 +69,11 @@ elif kind == "ckpt":  # right after this process's nth checkpoint is on disk
         return path
     C.save_checkpoint = save_checkpoint
 elif kind == "metrics":  # after an epoch's metrics row, before that epoch's checkpoint
-    orig_append = T.append_metrics
+    orig_append = RF.append_metrics
     def append_metrics(*a, **k):
         orig_append(*a, **k)
         arrived()
-    T.append_metrics = append_metrics
+    RF.append_metrics = append_metrics
 
 from alexnet.cli import main
 sys.exit(main(sys.argv[1:]))

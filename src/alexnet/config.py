@@ -223,14 +223,6 @@ def load_recipe(name_or_path: str) -> dict[str, Any]:
     return d
 
 
-def load_saved(path: Path) -> dict[str, Any]:
-    """A run's saved config (RUN/config.yaml), the base that ``--resume`` continues with."""
-    d = read_yaml(path)
-    if not isinstance(d, dict):
-        raise UserError(f"{path}: not a saved training config")
-    return d
-
-
 MAX_YAML_BYTES = 1 << 20  # a recipe or a saved config is a few kilobytes
 
 

@@ -35,7 +35,9 @@ def run(args: argparse.Namespace) -> int:
     from alexnet.engine.inference import augment_for, load
     from alexnet.engine.train import Interrupted, run as train_run
     from alexnet.report.markdown import write_run_report
-    from alexnet.report.run import make_run_figures, record_eval
+    from alexnet.engine import run_folder
+    from alexnet.engine.run_folder import record_eval
+    from alexnet.report.run import make_run_figures
 
     t0 = time.time()
     out = Path(args.out)
@@ -83,8 +85,8 @@ def run(args: argparse.Namespace) -> int:
         make_run_figures(out, device=str(device))
     report = write_run_report(out)
     print(f"done in {time.time() - t0:.0f} s. Files in {out}/:")
-    for name in ("report.md", "metrics.jsonl", "curves.png", "filters.png", "predictions.png", "confusion.png",
-                 "model.safetensors", "config.yaml"):
+    for name in ("report.md", run_folder.METRICS, "curves.png", "filters.png", "predictions.png", "confusion.png",
+                 run_folder.WEIGHTS, run_folder.CONFIG):
         if (out / name).exists():
             print(f"  {out / name}")
     print(f"open {report} to see the run beside the paper's figures")

@@ -102,7 +102,7 @@ def _run(args: argparse.Namespace, record: bool) -> int:
                 "members": results if len(members) > 1 else None})
     confusion = out.pop("_confusion")
     if record:  # first: a figure that fails to save must not lose the numbers
-        from alexnet.report.run import record_eval
+        from alexnet.engine.run_folder import record_eval
 
         record_eval(Path(args.runs[0]), "ten_crop" if args.ten_crop else "center", out)
     if args.confusion:

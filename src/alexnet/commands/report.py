@@ -21,7 +21,9 @@ def run(args: argparse.Namespace) -> int:
     run_dir = nonempty_path(args.run, "RUN")
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run folder")
-    if not (run_dir / "config.yaml").is_file():  # an image folder, a dataset, any other folder: never written into
+    from alexnet.engine import run_folder
+
+    if not run_folder.has_config(run_dir):  # an image folder, a dataset, any other folder: never written into
         raise UserError(f"{run_dir}: not a run folder (no config.yaml); report writes only into a folder 'alexnet train' "
                         f"made")
     from alexnet.files import lock_folder

@@ -82,15 +82,16 @@ def config_from_args(args: argparse.Namespace) -> config_mod.TrainConfig:
     if args.resume:
         out = Path(args.out)
         from alexnet.engine import checkpoint as ckpt
+        from alexnet.engine import run_folder
 
         last = ckpt.latest_checkpoint(out)
-        if not (out / "config.yaml").is_file() and last is None:
+        if not run_folder.has_config(out) and last is None:
             # Never a silent fresh default run in a mistyped or empty folder.
             what = "no such folder" if not out.exists() else "no config.yaml and no checkpoint"
             raise UserError(f"nothing to resume in {out} ({what}); to start a new run, leave out --resume")
         if args.recipe is None:  # the run's own saved config, under any options given now
-            if (out / "config.yaml").is_file():
-                saved, source = config_mod.load_saved(out / "config.yaml"), str(out / "config.yaml")
+            if run_folder.has_config(out):
+                saved, source = run_folder.read_config(out), str(out / run_folder.CONFIG)
             else:
                 saved, source = _checkpoint_config(last), f"{last} (its config)"  # type: ignore[arg-type]
             return config_mod.resolve(base=saved, overrides=overrides, source=source, cuda=is_cuda)
@@ -130,12 +131,13 @@ def check_new_run_folder(out: Path, data: str) -> None:
     a file, a folder holding other things, the dataset's own folder or one inside or around it.
     A run folder (config.yaml) is judged by the training itself (a finished run needs --resume)."""
     from alexnet.data.format import is_prepared
+    from alexnet.engine import run_folder
 
     if is_prepared(out):
         raise UserError(f"--out {out}: a prepared dataset is there; choose another --out")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder")
-    if out.is_dir() and not (out / "config.yaml").is_file() and any(p.name != ".lock" for p in out.iterdir()):
+    if out.is_dir() and not run_folder.has_config(out) and any(p.name != ".lock" for p in out.iterdir()):
         raise UserError(f"--out {out}: exists and is neither a run folder nor empty; choose another --out")
     if data and Path(data).exists():
         a, b = out.resolve(), Path(data).resolve()

@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from torch import nn
 
 from alexnet import models
 from alexnet.engine import checkpoint as ckpt
+from alexnet.engine import run_folder
 from alexnet.errors import UserError
 
 PAPER_URL = "https://papers.nips.cc/paper/4824-imagenet-classification-with-deep-convolutional-neural-networks"
@@ -238,18 +238,12 @@ def read_evaluation(source: Path) -> dict[str, Any] | None:
     """A run's eval.json (centre crop and 10-crop), if the run was evaluated: ``source`` is the run
     folder or the ``model.safetensors`` inside it (a weights file elsewhere has no evaluation)."""
     if source.is_dir():
-        p = source / "eval.json"
-    elif source.name == ckpt.WEIGHTS and (source.parent / "metrics.jsonl").is_file():
-        p = source.parent / "eval.json"
+        run = source
+    elif source.name == run_folder.WEIGHTS and (source.parent / run_folder.METRICS).is_file():
+        run = source.parent
     else:
         return None
-    if not p.is_file():
-        return None
-    try:
-        d = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{p}: not valid JSON ({e})") from None
-    return d if isinstance(d, dict) else None
+    return run_folder.read_eval(run) or None
 
 
 def export_folder(trained: Any, out: Path) -> Path:

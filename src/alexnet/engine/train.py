@@ -47,29 +47,23 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 from alexnet import models, signals
-from alexnet.config import LOCAL_FIELDS, NOT_IN_RECIPE, TrainConfig, save_yaml
+from alexnet.config import LOCAL_FIELDS, NOT_IN_RECIPE, TrainConfig
 from alexnet.data.augment import Augment
 from alexnet.data.format import PreparedDataset
 from alexnet.data.loader import BatchLoader
 from alexnet.data.resolve import open_splits, resolve_data
 from alexnet.engine import checkpoint as ckpt
-from alexnet.engine import distributed
+from alexnet.engine import distributed, run_folder
 from alexnet.engine.checks import check_against_data, describe_augmentation, effective_crop_padding, same_classes
 from alexnet.engine.device import keep_freed_cpu_memory, pick_device
 from alexnet.engine.evaluate import Precision, evaluate, selection_half
 from alexnet.engine.fast_step import FastStep
-from alexnet.engine.metrics import read_metrics
 from alexnet.engine.model_parallel import ModelParallelAlexNet, model_parallel_devices
 from alexnet.engine.optim import Schedule, build_optimizer, set_lr
-from alexnet.environment import environment
 from alexnet.errors import UserError
-from alexnet.files import atomic_write_bytes, atomic_write_text, lock_folder
+from alexnet.files import lock_folder
 from alexnet.progress import Progress
 
-METRICS = "metrics.jsonl"
-# metrics.jsonl fields that measure time rather than training: they differ between a resumed run
-# and an uninterrupted one; every other field is identical.
-TIMING_FIELDS = ("img_per_s", "epoch_time_s", "time_s")
 
 
 class TrainingDiverged(UserError):
@@ -202,11 +196,10 @@ def final_meta(ctx: Context, row: dict[str, Any]) -> dict[str, Any]:
     """The weights file's metadata: what rebuilds the model (:func:`model_meta`), plus the recipe,
     the last epoch's metrics (without timings) and the git commit, so a published file says how
     it was made."""
-    env_file = ctx.out / "environment.json"
-    env = json.loads(env_file.read_text()) if env_file.is_file() else {}
+    env = run_folder.read_environment(ctx.out) or {}
     return {**ctx.meta,
             "recipe": {k: v for k, v in ctx.cfg.to_dict().items() if k not in NOT_IN_RECIPE},
-            "metrics": {k: v for k, v in row.items() if k not in TIMING_FIELDS},
+            "metrics": {k: v for k, v in row.items() if k not in run_folder.TIMING_FIELDS},
             "git_sha": env.get("git_sha"), "alexnet_version": env.get("alexnet"), "torch_version": env.get("torch")}
 
 
@@ -348,35 +341,16 @@ def restore(ctx: Context, d: dict[str, Any], path: Path) -> RunState:
 # -- logging -------------------------------------------------------------------------------------
 
 
-def append_metrics(ctx: Context, row: dict[str, Any]) -> None:
+def record_epoch(ctx: Context, row: dict[str, Any]) -> None:
+    """Rank 0: the epoch's row into metrics.jsonl and, with TensorBoard, RUN/tb."""
     if not ctx.dist.is_main:
         return
-    with open(ctx.out / METRICS, "a") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    run_folder.append_metrics(ctx.out, row)
     if ctx.tb is not None:
         for k, v in row.items():
             if isinstance(v, (int, float)) and k not in ("epoch", "step"):
                 ctx.tb.add_scalar(k, v, row["epoch"])
         ctx.tb.flush()
-
-
-def _last_metrics(out: Path) -> dict[str, Any]:
-    p = out / METRICS
-    rows = read_metrics(p) if p.is_file() else []
-    return rows[-1] if rows else {}
-
-
-def truncate_metrics(out: Path, epochs_done: int) -> None:
-    """On resume, keep only the rows of epochs that finished before the checkpoint (a row written
-    after it, or torn by the kill, is dropped: the resumed run writes it again)."""
-    p = out / METRICS
-    if not p.exists():
-        return
-    rows = [r for r in read_metrics(p) if r.get("epoch", 0) <= epochs_done]
-    text = "".join(json.dumps(r) + "\n" for r in rows).encode()
-    atomic_write_bytes(p, text)
 
 
 # -- signals ---------------------------------------------------------------------------------------
@@ -701,25 +675,12 @@ def _open_tensorboard(ctx: Context, state: RunState) -> tuple[Any, StepScalars |
     return tb, steps
 
 
-# The torchrun job that started the run (TORCHELASTIC_RUN_ID: torchrun's --rdzv-id, a fresh one with
-# --standalone): when torchrun --max-restarts restarts the workers, the restarted command resumes
-# the run only if this job started it (never another run that happens to be in the folder).
-ELASTIC_RUN_ID = "torchelastic_run_id"
-
-
-def _started_by_this_job(out: Path) -> bool:
-    try:
-        return (out / ELASTIC_RUN_ID).read_text().strip() == os.environ.get("TORCHELASTIC_RUN_ID")
-    except OSError:
-        return False
-
-
 def run(cfg: TrainConfig, out: str | Path, *, resume: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train ``cfg`` into the run folder ``out``; returns the summary (also written to summary.json).
 
     Under ``torchrun --max-restarts N``, workers that the elastic agent restarted after a failure
     (TORCHELASTIC_RESTART_COUNT > 0) resume the run from its latest checkpoint, as with
-    ``resume=True``, provided this torchrun job started it (:data:`ELASTIC_RUN_ID`).
+    ``resume=True``, provided this torchrun job started it (:data:`~alexnet.engine.run_folder.ELASTIC_RUN_ID`).
 
     Raises :class:`Interrupted` after a clean stop (SIGTERM/SIGINT), :class:`TrainingDiverged`
     on a non-finite loss, :class:`~alexnet.errors.UserError` on bad input."""
@@ -727,20 +688,20 @@ def run(cfg: TrainConfig, out: str | Path, *, resume: bool = False, log: Callabl
     dist_info = distributed.from_env()
     restarted = not resume and distributed.restart_count() > 0
     if restarted:
-        resume = _started_by_this_job(out)
+        resume = run_folder.started_by_job(out, os.environ.get("TORCHELASTIC_RUN_ID"))
     # Rank 0 writes the run folder and holds its lock for the whole run: a second train (or a
     # second --resume) into the same folder is refused at once, before it reads or writes anything.
     lock = lock_folder(out) if dist_info.is_main else None
     ctx: Context | None = None
     try:
-        if not resume and ((out / METRICS).exists() or ckpt.latest_checkpoint(out) is not None):
+        if not resume and run_folder.holds_run(out):
             raise UserError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
         ctx = setup(cfg, out, log=log)
         distributed.barrier()  # the run folder exists before anyone looks into it
         if restarted:
             resume = _agree_on_restart(ctx, resume)
         if ctx.dist.is_main and not resume and os.environ.get("TORCHELASTIC_RUN_ID"):
-            atomic_write_text(out / ELASTIC_RUN_ID, os.environ["TORCHELASTIC_RUN_ID"] + "\n")
+            run_folder.write_elastic_run_id(out, os.environ["TORCHELASTIC_RUN_ID"])
         restored = _resumed_state(ctx) if resume else None
         if restored is not None:
             done = _finished(ctx, restored)
@@ -794,9 +755,9 @@ def _write_run_folder(ctx: Context, state: RunState, resume: bool) -> None:
     metrics of epochs the checkpoint has not seen are dropped)."""
     ckpt.remove_stale_temporaries(ctx.out)
     if resume:
-        truncate_metrics(ctx.out, state.epoch)
-    save_yaml(ctx.cfg, ctx.out / "config.yaml")
-    atomic_write_text(ctx.out / "environment.json", json.dumps(environment(), indent=1) + "\n")
+        run_folder.truncate_metrics(ctx.out, state.epoch)
+    run_folder.write_config(ctx.out, ctx.cfg)
+    run_folder.write_environment(ctx.out)
 
 
 def _load_latest(ctx: Context, out: Path) -> tuple[dict[str, Any] | None, Path | None]:
@@ -827,9 +788,9 @@ def _finished(ctx: Context, state: RunState) -> dict[str, Any] | None:
         raise UserError(f"{out}: its latest checkpoint ends epoch {state.epoch}, past epochs={cfg.epochs}; nothing to "
                         f"train and nothing changed (to train longer, give --epochs above {state.epoch})")
     summary = None
-    if ctx.dist.is_main and state.epoch == cfg.epochs and (out / ckpt.WEIGHTS).is_file():
+    if ctx.dist.is_main and state.epoch == cfg.epochs and (out / run_folder.WEIGHTS).is_file():
         try:
-            summary = json.loads((out / "summary.json").read_text())
+            summary = run_folder.read_summary(out)
         except (OSError, ValueError):
             pass  # the final weights are there but not the summary: the loop writes both again
     summary = distributed.broadcast_object(summary)
@@ -853,7 +814,7 @@ def _loop(ctx: Context, state: RunState) -> dict[str, Any]:
     checkpointer = Checkpointer(ctx, t_start)
     # A resumed run that had finished training but not written its final weights (a full disk)
     # reports its last epoch's row.
-    row: dict[str, Any] = _last_metrics(ctx.out) if state.epoch >= cfg.epochs else {}
+    row: dict[str, Any] = run_folder.last_metrics(ctx.out) if state.epoch >= cfg.epochs else {}
     with stop_on_signals(ctx.dist) as stop:
         while state.epoch < cfg.epochs:
             lr = ctx.schedule.lr_at(state.global_step - state.batch_in_epoch)  # the epoch's first step, also on resume
@@ -874,7 +835,7 @@ def _loop(ctx: Context, state: RunState) -> dict[str, Any]:
             dropped = ctx.schedule.end_of_epoch(val.get("val_select_top1_err" if cfg.plateau_on == "select" else "val_top1_err"))
             row = {"epoch": state.epoch + 1, "lr": lr, **tr, **val, "step": state.global_step,
                    "time_s": state.elapsed_s + time.time() - t_start}
-            append_metrics(ctx, row)
+            record_epoch(ctx, row)
             log(f"epoch {state.epoch + 1:3d}/{cfg.epochs}  loss {tr['train_loss']:.3f}  train err {tr['train_top1_err']:.3f}"
                 + (f"  val top-1 {val['val_top1_err']:.3f}  top-5 {val['val_top5_err']:.3f}" if val else "")
                 + f"  lr {lr:.2g}  {tr['img_per_s']:.0f} img/s" + ("  (lr / 10)" if dropped else ""))
@@ -883,10 +844,10 @@ def _loop(ctx: Context, state: RunState) -> dict[str, Any]:
             if _agree(ctx, bool(stop.signum)) and state.epoch < cfg.epochs:
                 raise Interrupted(stop.exit_code(), path)
     if ctx.dist.is_main:
-        ckpt.save_weights(ctx.model, ctx.out / ckpt.WEIGHTS, final_meta(ctx, row), ctx.train_ds.stats())
+        ckpt.save_weights(ctx.model, ctx.out / run_folder.WEIGHTS, final_meta(ctx, row), ctx.train_ds.stats())
     summary = {"epochs": cfg.epochs, "steps": state.global_step, "final": row, "time_s": state.elapsed_s + time.time() - t_start,
-               "weights": str(ctx.out / ckpt.WEIGHTS)}
+               "weights": str(ctx.out / run_folder.WEIGHTS)}
     if ctx.dist.is_main:
-        atomic_write_text(ctx.out / "summary.json", json.dumps(summary, indent=1) + "\n")
+        run_folder.write_summary(ctx.out, summary)
     distributed.barrier()  # nobody tears the process group down while rank 0 still writes
     return summary

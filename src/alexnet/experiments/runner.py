@@ -62,8 +62,8 @@ from alexnet.data.resolve import open_splits, resolve_data
 from alexnet.engine.device import is_cuda, pick_device
 from alexnet.engine.evaluate import Precision, predict_probs, selection_half, topk_correct
 from alexnet.engine.inference import augment_for, load
-from alexnet.engine.metrics import read_metrics
-from alexnet.engine.train import METRICS, TrainingDiverged
+from alexnet.engine import run_folder
+from alexnet.engine.train import TrainingDiverged
 from alexnet.engine.train import run as train_run
 from alexnet.environment import environment
 from alexnet.errors import UserError
@@ -74,7 +74,6 @@ from alexnet.report.tables import markdown_table
 SCALE_ENV = "ALEXNET_EXPERIMENT_SCALE"
 SCALES = ("test", "quick", "medium", "full")
 RUNS = "runs"
-DIVERGED = "diverged.json"  # in a run folder: the run stopped on a non-finite loss
 PROTOCOL = "protocol.json"
 
 # The test scale: a couple of optimizer steps per epoch, two epochs (so curves have two points).
@@ -342,22 +341,20 @@ class Runner:
         rd = self.run_dir(variant, seed)
         if self.planning:
             return self.planned_row(variant, seed, cfg, rd)
-        summary_path = rd / "summary.json"
-        existing = rd / "config.yaml"
-        if existing.is_file():
-            old = yaml.safe_load(existing.read_text()) or {}
+        if run_folder.has_config(rd):
+            old = run_folder.read_config(rd)
             new = cfg.to_dict()
             diff = sorted(k for k in set(_comparable(old)) | set(_comparable(new)) if old.get(k) != new.get(k))
             if diff:
                 k = diff[0]
                 raise UserError(f"{rd}: holds a run with a different config ({k}: {old.get(k)!r}, now {new.get(k)!r}); "
                                 f"use another --out or remove that folder")
-        if summary_path.is_file():
+        if run_folder.has_summary(rd):
             self.log(f"[{self.name}] {rd.name}: finished earlier, skipped")
-        elif (rd / DIVERGED).is_file():
+        elif run_folder.is_diverged(rd):
             self.log(f"[{self.name}] {rd.name}: diverged earlier, skipped")
         else:
-            resume = (rd / METRICS).exists() or any(rd.glob("checkpoint*")) or existing.is_file()
+            resume = (rd / run_folder.METRICS).exists() or any(rd.glob("checkpoint*")) or run_folder.has_config(rd)
             self.log(f"[{self.name}] {rd.name}: " + ("resuming" if resume else "training")
                      + f" ({cfg.model}, {cfg.epochs} epochs)")
             rd.mkdir(parents=True, exist_ok=True)
@@ -369,16 +366,16 @@ class Runner:
             except TrainingDiverged as e:
                 # A rate of the sweep at which the net diverges is a result (that rate fails), not an
                 # error of the experiment: recorded, and counted at chance level.
-                (rd / DIVERGED).write_text(json.dumps({"error": str(e)}) + "\n")
+                run_folder.write_diverged(rd, str(e))
                 self.log(f"[{self.name}] {rd.name}: diverged ({e}); counted as a failed run at chance-level error")
             self.trained_now += 1
         return self.row(variant, seed, cfg, rd)
 
     def row(self, variant: Variant, seed: int, cfg: TrainConfig, rd: Path) -> dict[str, Any]:
-        diverged = not (rd / "summary.json").is_file() and (rd / DIVERGED).is_file()
-        summary = {} if diverged else json.loads((rd / "summary.json").read_text())
+        diverged = not run_folder.has_summary(rd) and run_folder.is_diverged(rd)
+        summary = {} if diverged else run_folder.read_summary(rd)
         final = summary.get("final") or {}
-        metrics = read_metrics(rd / "metrics.jsonl") if (rd / "metrics.jsonl").is_file() else []
+        metrics = run_folder.read_metrics(rd)
         if diverged:  # chance level: the weights are not finite
             c = self.data.num_classes
             final = {"val_top1_err": 1 - 1 / c, "val_top5_err": max(0.0, 1 - 5 / c)}
@@ -571,7 +568,7 @@ class Runner:
         device = pick_device(self.device)
         trained = load(self.out / run, device)
         # The run's own data (the baselines train the 32×32 nets on a downscaled copy).
-        spec = (yaml.safe_load((self.out / run / "config.yaml").read_text()) or {}).get("data")
+        spec = run_folder.read_config(self.out / run).get("data")
         if root is None:
             root = self.data.root if spec in (None, self.data.spec) else Path(spec)
         ds = PreparedDataset(root, split)
@@ -617,9 +614,8 @@ class Runner:
         runs: dict[str, tuple[Any, Any]] = {}
         for r in rows:
             run = r.get("run")
-            f = self.out / str(run) / "environment.json" if run else None
-            if f is not None and f.is_file():
-                e = json.loads(f.read_text())
+            e = run_folder.read_environment(self.out / str(run)) if run else None
+            if e is not None:
                 runs[str(run)] = (e.get("git_sha"), e.get("git_dirty"))
         shas = sorted({str(sha) for sha, _ in runs.values() if sha} | ({str(env["git_sha"])} if env.get("git_sha") else set()))
         dirty = sorted(run for run, (_, d) in runs.items() if d) + (["this report"] if env.get("git_dirty") else [])

@@ -16,9 +16,8 @@ import torch
 
 from alexnet import config
 from alexnet.config import TrainConfig
-from alexnet.engine import train
 from alexnet.engine.device import is_cuda
-from alexnet.engine.metrics import read_metrics
+from alexnet.engine import run_folder, train
 from alexnet.perf.steps import LR
 
 
@@ -73,7 +72,7 @@ def timed_run(cfg: TrainConfig, out: Path, log: Callable[[str], None] = print, *
             syncs[f"{'/'.join(Path(w.filename).parts[-2:])}:{w.lineno}"] += 1
         else:  # anything else is shown as it would have been
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-    rows = read_metrics(out / train.METRICS)
+    rows = run_folder.read_metrics(out)
     warm, timed = rows[-2], rows[-1]
     epoch_wall = timed["time_s"] - warm["time_s"]
     return {"img_per_s": round(timed["img_per_s"], 1), "epoch_time_s": round(timed["epoch_time_s"], 2),

@@ -17,15 +17,13 @@ A run folder (written by training) holds:
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import yaml
 
-from alexnet.config import read_yaml
-from alexnet.engine.metrics import read_metrics
+from alexnet.engine import run_folder
 from alexnet.environment import environment
 from alexnet.errors import UserError
 from alexnet.files import atomic_write_text
@@ -46,15 +44,6 @@ _IMAGENET_NAMES = {"imagenet", "imagenet-1k", "imagenet1k", "ilsvrc", "ilsvrc201
 def _table(*args: Any) -> str:
     """A table as a block of the report (whose parts are joined by blank lines)."""
     return markdown_table(*args).rstrip("\n")
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text (byte {e.start})") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from None
 
 
 def _num(v: Any) -> float | None:
@@ -142,22 +131,8 @@ def write_run_report(run_dir: str | Path) -> Path:
 
 def _read_run(run: Path) -> tuple[dict[str, Any], list[dict], dict[str, Any], Any]:
     """config.yaml, metrics.jsonl, eval.json and environment.json, each empty when missing."""
-    config: dict[str, Any] = {}
-    if (run / "config.yaml").is_file():
-        loaded = read_yaml(run / "config.yaml")  # the one YAML reader: no aliases, bounded
-        if loaded is not None and not isinstance(loaded, dict):
-            raise UserError(f"{run / 'config.yaml'}: expected a mapping of settings")
-        config = loaded or {}
-    metrics = read_metrics(run / "metrics.jsonl") if (run / "metrics.jsonl").is_file() else []
-    evaluation: dict[str, Any] = {}
-    if (run / "eval.json").is_file():
-        loaded = _read_json(run / "eval.json")
-        if not isinstance(loaded, dict):
-            raise UserError(f"{run / 'eval.json'}: expected a JSON object")
-        evaluation = loaded
-    env_file = run / "environment.json"
-    trained_env = _read_json(env_file) if env_file.is_file() else None
-    return config, metrics, evaluation, trained_env
+    config = run_folder.read_config(run) if run_folder.has_config(run) else {}
+    return config, run_folder.read_metrics(run), run_folder.read_eval(run), run_folder.read_environment(run)
 
 
 def _title(run: Path, config: Mapping[str, Any], metrics: Sequence[dict]) -> list[str]:

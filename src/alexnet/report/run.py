@@ -3,7 +3,6 @@ confusion matrix; then its report.md."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +14,7 @@ from alexnet.data.format import PreparedDataset
 from alexnet.data.resolve import resolve_data
 from alexnet.engine.evaluate import Precision, evaluate, per_class_summary
 from alexnet.engine.inference import augment_for, load
-from alexnet.engine.metrics import read_metrics
-from alexnet.files import atomic_write_text
+from alexnet.engine import run_folder
 from alexnet.report.figures import plot_confusion, plot_curves, plot_filters, plot_predictions
 from alexnet.report.markdown import write_run_report
 
@@ -38,7 +36,7 @@ def make_run_figures(run: Path, *, data: str | None = None, device: str = "cpu",
     """Draw what the run folder supports: curves from metrics.jsonl; filters, predictions and the
     confusion matrix from the weights and the validation split."""
     made: list[Path] = []
-    metrics = read_metrics(run / "metrics.jsonl") if (run / "metrics.jsonl").is_file() else []
+    metrics = run_folder.read_metrics(run)
     if metrics:
         made.append(plot_curves(metrics, run / "curves.png"))
     if not (run / "model.safetensors").is_file():
@@ -71,19 +69,6 @@ def prediction_samples(labels: np.ndarray, n: int) -> list[int]:
     taken = set(pick)
     rest = [i for i in range(len(labels)) if i not in taken]
     return pick + rest[: n - len(pick)]
-
-
-def record_eval(run: Path, key: str, result: dict[str, object]) -> None:
-    """Merge one evaluation ("center" or "ten_crop") into RUN/eval.json."""
-    p = run / "eval.json"
-    try:
-        d = json.loads(p.read_text()) if p.exists() else {}
-    except ValueError:
-        d = {}  # unreadable: replaced by this evaluation rather than failing after it
-    if not isinstance(d, dict):
-        d = {}
-    d[key] = {k: result[k] for k in ("top1_err", "top5_err", "n") if k in result}
-    atomic_write_text(p, json.dumps(d, indent=1) + "\n")
 
 
 def regenerate(run: Path, *, data: str | None = None, device: str = "cpu") -> Path:
