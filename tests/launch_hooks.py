@@ -1,19 +1,17 @@
 """Source that the tests' launcher scripts (run in a child ``python``) share."""
 
-# Gives a launcher the training loop's stop flag: ``stops[-1].signum`` is set once the engine's own
-# SIGTERM/SIGINT handler has seen a signal (the wrapper only records the flag the engine yields).
+# Gives a launcher the training loop's stop request: ``stops[-1].signum`` is set once the loop's
+# :class:`alexnet.signals.StopRequest` has seen a signal (the wrapper only records each request as
+# it is entered).
 STOP_FLAG_HOOK = r"""
-from contextlib import contextmanager as _contextmanager
-import alexnet.engine.train as _train
+import alexnet.signals as _signals
 
 stops = []
-_orig_stop_on_signals = _train.stop_on_signals
+_orig_enter = _signals.StopRequest.__enter__
 
-@_contextmanager
-def _stop_on_signals(*a, **k):
-    with _orig_stop_on_signals(*a, **k) as stop:
-        stops.append(stop)
-        yield stop
+def _enter(self):
+    stops.append(self)
+    return _orig_enter(self)
 
-_train.stop_on_signals = _stop_on_signals
+_signals.StopRequest.__enter__ = _enter
 """

@@ -22,6 +22,8 @@ from torch.utils._pytree import tree_leaves
 from alexnet.config import TrainConfig
 from alexnet.data.loader import BatchLoader
 from alexnet.data.sources import synthetic
+from alexnet import signals
+from alexnet.engine import run_folder
 from alexnet.engine import train as engine
 from alexnet.engine.evaluate import Precision, evaluate
 from alexnet.engine.fast_step import FastStep
@@ -133,7 +135,7 @@ def device_ctx(data: Path, out: Path, **over: Any) -> engine.Context:
 def epoch_under(rec: HostSyncs, ctx: engine.Context, state: engine.RunState) -> dict[str, float]:
     ctx = dataclasses.replace(ctx, step_fn=CountSteps(ctx.step_fn, rec))  # type: ignore[arg-type]
     with recording(rec):
-        tr, stopped = engine.train_one_epoch(ctx, state, engine.StopFlag(), engine.Checkpointer(ctx, time.time()))
+        tr, stopped = engine.train_one_epoch(ctx, state, signals.StopRequest(), engine.Checkpointer(ctx, time.time()))
     assert not stopped
     return tr
 
@@ -160,7 +162,7 @@ def test_a_training_step_never_waits_for_the_device(data: Path, tmp_path: Path, 
 def test_reads_come_at_the_tensorboard_cadence_only(data: Path, tmp_path: Path) -> None:
     pytest.importorskip("tensorboard")
     ctx = device_ctx(data, tmp_path, tensorboard=True, tensorboard_every=5)
-    tb, tb_steps = engine._open_tensorboard(ctx, engine.RunState())
+    tb, tb_steps = run_folder.open_tensorboard(ctx.out, ctx.cfg, epoch=0, global_step=0, is_main=True, log=ctx.log)
     ctx = dataclasses.replace(ctx, tb=tb, tb_steps=tb_steps)
     try:
         state = engine.RunState()

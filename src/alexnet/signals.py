@@ -6,11 +6,13 @@
   half-initialised modules behind (numpy's, torch's), and the cleanup that follows fails on them
   with a traceback. A signal that arrives during an import is only recorded, and acted on at the
   first point where no import is running (checked every few milliseconds), or taken over by a
-  :class:`StopRequest` (or the training loop's handler) that starts before then.
+  :class:`StopRequest` that starts before then.
 * :class:`StopRequest` (a context manager, main thread only) turns the first SIGINT or SIGTERM
   into a request to stop at the work's next consistent point (the caller polls ``requested``,
-  writes what it needs to resume, then calls :meth:`StopRequest.stop`); a second one stops at
-  once.
+  writes what it needs to resume, then calls :meth:`StopRequest.stop` or exits with
+  :meth:`StopRequest.exit_code`); a second one stops at once. Work that is cheaper to redo than to
+  finish runs inside :meth:`StopRequest.cut_short`, where the first signal raises :class:`CutShort`.
+  ``prepare``'s writers and the training loop both stop this way.
 * :func:`worker_signals` is what a worker process does with the two signals."""
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 from alexnet.errors import Terminated
 
@@ -90,21 +93,44 @@ def install() -> Callable[[], None]:
     return restore
 
 
+class CutShort(Exception):
+    """The first signal arrived inside :meth:`StopRequest.cut_short`: that work is abandoned."""
+
+
 class StopRequest:
     """Ctrl-C or SIGTERM while writing: the first one asks the run to stop at the next consistent
     point, where it writes a checkpoint so that a rerun resumes there; a second one stops at once.
-    :meth:`stop` raises KeyboardInterrupt (exit 130) or Terminated (143). ``message``, when given,
-    is printed to stderr on the first signal. Outside the main thread (where no handler can be
-    installed) it does nothing."""
+    :meth:`stop` raises KeyboardInterrupt (exit 130) or Terminated (143); :meth:`exit_code` is the
+    same code for a caller that returns it. ``message``, when given, is printed to stderr on the
+    first signal. A request the work never looked at stops the command as the block ends, unless
+    ``stop_if_unanswered`` is false (work whose last consistent point is its end: the training
+    loop, which then finishes). Outside the main thread (where no handler can be installed) it
+    does nothing."""
 
-    def __init__(self, message: str | None = None) -> None:
+    def __init__(self, message: str | None = None, *, stop_if_unanswered: bool = True) -> None:
         self.requested = False
         self.signum: int | None = None
         self.message = message
+        self.stop_if_unanswered = stop_if_unanswered
+        self._cutting = False
         self._previous: dict[int, Any] = {}
 
     def stop(self) -> None:
         stop_now(self.signum or signal.SIGINT)
+
+    def exit_code(self) -> int:
+        """130 after SIGINT, 143 otherwise (SIGTERM, or a stop another process asked for)."""
+        return 130 if self.signum == signal.SIGINT else 143
+
+    @contextmanager
+    def cut_short(self) -> Iterator[None]:
+        """Inside this block the first signal raises :class:`CutShort` at once (the work is redone
+        on resume) instead of waiting for the next consistent point."""
+        self._cutting = True
+        try:
+            yield
+        finally:
+            self._cutting = False
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested:
@@ -112,6 +138,8 @@ class StopRequest:
         self.requested, self.signum = True, signum
         if self.message:
             print(self.message, file=sys.stderr)
+        if self._cutting:
+            raise CutShort
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
@@ -124,7 +152,7 @@ class StopRequest:
     def __exit__(self, exc_type: object, *exc: object) -> None:
         for s, h in self._previous.items():
             signal.signal(s, h)
-        if self.requested and exc_type is None:  # the work ended before it looked: never a lost signal
+        if self.requested and exc_type is None and self.stop_if_unanswered:  # never a lost signal
             self.stop()
 
 

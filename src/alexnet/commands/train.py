@@ -80,33 +80,13 @@ def config_from_args(args: argparse.Namespace) -> config_mod.TrainConfig:
 
     overrides = _overrides(args)
     if args.resume:
-        out = Path(args.out)
-        from alexnet.engine import checkpoint as ckpt
-        from alexnet.engine import run_folder
+        from alexnet.engine.resume import saved_config
 
-        last = ckpt.latest_checkpoint(out)
-        if not run_folder.has_config(out) and last is None:
-            # Never a silent fresh default run in a mistyped or empty folder.
-            what = "no such folder" if not out.exists() else "no config.yaml and no checkpoint"
-            raise UserError(f"nothing to resume in {out} ({what}); to start a new run, leave out --resume")
-        if args.recipe is None:  # the run's own saved config, under any options given now
-            if run_folder.has_config(out):
-                saved, source = run_folder.read_config(out), str(out / run_folder.CONFIG)
-            else:
-                saved, source = _checkpoint_config(last), f"{last} (its config)"  # type: ignore[arg-type]
-            return config_mod.resolve(base=saved, overrides=overrides, source=source, cuda=is_cuda)
+        saved = saved_config(Path(args.out), recipe_given=args.recipe is not None,
+                             warn=lambda s: print(s, file=sys.stderr))
+        if saved is not None:  # the run's own saved config, under any options given now
+            return config_mod.resolve(base=saved[0], overrides=overrides, source=saved[1], cuda=is_cuda)
     return config_mod.resolve(args.recipe, overrides, cuda=is_cuda)
-
-
-def _checkpoint_config(path: Path) -> dict[str, Any]:
-    """--resume in a run folder that lost its config.yaml: every checkpoint carries the config."""
-    from alexnet.engine import checkpoint as ckpt
-
-    d = ckpt.load_checkpoint(path).get("config")
-    if not isinstance(d, dict):
-        raise UserError(f"{path}: holds no training config; pass --recipe and the options the run was started with")
-    print(f"{path.parent.parent}/config.yaml is missing; using the config saved in {path}", file=sys.stderr)
-    return d
 
 
 def resume_command(out: str) -> str:

@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from alexnet.config import LOCAL_FIELDS, TrainConfig
+from alexnet.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,19 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def sum_and_any(rows: torch.Tensor, flag: bool) -> tuple[torch.Tensor, bool]:
+    """``rows`` (k×n, float64) summed over the processes, read to the host, and whether any
+    process raised ``flag``: one all-reduce (the flag rides in an extra row), so a stop request
+    costs the training loop no collective of its own."""
+    if not is_initialized():
+        return rows.cpu(), flag
+    extra = rows.new_zeros((1, rows.shape[1]))
+    if flag:
+        extra[0, 0] = 1.0
+    block = all_reduce_sum(torch.cat([rows, extra])).cpu()
+    return block[:-1], bool(block[-1, 0] > 0)
+
+
 def barrier() -> None:
     if is_initialized():
         dist.barrier()
@@ -123,3 +140,69 @@ def rank_seed(seed: int, rank: int, step: int | None = None) -> int:
     the processes)."""
     key = [seed, rank, 0xD0D0] if step is None else [seed, rank, step, 0xD0D1]
     return int(np.random.SeedSequence(key).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+# -- DDP's gradient all-reduce ----------------------------------------------------------------------
+
+
+COMM_HOOKS = {"bf16": "bf16_compress_hook", "fp16": "fp16_compress_hook"}
+
+
+def register_comm_hook(name: str, model: torch.nn.Module, log: Callable[[str], None]) -> None:
+    """``ddp_comm_hook`` ``name``: DDP all-reduces the gradients in bf16/fp16 instead of fp32 (half the
+    bytes on the wire; each process's fp32 gradient is divided by the world size, rounded, summed
+    in that dtype and cast back). Opt-in: it changes the numbers, and it only pays where the
+    all-reduce is bandwidth-bound (several nodes on a slow network); see configs/fast.yaml."""
+    if name == "none":
+        return
+    if not isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        log(f"warning: ddp_comm_hook={name} has no effect in a single process (it compresses the gradient "
+            f"all-reduce between torchrun processes)")
+        return
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    hook = COMM_HOOKS[name]
+    model.register_comm_hook(None, getattr(default_hooks, hook))
+    log(f"gradient all-reduce in {name} ({hook})")
+
+
+# -- decisions every process must share ---------------------------------------------------------------
+
+
+def agree(flag: bool, device: torch.device) -> bool:
+    """Whether any process raised ``flag`` (a stop request; a collective: every rank calls it at the
+    same step, with a tensor on its own ``device``)."""
+    if not is_initialized():
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], dtype=torch.float64, device=device)
+    return bool(all_reduce_sum(t).item() > 0)
+
+
+def agree_on_restart(sees_run: bool, out: Path, log: Callable[[str], None]) -> bool:
+    """After a torchrun restart, whether to resume: rank 0's view of the run folder decides (other
+    nodes may not share its disk); a collective."""
+    views = all_gather_object(sees_run)
+    if any(views) and not views[0]:
+        raise UserError(f"torchrun restarted the workers and rank 0, now on another node, does not see this job's "
+                        f"run in {out}; restarts on several nodes need the run folder on shared storage")
+    if views[0]:
+        log(f"torchrun restarted the workers (restart {restart_count()}): resuming this job's run in {out} from its "
+            f"latest checkpoint")
+    return bool(views[0])
+
+
+def check_same_config(cfg: TrainConfig) -> None:
+    """Every process must train the same config (on ``--resume`` each node reads RUN/config.yaml
+    from its own disk): rank 0's is broadcast, each process compares its own with it, and a
+    mismatch stops every process with the same one-line error (a collective: all ranks call it)."""
+    if not is_initialized():
+        return
+    mine = {k: v for k, v in cfg.to_dict().items() if k not in LOCAL_FIELDS}
+    ref = broadcast_object(mine)
+    diff = next(((k, mine.get(k), ref.get(k)) for k in sorted(set(mine) | set(ref)) if mine.get(k) != ref.get(k)), None)
+    diffs = all_gather_object(diff)
+    bad = [(r, d) for r, d in enumerate(diffs) if d is not None]
+    if bad:
+        r, (k, v, v0) = bad[0]
+        raise UserError(f"the processes do not agree on the config: rank {r} has {k}={v!r}, rank 0 has {k}={v0!r}; every "
+                        f"node needs the same RUN/config.yaml (on --resume) or the same recipe and options")

@@ -9,7 +9,9 @@ Training writes (rank 0 only; :mod:`alexnet.engine.train` and :mod:`alexnet.engi
   resume the rows of epochs the checkpoint has not seen are dropped (:func:`truncate_metrics`);
 - ``checkpoints/`` (:mod:`alexnet.engine.checkpoint` names and rotates them) and, at the end,
   ``model.safetensors`` and ``summary.json``;
-- ``torchelastic_run_id``: the torchrun job that started the run (:func:`started_by_job`).
+- ``torchelastic_run_id``: the torchrun job that started the run (:func:`started_by_job`);
+- ``tb/`` with tensorboard: the per-epoch scalars and, in ``tb/steps``, the per-step ones
+  (:func:`open_tensorboard`, :func:`record_epoch`).
 
 Others add: ``eval.json`` (``alexnet evaluate``, :func:`record_eval`), ``diverged.json`` (an
 experiment's run that stopped on a non-finite loss, :func:`write_diverged`), report.md and figures.
@@ -20,8 +22,9 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from alexnet.config import TrainConfig, read_yaml, save_yaml
 from alexnet.engine import checkpoint as ckpt
@@ -193,3 +196,80 @@ def started_by_job(run: Path, run_id: str | None) -> bool:
         return (Path(run) / ELASTIC_RUN_ID).read_text().strip() == run_id
     except OSError:
         return False
+
+
+def write_start(run: Path, cfg: TrainConfig, *, resume: bool, epochs_done: int) -> None:
+    """Rank 0, as a process starts training: temporaries a killed process left are removed, the
+    config and the environment written; on resume the metrics of epochs the checkpoint has not
+    seen (after ``epochs_done``) are dropped."""
+    ckpt.remove_stale_temporaries(Path(run))
+    if resume:
+        truncate_metrics(run, epochs_done)
+    write_config(run, cfg)
+    write_environment(run)
+
+
+# -- TensorBoard (RUN/tb) ----------------------------------------------------------------------------
+
+
+def record_epoch(run: Path, row: dict[str, Any], tb: Any = None) -> None:
+    """Rank 0: the epoch's row into metrics.jsonl and, with a TensorBoard writer, RUN/tb."""
+    append_metrics(run, row)
+    if tb is not None:
+        for k, v in row.items():
+            if isinstance(v, (int, float)) and k not in ("epoch", "step"):
+                tb.add_scalar(k, v, row["epoch"])
+        tb.flush()
+
+
+class StepScalars:
+    """Per-step TensorBoard scalars in RUN/tb/steps, against the optimizer step: every
+    ``tensorboard_every``-th step's loss (the mean over the global batch) and learning rate, and
+    the images per second since the previous such step of the epoch (evaluation and epoch
+    boundaries are not counted). Their own event files: the per-epoch scalars of RUN/tb count
+    epochs, and a resumed run hides what each logged after its checkpoint by its own counter."""
+
+    def __init__(self, writer: Any) -> None:
+        self.writer = writer
+        self.last: tuple[float, float] | None = None  # (time, images of the epoch) at the previous point
+
+    def start_epoch(self, images: float) -> None:
+        self.last = (time.time(), images)
+
+    def log(self, step: int, loss: float, lr: float, images: float) -> None:
+        """Called right after a read of the device (the time is that of a finished step)."""
+        now = time.time()
+        self.writer.add_scalar("step/train_loss", loss, step)
+        self.writer.add_scalar("step/lr", lr, step)
+        if self.last is not None and now > self.last[0] and images > self.last[1]:
+            self.writer.add_scalar("step/img_per_s", (images - self.last[1]) / (now - self.last[0]), step)
+        self.last = (now, images)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def open_tensorboard(run: Path, cfg: TrainConfig, *, epoch: int, global_step: int, is_main: bool,
+                     log: Callable[[str], None]) -> tuple[Any, StepScalars | None]:
+    """The SummaryWriter of RUN/tb and the per-step scalars of RUN/tb/steps (rank 0, with
+    tensorboard=True; per step when tensorboard_every > 0), or None; ``epoch`` and ``global_step``:
+    where the run starts (a resumed one hides what the killed process logged after them)."""
+    if not cfg.tensorboard and cfg.tensorboard_every != TrainConfig.tensorboard_every:
+        log(f"warning: tensorboard_every={cfg.tensorboard_every} has no effect without tensorboard (--tensorboard)")
+    if not (cfg.tensorboard and is_main):
+        return None, None
+    try:
+        # Optional and slow to import: only runs that ask for TensorBoard load it.
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log("tensorboard is not installed: pip install 'alexnet[tensorboard]'; logging to metrics.jsonl only")
+        return None, None
+    # purge_step: on resume, TensorBoard hides the events the killed process logged after its
+    # checkpoint (they are logged again): epochs in RUN/tb, steps in RUN/tb/steps.
+    tb = SummaryWriter(str(Path(run) / "tb"), purge_step=epoch + 1 if epoch > 0 else None)
+    steps = None
+    if cfg.tensorboard_every:
+        steps = StepScalars(SummaryWriter(str(Path(run) / "tb" / "steps"),
+                                          purge_step=global_step + 1 if global_step > 0 else None))
+    return tb, steps

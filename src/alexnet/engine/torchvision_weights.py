@@ -63,7 +63,7 @@ def torchvision_meta(num_classes: int) -> dict[str, Any]:
 def _state_dict(obj: dict[str, Any], path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """(state_dict, our metadata or None) from what ``torch.load`` returned."""
     meta = None
-    if isinstance(obj.get("model"), dict) and "meta" in obj:  # our training checkpoint (engine/train.py)
+    if isinstance(obj.get("model"), dict) and "meta" in obj:  # our training checkpoint (engine/resume.py)
         sd = obj["model"]
         try:
             meta = json.loads(obj["meta"]) if isinstance(obj["meta"], str) else dict(obj["meta"])

@@ -67,7 +67,7 @@ def _last(rows: Sequence[dict], *keys: str) -> float | None:
 
 
 def _wall_seconds(rows: Sequence[dict]) -> float | None:
-    # metrics.jsonl's time_s is the run's cumulative training wall time (see engine/train.py).
+    # metrics.jsonl's time_s is the run's cumulative training wall time (see engine/train.py's loop).
     return _last(rows, "time_s")
 
 
