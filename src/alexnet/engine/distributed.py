@@ -7,6 +7,12 @@ torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; the pro
 initialised from them (``env://``) with NCCL on GPUs and gloo on CPUs. With ``--max-restarts N``
 torchrun restarts every worker after a failure (TORCHELASTIC_RESTART_COUNT counts the restarts);
 ``alexnet train`` then resumes from the run's latest checkpoint.
+
+Besides the collectives themselves, the decisions the training processes must share live here:
+whether any process asked to stop (:func:`sum_and_any`, riding in the loss all-reduce, and
+:func:`agree`), whether every process trains rank 0's config (:func:`check_same_config`), whether
+restarted workers resume (:func:`agree_on_restart`), and DDP's gradient compression
+(:func:`register_comm_hook`).
 """
 
 from __future__ import annotations
