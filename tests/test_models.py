@@ -188,3 +188,50 @@ def test_remove_conv_keeps_the_paper_init_per_layer() -> None:
 def test_remove_conv_refuses_the_first_and_last_layers(name: str, index: int) -> None:
     with pytest.raises(ValueError, match="remove_conv"):
         models.create(name, 10, remove_conv=index)
+
+
+# -- Caffe's two reference nets as options of the paper's ---------------------------------------
+
+
+def test_caffe_options_build_bvlc_alexnet():
+    from alexnet.models.alexnet import CAFFE_OPTIONS
+
+    m = models.create("alexnet", **CAFFE_OPTIONS)
+    assert m.input_size == 227 and m.features[0].padding == (0, 0)
+    lrns = [l for l in m.features if isinstance(l, LocalResponseNorm)]
+    # Caffe: b = a / (1 + (alpha / n) sum a^2)^beta
+    assert len(lrns) == 2 and all((l.k, l.effective_alpha) == (1.0, 1e-4 / 5) for l in lrns)
+    with torch.no_grad():
+        x = torch.randn(1, 3, 227, 227)
+        assert m.features(x).shape == (1, 256, 6, 6)  # 55 -> 27 -> 13 -> 6, as the paper's 224
+    assert sum(p.numel() for p in m.parameters()) == 60_965_224  # the same parameters as the paper's
+    kinds = [type(l).__name__ for l in m.features][:4]
+    assert kinds == ["Conv2d", "ReLU", "LocalResponseNorm", "MaxPool2d"]  # bvlc_alexnet: norm, then pool
+
+
+def test_caffenet_pools_before_normalising():
+    from alexnet.models.alexnet import CAFFENET_OPTIONS
+
+    m = models.create("alexnet", **CAFFENET_OPTIONS)
+    kinds = [type(l).__name__ for l in m.features]
+    assert kinds[:4] == ["Conv2d", "ReLU", "MaxPool2d", "LocalResponseNorm"]
+    assert kinds[4:8] == ["Conv2d", "ReLU", "MaxPool2d", "LocalResponseNorm"]
+    assert kinds.count("LocalResponseNorm") == 2
+
+
+def test_caffe_options_default_to_the_paper():
+    paper = models.create("alexnet")
+    assert paper.input_size == 224 and paper.features[0].padding == (2, 2)
+    assert [type(l).__name__ for l in paper.features][:4] == ["Conv2d", "ReLU", "LocalResponseNorm", "MaxPool2d"]
+    assert all(l.k == 2.0 for l in paper.features if isinstance(l, LocalResponseNorm))
+
+
+def test_caffe_options_refuse_what_cannot_work():
+    with pytest.raises(ValueError, match="gives 5×5 maps before fc6"):
+        models.create("alexnet", conv1_padding=0)  # 224 unpadded: 54 -> 26 -> 12 -> 5
+    with pytest.raises(ValueError, match="lrn_k=1.0 has no effect with lrn='none'"):
+        models.create("alexnet", lrn="none", lrn_k=1.0)
+    with pytest.raises(ValueError, match="lrn_after_pool=True has no effect"):
+        models.create("alexnet", lrn="none", lrn_after_pool=True)
+    assert models.input_size("alexnet", {"input_size": 227, "conv1_padding": 0}) == 227
+    assert models.input_size("alexnet-cifar", {}) == 32

@@ -61,6 +61,13 @@ def input_norm(name: str, model_options: dict[str, Any] | None = None) -> str:
     return chosen if chosen and "input_norm" in options(name) else info(name).input_norm
 
 
+def input_size(name: str, model_options: dict[str, Any] | None = None) -> int:
+    """The crop size model ``name`` built with ``model_options`` takes: the ``input_size`` option
+    where the model takes one and it is set (Caffe's AlexNet: 227), else the registry's."""
+    chosen = (model_options or {}).get("input_size")
+    return int(chosen) if chosen and "input_size" in options(name) else info(name).input_size
+
+
 def _check_types(name: str, opts: dict[str, Any]) -> None:
     """Each option of the type of its default (a bool for a bool, a number for a float, an integer
     for an int, a string for a string), so that ``dropout=abc`` is one clear line, not an error
@@ -93,8 +100,8 @@ def create(name: str, num_classes: int = 1000, **opts: Any) -> nn.Module:
         raise ValueError(f"option {bad[0]!r} does not apply to model {name!r}; accepted: {', '.join(accepted)}")
     _check_types(name, opts)
     model = m.builder(num_classes, **opts)
-    model.input_size = m.input_size  # type: ignore[assignment]
+    model.input_size = input_size(name, opts)  # type: ignore[assignment]
     return model
 
 
-__all__ = ["AlexNet", "CifarNet", "LeNet5", "LocalResponseNorm", "ModelInfo", "create", "info", "input_norm", "names", "options"]
+__all__ = ["AlexNet", "CifarNet", "LeNet5", "LocalResponseNorm", "ModelInfo", "create", "info", "input_norm", "input_size", "names", "options"]
