@@ -24,6 +24,7 @@ from PIL import Image
 pytest.importorskip("google.protobuf")
 
 from alexnet.cli import main  # noqa: E402
+from alexnet.errors import UserError  # noqa: E402
 from alexnet.engine import caffe_weights as cw  # noqa: E402
 from alexnet.engine.inference import file_augment, image_classifier, load, read_image  # noqa: E402
 
@@ -399,3 +400,24 @@ def test_refuses_without_protobuf(tmp_path, capsys, monkeypatch):
     (tmp_path / "m.caffemodel").write_bytes(b"")
     err = _refused(capsys, ["import", "caffe", str(tmp_path / "m.caffemodel"), "--out", str(tmp_path / "run")])
     assert "pip install 'alexnet[caffe]'" in err
+
+
+def test_training_refuses_caffes_input_size():
+    """The training loop crops the registry's 224: a 227 network is refused before any work."""
+    from alexnet.config import TrainConfig
+    from alexnet.engine.checks import check_against_data
+
+    cfg = TrainConfig(model="alexnet", model_options={"input_size": 227, "conv1_padding": 0})
+    with pytest.raises(UserError, match="input_size=227: training crops are 224×224"):
+        check_against_data(cfg, image_size=(256, 256), input_size=224)
+
+
+def test_filters_are_shown_in_rgb(imported, monkeypatch, tmp_path):
+    """Figure 3 of Caffe's weights: conv1's kernels read B, G, R; the figure shows them as RGB."""
+    import alexnet.report.run as run_figures
+
+    seen = {}
+    monkeypatch.setattr(run_figures, "plot_filters", lambda w, path, **kw: seen.setdefault("w", w) is None or path)
+    assert main(["filters", str(imported["run"]), "--out", str(tmp_path / "f.png")]) == 0
+    conv1 = next(lay for lay in imported["spec"] if lay["name"] == "conv1")["w"]
+    np.testing.assert_allclose(seen["w"].numpy(), conv1[:, ::-1], rtol=1e-6)

@@ -167,12 +167,16 @@ def message(name: str) -> Any:
 # -- reading ---------------------------------------------------------------------------------------
 
 
-def read_net(path: Path) -> Any:
-    """A binary ``.caffemodel`` (or ``.binaryproto``-style NetParameter) as a NetParameter."""
+def _read_bytes(path: Path) -> bytes:
     try:
-        data = Path(path).read_bytes()
+        return Path(path).read_bytes()
     except OSError as e:
         raise UserError(f"{path}: cannot be read ({e.strerror or e})") from None
+
+
+def read_net(path: Path, data: bytes | None = None) -> Any:
+    """A binary ``.caffemodel`` (its bytes ``data``, read from ``path`` if not given) as a NetParameter."""
+    data = _read_bytes(path) if data is None else data
     net = message("NetParameter")()
     try:
         net.ParseFromString(data)
@@ -421,7 +425,7 @@ def read_mean(path: Path | None) -> tuple[np.ndarray, str]:
     else:
         blob = message("BlobProto")()
         try:
-            blob.ParseFromString(path.read_bytes())
+            blob.ParseFromString(_read_bytes(path))
         except (DecodeError, RuntimeError, ValueError):
             raise UserError(f"{path}: not a Caffe mean (.npy or .binaryproto BlobProto)") from None
         mean = blob_array(blob, str(path))
@@ -458,7 +462,10 @@ def import_caffe(caffemodel: Path, deploy: Path | None = None, mean: Path | None
     """The network, the weights' metadata and the mean (as this project stores statistics) of a
     Caffe AlexNet; see the module docstring."""
     caffemodel = Path(caffemodel)
-    net = read_net(caffemodel)
+    data = _read_bytes(caffemodel)
+    digest = hashlib.sha256(data).hexdigest()
+    net = read_net(caffemodel, data)
+    del data  # the parsed message holds the values: not twice the file in memory
     defn = read_deploy(deploy) if deploy is not None else net
     arch, weight_layers = structure(defn, str(deploy or caffemodel))
     blobs_of = {lay.name: lay.blobs for lay in layers(net) if lay.blobs}
@@ -482,7 +489,6 @@ def import_caffe(caffemodel: Path, deploy: Path | None = None, mean: Path | None
         classes = names = imagenet_categories()
     else:
         classes = names = [str(i) for i in range(n)]
-    digest = hashlib.sha256(caffemodel.read_bytes()).hexdigest()
     meta = {
         "model": "alexnet",
         "model_options": arch["options"],
