@@ -338,7 +338,7 @@ def structure(defn: Any, where: str) -> tuple[dict[str, Any], list[Layer]]:
     if groups not in ([1, 2, 1, 2, 2], [1, 1, 1, 1, 1]):
         raise UserError(f"{where}: convolution groups {groups}; AlexNet's are 1, 2, 1, 2, 2 (two towers, §3.2) or all 1")
     pools = {_pool(p, f"{where}: layer {p.name!r}") for p in kept if p.type == "Pooling"}
-    if pools not in ({(3, 2)}, {(2, 2)}):
+    if pools != {(3, 2)}:  # (Caffe rounds pooled sizes up: 2×2 pools would give 28, 14, 7 where ours give 27, 13, 6)
         raise UserError(f"{where}: pooling {sorted(pools)} (kernel, stride); AlexNet's is 3×3 stride 2 throughout (§3.4)")
     lrns = [lay.msg.lrn_param for lay in kept if lay.type == "LRN"]
     for lay, p in zip([lay for lay in kept if lay.type == "LRN"], lrns):
@@ -357,8 +357,6 @@ def structure(defn: Any, where: str) -> tuple[dict[str, Any], list[Layer]]:
         options["lrn_after_pool"] = True
     if groups[1] == 1:
         options["towers"] = 1
-    if pools == {(2, 2)}:
-        options["overlapping_pool"] = False
     if tuple(s["out"] for s in specs) != PAPER_WIDTHS:
         options["widths"] = [s["out"] for s in specs]
     if outs[0] != 4096:

@@ -220,7 +220,8 @@ def card_fields(m: Pretrained) -> dict[str, Any]:
         "title": f"{name} ({meta.get('num_classes')} classes)",
         "model": name,
         "options": (" with " + ", ".join(f"`{k}={v}`" for k, v in opts.items())) if opts else "",
-        "architecture": ARCHITECTURES.get(name, name),
+        "architecture": ARCHITECTURES.get(name, name).replace("224×224 input", f"{meta.get('input_size', 224)}×"
+                                                              f"{meta.get('input_size', 224)} input"),
         "parameters": f"{sum(p.numel() for p in m.net.parameters()):,}",
         "num_classes": meta.get("num_classes"),
         "data": data,
