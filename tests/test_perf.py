@@ -188,3 +188,22 @@ def test_fixture_workers_forked_after_torch_ran_in_parallel_do_not_hang(tmp_path
         pytest.fail("the fixture workers hung")
     assert proc.returncode == 0, err[-3000:]
     assert len(list((tmp_path / "f").rglob("*.jpg"))) == 4
+
+
+def test_results_file_carries_its_provenance_and_is_written_atomically(tmp_path: Path) -> None:
+    """Every benchmark writes through one helper: the environment, git SHA and date beside the
+    numbers, keys the result already holds kept, and a write that fails leaves the previous file whole."""
+    from alexnet.perf.results import results_path, slug, write_results
+
+    env = {**environment("cpu"), "date_utc": "2026-12-02 10:00:00 UTC", "git_sha": "abc", "git_dirty": False}
+    path = results_path(tmp_path / "results", f"lrn-{slug('NVIDIA H100 80GB HBM3')}", env)
+    assert path == tmp_path / "results" / "lrn-nvidia-h100-80gb-hbm3-2026-12-02.json"
+    assert slug("AMD EPYC 7763 64-Core Processor", 12) == "amd-epyc-776"
+    write_results(path, {"rows": [1], "date": "kept", "config": {"out": tmp_path}}, env)
+    doc = json.loads(path.read_text())
+    assert doc["rows"] == [1] and doc["date"] == "kept" and doc["config"]["out"] == str(tmp_path)
+    assert doc["environment"] == env and doc["git_sha"] == "abc" and doc["git_dirty"] is False
+    with pytest.raises(TypeError):
+        write_results(path, {"rows": [object()]}, env)
+    assert json.loads(path.read_text()) == doc
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
