@@ -38,12 +38,11 @@ from typing import Any
 import torch
 
 from alexnet import models
-from alexnet.environment import environment, versions
+from alexnet.environment import environment
 from alexnet.models.layers import two_tower_convs
-from alexnet.perf.guarded import GuardedRun
 from alexnet.perf.markdown import markdown
 from alexnet.perf.preflight import preflight
-from alexnet.perf.results import results_path, slug
+from alexnet.perf.results import device_slug, results_path
 from alexnet.perf.rows import Bench, Row, Settings, Variant
 
 ROOT = Path(__file__).resolve().parent
@@ -114,39 +113,10 @@ def plan(a: argparse.Namespace, cuda: bool) -> list[Row]:
     return rows
 
 
-def print_plan(bench: Bench, rows: list[Row], elapsed: float, deadline: float) -> list[dict[str, Any]]:
-    """The plan with each row's estimate and the running total against the deadline; returns it as
-    the results file records it."""
-    total, out = elapsed, []
-    print(f"plan: {len(rows)} rows; {elapsed:.0f} s elapsed; deadline {deadline:.0f} s" if deadline else
-          f"plan: {len(rows)} rows; {elapsed:.0f} s elapsed; no deadline", flush=True)
-    for i, row in enumerate(rows, 1):
-        est = bench.estimate(row)
-        total += est
-        late = "  (past the deadline: skipped unless earlier rows are faster)" if deadline and total > deadline else ""
-        print(f"  {i:2d}. {row.label:60s} ~{est:4.0f} s  (ends ~{total:4.0f} s){late}", flush=True)
-        out.append({"row": row.label, "estimate_s": round(est)})
-    return out
-
-
-def make_bench(args: argparse.Namespace, device: torch.device, env: dict[str, Any], path: Path, t0: float) -> Bench:
-    """The rows' state and their guarded run, writing ``path``."""
-    cuda = device.type == "cuda"
-    name = (env.get("cuda_device") if cuda else env.get("processor")) or device.type
-    common = {"device": name, "device_type": device.type, "host_cpus": env.get("cpu_count"), "versions": versions(env),
-              "date": env.get("date_utc"), "git_sha": env.get("git_sha"), "git_dirty": env.get("git_dirty")}
+def make_bench(args: argparse.Namespace, device: torch.device, env: dict[str, Any], path: Path) -> Bench:
     settings = Settings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)})
-    bench: Bench
-
-    def fields() -> dict[str, Any]:
-        return {"cpu": env.get("processor"), "environment": env, "config": vars(args),
-                "flops_per_image": bench.flops, "flops_per_image_torch_formula": bench.flops_torch_raw}
-
-    run = GuardedRun(path, env, common, fields=fields, deadline=args.deadline, row_timeout=args.row_timeout, t0=t0,
-                     verbose=args.tiny)
-    bench = Bench(settings, device, name, variants(), run)
-    run.cleanup = bench.free  # also the steps no longer needed
-    return bench
+    return Bench.start(settings, device, env, variants(), path, config=vars(args), deadline=args.deadline,
+                       row_timeout=args.row_timeout, t0=START)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -243,11 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     if args.plan:
         args.work_dir = args.work_dir or Path(tempfile.gettempdir())  # nothing is built
-        bench = make_bench(args, device, {"cuda_device": args.device, "processor": args.device},
-                           args.out / "unused.json", START)
+        bench = make_bench(args, device, {"cuda_device": args.device, "processor": args.device}, args.out / "unused.json")
         print(f"dataset build ~{args.build_estimate:.0f} s, FLOP count ~5 s (before the rows)")
         bench.data["prepared"] = None  # the rows' estimates, as after the build
-        print_plan(bench, plan(args, bench.cuda), args.build_estimate + 5 + 10, args.deadline)  # 10 s: imports, start-up
+        bench.show_plan(plan(args, bench.cuda), args.build_estimate + 5 + 10, args.deadline)  # 10 s: imports, start-up
         return 0
     if device.type == "cuda" and not torch.cuda.is_available():
         print("gpu.py: --device cuda but CUDA is not available (use --device cpu --tiny for the CPU smoke run)",
@@ -265,9 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # as torchvision's reference training script sets it
         env = environment(device)
-        name = (env.get("cuda_device") if device.type == "cuda" else env.get("processor")) or device.type
-        path = results_path(args.out, f"gpu-{'cpu' if device.type == 'cpu' else slug(name, 48)}", env)
-        bench = make_bench(args, device, env, path, START)
+        path = results_path(args.out, f"gpu-{device_slug(env, device, 48)}", env)
+        bench = make_bench(args, device, env, path)
         run = bench.run
         run.save()
         if "end-to-end" in args.only or "train" in args.only:  # first: its worker processes fork before CUDA and the compilers start threads
@@ -277,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         run.phase("flops", bench.count_flops)
         rows = plan(args, bench.cuda)
-        run.plan = print_plan(bench, rows, run.elapsed(), args.deadline)
+        run.plan = bench.show_plan(rows, run.elapsed(), args.deadline)
         run.save()
         for row in rows:
             bench.measure(row)

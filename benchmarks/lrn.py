@@ -34,7 +34,7 @@ from alexnet.engine.device import AMP_DTYPES
 from alexnet.environment import environment
 from alexnet.models import lrn_fast
 from alexnet.models.layers import PAPER_LRN, LocalResponseNorm
-from alexnet.perf.results import results_path, slug, write_results
+from alexnet.perf.results import device_name, device_slug, results_path, write_results
 from alexnet.perf.steps import lrn_share, make_step
 from alexnet.perf.timing import time_calls
 
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     # Every (shape, dtype, layout) of the compiled rows is its own static graph of one code object.
     torch._dynamo.config.recompile_limit = 64
     env = environment(device)
-    name = (env["cuda_device"] if device.type == "cuda" else env["processor"]) or device.type
+    name = device_name(env, device)
     print(f"{name} | torch {torch.__version__} | lrn mode default {lrn_fast.mode()} | "
           f"batch {args.batch}, step batch {args.step_batch}", flush=True)
     t0 = time.perf_counter()
@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_step:
         result["step"] = bench_step(args, device)
     result["wall_s"] = round(time.perf_counter() - t0, 1)
-    path = write_results(results_path(args.out, f"lrn-{'cpu' if device.type == 'cpu' else slug(name)}", env), result, env)
+    path = write_results(results_path(args.out, f"lrn-{device_slug(env, device)}", env), result, env)
     print(f"wrote {path} ({result['wall_s']} s)")
     return 0
 

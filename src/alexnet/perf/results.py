@@ -11,6 +11,8 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
+import torch
+
 from alexnet.environment import environment
 from alexnet.files import atomic_write_text
 
@@ -19,6 +21,16 @@ def slug(text: str, limit: int | None = None) -> str:
     """``text`` as a file-name part: lower case, runs of anything but letters and digits as one "-"
     ("NVIDIA H100 80GB HBM3" -> "nvidia-h100-80gb-hbm3"), at most ``limit`` characters."""
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit]
+
+
+def device_name(env: Mapping[str, Any], device: torch.device) -> str:
+    """What a result was measured on: the CUDA device's name, or the CPU's model, from ``env``."""
+    return (env.get("cuda_device") if device.type == "cuda" else env.get("processor")) or device.type
+
+
+def device_slug(env: Mapping[str, Any], device: torch.device, limit: int | None = None) -> str:
+    """The device part of a results file's name: "cpu" on the CPU, else the GPU's name as a slug."""
+    return "cpu" if device.type == "cpu" else slug(device_name(env, device), limit)
 
 
 def results_path(folder: str | os.PathLike[str], stem: str, env: Mapping[str, Any]) -> Path:
@@ -48,4 +60,4 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable: {value!r}")
 
 
-__all__ = ["results_path", "slug", "write_results"]
+__all__ = ["device_name", "device_slug", "results_path", "slug", "write_results"]

@@ -32,7 +32,9 @@ from alexnet.data.format import PreparedDataset
 from alexnet.data.loader import BatchLoader
 from alexnet.models import lrn_fast
 from alexnet.perf import fixtures, flops, reference, steps, timing, training
+from alexnet.environment import versions
 from alexnet.perf.guarded import GuardedRun, error_line
+from alexnet.perf.results import device_name
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,37 @@ class Bench:
     flops_torch_raw: dict[str, float] = field(default_factory=dict)  # FlopCounterMode's own (grouped-conv bug)
     data: dict[str, Any] = field(default_factory=dict)
     compile_s: list[float] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, s: Settings, device: torch.device, env: dict[str, Any], variants: dict[str, Variant], path: Path, *,
+              config: dict[str, Any], deadline: float, row_timeout: float | None, t0: float) -> "Bench":
+        """The rows' state and their guarded run, writing ``path``: every row starts with the
+        device, versions, date and git SHA; the file also holds the environment, ``config`` and the
+        FLOP counts."""
+        name = device_name(env, device)
+        common = {"device": name, "device_type": device.type, "host_cpus": env.get("cpu_count"),
+                  "versions": versions(env), "date": env.get("date_utc"), "git_sha": env.get("git_sha"),
+                  "git_dirty": env.get("git_dirty")}
+        run = GuardedRun(path, env, common, deadline=deadline, row_timeout=row_timeout, t0=t0, verbose=s.tiny)
+        bench = cls(s, device, name, variants, run)
+        run.fields = lambda: {"cpu": env.get("processor"), "environment": env, "config": config,
+                              "flops_per_image": bench.flops, "flops_per_image_torch_formula": bench.flops_torch_raw}
+        run.cleanup = bench.free  # also the steps no longer needed
+        return bench
+
+    def show_plan(self, rows: list[Row], elapsed: float, deadline: float) -> list[dict[str, Any]]:
+        """Print ``rows`` with each one's estimate and the running total against the deadline; returns
+        the plan as the results file records it."""
+        total, out = elapsed, []
+        self.run.log(f"plan: {len(rows)} rows; {elapsed:.0f} s elapsed; deadline {deadline:.0f} s" if deadline else
+                     f"plan: {len(rows)} rows; {elapsed:.0f} s elapsed; no deadline")
+        for i, row in enumerate(rows, 1):
+            est = self.estimate(row)
+            total += est
+            late = "  (past the deadline: skipped unless earlier rows are faster)" if deadline and total > deadline else ""
+            self.run.log(f"  {i:2d}. {row.label:60s} ~{est:4.0f} s  (ends ~{total:4.0f} s){late}")
+            out.append({"row": row.label, "estimate_s": round(est)})
+        return out
 
     @property
     def cuda(self) -> bool:
