@@ -13,8 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from alexnet.data.format import DatasetError, DatasetWriter, PreparedDataset, StatsAccumulator, write_arrays
+from alexnet.data.format import DatasetError, PreparedDataset
 from alexnet.data.loader import BatchLoader, epoch_permutation, shard
+from alexnet.data.stats import StatsAccumulator
+from alexnet.data.writer import DatasetWriter, write_arrays
 
 H, W = 40, 48  # not square: a transposed H/W shows up as a shape error
 

@@ -2,7 +2,7 @@
 
 One item: decode -> RGB -> shorter side to S, central S×S crop (:mod:`alexnet.data.decode`) ->
 a record (raw bytes, or a JPEG file from :func:`alexnet.data.jpeg.jpeg_bytes`). A chunk of items
-also gives its training statistics sums (:class:`alexnet.data.format.StatsAccumulator`, each
+also gives its training statistics sums (:class:`alexnet.data.stats.StatsAccumulator`, each
 image seeded by its position in the split, so the sums do not depend on the chunking).
 :class:`Executor` runs chunks in this process or in a pool of worker processes.
 """
@@ -20,7 +20,8 @@ import torch
 from PIL import Image
 
 from alexnet.data.decode import Skip, fit, load_image, read_file
-from alexnet.data.format import STATS_SEED, StatsAccumulator, encode_record
+from alexnet.data.stats import STATS_SEED, StatsAccumulator
+from alexnet.data.writer import encode_record
 from alexnet.signals import worker_signals
 
 

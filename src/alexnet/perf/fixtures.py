@@ -15,10 +15,11 @@ from typing import Any, Iterator
 import numpy as np
 from PIL import Image
 
-from alexnet.data.format import Chunk, DatasetWriter, PreparedDataset, encode_chunk, write_split
+from alexnet.data.format import PreparedDataset
 from alexnet.data.jpeg import jpeg_bytes
 from alexnet.data.sources import synthetic
 from alexnet.data.workers import init_worker
+from alexnet.data.writer import Chunk, DatasetWriter, encode_chunk, write_split
 from alexnet.errors import UserError
 
 # scikit-image's bundled colour photographs (no download needed).
