@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import tempfile
 import warnings
@@ -129,7 +128,7 @@ def run_data(args: argparse.Namespace) -> dict[str, Any]:
     own_tmp = args.work_dir is None
     work = Path(tempfile.mkdtemp(prefix="alexnet-bench-")) if own_tmp else Path(args.work_dir)
     try:
-        workers_guess = args.workers if args.workers is not None else max(1, min(16, (os.cpu_count() or 2) - 1))
+        workers_guess = args.workers if args.workers is not None else default_workers("jpeg")
         if args.data:
             ds = PreparedDataset(args.data, "train")
             source = str(args.data)
@@ -142,7 +141,7 @@ def run_data(args: argparse.Namespace) -> dict[str, Any]:
             source = f"--make-photos {n} (scikit-image photos, random crops, 256×256 q90)"
         if ds.encoding != "jpeg":
             raise UserError(f"{args.data}: stores raw records; bench data measures JPEG datasets")
-        workers = default_workers(ds) if args.workers is None else args.workers
+        workers = default_workers(ds.encoding) if args.workers is None else args.workers
         # Drain the prefetch queues before timing: ours holds workers × 2 batches, the DataLoader
         # workers × prefetch_factor(2); one more for the pipeline to reach its steady state.
         warmup = args.warmup if args.warmup is not None else 2 * max(workers, 1) + 1

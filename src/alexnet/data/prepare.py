@@ -40,11 +40,12 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from alexnet.data.format import ENCODINGS, FORMAT_VERSION
+from alexnet.data.processes import usable_cpus
 from alexnet.data.sources import synthetic
 from alexnet.data.sources.base import CONVERTED, SKIPPED, Item, Source
 from alexnet.data.sources.detect import open_source, uniform_small_size
 from alexnet.data.stats import PIXELS_PER_IMAGE, STATS_SEED, StatsAccumulator
-from alexnet.data.workers import Executor, Spec, default_workers
+from alexnet.data.workers import Executor, Spec
 from alexnet.data.writer import DatasetWriter, check_destination, lock_dataset
 from alexnet.errors import Terminated, UserError
 from alexnet.files import os_error_line
@@ -93,8 +94,9 @@ def prepare(src: str | os.PathLike[str], out: str | os.PathLike[str], *, size: i
     side is ``size`` and centre-cropped to size×size (default 256; small-image datasets keep
     their native size unless ``size`` is given). ``encoding``: "jpeg" (at ``quality``) or "raw";
     by default raw for images of at most 64 pixels a side, JPEG above. ``workers``: decoding
-    processes (default: all cores). ``val_fraction``: for a tree without a val/ folder, the part
-    of every class held out as ``val``. ``names``: class -> human-readable name overrides.
+    processes (default: one per CPU this process may run on). ``val_fraction``: for a tree without
+    a val/ folder, the part of every class held out as ``val``. ``names``: class ->
+    human-readable name overrides.
     ``lock``: the dataset's lock (:func:`~alexnet.data.writer.lock_dataset`) when the caller
     already holds it; otherwise it is taken here.
     """
@@ -155,7 +157,7 @@ def _prepare_source(source: Source, out: Path, *, size: int | None, workers: int
         raise UserError(f"--quality {quality} has no effect: these {target[0]}×{target[1]} images are stored raw; "
                         f"pass --encoding jpeg to store them as JPEG")
     quality = DEFAULT_QUALITY if quality is None else quality
-    nworkers = default_workers() if workers is None else max(1, workers)
+    nworkers = usable_cpus() if workers is None else max(1, workers)
     cheap = source.native_size is not None and target == source.native_size and enc == "raw"
     describe = {**source.describe(), "image_size": list(target), "encoding": enc, "preprocessing": how}
     if enc == "jpeg":
