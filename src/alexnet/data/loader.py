@@ -69,7 +69,7 @@ def local_world_size() -> int:
         return 1
 
 
-def default_workers(encoding: str = "jpeg") -> int:
+def default_workers(encoding: str) -> int:
     """Decoding workers per process for a dataset of ``encoding``: the CPUs this process may run
     on (:func:`~alexnet.data.processes.usable_cpus`), less one per process for the training loop,
     shared among the node's processes (8 ranks on 16 CPUs get 1 each, not 15), at most 16."""
