@@ -28,7 +28,6 @@ START = time.perf_counter()  # the deadline counts from here: imports of torch &
 import argparse
 import dataclasses
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -38,6 +37,7 @@ from typing import Any
 import torch
 
 from alexnet import models
+from alexnet.data.processes import usable_cpus
 from alexnet.environment import environment
 from alexnet.models.layers import two_tower_convs
 from alexnet.perf.markdown import markdown
@@ -166,7 +166,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     cuda = args.device.startswith("cuda")
-    cpus = os.cpu_count() or 2
+    cpus = usable_cpus()
     tiny = args.tiny
     defaults: dict[str, Any] = dict(
         time_budget=0.5 if tiny else 5.0,

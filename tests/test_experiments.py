@@ -195,7 +195,7 @@ def test_baselines_runs_every_method(tiny: Path, tmp_path: Path) -> None:
 def test_hog_svm_learns_oriented_gratings(tmp_path: Path) -> None:
     """Eight classes of gratings at eight orientations (random phase, frequency and noise): the
     orientation is exactly what HOG measures, so HOG + a linear SVM must be far better than chance."""
-    from alexnet.data.format import write_arrays
+    from alexnet.data.writer import write_arrays
     from alexnet.experiments.baselines import hog_svm
 
     rng = np.random.default_rng(0)

@@ -163,7 +163,8 @@ def test_photo_dataset_is_written_as_write_arrays_writes_the_same_images(tmp_pat
     """The benchmark fixtures write through the one dataset writer, JPEG encoder and statistics
     computation: given the same images, they write what ``write_arrays`` writes, whatever the
     number of processes that drew them, and the image folder holds the same JPEG files."""
-    from alexnet.data.format import PreparedDataset, write_arrays
+    from alexnet.data.format import PreparedDataset
+    from alexnet.data.writer import write_arrays
     from alexnet.perf import fixtures
 
     def images(kind, n, size, seed, start):  # image i depends on i only (and on the split's seed)

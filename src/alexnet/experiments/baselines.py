@@ -23,7 +23,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from alexnet import models
-from alexnet.data.format import PreparedDataset, is_prepared, write_arrays
+from alexnet.data.format import PreparedDataset, is_prepared
+from alexnet.data.writer import write_arrays
 from alexnet.experiments import classic_features as cf
 from alexnet.experiments.ablation import MEDIUM, QUICK, PaperDiff, compare_arms
 from alexnet.experiments.runner import Runner, Sweep, Variant, mean_std, pm, selection_half

@@ -111,7 +111,7 @@ def loader_vs_reference(*, data: str | os.PathLike[str] | None = None, make_phot
     own_tmp = work_dir is None
     work = Path(tempfile.mkdtemp(prefix="alexnet-bench-")) if own_tmp else Path(work_dir)  # type: ignore[arg-type]
     try:
-        workers_guess = workers if workers is not None else max(1, min(16, (os.cpu_count() or 2) - 1))
+        workers_guess = workers if workers is not None else default_workers("jpeg")
         if data:
             ds = PreparedDataset(data, "train")
             source = str(data)
@@ -124,7 +124,7 @@ def loader_vs_reference(*, data: str | os.PathLike[str] | None = None, make_phot
             source = f"--make-photos {n} (scikit-image photos, random crops, 256×256 q90)"
         if ds.encoding != "jpeg":
             raise UserError(f"{data}: stores raw records; bench data measures JPEG datasets")
-        workers = default_workers(ds) if workers is None else workers
+        workers = default_workers(ds.encoding) if workers is None else workers
         # Drain the prefetch queues before timing: ours holds workers × 2 batches, the DataLoader
         # workers × prefetch_factor(2); one more for the pipeline to reach its steady state.
         warmup = warmup if warmup is not None else 2 * max(workers, 1) + 1
