@@ -104,6 +104,14 @@ def test_options_change_architecture():
     assert [l.effective_alpha for l in released.modules() if isinstance(l, LocalResponseNorm)] == [2e-5, 2e-5]
 
 
+def test_check_name_is_one_line_naming_the_known_models():
+    from alexnet.errors import UserError
+
+    models.check_name("alexnet")
+    with pytest.raises(UserError, match="^unknown model 'vgg'; accepted: alexnet, alexnet-owt, alexnet-cifar, lenet5$"):
+        models.check_name("vgg")
+
+
 def test_bad_options_name_what_is_accepted():
     with pytest.raises(ValueError, match="unknown model 'vgg'.*alexnet"):
         models.create("vgg")

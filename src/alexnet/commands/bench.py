@@ -191,8 +191,7 @@ def run_model(args: argparse.Namespace) -> dict[str, Any]:
     from alexnet.perf.steps import make_step, optimizer_label, random_batch, random_stats
     from alexnet.perf.timing import time_calls
 
-    if args.model not in models.names():
-        raise UserError(f"--model {args.model}: unknown; accepted: {', '.join(models.names())}")
+    models.check_name(args.model)
     if args.steps < 1 or args.warmup < 0:
         raise UserError("--steps must be at least 1 and --warmup at least 0")
     device = pick_device(args.device or "auto")
