@@ -1,4 +1,5 @@
 import math
+import re
 
 import pytest
 import torch
@@ -196,3 +197,18 @@ def test_remove_conv_keeps_the_paper_init_per_layer() -> None:
 def test_remove_conv_refuses_the_first_and_last_layers(name: str, index: int) -> None:
     with pytest.raises(ValueError, match="remove_conv"):
         models.create(name, 10, remove_conv=index)
+
+
+@pytest.mark.parametrize("name,convs,middle,inits", [("alexnet", 5, "a middle conv layer: 2, 3 or 4", "paper, torch"),
+                                                     ("alexnet-cifar", 3, "the middle conv layer, 2", "paper, torch, he")])
+def test_the_shared_options_are_refused_alike(name: str, convs: int, middle: str, inits: str) -> None:
+    # AlexNet and its CIFAR sibling take the same ablation options: one check, the same lines.
+    cases = [({"towers": 3}, "towers must be 1 or 2, got 3"),
+             ({"remove_conv": 1}, f"remove_conv must be 0 (none) or {middle}; got 1"),
+             ({"widths": (8, 8)}, f"widths must list {convs} conv widths, got [8, 8]"),
+             ({"dropout": 1.0}, "dropout must be in [0, 1), got 1.0"),
+             ({"init": "xavier"}, f"unknown init 'xavier'; accepted: {inits}"),
+             ({"init": "torch", "bias_init": 0.5}, "bias_init=0.5 has no effect with init='torch': only init='paper' sets the biases")]
+    for opts, line in cases:
+        with pytest.raises(ValueError, match=f"^{re.escape(line)}$"):
+            models.create(name, 10, **opts)
