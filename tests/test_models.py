@@ -1,4 +1,5 @@
 import math
+import re
 
 import pytest
 import torch
@@ -102,6 +103,14 @@ def test_options_change_architecture():
     assert m(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
     released = models.create("alexnet", lrn="released")
     assert [l.effective_alpha for l in released.modules() if isinstance(l, LocalResponseNorm)] == [2e-5, 2e-5]
+
+
+def test_check_name_is_one_line_naming_the_known_models():
+    from alexnet.errors import UserError
+
+    models.check_name("alexnet")
+    with pytest.raises(UserError, match="^unknown model 'vgg'; accepted: alexnet, alexnet-owt, alexnet-cifar, lenet5$"):
+        models.check_name("vgg")
 
 
 def test_bad_options_name_what_is_accepted():
@@ -235,3 +244,18 @@ def test_caffe_options_refuse_what_cannot_work():
         models.create("alexnet", lrn="none", lrn_after_pool=True)
     assert models.input_size("alexnet", {"input_size": 227, "conv1_padding": 0}) == 227
     assert models.input_size("alexnet-cifar", {}) == 32
+
+
+@pytest.mark.parametrize("name,convs,middle,inits", [("alexnet", 5, "a middle conv layer: 2, 3 or 4", "paper, torch"),
+                                                     ("alexnet-cifar", 3, "the middle conv layer, 2", "paper, torch, he")])
+def test_the_shared_options_are_refused_alike(name: str, convs: int, middle: str, inits: str) -> None:
+    # AlexNet and its CIFAR sibling take the same ablation options: one check, the same lines.
+    cases = [({"towers": 3}, "towers must be 1 or 2, got 3"),
+             ({"remove_conv": 1}, f"remove_conv must be 0 (none) or {middle}; got 1"),
+             ({"widths": (8, 8)}, f"widths must list {convs} conv widths, got [8, 8]"),
+             ({"dropout": 1.0}, "dropout must be in [0, 1), got 1.0"),
+             ({"init": "xavier"}, f"unknown init 'xavier'; accepted: {inits}"),
+             ({"init": "torch", "bias_init": 0.5}, "bias_init=0.5 has no effect with init='torch': only init='paper' sets the biases")]
+    for opts, line in cases:
+        with pytest.raises(ValueError, match=f"^{re.escape(line)}$"):
+            models.create(name, 10, **opts)

@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from alexnet.models.layers import PAPER_LRN, make_activation, make_lrn
+from alexnet.models.layers import PAPER_LRN, check_options, make_activation, make_lrn
 
 PAPER_WIDTHS = (96, 256, 384, 384, 256)
 OWT_WIDTHS = (64, 192, 384, 256, 256)
@@ -71,22 +71,12 @@ class AlexNet(nn.Module):
         lrn_after_pool: bool = False,
     ) -> None:
         super().__init__()
-        if towers not in (1, 2):
-            raise ValueError(f"towers must be 1 or 2, got {towers}")
+        check_options(towers=towers, widths=widths, convs=5, remove_conv=remove_conv, middle=(2, 3, 4),
+                      dropout=dropout, init=init, inits=("paper", "torch"), bias_init=bias_init)
         if not lrn_halo and towers != 2:
             raise ValueError(f"lrn_halo=False has no effect with towers={towers}: it keeps LRN within each of the two towers")
         if not lrn_halo and make_lrn(lrn) is None:
             raise ValueError(f"lrn_halo=False has no effect with lrn={lrn!r}: there is no response normalisation")
-        if bias_init is not None and init != "paper":
-            raise ValueError(f"bias_init={bias_init} has no effect with init={init!r}: only init='paper' (§5) sets the biases")
-        if remove_conv not in (0, 2, 3, 4):
-            raise ValueError(f"remove_conv must be 0 (none) or a middle conv layer: 2, 3 or 4; got {remove_conv}")
-        if len(widths) != 5:
-            raise ValueError(f"widths must list 5 conv widths, got {list(widths)}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        if init not in ("paper", "torch"):
-            raise ValueError(f"unknown init {init!r}; accepted: paper, torch")
         if make_lrn(lrn) is None and (lrn_k != PAPER_LRN["k"] or lrn_after_pool):
             what = f"lrn_k={lrn_k}" if lrn_k != PAPER_LRN["k"] else "lrn_after_pool=True"
             raise ValueError(f"{what} has no effect with lrn={lrn!r}: there is no response normalisation")

@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from alexnet.models.layers import make_activation, make_lrn
+from alexnet.models.layers import check_options, make_activation, make_lrn
 
 
 class CifarNet(nn.Module):
@@ -51,16 +51,8 @@ class CifarNet(nn.Module):
         pooling: str = "max",
     ) -> None:
         super().__init__()
-        if towers not in (1, 2):
-            raise ValueError(f"towers must be 1 or 2, got {towers}")
-        if remove_conv not in (0, 2):
-            raise ValueError(f"remove_conv must be 0 (none) or the middle conv layer, 2; got {remove_conv}")
-        if len(widths) != 3:
-            raise ValueError(f"widths must list 3 conv widths, got {list(widths)}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        if init not in ("paper", "torch", "he"):
-            raise ValueError(f"unknown init {init!r}; accepted: paper, torch, he")
+        check_options(towers=towers, widths=widths, convs=3, remove_conv=remove_conv, middle=(2,),
+                      dropout=dropout, init=init, inits=("paper", "torch", "he"), bias_init=bias_init)
         if not init_gain > 0:
             raise ValueError(f"init_gain must be > 0, got {init_gain}")
         if init == "torch" and init_gain != 1.0:
@@ -69,8 +61,6 @@ class CifarNet(nn.Module):
             raise ValueError(f"unknown input_norm {input_norm!r}; accepted: mean_image, mean_image_std, mean_std")
         if pooling not in ("max", "cuda-convnet"):
             raise ValueError(f"unknown pooling {pooling!r}; accepted: max, cuda-convnet")
-        if bias_init is not None and init != "paper":
-            raise ValueError(f"bias_init={bias_init} has no effect with init={init!r}: only init='paper' sets the biases")
         self.input_norm = input_norm
         w1, w2, w3 = widths
         # Pad the pools so that both 3/2 (overlapping) and 2/2 halve the map exactly.

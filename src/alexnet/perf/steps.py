@@ -85,8 +85,7 @@ def step_throughput(model: str, device: torch.device, *, batch_size: int = 256, 
                     warmup: int = 3) -> dict[str, Any]:
     """The training step of ``alexnet train`` (FastStep: the same update, augmentation, autocast,
     layout and compilation) on a random uint8 batch on ``device``: one row with ``img_per_s``."""
-    if model not in models.names():
-        raise UserError(f"--model {model}: unknown; accepted: {', '.join(models.names())}")
+    models.check_name(model)
     if steps < 1 or warmup < 0:
         raise UserError("--steps must be at least 1 and --warmup at least 0")
     mi = models.info(model)
