@@ -329,7 +329,7 @@ def test_rerun_replaces_its_own_run_and_nothing_else(imported, capsys):
 def test_evaluate_uses_the_stored_mean_and_bgr(tmp_path, capsys):
     """A dataset whose labels are the reference's predictions for half the images: top-1 error
     0.5 exactly, with the default per-channel mean and classes from a synset file."""
-    from alexnet.data.format import write_arrays
+    from alexnet.data.writer import write_arrays
 
     spec = spec_of(3, False)
     (tmp_path / "m.caffemodel").write_bytes(net_of(spec, "v1").SerializeToString())
