@@ -259,3 +259,52 @@ def test_the_shared_options_are_refused_alike(name: str, convs: int, middle: str
     for opts, line in cases:
         with pytest.raises(ValueError, match=f"^{re.escape(line)}$"):
             models.create(name, 10, **opts)
+
+
+# -- §4.2's dropout as written: unscaled while training, ×(1 - p) at test time ---------------------
+
+
+def test_test_time_scaled_dropout_keeps_units_unscaled_and_halves_at_test():
+    from alexnet.models.layers import ScaledAtTestDropout
+
+    x = torch.rand(64, 4096) + 0.5
+    d = ScaledAtTestDropout(0.5).train()
+    torch.manual_seed(0)
+    y = d(x)
+    kept = y != 0
+    assert torch.equal(y[kept], x[kept])  # kept units pass unscaled (torch's 1/(1-p) undone exactly for p = 0.5)
+    assert abs(kept.float().mean().item() - 0.5) < 0.01
+    d.eval()
+    assert torch.equal(d(x), x * 0.5)  # "multiply their outputs by 0.5"
+
+
+@pytest.mark.parametrize("name", ["alexnet", "alexnet-cifar"])
+def test_the_two_dropout_scalings_are_one_function_up_to_the_next_layers_weights(name):
+    """Inverted dropout with the next layer's weights × (1 - p) computes what the paper's form
+    computes, in training (the same mask) and at test time."""
+    paper = models.create(name, 10, dropout=0.5, dropout_scaling="test")
+    inverted = models.create(name, 10, dropout=0.5)
+    inverted.load_state_dict(paper.state_dict())
+    with torch.no_grad():
+        for i, m in enumerate(paper.classifier):
+            if isinstance(m, nn.Dropout):
+                nxt = next(l for l in list(inverted.classifier)[i + 1:] if isinstance(l, nn.Linear))
+                nxt.weight.mul_(0.5)
+    x = torch.randn(2, 3, paper.input_size, paper.input_size)
+    for mode in ("train", "eval"):
+        getattr(paper, mode)(), getattr(inverted, mode)()
+        torch.manual_seed(1)
+        a = paper(x)
+        torch.manual_seed(1)
+        b = inverted(x)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    plain = models.create(name, 10, dropout=0.5)
+    plain.load_state_dict(paper.state_dict())  # the same weights, inverted: the option changes the function
+    assert not torch.allclose(paper.eval()(x), plain.eval()(x))
+
+
+def test_dropout_scaling_is_refused_where_it_cannot_act():
+    with pytest.raises(ValueError, match="unknown dropout_scaling 'half'; accepted: inverted, test"):
+        models.create("alexnet-cifar", 10, dropout=0.5, dropout_scaling="half")
+    with pytest.raises(ValueError, match="dropout_scaling='test' has no effect with dropout=0"):
+        models.create("alexnet-cifar", 10, dropout_scaling="test")  # the CIFAR net's default: no dropout

@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from alexnet.models.layers import PAPER_LRN, check_options, make_activation, make_lrn
+from alexnet.models.layers import PAPER_LRN, check_options, make_activation, make_dropout, make_lrn
 
 PAPER_WIDTHS = (96, 256, 384, 384, 256)
 OWT_WIDTHS = (64, 192, 384, 256, 256)
@@ -35,7 +35,9 @@ class AlexNet(nn.Module):
       of tower 2 see each other's; False normalises each tower's maps among themselves, as the
       paper's two GPUs did, §3.2), remove_conv=0 (§7's depth ablation: 2, 3 or 4 takes that
       middle conv layer out with its ReLU and LRN, keeping its pooling; the next layer reads the
-      previous one's maps).
+      previous one's maps), dropout_scaling="inverted" (torch.nn.Dropout: kept units ×2 while
+      training, nothing at test time; "test" is §4.2 as written: kept units unscaled while training,
+      every output ×0.5 at test time).
 
     Caffe's two reference nets (``bvlc_alexnet``, ``bvlc_reference_caffenet``) differ from the paper
     in small documented ways, expressed by four more options (the paper's defaults):
@@ -69,10 +71,12 @@ class AlexNet(nn.Module):
         input_size: int = 224,
         lrn_k: float = 2.0,
         lrn_after_pool: bool = False,
+        dropout_scaling: str = "inverted",
     ) -> None:
         super().__init__()
         check_options(towers=towers, widths=widths, convs=5, remove_conv=remove_conv, middle=(2, 3, 4),
-                      dropout=dropout, init=init, inits=("paper", "torch"), bias_init=bias_init)
+                      dropout=dropout, init=init, inits=("paper", "torch"), bias_init=bias_init,
+                      dropout_scaling=dropout_scaling)
         if not lrn_halo and towers != 2:
             raise ValueError(f"lrn_halo=False has no effect with towers={towers}: it keeps LRN within each of the two towers")
         if not lrn_halo and make_lrn(lrn) is None:
@@ -131,7 +135,7 @@ class AlexNet(nn.Module):
         self.avgpool: nn.Module = nn.AdaptiveAvgPool2d((6, 6)) if adaptive_pool else nn.Identity()
 
         def fc(n_in: int, n_out: int) -> list[nn.Module]:
-            drop = [nn.Dropout(dropout)] if dropout > 0 else []
+            drop = make_dropout(dropout, dropout_scaling)
             if dropout_first:
                 return [*drop, nn.Linear(n_in, n_out), make_activation(activation)]
             return [nn.Linear(n_in, n_out), make_activation(activation), *drop]
