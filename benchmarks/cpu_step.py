@@ -28,14 +28,13 @@ Rows, all fp32 on the CPU with ``--threads`` threads (default: the machine's cor
 Each train row gives img/s (median of ``--rounds``), GFLOP/s from the FLOP count of one image
 (``alexnet.perf.flops.flops_per_image``) and the fraction of the measured matmul ceiling; the baseline
 rows add ours/baseline. Writes benchmarks/results/cpu-step-<date>.json with machine, versions, date,
-git SHA (``alexnet.environment``) and the load average before and after: on a shared machine the
+git SHA (``alexnet.perf.results``) and the load average before and after: on a shared machine the
 rates move with the load, the ratios of alternated rows much less.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -55,6 +54,7 @@ from alexnet.engine.metrics import read_metrics
 from alexnet.environment import environment
 from alexnet.perf.ceiling import conv_layer_rates, fraction, gemm_gflops, plain_loop
 from alexnet.perf.flops import flops_per_image
+from alexnet.perf.results import results_path, write_results
 
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
@@ -196,10 +196,7 @@ def main() -> int:
     result["wall_s"] = round(time.time() - t_start, 1)
     result["load_average_1_5_15min"] = {"before": [round(x, 2) for x in load_before],
                                         "after": [round(x, 2) for x in os.getloadavg()]}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"cpu-step{'-quick' if q else ''}-{time.strftime('%Y-%m-%d')}.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    path = write_results(results_path(args.out, "cpu-step-quick" if q else "cpu-step", env0), result, env0)
     print(f"wrote {path}")
     return 0
 

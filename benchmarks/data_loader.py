@@ -6,22 +6,22 @@
     python benchmarks/data_loader.py --images 720                 # a small dataset: timing spans epochs
 
 Builds one real-photo 256×256 JPEG dataset (scikit-image photos, q90) and its image-folder copy,
-then runs ``alexnet bench data`` on them once per worker count (see alexnet/commands/bench.py for
-what is timed). Writes benchmarks/results/data-<cpu or gpu>-<date>.json with the machine (CPU
-model, cores, load), versions, date and git SHA.
+then times them once per worker count with :func:`alexnet.perf.loader.loader_vs_reference` (what
+``alexnet bench data`` prints; see that module for what is timed). Writes
+benchmarks/results/data-<cpu or gpu>-<date>.json with the machine (CPU model, cores, load),
+versions, date and git SHA (:mod:`alexnet.perf.results`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import tempfile
-import time
 from pathlib import Path
 
-from alexnet.commands import bench
 from alexnet.environment import environment
+from alexnet.perf.loader import loader_vs_reference
+from alexnet.perf.results import results_path, slug, write_results
 
 ROOT = Path(__file__).resolve().parent
 
@@ -47,18 +47,16 @@ def main() -> None:
         warm = 2 * max(args.workers) + 1
         n = args.images or (warm + args.batches + 1) * args.batch_size
         for i, w in enumerate(args.workers):
-            ns = argparse.Namespace(data=None, make_photos=n, work_dir=work, workers=w, device=args.device,
-                                    decode=args.decode, batch_size=args.batch_size, batches=args.batches, warmup=None,
-                                    uint8=True, prepare_images=args.prepare_images if i == 0 else 0, seed=0)
-            row = bench.run_data(ns)
+            # The photo set is built in ``work`` by the first call and reused; prepare is timed once.
+            row = loader_vs_reference(make_photos=n, work_dir=work, workers=w, device=args.device, decode=args.decode,
+                                      batch_size=args.batch_size, batches=args.batches,
+                                      prepare_images=args.prepare_images if i == 0 else 0)
             print(json.dumps(row), flush=True)
             rows.append(row)
-    kind = re.sub(r"[^a-z0-9]+", "-", (machine["cuda_device"] or machine["processor"] or "cpu").lower()).strip("-")[:40]
+    kind = slug(machine["cuda_device"] or machine["processor"] or "cpu", 40)
     size = f"-{args.images}img" if args.images else ""
-    out = Path(args.out) / f"data-{kind}{size}-{time.strftime('%Y-%m-%d')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"benchmark": "bench data", "note": args.note, **machine,
-                               "config": vars(args), "rows": rows}, indent=1) + "\n")
+    out = write_results(results_path(args.out, f"data-{kind}{size}", machine),
+                        {"benchmark": "bench data", "note": args.note, "config": vars(args), "rows": rows}, machine)
     print(f"wrote {out}")
 
 

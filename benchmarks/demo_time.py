@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from alexnet.environment import environment
+from alexnet.perf.results import results_path, write_results
 
 ERRORS = ("val_top1_err_center", "val_top5_err_center", "val_top1_err_ten_crop", "val_top5_err_ten_crop")
 
@@ -88,10 +89,7 @@ def main() -> int:
               "rows": rows, "summary": summarise(rows)}
     for key, s in result["summary"].items():
         print(f"{key}: {s['mean']:.4f} ± {s['std']:.4f} (min {s['min']:.4f}, max {s['max']:.4f}) over {len(rows)} seed(s)")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"demo-{time.strftime('%Y-%m-%d')}.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    path = write_results(results_path(args.out, "demo", env0), result, env0)
     print(f"wrote {path}")
     return 0
 

@@ -23,6 +23,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from alexnet.files import atomic_write_text
+
 ROOT = Path(__file__).resolve().parent.parent
 ORDER = ["relu-vs-tanh", "lrn", "pooling", "towers", "depth", "dropout", "augmentation", "baselines", "ensemble",
          "data-scale"]
@@ -72,7 +74,7 @@ def main() -> int:
                   *sorted(out.glob("*.png"))]:
             if f.is_file():
                 shutil.copy2(f, dest / f.name)
-        (dest / "console.log").write_text(log)
+        atomic_write_text(dest / "console.log", log)
     return 1 if failed else 0
 
 

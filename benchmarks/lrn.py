@@ -12,16 +12,14 @@ LRN rows: forward + backward of one layer on N×96×55×55 (after conv1) and N×
   triton         the Triton kernel pair (CUDA only)
 Step rows: one training step (alexnet.engine.fast_step.FastStep, the step ``alexnet train`` runs, with
 the paper's update) of alexnet.models.create("alexnet") with lrn="none" and with each LRN path, on
-random input already cropped; ``lrn_share`` = 1 - t(none) / t(path) is the fraction of the step spent
-in LRN (target ≤ 15%, benchmarks/README.md).
+random input already cropped; ``lrn_share`` = 1 - t(none) / t(path) (``alexnet.perf.steps.lrn_share``) is
+the fraction of the step spent in LRN (target ≤ 15%, benchmarks/README.md).
 Writes benchmarks/results/lrn-<device>-<date>.json with the device, versions, date and git SHA.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import re
 import statistics
 import sys
 import time
@@ -36,7 +34,8 @@ from alexnet.engine.device import AMP_DTYPES
 from alexnet.environment import environment
 from alexnet.models import lrn_fast
 from alexnet.models.layers import PAPER_LRN, LocalResponseNorm
-from alexnet.perf.steps import make_step
+from alexnet.perf.results import device_name, device_slug, results_path, write_results
+from alexnet.perf.steps import lrn_share, make_step
 from alexnet.perf.timing import time_calls
 
 ROOT = Path(__file__).resolve().parent
@@ -185,7 +184,7 @@ def bench_step(args: argparse.Namespace, device: torch.device) -> list[dict]:
                 samples[name].append(time_ms(step, device, 0, args.step_iters, repeats=1))
         for name, ts in samples.items():
             ms = statistics.median(ts)
-            share = None if name == "none" else 1.0 - statistics.median(samples["none"]) / ms
+            share = None if name == "none" else lrn_share(ms, statistics.median(samples["none"]))
             # The same LRN layers timed alone (eager, the step's batch, dtype and layout): a second
             # estimate that small, noisy CPU steps cannot swamp; under compile the difference is the one.
             dtype = AMP_DTYPES[amp] or torch.float32
@@ -194,7 +193,7 @@ def bench_step(args: argparse.Namespace, device: torch.device) -> list[dict]:
                 kind="step", model="alexnet", lrn=name, mode=mode, batch=args.step_batch,
                 dtype="bf16-autocast" if cuda else "fp32", memory_format="channels_last" if cuda else "nchw",
                 ms_per_step=round(ms, 3), img_per_s=round(args.step_batch / (ms / 1e3), 1),
-                lrn_share=None if share is None else round(share, 4),
+                lrn_share=share,
                 lrn_layers_ms=None if direct is None else round(direct, 3),
                 lrn_share_direct=None if direct is None else round(direct / ms, 4),
                 samples_ms=[round(t, 3) for t in ts],
@@ -299,23 +298,19 @@ def main(argv: list[str] | None = None) -> int:
     # Every (shape, dtype, layout) of the compiled rows is its own static graph of one code object.
     torch._dynamo.config.recompile_limit = 64
     env = environment(device)
-    name = (env["cuda_device"] if device.type == "cuda" else env["processor"]) or device.type
+    name = device_name(env, device)
     print(f"{name} | torch {torch.__version__} | lrn mode default {lrn_fast.mode()} | "
           f"batch {args.batch}, step batch {args.step_batch}", flush=True)
     t0 = time.perf_counter()
     result = {"device": name, "device_type": device.type, "cpu_threads": torch.get_num_threads(), "environment": env,
-              "date": env["date_utc"], "git_sha": env["git_sha"],
-              "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+              "date": env["date_utc"], "git_sha": env["git_sha"], "config": vars(args)}
     result["lrn"] = bench_lrn(args, device)
     if args.sweep and device.type == "cuda" and lrn_fast.HAVE_TRITON:
         result["sweep"] = sweep(args, device)
     if not args.no_step:
         result["step"] = bench_step(args, device)
     result["wall_s"] = round(time.perf_counter() - t0, 1)
-    slug = "cpu" if device.type == "cpu" else re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"lrn-{slug}-{env['date_utc'][:10]}.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    path = write_results(results_path(args.out, f"lrn-{device_slug(env, device)}", env), result, env)
     print(f"wrote {path} ({result['wall_s']} s)")
     return 0
 

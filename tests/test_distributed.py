@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from alexnet.data.format import write_arrays
 from alexnet.data.sources import synthetic
+from alexnet.data.writer import write_arrays
 from alexnet.engine import checkpoint as ckpt
 from alexnet.engine.run_folder import ELASTIC_RUN_ID, TIMING_FIELDS
 from launch_hooks import STOP_FLAG_HOOK

@@ -110,6 +110,26 @@ def test_relu_vs_tanh_and_rerun_skips(tiny: Path, tmp_path: Path) -> None:
     assert {p: p.stat().st_mtime_ns for p in weights} == stamps  # nothing retrained
     assert logs and all("skipped" in s for s in logs)
     assert json.loads((out / "results.json").read_text()) == rows
+    _measure_then_report("relu-vs-tanh", tiny, out, rows)
+
+
+def _measure_then_report(name: str, data: Path, out: Path, rows: list[dict]) -> None:
+    """Measuring apart from reporting, on an experiment's finished runs: ``measure`` returns its
+    Result and writes nothing; ``report`` writes results.json and report.md from that Result alone."""
+    import importlib
+
+    from alexnet.experiments import info
+    from alexnet.experiments.runner import Runner
+
+    mod = importlib.import_module(info(name).module)
+    runner = Runner(name, str(data), out, seeds=2, scale="test", device="cpu", workers=0, log=lambda s: None)
+    (out / "report.md").unlink()
+    (out / "results.json").unlink()
+    result = mod.measure(runner)
+    assert isinstance(result, mod.Result)
+    assert not (out / "report.md").exists() and not (out / "results.json").exists()
+    assert mod.report(runner, result) == out / "report.md" and (out / "report.md").is_file()
+    assert [r["variant"] for r in json.loads((out / "results.json").read_text())] == [r["variant"] for r in rows]
 
 
 def test_interrupted_run_resumes(tiny: Path, tmp_path: Path) -> None:
@@ -190,12 +210,13 @@ def test_baselines_runs_every_method(tiny: Path, tmp_path: Path) -> None:
     assert sorted(r["lambda"] for r in rows if r["arm"] == "sift-fv-svm" and r["seed"] == 0) == [1e-5, 1e-4, 1e-3]
     assert {r["verdict"] for r in rows if r["arm"] in ("sift-fv-svm", "hog-svm")} <= {"not resolved at this scale", "in the paper's direction",
                                                                       "against the paper's direction"}
+    _measure_then_report("baselines", tiny, out, rows)
 
 
 def test_hog_svm_learns_oriented_gratings(tmp_path: Path) -> None:
     """Eight classes of gratings at eight orientations (random phase, frequency and noise): the
     orientation is exactly what HOG measures, so HOG + a linear SVM must be far better than chance."""
-    from alexnet.data.format import write_arrays
+    from alexnet.data.writer import write_arrays
     from alexnet.experiments.baselines import hog_svm
 
     rng = np.random.default_rng(0)

@@ -33,8 +33,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet.data.format import PreparedDataset, write_arrays
+from alexnet.data.format import PreparedDataset
 from alexnet.data.sources import synthetic
+from alexnet.data.writer import write_arrays
 from alexnet.engine import checkpoint as ckpt
 from alexnet.engine.run_folder import TIMING_FIELDS
 
@@ -242,7 +243,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 def test_second_prepare_into_the_same_out_is_refused_and_the_first_commits_intact(tree: Path, tmp_path: Path) -> None:
     out = tmp_path / "cc"
     a = Proc(["prepare", str(tree), "--out", str(out), "--workers", "1", "--quiet"], tmp_path,
-             pause_at="alexnet.data.format:SplitWriter.add:3")
+             pause_at="alexnet.data.writer:SplitWriter.add:3")
     a.wait_paused()  # A is writing train/data.bin
     rc, _, err = cli(["prepare", str(tree), "--out", str(out), "--workers", "1", "--quality", "50", "--quiet",
                       "--encoding", "jpeg"])
@@ -275,7 +276,9 @@ def test_second_train_and_second_resume_into_a_live_run_are_refused(ds: Path, tm
 
 
 def test_commit_checks_every_split_against_its_index(tmp_path: Path) -> None:
-    from alexnet.data.format import DatasetError, DatasetWriter, StatsAccumulator
+    from alexnet.data.format import DatasetError
+    from alexnet.data.stats import StatsAccumulator
+    from alexnet.data.writer import DatasetWriter
 
     out = tmp_path / "d"
     dw = DatasetWriter(out, ["a"])
@@ -554,7 +557,7 @@ def test_ctrl_c_while_the_command_starts_is_one_line(tmp_path: Path) -> None:
 def test_sigterm_during_prepare_keeps_the_work_and_the_rerun_resumes(tree: Path, tmp_path: Path) -> None:
     out = tmp_path / "cc"
     args = ["prepare", str(tree), "--out", str(out), "--workers", "1", "--quiet"]
-    a = Proc(args, tmp_path, pause_at="alexnet.data.format:SplitWriter.add:6", env={"PREPARE_CHUNK": "4"})
+    a = Proc(args, tmp_path, pause_at="alexnet.data.writer:SplitWriter.add:6", env={"PREPARE_CHUNK": "4"})
     a.wait_paused()
     a.p.send_signal(signal.SIGTERM)  # like Ctrl-C: finish the chunk, checkpoint, stop
     rc, _, err = a.finish()

@@ -13,8 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from alexnet.data.format import DatasetError, DatasetWriter, PreparedDataset, StatsAccumulator, write_arrays
+from alexnet.data.format import DatasetError, PreparedDataset
 from alexnet.data.loader import BatchLoader, epoch_permutation, shard
+from alexnet.data.stats import StatsAccumulator
+from alexnet.data.writer import DatasetWriter, write_arrays
 
 H, W = 40, 48  # not square: a transposed H/W shows up as a shape error
 
@@ -407,9 +409,63 @@ def test_default_workers_are_shared_by_the_nodes_processes(jpeg_ds: Path, monkey
                                                           cpus: int, procs: int, expect: int) -> None:
     from alexnet.data.loader import default_workers
 
-    monkeypatch.setattr("os.cpu_count", lambda: cpus)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", str(procs))
-    assert default_workers(PreparedDataset(jpeg_ds, "train")) == expect
+    assert default_workers(PreparedDataset(jpeg_ds, "train").encoding) == expect
+    assert default_workers("raw") == 0  # raw records are one memmap gather per batch
+
+
+def test_default_workers_count_the_cpus_this_process_may_run_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A container or batch job given 4 of a 64-core machine's CPUs: 16 workers would fight over 4.
+    from alexnet.data.loader import default_workers
+
+    monkeypatch.setattr("os.cpu_count", lambda: 64)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {8, 9, 10, 11}, raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert default_workers("jpeg") == 3
+
+
+def test_usable_cpus_are_the_affinity_mask_else_the_machines_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    from alexnet.data.processes import usable_cpus
+
+    monkeypatch.setattr("os.cpu_count", lambda: 64)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 5, 7}, raising=False)
+    assert usable_cpus() == 3
+    monkeypatch.delattr("os.sched_getaffinity", raising=False)  # a platform without affinity masks
+    assert usable_cpus() == 64
+    monkeypatch.setattr("os.cpu_count", lambda: None)  # the count is unknown
+    assert usable_cpus() == 1
+
+
+@pytest.mark.parametrize("platform,method", [("linux", "fork"), ("darwin", "spawn"), ("win32", "spawn")])
+def test_worker_pools_fork_on_linux_and_spawn_elsewhere(monkeypatch: pytest.MonkeyPatch, platform: str,
+                                                        method: str) -> None:
+    import multiprocessing
+    import sys
+
+    from alexnet.data.processes import context
+
+    if method not in multiprocessing.get_all_start_methods():
+        pytest.skip(f"this platform has no {method} start method")
+    monkeypatch.setattr(sys, "platform", platform)
+    assert context().get_start_method() == method
+
+
+def test_readers_of_a_dataset_do_not_load_its_writer() -> None:
+    """The format and its reader, the loader, the augmentation and evaluation read datasets;
+    none of them loads the writer, the statistics computation or prepare's workers."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import alexnet.data, alexnet.data.format, alexnet.data.loader, alexnet.data.augment, alexnet.engine.evaluate\n"
+            "alexnet.data.PreparedDataset\n"
+            "print(*sorted(m for m in sys.modules if m.startswith('alexnet.')), sep='\\n')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    loaded = proc.stdout.split()
+    assert "alexnet.data.format" in loaded and "alexnet.data.loader" in loaded
+    assert not {"alexnet.data.writer", "alexnet.data.stats", "alexnet.data.workers"} & set(loaded), loaded
 
 
 class _Statvfs:

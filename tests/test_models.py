@@ -1,4 +1,5 @@
 import math
+import re
 
 import pytest
 import torch
@@ -104,6 +105,14 @@ def test_options_change_architecture():
     assert [l.effective_alpha for l in released.modules() if isinstance(l, LocalResponseNorm)] == [2e-5, 2e-5]
 
 
+def test_check_name_is_one_line_naming_the_known_models():
+    from alexnet.errors import UserError
+
+    models.check_name("alexnet")
+    with pytest.raises(UserError, match="^unknown model 'vgg'; accepted: alexnet, alexnet-owt, alexnet-cifar, lenet5$"):
+        models.check_name("vgg")
+
+
 def test_bad_options_name_what_is_accepted():
     with pytest.raises(ValueError, match="unknown model 'vgg'.*alexnet"):
         models.create("vgg")
@@ -188,3 +197,114 @@ def test_remove_conv_keeps_the_paper_init_per_layer() -> None:
 def test_remove_conv_refuses_the_first_and_last_layers(name: str, index: int) -> None:
     with pytest.raises(ValueError, match="remove_conv"):
         models.create(name, 10, remove_conv=index)
+
+
+# -- Caffe's two reference nets as options of the paper's ---------------------------------------
+
+
+def test_caffe_options_build_bvlc_alexnet():
+    from alexnet.models.alexnet import CAFFE_OPTIONS
+
+    m = models.create("alexnet", **CAFFE_OPTIONS)
+    assert m.input_size == 227 and m.features[0].padding == (0, 0)
+    lrns = [l for l in m.features if isinstance(l, LocalResponseNorm)]
+    # Caffe: b = a / (1 + (alpha / n) sum a^2)^beta
+    assert len(lrns) == 2 and all((l.k, l.effective_alpha) == (1.0, 1e-4 / 5) for l in lrns)
+    with torch.no_grad():
+        x = torch.randn(1, 3, 227, 227)
+        assert m.features(x).shape == (1, 256, 6, 6)  # 55 -> 27 -> 13 -> 6, as the paper's 224
+    assert sum(p.numel() for p in m.parameters()) == 60_965_224  # the same parameters as the paper's
+    kinds = [type(l).__name__ for l in m.features][:4]
+    assert kinds == ["Conv2d", "ReLU", "LocalResponseNorm", "MaxPool2d"]  # bvlc_alexnet: norm, then pool
+
+
+def test_caffenet_pools_before_normalising():
+    from alexnet.models.alexnet import CAFFENET_OPTIONS
+
+    m = models.create("alexnet", **CAFFENET_OPTIONS)
+    kinds = [type(l).__name__ for l in m.features]
+    assert kinds[:4] == ["Conv2d", "ReLU", "MaxPool2d", "LocalResponseNorm"]
+    assert kinds[4:8] == ["Conv2d", "ReLU", "MaxPool2d", "LocalResponseNorm"]
+    assert kinds.count("LocalResponseNorm") == 2
+
+
+def test_caffe_options_default_to_the_paper():
+    paper = models.create("alexnet")
+    assert paper.input_size == 224 and paper.features[0].padding == (2, 2)
+    assert [type(l).__name__ for l in paper.features][:4] == ["Conv2d", "ReLU", "LocalResponseNorm", "MaxPool2d"]
+    assert all(l.k == 2.0 for l in paper.features if isinstance(l, LocalResponseNorm))
+
+
+def test_caffe_options_refuse_what_cannot_work():
+    with pytest.raises(ValueError, match="gives 5×5 maps before fc6"):
+        models.create("alexnet", conv1_padding=0)  # 224 unpadded: 54 -> 26 -> 12 -> 5
+    with pytest.raises(ValueError, match="lrn_k=1.0 has no effect with lrn='none'"):
+        models.create("alexnet", lrn="none", lrn_k=1.0)
+    with pytest.raises(ValueError, match="lrn_after_pool=True has no effect"):
+        models.create("alexnet", lrn="none", lrn_after_pool=True)
+    assert models.input_size("alexnet", {"input_size": 227, "conv1_padding": 0}) == 227
+    assert models.input_size("alexnet-cifar", {}) == 32
+
+
+@pytest.mark.parametrize("name,convs,middle,inits", [("alexnet", 5, "a middle conv layer: 2, 3 or 4", "paper, torch"),
+                                                     ("alexnet-cifar", 3, "the middle conv layer, 2", "paper, torch, he")])
+def test_the_shared_options_are_refused_alike(name: str, convs: int, middle: str, inits: str) -> None:
+    # AlexNet and its CIFAR sibling take the same ablation options: one check, the same lines.
+    cases = [({"towers": 3}, "towers must be 1 or 2, got 3"),
+             ({"remove_conv": 1}, f"remove_conv must be 0 (none) or {middle}; got 1"),
+             ({"widths": (8, 8)}, f"widths must list {convs} conv widths, got [8, 8]"),
+             ({"dropout": 1.0}, "dropout must be in [0, 1), got 1.0"),
+             ({"init": "xavier"}, f"unknown init 'xavier'; accepted: {inits}"),
+             ({"init": "torch", "bias_init": 0.5}, "bias_init=0.5 has no effect with init='torch': only init='paper' sets the biases")]
+    for opts, line in cases:
+        with pytest.raises(ValueError, match=f"^{re.escape(line)}$"):
+            models.create(name, 10, **opts)
+
+
+# -- §4.2's dropout as written: unscaled while training, ×(1 - p) at test time ---------------------
+
+
+def test_test_time_scaled_dropout_keeps_units_unscaled_and_halves_at_test():
+    from alexnet.models.layers import ScaledAtTestDropout
+
+    x = torch.rand(64, 4096) + 0.5
+    d = ScaledAtTestDropout(0.5).train()
+    torch.manual_seed(0)
+    y = d(x)
+    kept = y != 0
+    assert torch.equal(y[kept], x[kept])  # kept units pass unscaled (torch's 1/(1-p) undone exactly for p = 0.5)
+    assert abs(kept.float().mean().item() - 0.5) < 0.01
+    d.eval()
+    assert torch.equal(d(x), x * 0.5)  # "multiply their outputs by 0.5"
+
+
+@pytest.mark.parametrize("name", ["alexnet", "alexnet-cifar"])
+def test_the_two_dropout_scalings_are_one_function_up_to_the_next_layers_weights(name):
+    """Inverted dropout with the next layer's weights × (1 - p) computes what the paper's form
+    computes, in training (the same mask) and at test time."""
+    paper = models.create(name, 10, dropout=0.5, dropout_scaling="test")
+    inverted = models.create(name, 10, dropout=0.5)
+    inverted.load_state_dict(paper.state_dict())
+    with torch.no_grad():
+        for i, m in enumerate(paper.classifier):
+            if isinstance(m, nn.Dropout):
+                nxt = next(l for l in list(inverted.classifier)[i + 1:] if isinstance(l, nn.Linear))
+                nxt.weight.mul_(0.5)
+    x = torch.randn(2, 3, paper.input_size, paper.input_size)
+    for mode in ("train", "eval"):
+        getattr(paper, mode)(), getattr(inverted, mode)()
+        torch.manual_seed(1)
+        a = paper(x)
+        torch.manual_seed(1)
+        b = inverted(x)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    plain = models.create(name, 10, dropout=0.5)
+    plain.load_state_dict(paper.state_dict())  # the same weights, inverted: the option changes the function
+    assert not torch.allclose(paper.eval()(x), plain.eval()(x))
+
+
+def test_dropout_scaling_is_refused_where_it_cannot_act():
+    with pytest.raises(ValueError, match="unknown dropout_scaling 'half'; accepted: inverted, test"):
+        models.create("alexnet-cifar", 10, dropout=0.5, dropout_scaling="half")
+    with pytest.raises(ValueError, match="dropout_scaling='test' has no effect with dropout=0"):
+        models.create("alexnet-cifar", 10, dropout_scaling="test")  # the CIFAR net's default: no dropout

@@ -1,11 +1,10 @@
 """The benchmarks' library (alexnet.perf) and the guards of benchmarks/gpu.py: a time limit that
 interrupts a hung wait, rows that fail, hang or miss the deadline recorded as such with the results
-file rewritten after each, the preflight on a machine without a GPU, and ``alexnet bench model``
+file rewritten after each (alexnet.perf.guarded), gpu.py's plan, the preflight on a machine without a GPU, and ``alexnet bench model``
 timing the training step ``alexnet train`` runs."""
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import multiprocessing as mp
@@ -66,18 +65,18 @@ def test_time_calls_counts_every_call() -> None:
     assert len(calls) == 1 + 3 * 2 and len(samples) == 2 and all(s >= 0 for s in samples)
 
 
-def _runner(gpu, tmp_path: Path, **over):
-    args = argparse.Namespace(deadline=0.0, row_timeout=0.5, tiny=False, time_budget=0.1, compile_estimate=1.0,
-                              build_estimate=1.0, **over)
-    return gpu.Runner(args, torch.device("cpu"), environment("cpu"), tmp_path / "gpu-cpu.json")
+def _run(tmp_path: Path):
+    from alexnet.perf.guarded import GuardedRun
+
+    return GuardedRun(tmp_path / "gpu-cpu.json", environment("cpu"), {"device": "cpu"}, row_timeout=0.5)
 
 
 def test_rows_that_fail_hang_or_miss_the_deadline_are_recorded(tmp_path: Path) -> None:
-    gpu = _gpu_module()
-    r = _runner(gpu, tmp_path)
+    r = _run(tmp_path)
     r.measure({"mode": "model-only", "model": "m1"}, 0, lambda: {"img_per_s": 10.0})
     on_disk = json.loads(r.path.read_text())["rows"]  # written after the row, before the run ends
-    assert [row["model"] for row in on_disk] == ["m1"] and on_disk[0]["hours_90_epochs"] > 0
+    assert [row["model"] for row in on_disk] == ["m1"] and on_disk[0]["img_per_s"] == 10.0
+    assert on_disk[0]["device"] == "cpu" and on_disk[0]["row_s"] >= 0
 
     def boom() -> dict:
         raise RuntimeError("no step\nsecond line")
@@ -86,7 +85,7 @@ def test_rows_that_fail_hang_or_miss_the_deadline_are_recorded(tmp_path: Path) -
     t = time.perf_counter()
     r.measure({"mode": "end-to-end", "model": "m3"}, 0, lambda: time.sleep(30))  # a hung loader
     assert time.perf_counter() - t < 5
-    r.args.deadline = r.elapsed() + 1
+    r.deadline = r.elapsed() + 1
     r.measure({"mode": "end-to-end", "model": "m4"}, 100, lambda: pytest.fail("ran past the deadline"))
     rows = json.loads(r.path.read_text())["rows"]
     assert [row["model"] for row in rows] == ["m1", "m2", "m3", "m4"]
@@ -96,15 +95,36 @@ def test_rows_that_fail_hang_or_miss_the_deadline_are_recorded(tmp_path: Path) -
 
 
 def test_a_failing_phase_is_recorded_and_the_run_goes_on(tmp_path: Path) -> None:
-    gpu = _gpu_module()
-    r = _runner(gpu, tmp_path)
+    from alexnet.perf.markdown import markdown
+
+    r = _run(tmp_path)
 
     def broken() -> None:
         raise OSError("disk full")
 
     assert r.phase("dataset", broken) is None
     assert json.loads(r.path.read_text())["errors"] == [{"phase": "dataset", "error": "OSError: disk full"}]
-    assert "**dataset failed**: OSError: disk full" in gpu.markdown(json.loads(r.path.read_text()))
+    assert "**dataset failed**: OSError: disk full" in markdown(json.loads(r.path.read_text()))
+    assert r.phase("flops", lambda: 42) == 42
+
+
+def test_the_gpu_plan_puts_the_headline_rows_first() -> None:
+    """benchmarks/gpu.py's plan for the GPU machine (built without one): the compiled paper net, the
+    same without LRN, alexnet train, then the same step end to end; torchvision's reference recipe
+    after its step and before alexnet-owt; nvJPEG's rows after every reference row on CPU-decoded
+    JPEGs; the extras last."""
+    gpu = _gpu_module()
+    args = gpu.parse_args(["--device", "cuda"])
+    labels = [row.label for row in gpu.plan(args, cuda=True)]
+    assert labels[:4] == ["model-only alexnet compile", "model-only alexnet-nolrn compile", "train alexnet decode cpu",
+                          "end-to-end alexnet decode cpu"]
+    assert labels.index("model-only torchvision eager") < labels.index("end-to-end torchvision reference recipe") \
+        < labels.index("model-only alexnet-owt compile") < labels.index("end-to-end alexnet decode auto")
+    assert labels[-2:] == ["model-only alexnet compile lrn_mode=plain", "model-only alexnet compile+cudagraphs"]
+    assert len(labels) == len(set(labels))
+    assert "end-to-end torchvision reference recipe, ImageNet-sized JPEGs" in labels
+    tiny = [row.label for row in gpu.plan(gpu.parse_args(["--device", "cpu", "--tiny"]), cuda=False)]
+    assert "model-only alexnet-towers eager" not in tiny and "model-only alexnet compile+cudagraphs" not in tiny
 
 
 def test_preflight_runs_without_a_gpu(tmp_path: Path) -> None:
@@ -143,7 +163,8 @@ def test_photo_dataset_is_written_as_write_arrays_writes_the_same_images(tmp_pat
     """The benchmark fixtures write through the one dataset writer, JPEG encoder and statistics
     computation: given the same images, they write what ``write_arrays`` writes, whatever the
     number of processes that drew them, and the image folder holds the same JPEG files."""
-    from alexnet.data.format import PreparedDataset, write_arrays
+    from alexnet.data.format import PreparedDataset
+    from alexnet.data.writer import write_arrays
     from alexnet.perf import fixtures
 
     def images(kind, n, size, seed, start):  # image i depends on i only (and on the split's seed)
@@ -188,3 +209,22 @@ def test_fixture_workers_forked_after_torch_ran_in_parallel_do_not_hang(tmp_path
         pytest.fail("the fixture workers hung")
     assert proc.returncode == 0, err[-3000:]
     assert len(list((tmp_path / "f").rglob("*.jpg"))) == 4
+
+
+def test_results_file_carries_its_provenance_and_is_written_atomically(tmp_path: Path) -> None:
+    """Every benchmark writes through one helper: the environment, git SHA and date beside the
+    numbers, keys the result already holds kept, and a write that fails leaves the previous file whole."""
+    from alexnet.perf.results import results_path, slug, write_results
+
+    env = {**environment("cpu"), "date_utc": "2026-12-02 10:00:00 UTC", "git_sha": "abc", "git_dirty": False}
+    path = results_path(tmp_path / "results", f"lrn-{slug('NVIDIA H100 80GB HBM3')}", env)
+    assert path == tmp_path / "results" / "lrn-nvidia-h100-80gb-hbm3-2026-12-02.json"
+    assert slug("AMD EPYC 7763 64-Core Processor", 12) == "amd-epyc-776"
+    write_results(path, {"rows": [1], "date": "kept", "config": {"out": tmp_path}}, env)
+    doc = json.loads(path.read_text())
+    assert doc["rows"] == [1] and doc["date"] == "kept" and doc["config"]["out"] == str(tmp_path)
+    assert doc["environment"] == env and doc["git_sha"] == "abc" and doc["git_dirty"] is False
+    with pytest.raises(TypeError):
+        write_results(path, {"rows": [object()]}, env)
+    assert json.loads(path.read_text()) == doc
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind

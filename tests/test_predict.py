@@ -17,8 +17,8 @@ from PIL import Image
 
 from alexnet import models
 from alexnet.cli import main
-from alexnet.data.format import write_arrays
 from alexnet.data.sources import synthetic
+from alexnet.data.writer import write_arrays
 from alexnet.engine.checkpoint import save_weights
 from alexnet.engine.inference import file_augment, load, read_image
 

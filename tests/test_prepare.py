@@ -16,7 +16,7 @@ import alexnet.data.workers as W
 from alexnet.cli import main
 from alexnet.data import DatasetError, PreparedDataset, is_prepared
 from alexnet.data.decode import fit
-from alexnet.data.format import write_arrays
+from alexnet.data.writer import write_arrays
 from alexnet.errors import UserError
 from alexnet.perf.fixtures import photo_like_jpegs
 from alexnet.perf.prepare import prepare_throughput

@@ -135,7 +135,7 @@ def test_report_writes_markdown(runs, capsys):
 
 
 def test_neighbors(runs, capsys, tmp_path):
-    from alexnet.commands.neighbors import hidden_features
+    from alexnet.engine.neighbors import hidden_features
 
     png = tmp_path / "nb.png"
     assert main(["neighbors", str(runs["a"]), "--data", str(runs["data"]), "--query", "3", "--query", "17",
@@ -163,7 +163,7 @@ def test_neighbors(runs, capsys, tmp_path):
 
 
 def test_neighbors_hook_is_fc7_for_alexnet():
-    from alexnet.commands.neighbors import hidden_features, last_linear
+    from alexnet.engine.neighbors import hidden_features, last_linear
 
     torch.manual_seed(0)
     m = models.create("alexnet", 10, towers=1, widths=(8, 8, 8, 8, 8), hidden=32).eval()

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "filters": ("alexnet.commands.filters", "the first-layer kernels as an image (Figure 3)"),
     "report": ("alexnet.commands.report", "regenerate a run's report"),
     "export": ("alexnet.commands.export", "export weights, a self-contained ONNX or torch.export graph, or a Hub folder"),
+    "import": ("alexnet.commands.import_weights", "import published weights (Caffe's bvlc_alexnet) as a run folder"),
     "push": ("alexnet.commands.push", "upload a run's weights and model card to the Hugging Face Hub"),
     "experiment": ("alexnet.commands.experiment", "reproduce one of the paper's claims"),
     "bench": ("alexnet.commands.bench", "measure throughput"),

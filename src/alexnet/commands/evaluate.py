@@ -70,7 +70,7 @@ def _run(args: argparse.Namespace, record: bool) -> int:
     from alexnet.data.resolve import resolve_data
     from alexnet.engine.device import pick_device
     from alexnet.engine.evaluate import Precision, evaluate, per_class_summary
-    from alexnet.engine.inference import augment_for, check_classes, load
+    from alexnet.engine.inference import augment_for, check_classes, imagenet_order_only, load
 
     device = pick_device(args.device or "auto")
     members = [load(r, device) for r in args.runs]
@@ -82,7 +82,7 @@ def _run(args: argparse.Namespace, record: bool) -> int:
     for m in members:
         if m.meta["num_classes"] != ds.num_classes:
             raise UserError(f"{m.source}: predicts {m.meta['num_classes']} classes but {data} has {ds.num_classes}")
-        if m.meta.get("source") == "torchvision":
+        if imagenet_order_only(m.meta):
             _check_imagenet_order(m.source, ds.classes, str(data))
         else:  # all before the first evaluation: an ensemble's members agree with each other and the data
             check_classes(m, ds)
@@ -121,7 +121,7 @@ def _run(args: argparse.Namespace, record: bool) -> int:
 
 
 def _check_imagenet_order(weights: object, classes: list[str], data: str) -> None:
-    """torchvision's output unit i is the i-th ILSVRC-2012 WNID in sorted order; a dataset whose
+    """torchvision's (and Caffe's) output unit i is the i-th ILSVRC-2012 WNID in sorted order; a dataset whose
     labels are numbered otherwise would be scored against the wrong classes."""
     from alexnet.data.sources.base import WNID_RE
 

@@ -22,6 +22,6 @@ def run(args: argparse.Namespace) -> int:
     from alexnet.report.run import draw_filters
 
     with output_file(args.out, force=args.force, ours=lambda p: png_written_by(p, SOFTWARE)) as out:
-        model = load(args.run).model
-        print(draw_filters(model, Path(out), software=SOFTWARE))
+        trained = load(args.run)
+        print(draw_filters(trained.model, Path(out), trained.meta.get("channel_order", "rgb"), software=SOFTWARE))
     return 0

@@ -133,8 +133,7 @@ def run(args: argparse.Namespace) -> int:
 
     nonempty_path(args.out, "--out")
     cfg = config_from_args(args)
-    if cfg.model not in models.names():
-        raise UserError(f"unknown model {cfg.model!r}; accepted: {', '.join(models.names())}")
+    models.check_name(cfg.model)
     main = int(os.environ.get("RANK", 0)) == 0
     if not args.resume:
         check_new_run_folder(Path(args.out), cfg.data)

@@ -22,6 +22,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # "mean_image_std": the same divided by the training set's pixel standard deviation, so small
 # nets start with unit-scale inputs; "mean_std": torchvision's per-channel normalisation.
 INPUT_NORMS = ("mean_image", "mean_image_std", "mean_std")
+# The order of the colour channels the network reads: "rgb" (ours, torchvision's) or "bgr"
+# (Caffe's networks, which read images as OpenCV decodes them). Images, the mean image and every
+# normalisation constant stay RGB; a crop's channels are reversed after it is normalised.
+CHANNEL_ORDERS = ("rgb", "bgr")
 
 # Streams of the counter-based generator.
 _CROP_Y, _CROP_X, _FLIP, _PCA = 0, 1, 2, 3
@@ -78,7 +82,8 @@ class Augment:
     """Mean-image subtraction, random crops, flips and "fancy PCA" colour noise (§2, §4.1).
 
     ``mean``: 3×H×W per-pixel mean image (0–255); ``eigval``/``eigvec``: RGB covariance on the
-    [0, 1] scale (columns of ``eigvec`` are eigenvectors). ``input_norm``: one of INPUT_NORMS.
+    [0, 1] scale (columns of ``eigvec`` are eigenvectors). ``input_norm``: one of INPUT_NORMS;
+    ``channel_order``: one of CHANNEL_ORDERS.
     """
 
     def __init__(
@@ -93,10 +98,13 @@ class Augment:
         pca_std: float = 0.1,
         crop_padding: int = 0,
         input_norm: str = "mean_image",
+        channel_order: str = "rgb",
         seed: int = 0,
     ) -> None:
         if input_norm not in INPUT_NORMS:
             raise ValueError(f"unknown input_norm {input_norm!r}; accepted: {', '.join(INPUT_NORMS)}")
+        if channel_order not in CHANNEL_ORDERS:
+            raise ValueError(f"unknown channel_order {channel_order!r}; accepted: {', '.join(CHANNEL_ORDERS)}")
         self.size = tuple(mean.shape[-2:])
         h, w = self.size
         if crop > h + 2 * crop_padding or crop > w + 2 * crop_padding:
@@ -115,6 +123,7 @@ class Augment:
         self.pca_std = pca_std
         self.pad = crop_padding
         self.input_norm = input_norm
+        self.channel_order = channel_order
         self.seed = seed
         self._cache: dict[tuple[torch.device, str], tuple[torch.Tensor, ...]] = {}
 
@@ -176,6 +185,10 @@ class Augment:
     # -- application ---------------------------------------------------------------------------
 
     def _crop(self, images: torch.Tensor, p: CropParams, noise: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+        x = self._crop_rgb(images, p, noise, dtype)
+        return x.flip(1) if self.channel_order == "bgr" else x  # N×3×S×S, B first for Caffe's networks
+
+    def _crop_rgb(self, images: torch.Tensor, p: CropParams, noise: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
         dev = images.device
         sub, scale, _, _ = self._consts(dev)
         if dev.type != "cpu" or self.pad:

@@ -201,7 +201,7 @@ def download(name: str, out: str | os.PathLike[str], *, base_url: str | None = N
     # The dataset's lock from the start: a second download into the same --out is refused before
     # it downloads anything.
     # Imported here, not at the top: `alexnet download --help` lists DATASETS without loading torch.
-    from alexnet.data.format import lock_dataset
+    from alexnet.data.writer import lock_dataset
 
     lock = lock_dataset(out)
     try:
@@ -213,7 +213,7 @@ def download(name: str, out: str | os.PathLike[str], *, base_url: str | None = N
 
 def _download(name: str, out: Path, url: str, lock: Any, *, progress: bool, cache: str | os.PathLike[str] | None,
               checksum: str | None, size: int | None, workers: int | None) -> Path:
-    from alexnet.data.format import check_destination
+    from alexnet.data.writer import check_destination
     from alexnet.data.prepare import prepare
 
     # Refuse before spending minutes on a download that could not be prepared.

@@ -33,7 +33,7 @@ import torch
 
 from alexnet.data.format import DatasetError, PreparedDataset
 from alexnet.data.jpeg import decode_jpeg_rgb, decode_jpegs_rgb
-from alexnet.data.workers import init_worker
+from alexnet.data.processes import context, init_worker, usable_cpus
 from alexnet.errors import UserError
 
 # "auto" split of each batch between CPU workers and the GPU decoder, from throughputs measured
@@ -69,15 +69,15 @@ def local_world_size() -> int:
         return 1
 
 
-def default_workers(ds: PreparedDataset) -> int:
-    """Decoding workers per process: the node's cores, less one per process for the training
-    loop, shared among the node's processes (8 ranks on a 16-core node get 1 each, not 15), at
-    most 16."""
+def default_workers(encoding: str) -> int:
+    """Decoding workers per process for a dataset of ``encoding``: the CPUs this process may run
+    on (:func:`~alexnet.data.processes.usable_cpus`), less one per process for the training loop,
+    shared among the node's processes (8 ranks on 16 CPUs get 1 each, not 15), at most 16."""
     # Raw records are one memmap gather per batch: worker processes only add overhead.
-    if ds.encoding == "raw":
+    if encoding == "raw":
         return 0
     procs = local_world_size()
-    return max(1, min(16, ((os.cpu_count() or 2) - procs) // procs))
+    return max(1, min(16, (usable_cpus() - procs) // procs))
 
 
 SHM = "/dev/shm"
@@ -281,13 +281,12 @@ class _Pool:
     inherited one would crash or write into memory the GPU no longer reads."""
 
     def __init__(self, ds: PreparedDataset, workers: int) -> None:
-        import torch.multiprocessing as mp
-
         from alexnet.data import jpeg
 
         jpeg.backend()  # import the codec library once, before the fork, not in every worker
-        # fork: the dataset's index is inherited, not pickled (spawn elsewhere).
-        ctx = mp.get_context("fork" if os.name == "posix" else "spawn")
+        # torch registers its reductions with multiprocessing when it is imported: the tensors put
+        # on these queues travel as shared memory, whatever the context.
+        ctx = context()
         self.results = ctx.Queue()
         self.tasks = [ctx.Queue() for _ in range(workers)]
         self.known: list[set[int]] = [set() for _ in range(workers)]
@@ -380,7 +379,7 @@ class BatchLoader:
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
-        self.workers = default_workers(ds) if workers < 0 else workers
+        self.workers = default_workers(ds.encoding) if workers < 0 else workers
         self.rank, self.world_size = rank, world_size
         self.pin_memory = pin_memory
         self.limit_batches = limit_batches

@@ -1,4 +1,4 @@
-"""``alexnet prepare``: any supported source -> the prepared format (alexnet.data.format).
+"""``alexnet prepare``: any supported source -> the prepared format (:mod:`alexnet.data.format`).
 
 Images are prepared as §2 of the paper prepares ImageNet: the shorter side is rescaled to 256
 and the central 256×256 patch is cropped out (raw RGB otherwise; the per-pixel mean image is
@@ -17,14 +17,14 @@ image, a decompression bomb, an unsafe archive name) is listed with its reason i
 
 The modules it is made of: :mod:`alexnet.data.sources.detect` opens the source,
 :mod:`alexnet.data.workers` does the per-image work (:mod:`alexnet.data.decode` decodes,
-:func:`alexnet.data.jpeg.jpeg_bytes` encodes, :class:`alexnet.data.format.StatsAccumulator` computes
+:func:`alexnet.data.jpeg.jpeg_bytes` encodes, :class:`alexnet.data.stats.StatsAccumulator` computes
 the statistics), :class:`alexnet.signals.StopRequest` turns Ctrl-C into a checkpoint, and this
 module runs the splits through them in order.
 
-Writing is atomic and resumable (format.DatasetWriter with a fingerprint): everything goes to
-``DIR.partial``, checkpointed every CHECKPOINT_SECONDS; an interrupted run leaves no ``DIR`` that
-opens, and rerunning the same command continues from the last checkpoint (a changed source or
-option starts clean).
+Writing is atomic and resumable (:class:`alexnet.data.writer.DatasetWriter` with a fingerprint):
+everything goes to ``DIR.partial``, checkpointed every CHECKPOINT_SECONDS; an interrupted run
+leaves no ``DIR`` that opens, and rerunning the same command continues from the last checkpoint
+(a changed source or option starts clean).
 """
 
 from __future__ import annotations
@@ -39,12 +39,14 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from alexnet.data.format import (ENCODINGS, FORMAT_VERSION, PIXELS_PER_IMAGE, STATS_SEED, DatasetWriter,
-                                 StatsAccumulator, check_destination, lock_dataset)
+from alexnet.data.format import ENCODINGS, FORMAT_VERSION
+from alexnet.data.processes import usable_cpus
 from alexnet.data.sources import synthetic
 from alexnet.data.sources.base import CONVERTED, SKIPPED, Item, Source
 from alexnet.data.sources.detect import open_source, uniform_small_size
-from alexnet.data.workers import Executor, Spec, default_workers
+from alexnet.data.stats import PIXELS_PER_IMAGE, STATS_SEED, StatsAccumulator
+from alexnet.data.workers import Executor, Spec
+from alexnet.data.writer import DatasetWriter, check_destination, lock_dataset
 from alexnet.errors import Terminated, UserError
 from alexnet.files import os_error_line
 from alexnet.progress import Progress
@@ -92,9 +94,10 @@ def prepare(src: str | os.PathLike[str], out: str | os.PathLike[str], *, size: i
     side is ``size`` and centre-cropped to size×size (default 256; small-image datasets keep
     their native size unless ``size`` is given). ``encoding``: "jpeg" (at ``quality``) or "raw";
     by default raw for images of at most 64 pixels a side, JPEG above. ``workers``: decoding
-    processes (default: all cores). ``val_fraction``: for a tree without a val/ folder, the part
-    of every class held out as ``val``. ``names``: class -> human-readable name overrides.
-    ``lock``: the dataset's lock (:func:`~alexnet.data.format.lock_dataset`) when the caller
+    processes (default: one per CPU this process may run on). ``val_fraction``: for a tree without
+    a val/ folder, the part of every class held out as ``val``. ``names``: class ->
+    human-readable name overrides.
+    ``lock``: the dataset's lock (:func:`~alexnet.data.writer.lock_dataset`) when the caller
     already holds it; otherwise it is taken here.
     """
     out = Path(out).expanduser()
@@ -154,7 +157,7 @@ def _prepare_source(source: Source, out: Path, *, size: int | None, workers: int
         raise UserError(f"--quality {quality} has no effect: these {target[0]}×{target[1]} images are stored raw; "
                         f"pass --encoding jpeg to store them as JPEG")
     quality = DEFAULT_QUALITY if quality is None else quality
-    nworkers = default_workers() if workers is None else max(1, workers)
+    nworkers = usable_cpus() if workers is None else max(1, workers)
     cheap = source.native_size is not None and target == source.native_size and enc == "raw"
     describe = {**source.describe(), "image_size": list(target), "encoding": enc, "preprocessing": how}
     if enc == "jpeg":

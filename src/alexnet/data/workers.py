@@ -2,26 +2,24 @@
 
 One item: decode -> RGB -> shorter side to S, central S×S crop (:mod:`alexnet.data.decode`) ->
 a record (raw bytes, or a JPEG file from :func:`alexnet.data.jpeg.jpeg_bytes`). A chunk of items
-also gives its training statistics sums (:class:`alexnet.data.format.StatsAccumulator`, each
+also gives its training statistics sums (:class:`alexnet.data.stats.StatsAccumulator`, each
 image seeded by its position in the split, so the sums do not depend on the chunking).
-:class:`Executor` runs chunks in this process or in a pool of worker processes.
+:class:`Executor` runs chunks in this process or in a pool of worker processes
+(:mod:`alexnet.data.processes`).
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import os
-import sys
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from alexnet.data.decode import Skip, fit, load_image, read_file
-from alexnet.data.format import STATS_SEED, StatsAccumulator, encode_record
-from alexnet.signals import worker_signals
+from alexnet.data.processes import context, init_worker
+from alexnet.data.stats import STATS_SEED, StatsAccumulator
+from alexnet.data.writer import encode_record
 
 
 @dataclass(frozen=True)
@@ -90,15 +88,6 @@ class _Done:
         return self.value
 
 
-def init_worker() -> None:
-    """First thing in every worker process (prepare's pool, the loader's workers, the benchmark
-    fixtures' pool): one torch thread, as in DataLoader's workers (parallelism comes from the
-    processes, and a forked child never enters the thread pool fork did not copy); Ctrl-C left
-    to the main process, SIGTERM ends the worker (:func:`alexnet.signals.worker_signals`)."""
-    torch.set_num_threads(1)
-    worker_signals()
-
-
 class Executor:
     """``submit(job)`` returns an object with ``get()``; ``workers <= 1`` runs jobs in place."""
 
@@ -106,11 +95,7 @@ class Executor:
         self.workers = max(1, workers)
         self.pool = None
         if self.workers > 1:
-            methods = mp.get_all_start_methods()
-            # fork: workers start in milliseconds and inherit the imports. They run Pillow and
-            # numpy, and torch on one thread (init_worker), so no thread pool is entered after fork.
-            ctx = mp.get_context("fork" if sys.platform.startswith("linux") and "fork" in methods else "spawn")
-            self.pool = ctx.Pool(self.workers, initializer=init_worker)
+            self.pool = context().Pool(self.workers, initializer=init_worker)
 
     def submit(self, job: Any) -> Any:
         if self.pool is None:
@@ -125,10 +110,3 @@ class Executor:
                 self.pool.terminate()
             self.pool.join()
             self.pool = None
-
-
-def default_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1

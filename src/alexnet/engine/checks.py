@@ -83,6 +83,13 @@ def check_against_data(cfg: TrainConfig, *, image_size: Sequence[int], input_siz
         raise UserError(f"images are {size}, smaller than the {input_size}×{input_size} input of {cfg.model}; prepare the "
                         f"data at a larger size or pick a model for this size")
 
+    chosen = cfg.model_options.get("input_size")
+    if chosen is not None and chosen != input_size:
+        # The crop the loop cuts is the registry's (engine/train.py); a network built for another
+        # size (Caffe's 227) would fail at fc6, after the data is loaded.
+        raise UserError(f"model option input_size={chosen}: training crops are {input_size}×{input_size} for {cfg.model}; "
+                        f"networks of another input size (Caffe's 227) are imported (alexnet import caffe), not trained")
+
     # -- augmentation (§4.1) -----------------------------------------------------------------------
     pad = effective_crop_padding(cfg, image_size, input_size)
     if cfg.random_crop and crop_offsets(image_size, input_size, pad) == (1, 1):

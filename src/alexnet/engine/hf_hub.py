@@ -204,6 +204,9 @@ def card_fields(m: Pretrained) -> dict[str, Any]:
         recipe_text = "Not recorded (weights imported from another source)." if meta.get("source") else "Not recorded."
     if meta.get("source") == "torchvision":
         data = "ILSVRC-2012 (ImageNet), as trained by torchvision; classes in sorted-WNID order."
+    elif meta.get("source") == "caffe":
+        data = (f"ILSVRC-2012 (ImageNet), as trained by Caffe (`{(meta.get('caffe') or {}).get('file')}`, imported with "
+                f"`alexnet import caffe`); classes in sorted-WNID order.")
     else:
         n = len(meta.get("classes") or [])
         where = f"`{meta['data']}`" if meta.get("data") else "The training set (not recorded)"
@@ -217,12 +220,14 @@ def card_fields(m: Pretrained) -> dict[str, Any]:
         "title": f"{name} ({meta.get('num_classes')} classes)",
         "model": name,
         "options": (" with " + ", ".join(f"`{k}={v}`" for k, v in opts.items())) if opts else "",
-        "architecture": ARCHITECTURES.get(name, name),
+        "architecture": ARCHITECTURES.get(name, name).replace("224×224 input", f"{meta.get('input_size', 224)}×"
+                                                              f"{meta.get('input_size', 224)} input"),
         "parameters": f"{sum(p.numel() for p in m.net.parameters()):,}",
         "num_classes": meta.get("num_classes"),
         "data": data,
         "input": (f"{meta.get('input_size')}×{meta.get('input_size')} crops of images stored at {size[0]}×{size[-1]}, "
-                  f"{NORMS.get(meta.get('input_norm', ''), meta.get('input_norm'))}"),
+                  + (f"{NORMS.get(meta.get('input_norm', ''), meta.get('input_norm'))}" if meta.get("channel_order") != "bgr"
+                     else "raw 0–255 values minus Caffe's mean image, channels in BGR order (Caffe's)")),
         "recipe": recipe_text,
         "metrics": table,
         "provenance": ", ".join(p for p in prov if p) + ".",

@@ -15,6 +15,7 @@ from alexnet.data.augment import Augment
 from alexnet.data.format import PreparedDataset
 from alexnet.data.decode import read_image as read_rgb
 from alexnet.data.resolve import resolve_data
+from alexnet.data.sources.base import WNID_RE
 from alexnet.engine import checkpoint as ckpt
 from alexnet.engine.checks import same_classes
 from alexnet.engine.torchvision_weights import load_torchvision
@@ -24,7 +25,10 @@ from alexnet.errors import UserError
 @dataclass
 class Trained:
     model: nn.Module
-    meta: dict[str, Any]  # model, model_options, num_classes, classes, class_names, input_size, input_norm, data
+    # model, model_options, num_classes, classes, class_names, input_size, input_norm, data; and for
+    # imported weights channel_order ("bgr": Caffe's) and input_mean ("weights": the network
+    # subtracts the mean stored with its weights, not a dataset's; see :func:`input_stats`)
+    meta: dict[str, Any]
     source: Path
     stats: dict[str, torch.Tensor] | None = None  # the training set's mean image and RGB PCA, if the file has them
 
@@ -58,19 +62,45 @@ def load(path: str | Path, device: torch.device | str = "cpu") -> Trained:
     return Trained(model, meta, Path(path), stats)
 
 
+def imagenet_order_only(meta: dict[str, Any]) -> bool:
+    """Weights whose outputs are known only as ILSVRC-2012's classes in sorted-WNID order, their
+    identifiers being names: torchvision's, and Caffe's imported without its synset file."""
+    if meta.get("source") == "torchvision":
+        return True
+    return meta.get("source") == "caffe" and not all(WNID_RE.match(str(c)) for c in meta.get("classes") or [])
+
+
 def check_classes(trained: Trained, ds: PreparedDataset) -> None:
     """A model meets a dataset: the same classes in the same order, or one line naming both
-    (torchvision's weights record class names, not WNIDs: see ``alexnet evaluate``'s check)."""
-    if trained.meta.get("source") != "torchvision":
+    (weights that record class names, not WNIDs: see ``alexnet evaluate``'s check)."""
+    if not imagenet_order_only(trained.meta):
         same_classes(trained.meta.get("classes"), trained.source, ds.classes, ds.root)
 
 
+def input_stats(trained: Trained, size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """The statistics stored with the weights, for images of ``size``: a mean image of another
+    size only where it is one value per channel (Caffe's 104, 117, 123), which any size holds."""
+    if trained.stats is None:
+        raise UserError(f"{trained.source}: holds no mean image, which the model subtracts from its input")
+    mean = trained.stats["mean"]  # 3×H×W at the stored image size
+    if tuple(mean.shape[-2:]) != size:
+        flat = mean.reshape(3, -1)
+        if not bool((flat == flat[:, :1]).all()):
+            raise UserError(f"{trained.source}: its stored mean image is {mean.shape[-2]}×{mean.shape[-1]}, "
+                            f"the images are {size[0]}×{size[1]}")
+        mean = flat[:, :1].reshape(3, 1, 1).expand(3, *size).contiguous()
+    return {**trained.stats, "mean": mean}
+
+
 def augment_for(trained: Trained, ds: PreparedDataset) -> Augment:
-    """Test-time crops with the dataset's mean image and the model's input normalisation, for a
-    model and a dataset that agree on their classes (:func:`check_classes`)."""
+    """Test-time crops with the dataset's mean image (or, for imported weights, the one stored
+    with them) and the model's input normalisation and channel order, for a model and a dataset
+    that agree on their classes (:func:`check_classes`)."""
     check_classes(trained, ds)
-    return Augment.from_stats(ds.stats(), trained.meta.get("input_size", models.info(trained.meta["model"]).input_size),
-                              input_norm=trained.meta.get("input_norm", "mean_image"))
+    stats = input_stats(trained, tuple(ds.image_size)) if trained.meta.get("input_mean") == "weights" else ds.stats()
+    return Augment.from_stats(stats, trained.meta.get("input_size", models.info(trained.meta["model"]).input_size),
+                              input_norm=trained.meta.get("input_norm", "mean_image"),
+                              channel_order=trained.meta.get("channel_order", "rgb"))
 
 
 # -- images from files (predict, neighbors) -------------------------------------------------------
@@ -110,15 +140,12 @@ def file_augment(trained: Trained, data: str | None = None) -> Augment:
     size = image_size_for(trained)
     input_size = int(trained.meta.get("input_size", models.info(trained.meta["model"]).input_size))
     norm = trained.meta.get("input_norm", "mean_image")
+    order = trained.meta.get("channel_order", "rgb")
     if norm == "mean_std":
         stats = {"mean": torch.zeros(3, *size), "eigval": torch.zeros(3), "eigvec": torch.eye(3)}
-        return Augment.from_stats(stats, input_size, input_norm=norm)
+        return Augment.from_stats(stats, input_size, input_norm=norm, channel_order=order)
     if data is None and trained.stats is not None:
-        mean = trained.stats["mean"]  # 3×H×W at the stored image size
-        if tuple(mean.shape[-2:]) != size:
-            raise UserError(f"{trained.source}: its stored mean image is {mean.shape[-2]}×{mean.shape[-1]}, "
-                            f"the model's images are {size[0]}×{size[1]}")
-        return Augment.from_stats(trained.stats, input_size, input_norm=norm)
+        return Augment.from_stats(input_stats(trained, size), input_size, input_norm=norm, channel_order=order)
     spec = data or trained.meta.get("data")
     if not spec:
         raise UserError(f"{trained.source}: the model subtracts its training set's mean image; pass --data with that dataset")
@@ -136,8 +163,9 @@ class ImageClassifier(nn.Module):
     this package: uint8 RGB images N×3×H×W at the size the training data was stored at (§2:
     shorter side rescaled to 256, central 256×256 patch) in, class probabilities N×C out. Inside:
     the central crop, the normalisation the network was trained with (§2: minus the training set's
-    mean image), the network and the softmax, computed as :meth:`Augment.center` and
-    :func:`alexnet.engine.evaluate.predict_probs` compute them, so the top-5 equals ``alexnet predict``'s."""
+    mean image), the channel order the network reads (Caffe's: BGR), the network and the softmax,
+    computed as :meth:`Augment.center` and :func:`alexnet.engine.evaluate.predict_probs` compute
+    them, so the top-5 equals ``alexnet predict``'s."""
 
     def __init__(self, model: nn.Module, augment: Augment) -> None:
         super().__init__()
@@ -148,12 +176,15 @@ class ImageClassifier(nn.Module):
         sub, scale = augment.norm_constants()
         self.register_buffer("mean_crop", sub[:, self.top : self.top + s, self.left : self.left + s].clone())
         self.register_buffer("scale", scale.view(1, 3, 1, 1).clone())
+        self.bgr = augment.channel_order == "bgr"
         self.model = model
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         s = self.crop
         x = images[:, :, self.top : self.top + s, self.left : self.left + s].float()
         x = (x - self.mean_crop) * self.scale
+        if self.bgr:  # normalised as RGB, then read in the network's order (Augment's crops do the same)
+            x = x.flip(1)
         return F.softmax(self.model(x).float(), dim=1)
 
 

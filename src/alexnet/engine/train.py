@@ -107,8 +107,7 @@ def setup(cfg: TrainConfig, out: Path, *, log: Callable[[str], None] = print) ->
     device = pick_device(cfg.device, dist_info.local_rank)
     if device.type == "cpu":
         keep_freed_cpu_memory()  # eager CPU steps would otherwise page-fault on every activation
-    if cfg.model not in models.names():
-        raise UserError(f"unknown model {cfg.model!r}; accepted: {', '.join(models.names())}")
+    models.check_name(cfg.model)
     if cfg.model_parallel == 2 and cfg.model != "alexnet":
         raise UserError(f"model_parallel=2 does not apply to model {cfg.model!r}: it splits the two towers of the "
                         f"paper's network (§3.2); accepted: model alexnet")

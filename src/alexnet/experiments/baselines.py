@@ -17,13 +17,15 @@ of the data downscaled to 36×36 (written once into ``DIR/data-36``).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from alexnet import models
-from alexnet.data.format import PreparedDataset, is_prepared, write_arrays
+from alexnet.data.format import PreparedDataset, is_prepared
+from alexnet.data.writer import write_arrays
 from alexnet.experiments import classic_features as cf
 from alexnet.experiments.ablation import MEDIUM, QUICK, PaperDiff, compare_arms
 from alexnet.experiments.runner import Runner, Sweep, Variant, mean_std, pm, selection_half
@@ -185,7 +187,27 @@ def downscaled(runner: Runner, size: int = SMALL_SIZE) -> Path:
                         source={"type": "downscaled", "from": str(runner.data.root), "size": size})
 
 
-def run(runner: Runner) -> Path:
+@dataclass
+class Result:
+    """What the experiment measured: every method's rows (the SVMs' and the CNNs'), their sweeps and
+    each method's comparison with the AlexNet-family reference."""
+
+    base: dict[str, Any]  # the 32×32 CNNs' config
+    small_data: str  # the data those CNNs trained on
+    n_train: int  # training images every method sees
+    sweeps: list[Sweep]  # the CNNs' (the 32×32 nets, then alexnet on large data)
+    classic_sweeps: list[Sweep]  # SIFT + FV's (λ), HOG's (C)
+    classic_best: dict[str, float]  # arm -> its chosen regularisation
+    classic_rows: list[dict[str, Any]]
+    rows: list[dict[str, Any]]  # every run: the classic pipelines', then the CNNs'
+    every: Sweep  # every method at its chosen setting
+    reference: str  # the arm every other one is compared with
+    comparisons: dict[str, dict[str, Any]]  # arm -> compare_arms' comparison with the reference
+
+
+def measure(runner: Runner) -> Result:
+    """The CNNs' sweep, then SIFT + FV + SVM and HOG + SVM on the same training images, each
+    regularisation swept and chosen like the CNNs' rates; each method against the reference net."""
     d = runner.data
     small_data = d.spec if not d.large else str(downscaled(runner))
     base_small = runner.base_config("alexnet-cifar", QUICK, MEDIUM, data=small_data)
@@ -249,6 +271,25 @@ def run(runner: Runner) -> Path:
     comparisons = compare_arms(every, ref, [PaperDiff(arm, None, None, "ILSVRC, SIFT + FVs vs CNNs", sign=1.0)
                                             for arm in CLASSIC_ARMS])
     by_cmp = {c["arm"]: c for c in comparisons}
+    for arm in every.arms:
+        c = by_cmp.get(arm)
+        for r in rows:
+            if c is not None and r["arm"] == arm:
+                r["delta_top1_vs_reference"], r["verdict"] = c["report_top1_err"].diff, c["verdict"]
+                r["reference"], r["paper"], r["delta_top1_mde"] = ref, c.get("paper"), c["report_top1_err"].mde
+                r["delta_top1_ci95"] = [c["report_top1_err"].low, c["report_top1_err"].high] if c["report_top1_err"].tested else None
+    return Result(base_small, small_data, n_train, sweeps, classic_sweeps, classic_best, classic_rows, rows, every, ref, by_cmp)
+
+
+def report(runner: Runner, result: Result) -> Path:
+    """The table, the bar charts of top-1 and top-5 error, results.json and report.md, from what
+    :func:`measure` measured."""
+    d = runner.data
+    base_small, small_data, n_train, ref = result.base, result.small_data, result.n_train, result.reference
+    sweeps, classic_sweeps, classic_best, classic_rows = result.sweeps, result.classic_sweeps, result.classic_best, result.classic_rows
+    rows, every, by_cmp = result.rows, result.every, result.comparisons
+    small = sweeps[0]
+    chosen = [r for r in rows if r["chosen"]]
     chance1 = 1 - 1 / d.num_classes
     chance5 = max(0.0, 1 - 5 / d.num_classes)
     table = []
@@ -258,11 +299,6 @@ def run(runner: Runner) -> Path:
         t5, s5, _ = mean_std(r["report_top5_err"] for r in rs)
         tt, _, _ = mean_std(r["time_s"] for r in rs)
         c = by_cmp.get(arm)
-        for r in rows:
-            if c is not None and r["arm"] == arm:
-                r["delta_top1_vs_reference"], r["verdict"] = c["report_top1_err"].diff, c["verdict"]
-                r["reference"], r["paper"], r["delta_top1_mde"] = ref, c.get("paper"), c["report_top1_err"].mde
-                r["delta_top1_ci95"] = [c["report_top1_err"].low, c["report_top1_err"].high] if c["report_top1_err"].tested else None
         table.append({"method": rs[0]["method"],
                       "chosen": (f"λ {classic_best[arm]:g}" if arm == "sift-fv-svm" else f"C {classic_best[arm]:g}"
                                  if arm == "hog-svm" else f"lr {rs[0]['lr']:g}"),
@@ -318,3 +354,8 @@ def run(runner: Runner) -> Path:
                                figures=[bars, bars5], notes=notes,
                                row_columns=["variant", "seed", "lr", "lambda", "C", "chosen", "select_top1_err", "report_top1_err",
                                             "report_top5_err", "train_top1_err", "time_s", "params"])
+
+
+def run(runner: Runner) -> Path:
+    """:func:`measure`, then :func:`report`."""
+    return report(runner, measure(runner))

@@ -32,7 +32,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from alexnet import models
-from alexnet.data.format import PreparedDataset, is_prepared, write_arrays
+from alexnet.data.format import PreparedDataset, is_prepared
+from alexnet.data.writer import write_arrays
 from alexnet.errors import UserError
 from alexnet.experiments import classic_features as cf
 from alexnet.experiments.baselines import HOG_C_FULL, HOG_C_QUICK, hog_features, read_images

@@ -32,6 +32,7 @@ same sweep for both activations, to show what drives the ratio.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -120,7 +121,7 @@ def speedup(relu: float | None, tanh: float | None, budget_relu: float, budget_t
     return {"ratio": None, "kind": "none", "text": "— (neither reached it)"}
 
 
-def measure(row: dict[str, Any], threshold: float = THRESHOLD) -> None:
+def measure_row(row: dict[str, Any], threshold: float = THRESHOLD) -> None:
     """Epochs and wall time to the threshold, and whether the epochs covered the whole training set."""
     row["threshold"] = threshold
     row["epochs_to_threshold"], row["time_to_threshold_s"] = epochs_to_reach(row["_metrics"], threshold)
@@ -204,7 +205,24 @@ def figure1_data(runner: Runner) -> str:
     return str(downscaled(runner))
 
 
-def run(runner: Runner) -> Path:
+@dataclass
+class Result:
+    """What the experiment measured: the Figure-1 set-up's sweep and ratio, and the factor study's."""
+
+    base: dict[str, Any]  # the runs' config
+    threshold: float
+    rates: tuple[float, ...]  # the learning rates swept
+    epochs_budget: int
+    main: Sweep  # the Figure-1 set-up, both activations
+    stats: dict[str, Any]  # its ratio_stats
+    rows: list[dict[str, Any]]  # its rows, with the ratio and verdict
+    study: list[tuple[str, str, dict[str, Any], Sweep]]  # per factor: key, what it changes, ratio_stats, sweep
+    factor_rows: list[dict[str, Any]]
+
+
+def measure(runner: Runner) -> Result:
+    """The sweeps of both activations (and, at full scale or with ``--factors``, of each factor),
+    each activation's epochs to the threshold and the tanh / ReLU ratio."""
     full = runner.scale == "full"
     thr = THRESHOLD if runner.threshold is None else float(runner.threshold)
     tp = f"{100 * thr:g}%"
@@ -217,7 +235,7 @@ def run(runner: Runner) -> Path:
         rates = SWEEP_QUICK[1:3]  # a few steps: the numbers mean nothing
     epochs_budget = int(base["epochs"])
     crit = f"epochs to {tp} training error (never reached = slowest; ties to the lower final training error)"
-    meas = lambda r: measure(r, thr)  # noqa: E731
+    meas = lambda r: measure_row(r, thr)  # noqa: E731
     main = runner.sweep(base, arms({}), rates=rates, score=_score, tie=_tie, measure=meas, criterion=crit)
     rows = list(main.rows)
     st = ratio_stats(main, epochs_budget)
@@ -240,25 +258,36 @@ def run(runner: Runner) -> Path:
             fst = ratio_stats(fs, epochs_budget, f"{key}-")
             factor_rows += fs.rows
             study.append((key, what, fst, fs))
+    return Result(base, thr, tuple(rates), epochs_budget, main, st, rows, study, factor_rows)
 
-    def summary_row(setting: str, s: Mapping[str, Any]) -> dict[str, Any]:
-        return {"setting": setting,
-                f"ReLU: rate, epochs to {tp}": f"{s['relu']['lr']:g}: {_epochs_text(s['relu'], epochs_budget)}",
-                f"tanh: rate, epochs to {tp}": f"{s['tanh']['lr']:g}: {_epochs_text(s['tanh'], epochs_budget)}",
-                "tanh / ReLU": ratio_text(s),
-                "final train err ReLU / tanh": f"{100 * (s['relu']['final_train_err'] or 0):.1f}% / "
-                                               f"{100 * (s['tanh']['final_train_err'] or 0):.1f}%"}
+
+def _summary_row(setting: str, s: Mapping[str, Any], tp: str, budget: int) -> dict[str, Any]:
+    return {"setting": setting,
+            f"ReLU: rate, epochs to {tp}": f"{s['relu']['lr']:g}: {_epochs_text(s['relu'], budget)}",
+            f"tanh: rate, epochs to {tp}": f"{s['tanh']['lr']:g}: {_epochs_text(s['tanh'], budget)}",
+            "tanh / ReLU": ratio_text(s),
+            "final train err ReLU / tanh": f"{100 * (s['relu']['final_train_err'] or 0):.1f}% / "
+                                           f"{100 * (s['tanh']['final_train_err'] or 0):.1f}%"}
+
+
+def _curve(r: Mapping[str, Any]) -> list[tuple[float, float]]:
+    """A run's training error against epochs (Figure 1)."""
+    return [(m["epoch"], m["train_top1_err"]) for m in r["_metrics"] if m.get("train_top1_err") is not None]
+
+
+def report(runner: Runner, result: Result) -> Path:
+    """Figure 1, the sweep's plot, results.json and report.md, from what :func:`measure` measured."""
+    base, thr, st, main, rows, study = result.base, result.threshold, result.stats, result.main, result.rows, result.study
+    rates, epochs_budget = result.rates, result.epochs_budget
+    tp = f"{100 * thr:g}%"
 
     # Figure 1: training error against epochs, the best rate of each activation (first seed), and the sweep.
-    def curve(r: Mapping[str, Any]) -> list[tuple[float, float]]:
-        return [(m["epoch"], m["train_top1_err"]) for m in r["_metrics"] if m.get("train_top1_err") is not None]
-
     s0 = runner.seeds[0]
-    fig1 = plot_series({f"{'ReLU' if r['activation'] == 'relu' else 'tanh'} (lr {r['lr']:g})": curve(r)
+    fig1 = plot_series({f"{'ReLU' if r['activation'] == 'relu' else 'tanh'} (lr {r['lr']:g})": _curve(r)
                         for r in rows if r["chosen"] and r["seed"] == s0},
                        runner.out / "figure1.png", xlabel="epochs", ylabel="training error rate", hline=thr,
                        title="Figure 1: training error, ReLU vs tanh (each at its best rate)")
-    sweep_png = plot_series({f"{r['activation']} lr {r['lr']:g}": curve(r) for r in rows if r["seed"] == s0 and r["seed"] in main.sweep_seeds},
+    sweep_png = plot_series({f"{r['activation']} lr {r['lr']:g}": _curve(r) for r in rows if r["seed"] == s0 and r["seed"] in main.sweep_seeds},
                             runner.out / "sweep.png", xlabel="epochs", ylabel="training error rate", hline=thr,
                             title=f"Learning-rate sweep (seed {s0})")
     figures = [fig1, sweep_png]
@@ -276,13 +305,14 @@ def run(runner: Runner) -> Path:
     pct = lambda v: f"{v:.0f}"  # noqa: E731
     sections = [
         "## Result\n\n" + markdown_table(comparison, ["", "ours", "paper"]).rstrip(),
-        "Each activation at its best learning rate:\n\n" + markdown_table([summary_row("Figure 1 set-up", st)]).rstrip(),
+        "Each activation at its best learning rate:\n\n"
+        + markdown_table([_summary_row("Figure 1 set-up", st, tp, epochs_budget)]).rstrip(),
         "## Learning-rate sweep\n\n" + main.text() + f"\n\nEpochs to {tp} training error by rate (mean over the sweep seeds; "
         "the chosen rate in bold):\n\n" + main.table(pct),
     ]
     if study:
-        lines = [summary_row("Figure 1 set-up (no LRN, raw input, small init)", st)]
-        lines += [summary_row(f"{key}: {what}", fst) for key, what, fst, _ in study]
+        lines = [_summary_row("Figure 1 set-up (no LRN, raw input, small init)", st, tp, epochs_budget)]
+        lines += [_summary_row(f"{key}: {what}", fst, tp, epochs_budget) for key, what, fst, _ in study]
         sections.append("## What drives the ratio: one factor at a time\n\nEach line changes one thing from the Figure-1 "
                         "set-up and reruns the same sweep for both activations (seeds "
                         f"{', '.join(map(str, study[0][3].seeds))}; rates chosen on seed"
@@ -318,9 +348,14 @@ def run(runner: Runner) -> Path:
                      f"swept on seed {main.sweep_seeds[0]}, the other seed(s) at the chosen rates. An epoch here is "
                      f"{', '.join(map(str, steps))} steps (a CIFAR-10 epoch at batch {BATCH} is 500): compare the "
                      "direction, not the number.")
-    all_rows = rows + factor_rows
+    all_rows = rows + result.factor_rows
     runner.write_results(all_rows)
     return runner.write_report(title=TITLE, claim=CLAIM, sections=sections, base=base, rows=all_rows,
                                figures=figures, notes=notes,
                                row_columns=["variant", "seed", "activation", "lr", "chosen", "epochs_to_threshold", "time_to_threshold_s",
                                             "train_top1_err", "top1_err", "time_s"])
+
+
+def run(runner: Runner) -> Path:
+    """:func:`measure`, then :func:`report`."""
+    return report(runner, measure(runner))

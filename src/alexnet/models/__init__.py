@@ -1,4 +1,4 @@
-"""Model registry: ``create(name, num_classes, **options)`` and ``names()``."""
+"""Model registry: ``create(name, num_classes, **options)``, ``names()`` and ``check_name(name)``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from torch import nn
 
+from alexnet.errors import UserError
 from alexnet.models.alexnet import AlexNet, alexnet, alexnet_owt
 from alexnet.models.layers import LocalResponseNorm
 from alexnet.models.small import CifarNet, LeNet5
@@ -41,11 +42,22 @@ def names() -> list[str]:
     return list(_REGISTRY)
 
 
+def _unknown(name: str) -> str:
+    return f"unknown model {name!r}; accepted: {', '.join(names())}"
+
+
+def check_name(name: str) -> None:
+    """The one check that a model name (``--model``, a recipe's ``model``) is known: a
+    :class:`~alexnet.errors.UserError` naming the known ones otherwise."""
+    if name not in _REGISTRY:
+        raise UserError(_unknown(name))
+
+
 def info(name: str) -> ModelInfo:
     try:
         return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; accepted: {', '.join(names())}") from None
+    except KeyError:  # a ValueError for library callers (torch.hub, create); commands use check_name
+        raise ValueError(_unknown(name)) from None
 
 
 def options(name: str) -> list[str]:
@@ -59,6 +71,13 @@ def input_norm(name: str, model_options: dict[str, Any] | None = None) -> str:
     option where the model takes one and it is set, else the registry's."""
     chosen = (model_options or {}).get("input_norm")
     return chosen if chosen and "input_norm" in options(name) else info(name).input_norm
+
+
+def input_size(name: str, model_options: dict[str, Any] | None = None) -> int:
+    """The crop size model ``name`` built with ``model_options`` takes: the ``input_size`` option
+    where the model takes one and it is set (Caffe's AlexNet: 227), else the registry's."""
+    chosen = (model_options or {}).get("input_size")
+    return int(chosen) if chosen and "input_size" in options(name) else info(name).input_size
 
 
 def _check_types(name: str, opts: dict[str, Any]) -> None:
@@ -93,8 +112,8 @@ def create(name: str, num_classes: int = 1000, **opts: Any) -> nn.Module:
         raise ValueError(f"option {bad[0]!r} does not apply to model {name!r}; accepted: {', '.join(accepted)}")
     _check_types(name, opts)
     model = m.builder(num_classes, **opts)
-    model.input_size = m.input_size  # type: ignore[assignment]
+    model.input_size = input_size(name, opts)  # type: ignore[assignment]
     return model
 
 
-__all__ = ["AlexNet", "CifarNet", "LeNet5", "LocalResponseNorm", "ModelInfo", "create", "info", "input_norm", "names", "options"]
+__all__ = ["AlexNet", "CifarNet", "LeNet5", "LocalResponseNorm", "ModelInfo", "check_name", "create", "info", "input_norm", "input_size", "names", "options"]

@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from alexnet.models.layers import make_activation, make_lrn
+from alexnet.models.layers import PAPER_LRN, check_options, make_activation, make_dropout, make_lrn
 
 PAPER_WIDTHS = (96, 256, 384, 384, 256)
 OWT_WIDTHS = (64, 192, 384, 256, 256)
@@ -35,7 +35,16 @@ class AlexNet(nn.Module):
       of tower 2 see each other's; False normalises each tower's maps among themselves, as the
       paper's two GPUs did, §3.2), remove_conv=0 (§7's depth ablation: 2, 3 or 4 takes that
       middle conv layer out with its ReLU and LRN, keeping its pooling; the next layer reads the
-      previous one's maps).
+      previous one's maps), dropout_scaling="inverted" (torch.nn.Dropout: kept units ×2 while
+      training, nothing at test time; "test" is §4.2 as written: kept units unscaled while training,
+      every output ×0.5 at test time).
+
+    Caffe's two reference nets (``bvlc_alexnet``, ``bvlc_reference_caffenet``) differ from the paper
+    in small documented ways, expressed by four more options (the paper's defaults):
+      conv1_padding=2 (Caffe: 0, with input_size=227: (227 - 11) / 4 + 1 = 55, the same 55×55 maps),
+      input_size=224 (the crop the network is built for; the maps must reach 6×6 before fc6 unless
+      adaptive_pool), lrn_k=2.0 (§3.3's k; Caffe's is 1, with lrn="released": alpha / n, Caffe's
+      convention too), lrn_after_pool=False (§3.3: LRN, then pooling; CaffeNet pools, then normalises).
     """
 
     input_size = 224
@@ -58,34 +67,46 @@ class AlexNet(nn.Module):
         in_channels: int = 3,
         remove_conv: int = 0,
         lrn_halo: bool = True,
+        conv1_padding: int = 2,
+        input_size: int = 224,
+        lrn_k: float = 2.0,
+        lrn_after_pool: bool = False,
+        dropout_scaling: str = "inverted",
     ) -> None:
         super().__init__()
-        if towers not in (1, 2):
-            raise ValueError(f"towers must be 1 or 2, got {towers}")
+        check_options(towers=towers, widths=widths, convs=5, remove_conv=remove_conv, middle=(2, 3, 4),
+                      dropout=dropout, init=init, inits=("paper", "torch"), bias_init=bias_init,
+                      dropout_scaling=dropout_scaling)
         if not lrn_halo and towers != 2:
             raise ValueError(f"lrn_halo=False has no effect with towers={towers}: it keeps LRN within each of the two towers")
         if not lrn_halo and make_lrn(lrn) is None:
             raise ValueError(f"lrn_halo=False has no effect with lrn={lrn!r}: there is no response normalisation")
-        if bias_init is not None and init != "paper":
-            raise ValueError(f"bias_init={bias_init} has no effect with init={init!r}: only init='paper' (§5) sets the biases")
-        if remove_conv not in (0, 2, 3, 4):
-            raise ValueError(f"remove_conv must be 0 (none) or a middle conv layer: 2, 3 or 4; got {remove_conv}")
-        if len(widths) != 5:
-            raise ValueError(f"widths must list 5 conv widths, got {list(widths)}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        if init not in ("paper", "torch"):
-            raise ValueError(f"unknown init {init!r}; accepted: paper, torch")
+        if make_lrn(lrn) is None and (lrn_k != PAPER_LRN["k"] or lrn_after_pool):
+            what = f"lrn_k={lrn_k}" if lrn_k != PAPER_LRN["k"] else "lrn_after_pool=True"
+            raise ValueError(f"{what} has no effect with lrn={lrn!r}: there is no response normalisation")
+        if conv1_padding < 0:
+            raise ValueError(f"conv1_padding must be 0 or more, got {conv1_padding}")
         w1, w2, w3, w4, w5 = widths
         g = towers  # §3.2: on one device the two towers are convolution groups
         k, s = (3, 2) if overlapping_pool else (2, 2)  # §3.4: z = 3, s = 2 overlaps
+
+        # Caffe rounds pooled sizes up, PyTorch down; on the maps below (55, 27, 13) both agree.
+        maps_out = (input_size + 2 * conv1_padding - 11) // 4 + 1
+        for _ in range(3):
+            maps_out = (maps_out - k) // s + 1
+        if maps_out != 6 and not adaptive_pool:
+            raise ValueError(f"input_size={input_size} with conv1_padding={conv1_padding} gives {maps_out}×{maps_out} maps "
+                             f"before fc6, not 6×6 (224 with padding 2 as in the paper, 227 with 0 as in Caffe)")
 
         def pool() -> nn.Module:
             return nn.MaxPool2d(kernel_size=k, stride=s)
 
         def block(conv: nn.Module, norm: bool, pooled: bool) -> list[nn.Module]:
             layers = [conv, make_activation(activation)]
-            if norm and (n := make_lrn(lrn, groups=1 if lrn_halo else g)) is not None:
+            n = make_lrn(lrn, groups=1 if lrn_halo else g, k=lrn_k) if norm else None
+            if pooled and lrn_after_pool:  # CaffeNet: pool, then normalise
+                return [*layers, pool(), *([n] if n is not None else [])]
+            if n is not None:
                 layers.append(n)  # §3.3: LRN after the ReLU, before pooling
             if pooled:
                 layers.append(pool())
@@ -94,7 +115,7 @@ class AlexNet(nn.Module):
         # Per conv layer: (out maps, kernel, stride, padding, groups, LRN, pooled after), Figure 2.
         # 224×224 with padding 2: (224 + 4 - 11) / 4 + 1 = 55 -> 55×55 after conv1, 27×27 after pool1.
         specs = [
-            (w1, 11, 4, 2, 1, True, True),  # conv1 -> 27×27
+            (w1, 11, 4, conv1_padding, 1, True, True),  # conv1 -> 27×27
             (w2, 5, 1, 2, g, True, True),  # conv2, own tower -> 13×13
             (w3, 3, 1, 1, 1, False, False),  # conv3 crosses the towers
             (w4, 3, 1, 1, g, False, False),  # conv4, own tower
@@ -114,7 +135,7 @@ class AlexNet(nn.Module):
         self.avgpool: nn.Module = nn.AdaptiveAvgPool2d((6, 6)) if adaptive_pool else nn.Identity()
 
         def fc(n_in: int, n_out: int) -> list[nn.Module]:
-            drop = [nn.Dropout(dropout)] if dropout > 0 else []
+            drop = make_dropout(dropout, dropout_scaling)
             if dropout_first:
                 return [*drop, nn.Linear(n_in, n_out), make_activation(activation)]
             return [nn.Linear(n_in, n_out), make_activation(activation), *drop]
@@ -126,6 +147,7 @@ class AlexNet(nn.Module):
         )
         self.towers = towers
         self.lrn_halo = lrn_halo
+        self.input_size = input_size
         if init == "paper":
             self._init_paper(1.0 if bias_init is None else bias_init)
 
@@ -149,6 +171,12 @@ class AlexNet(nn.Module):
 def alexnet(num_classes: int = 1000, **options: object) -> AlexNet:
     """The 2012 network as the paper describes it: 60,965,224 parameters for 1000 classes."""
     return AlexNet(num_classes, **options)  # type: ignore[arg-type]
+
+
+# Caffe's reference nets as options of the paper's (see AlexNet's docstring): bvlc_alexnet, and
+# bvlc_reference_caffenet, which also pools before normalising in the first two blocks.
+CAFFE_OPTIONS: dict[str, object] = dict(conv1_padding=0, input_size=227, lrn="released", lrn_k=1.0)
+CAFFENET_OPTIONS: dict[str, object] = {**CAFFE_OPTIONS, "lrn_after_pool": True}
 
 
 def alexnet_owt(num_classes: int = 1000, **options: object) -> AlexNet:

@@ -1,8 +1,9 @@
-"""Building blocks shared by the models: the paper's response normalisation and activation lookup."""
+"""Building blocks shared by the models: the paper's response normalisation and activation lookup,
+and the check of the constructor options the AlexNet family shares."""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -119,6 +120,58 @@ def make_lrn(mode: bool | str, **overrides: float | int) -> nn.Module | None:
     if mode is False or mode in ("none", "off"):
         return None
     raise ValueError(f"unknown lrn mode {mode!r}; accepted: paper, released, none")
+
+
+class ScaledAtTestDropout(nn.Dropout):
+    """Dropout as §4.2 states it: while training each unit is zeroed with probability ``p`` and the
+    kept ones pass unscaled; at test time every unit is kept and its output multiplied by ``1 - p``
+    ("we use all the neurons but multiply their outputs by 0.5"). ``torch.nn.Dropout`` is the
+    inverted form (kept units × 1/(1 - p) while training, identity at test time): the same test-time
+    function of the weights up to a factor 1 - p in the next layer's weights, which weight decay and a
+    fixed learning rate see differently."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # torch's mask and its 1/(1 - p) rescaling, undone: kept units pass unscaled.
+        return F.dropout(x, self.p, self.training, self.inplace) * (1.0 - self.p)
+
+
+DROPOUT_SCALINGS = ("inverted", "test")
+
+
+def make_dropout(p: float, scaling: str = "inverted") -> list[nn.Module]:
+    """The dropout layer of a fully connected block (none for ``p == 0``): ``scaling="inverted"``
+    is ``torch.nn.Dropout``, ``"test"`` the paper's test-time scaling (:class:`ScaledAtTestDropout`)."""
+    if p == 0:
+        return []
+    return [ScaledAtTestDropout(p) if scaling == "test" else nn.Dropout(p)]
+
+
+def check_options(*, towers: int, widths: Sequence[int], convs: int, remove_conv: int, middle: Sequence[int],
+                  dropout: float, init: str, inits: Sequence[str], bias_init: float | None,
+                  dropout_scaling: str = "inverted") -> None:
+    """The options :class:`~alexnet.models.alexnet.AlexNet` and its small siblings share, checked
+    alike: ``towers`` 1 or 2 (§3.2), ``widths`` one per conv layer (``convs`` of them),
+    ``remove_conv`` 0 or one of the ``middle`` conv layers (§7's depth ablation), ``dropout`` in
+    [0, 1) (§4.2), ``init`` one of ``inits``, and ``bias_init`` only where ``init="paper"`` sets the
+    biases (§5). A ``ValueError`` naming the option and what it accepts."""
+    if towers not in (1, 2):
+        raise ValueError(f"towers must be 1 or 2, got {towers}")
+    if remove_conv not in (0, *middle):
+        which = (f"the middle conv layer, {middle[0]}" if len(middle) == 1
+                 else f"a middle conv layer: {', '.join(map(str, middle[:-1]))} or {middle[-1]}")
+        raise ValueError(f"remove_conv must be 0 (none) or {which}; got {remove_conv}")
+    if len(widths) != convs:
+        raise ValueError(f"widths must list {convs} conv widths, got {list(widths)}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    if dropout_scaling not in DROPOUT_SCALINGS:
+        raise ValueError(f"unknown dropout_scaling {dropout_scaling!r}; accepted: {', '.join(DROPOUT_SCALINGS)}")
+    if dropout_scaling != "inverted" and dropout == 0:
+        raise ValueError(f"dropout_scaling={dropout_scaling!r} has no effect with dropout=0: there is no dropout")
+    if init not in inits:
+        raise ValueError(f"unknown init {init!r}; accepted: {', '.join(inits)}")
+    if bias_init is not None and init != "paper":
+        raise ValueError(f"bias_init={bias_init} has no effect with init={init!r}: only init='paper' sets the biases")
 
 
 # -- two towers as two convolutions (§3.2) --

@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from alexnet.models.layers import make_activation, make_lrn
+from alexnet.models.layers import check_options, make_activation, make_dropout, make_lrn
 
 
 class CifarNet(nn.Module):
@@ -25,6 +25,9 @@ class CifarNet(nn.Module):
     None: the registry's ``mean_image_std``): ``"mean_image"`` is raw 0–255 RGB minus the mean
     image, as cuda-convnet's CIFAR nets were fed. ``pooling="cuda-convnet"`` takes the pools of
     cuda-convnet's example CIFAR nets: max after conv1, average after conv2 and conv3.
+
+    ``dropout_scaling`` as :class:`AlexNet`'s ("test": §4.2's test-time ×(1 - p) instead of the
+    inverted form).
 
     Figure 1's net (§3.1): ``activation=relu|tanh, lrn="none", init="paper",
     input_norm="mean_image", pooling="cuda-convnet"`` and no dropout.
@@ -49,18 +52,12 @@ class CifarNet(nn.Module):
         remove_conv: int = 0,
         input_norm: str | None = None,
         pooling: str = "max",
+        dropout_scaling: str = "inverted",
     ) -> None:
         super().__init__()
-        if towers not in (1, 2):
-            raise ValueError(f"towers must be 1 or 2, got {towers}")
-        if remove_conv not in (0, 2):
-            raise ValueError(f"remove_conv must be 0 (none) or the middle conv layer, 2; got {remove_conv}")
-        if len(widths) != 3:
-            raise ValueError(f"widths must list 3 conv widths, got {list(widths)}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        if init not in ("paper", "torch", "he"):
-            raise ValueError(f"unknown init {init!r}; accepted: paper, torch, he")
+        check_options(towers=towers, widths=widths, convs=3, remove_conv=remove_conv, middle=(2,),
+                      dropout=dropout, init=init, inits=("paper", "torch", "he"), bias_init=bias_init,
+                      dropout_scaling=dropout_scaling)
         if not init_gain > 0:
             raise ValueError(f"init_gain must be > 0, got {init_gain}")
         if init == "torch" and init_gain != 1.0:
@@ -69,8 +66,6 @@ class CifarNet(nn.Module):
             raise ValueError(f"unknown input_norm {input_norm!r}; accepted: mean_image, mean_image_std, mean_std")
         if pooling not in ("max", "cuda-convnet"):
             raise ValueError(f"unknown pooling {pooling!r}; accepted: max, cuda-convnet")
-        if bias_init is not None and init != "paper":
-            raise ValueError(f"bias_init={bias_init} has no effect with init={init!r}: only init='paper' sets the biases")
         self.input_norm = input_norm
         w1, w2, w3 = widths
         # Pad the pools so that both 3/2 (overlapping) and 2/2 halve the map exactly.
@@ -97,7 +92,7 @@ class CifarNet(nn.Module):
             *block(nn.Conv2d(w1 if remove_conv == 2 else w2, w3, 5, padding=2), norm=False, i=3),  # 4×4, crosses towers
         )
         self.classifier = nn.Sequential(
-            *([nn.Dropout(dropout)] if dropout > 0 else []),
+            *make_dropout(dropout, dropout_scaling),
             nn.Linear(w3 * 4 * 4, num_classes),
         )
         self.towers = towers

@@ -7,7 +7,6 @@ folder of the same bytes (for torchvision's reference recipe). And ImageNet-shap
 from __future__ import annotations
 
 import math
-import multiprocessing as mp
 import os
 from pathlib import Path
 from typing import Any, Iterator
@@ -15,10 +14,11 @@ from typing import Any, Iterator
 import numpy as np
 from PIL import Image
 
-from alexnet.data.format import Chunk, DatasetWriter, PreparedDataset, encode_chunk, write_split
+from alexnet.data.format import PreparedDataset
 from alexnet.data.jpeg import jpeg_bytes
+from alexnet.data.processes import context, init_worker
 from alexnet.data.sources import synthetic
-from alexnet.data.workers import init_worker
+from alexnet.data.writer import Chunk, DatasetWriter, encode_chunk, write_split
 from alexnet.errors import UserError
 
 # scikit-image's bundled colour photographs (no download needed).
@@ -93,8 +93,8 @@ def jpeg_chunks(n: int, size: tuple[int, int], *, kind: str = "photos", seed: in
     if procs <= 1:
         yield from map(_chunk, tasks)
         return
-    # fork: the children run numpy, Pillow and the JPEG encoder (no CUDA), one torch thread each.
-    with mp.get_context("fork").Pool(procs, initializer=init_worker) as pool:
+    # The children run numpy, Pillow and the JPEG encoder (no CUDA), one torch thread each.
+    with context().Pool(procs, initializer=init_worker) as pool:
         yield from pool.imap(_chunk, tasks)
 
 

@@ -1,16 +1,22 @@
 """The training step on random data: :class:`~alexnet.engine.fast_step.FastStep`, the step
 ``alexnet train`` runs (augmentation on the device, forward, loss, backward, update), built for a
 benchmark. Our models train with the paper's update (``PaperSGD``); torchvision's AlexNet with
-``torch.optim.SGD`` as in torchvision's reference recipe."""
+``torch.optim.SGD`` as in torchvision's reference recipe. :func:`step_throughput` times it
+(``alexnet bench model``); :func:`lrn_share` is LRN's share of it, from the step with and without LRN."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
 
+from alexnet import models
 from alexnet.data.augment import Augment
 from alexnet.engine.fast_step import FastStep
 from alexnet.engine.optim import PaperSGD
+from alexnet.errors import UserError
+from alexnet.perf.timing import time_calls
 
 # The learning rate of every timed step. Its value does not change the work; the paper's 0.01 makes
 # random-label runs diverge within a few steps, and the benchmarks report the loss they end at.
@@ -74,4 +80,39 @@ def make_step(model: nn.Module, device: torch.device, *, ours: bool = True, stat
                     compile_backend=compile_backend)
 
 
-__all__ = ["LR", "make_step", "optimizer_label", "random_batch", "random_stats"]
+def step_throughput(model: str, device: torch.device, *, batch_size: int = 256, num_classes: int = 1000,
+                    amp: str = "none", channels_last: bool = False, compile: bool = False, steps: int = 20,
+                    warmup: int = 3) -> dict[str, Any]:
+    """The training step of ``alexnet train`` (FastStep: the same update, augmentation, autocast,
+    layout and compilation) on a random uint8 batch on ``device``: one row with ``img_per_s``."""
+    models.check_name(model)
+    if steps < 1 or warmup < 0:
+        raise UserError("--steps must be at least 1 and --warmup at least 0")
+    mi = models.info(model)
+    # The prepared images are 256×256 for the 224 input (§2); 4 pixels of padding for the small nets.
+    stored = 256 if mi.input_size == 224 else mi.input_size + 4
+    u8, labels, idx = random_batch(batch_size, stored, num_classes, device)
+    torch.manual_seed(0)
+    step = make_step(models.create(model, num_classes), device, stats=random_stats(u8), input_size=mi.input_size,
+                     input_norm=mi.input_norm, amp=amp, channels_last=channels_last, compile=compile,
+                     fused_optimizer=device.type == "cuda", lr=0.01)
+    epoch = [0]
+
+    def one() -> None:
+        epoch[0] += 1  # new crops, flips and colour noise every step
+        step(u8, labels, idx, epoch[0])
+
+    s = time_calls(one, device, iters=steps, repeats=1, warmup=warmup)[0]
+    return {"model": model, "device": str(device), "batch_size": batch_size, "amp": amp,
+            "channels_last": channels_last, "compile": compile, "steps": steps,
+            "step": "FastStep (alexnet train's step: augmentation on the device, forward, loss, backward, update)",
+            "optimizer": optimizer_label(step), "img_per_s": round(batch_size / s, 1)}
+
+
+def lrn_share(s_with_lrn: float, s_without_lrn: float) -> float:
+    """LRN's share of a step: 1 - t(lrn="none") / t(with LRN), from the times of the same step of the
+    paper net without and with its LRN layers (§3.3), to 4 decimals. From rates: t ∝ 1 / img/s."""
+    return round(1.0 - s_without_lrn / s_with_lrn, 4)
+
+
+__all__ = ["LR", "lrn_share", "make_step", "optimizer_label", "random_batch", "random_stats", "step_throughput"]

@@ -33,6 +33,7 @@ from matplotlib.ticker import MaxNLocator, NullFormatter, PercentFormatter
 
 from alexnet.errors import UserError
 from alexnet.files import atomic_write_bytes
+from alexnet.report.tables import finite
 
 __all__ = [
     "plot_curves",
@@ -148,18 +149,6 @@ def _pretty(key: str) -> str:
     return s.replace("_", " ")
 
 
-def _finite(v: Any) -> float | None:
-    if v is None or isinstance(v, (str, bool)):
-        return None
-    if isinstance(v, (list, tuple)):  # per-parameter-group learning rates: the first group's
-        return _finite(v[0]) if v else None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
 # --------------------------------------------------------------------------- training curves
 _Series = Callable[..., tuple[list[float], list[float]]]  # (key, scale) -> (epochs, values)
 
@@ -177,13 +166,13 @@ def plot_curves(metrics: list[dict], path: str | Path) -> Path:
     rows = [dict(r) for r in metrics]
     for i, r in enumerate(rows):
         r.setdefault("epoch", i + 1)
-    rows.sort(key=lambda r: _finite(r.get("epoch")) or 0.0)
-    epochs = [_finite(r.get("epoch")) for r in rows]
+    rows.sort(key=lambda r: finite(r.get("epoch")) or 0.0)
+    epochs = [finite(r.get("epoch")) for r in rows]
 
     def series(key: str, scale: float = 1.0) -> tuple[list[float], list[float]]:
         xs, ys = [], []
         for e, r in zip(epochs, rows):
-            v = _finite(r.get(key))
+            v = finite(r.get(key))
             if e is not None and v is not None:
                 xs.append(e)
                 ys.append(v * scale)
@@ -533,8 +522,8 @@ def plot_bars(
     pct = _is_fraction(y)
     scale = 100.0 if pct else 1.0
     labels = [str(r[x]) for r in rows]
-    vals = [_finite(r.get(y)) for r in rows]
-    errs = [(_finite(r.get(yerr)) or 0.0) * scale if yerr else 0.0 for r in rows]
+    vals = [finite(r.get(y)) for r in rows]
+    errs = [(finite(r.get(yerr)) or 0.0) * scale if yerr else 0.0 for r in rows]
     heights = [v * scale if v is not None else 0.0 for v in vals]
     long_labels = len(rows) > 6 or max(len(s) for s in labels) > 12
     with _style():
@@ -548,7 +537,7 @@ def plot_bars(
             text = "n/a" if v is None else (f"{h:.2f}" + (f" ± {e:.2f}" if yerr and e else ""))
             ax.text(p_, h + e + 0.01 * (top or 1.0), text, ha="center", va="bottom", fontsize=7)
         for i, (name, value) in enumerate((reference or {}).items()):
-            v = _finite(value)
+            v = finite(value)
             if v is not None:
                 ax.axhline(v * scale, linestyle="--", linewidth=1.2, color=f"C{(i + 3) % 10}", label=f"{name}: {v * scale:.2f}")
                 top = max(top, v * scale)
@@ -561,6 +550,50 @@ def plot_bars(
         ax.set_xlabel(_pretty(x))
         ax.grid(True, axis="y", alpha=0.3)
         ax.set_axisbelow(True)
+        if title:
+            ax.set_title(title)
+        return _save(fig, path)
+
+
+# Each line of a line plot in its own colour and line style, so the plot reads in grey too.
+_LINE_STYLES = ("-", "--", "-.", ":")
+
+
+def _line_plot(
+    series: Mapping[str, Sequence[tuple]],
+    path: str | Path,
+    draw: Callable[[Any, Sequence[tuple], dict[str, Any]], None],
+    *,
+    size: tuple[float, float],
+    xlabel: str,
+    ylabel: str,
+    title: str | None,
+    hline: float | None,
+    hline_label: str,
+    axes: Callable[[Any], None] | None = None,
+    grid: str = "major",
+) -> Path:
+    """The set-up :func:`plot_series` and :func:`plot_scaling` share: one axes; ``draw(ax, points,
+    style)`` for each series (``style``: its colour, line style, width and label); the dashed
+    horizontal reference line; ``axes(ax)`` for the axis scales and ticks; labels, grid, legend
+    (where a line has a label), title; the PNG."""
+    if not series:
+        raise UserError("series: nothing to plot")
+    with _style():
+        fig = _figure(*size)
+        ax = fig.add_subplot()
+        for i, (name, points) in enumerate(series.items()):
+            draw(ax, points, {"linestyle": _LINE_STYLES[i % len(_LINE_STYLES)], "color": f"C{i % 10}", "linewidth": 1.6,
+                              "label": str(name)})
+        if hline is not None:
+            ax.axhline(hline, color="0.4", linestyle="--", linewidth=1, label=hline_label)
+        if axes is not None:
+            axes(ax)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which=grid, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
         if title:
             ax.set_title(title)
         return _save(fig, path)
@@ -579,29 +612,15 @@ def plot_series(
     ``{"ReLU": [(epoch, train_err)...], "tanh": [...]}`` with ``hline=0.25`` (the 25% threshold).
     Values are plotted as given.
     """
-    if not series:
-        raise UserError("series: nothing to plot")
-    styles = ["-", "--", "-.", ":"]
-    with _style():
-        fig = _figure(6.0, 4.2)
-        ax = fig.add_subplot()
-        for i, (name, points) in enumerate(series.items()):
-            pts = sorted((float(a), float(b)) for a, b in points if _finite(a) is not None and _finite(b) is not None)
-            if not pts:
-                continue
+
+    def draw(ax: Any, points: Sequence[tuple], style: dict[str, Any]) -> None:
+        pts = sorted((float(a), float(b)) for a, b in points if finite(a) is not None and finite(b) is not None)
+        if pts:
             xs, ys = zip(*pts)
-            ax.plot(xs, ys, linestyle=styles[i % len(styles)], color=f"C{i % 10}", linewidth=1.6,
-                    marker="o" if len(pts) <= 20 else None, markersize=3, label=str(name))
-        if hline is not None:
-            ax.axhline(hline, color="0.4", linestyle="--", linewidth=1, label=f"{hline:g}")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.grid(True, alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-        if title:
-            ax.set_title(title)
-        return _save(fig, path)
+            ax.plot(xs, ys, **style, marker="o" if len(pts) <= 20 else None, markersize=3)
+
+    return _line_plot(series, path, draw, size=(6.0, 4.2), xlabel=xlabel, ylabel=ylabel, title=title, hline=hline,
+                      hline_label=f"{hline:g}" if hline is not None else "")
 
 
 def plot_scaling(
@@ -616,38 +635,24 @@ def plot_scaling(
     """Lines ``name → [(x, mean, std), ...]`` on a logarithmic x axis, each with its spread (mean ± std,
     a shaded band; none where std is None), in its own colour and line style; values as given (e.g.
     error in %). An error-against-training-set-size plot is ``{"method": [(images, err, std), ...]}``."""
-    if not series:
-        raise UserError("series: nothing to plot")
-    styles = ["-", "--", "-.", ":"]
-    with _style():
-        fig = _figure(6.4, 4.4)
-        ax = fig.add_subplot()
-        for i, (name, points) in enumerate(series.items()):
-            pts = sorted((float(x), float(m), None if s is None or _finite(s) is None else float(s))
-                         for x, m, s in points if _finite(x) is not None and _finite(m) is not None and x > 0)
-            if not pts:
-                continue
-            xs = [p[0] for p in pts]
-            ms = [p[1] for p in pts]
-            color = f"C{i % 10}"
-            ax.plot(xs, ms, linestyle=styles[i % len(styles)], color=color, linewidth=1.6, marker="o", markersize=3,
-                    label=str(name))
-            band = [(x, m, s) for x, m, s in pts if s is not None]
-            if band:
-                ax.fill_between([b[0] for b in band], [b[1] - b[2] for b in band], [b[1] + b[2] for b in band],
-                                color=color, alpha=0.18, linewidth=0)
-        if hline is not None:
-            ax.axhline(hline, color="0.4", linestyle="--", linewidth=1, label=f"{hline_label} ({hline:g})")
+
+    def draw(ax: Any, points: Sequence[tuple], style: dict[str, Any]) -> None:
+        pts = sorted((float(x), float(m), None if s is None or finite(s) is None else float(s))
+                     for x, m, s in points if finite(x) is not None and finite(m) is not None and x > 0)
+        if not pts:
+            return
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], **style, marker="o", markersize=3)
+        band = [(x, m, s) for x, m, s in pts if s is not None]
+        if band:
+            ax.fill_between([b[0] for b in band], [b[1] - b[2] for b in band], [b[1] + b[2] for b in band],
+                            color=style["color"], alpha=0.18, linewidth=0)
+
+    def log_x(ax: Any) -> None:
         ax.set_xscale("log")
         # Ticks at the sizes run, written out (500, 2,000, …), not as powers of ten.
-        ticks = sorted({float(p[0]) for pts in series.values() for p in pts if _finite(p[0]) is not None and p[0] > 0})
+        ticks = sorted({float(p[0]) for pts in series.values() for p in pts if finite(p[0]) is not None and p[0] > 0})
         ax.set_xticks(ticks, [f"{t:,.0f}" for t in ticks])
         ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.grid(True, which="both", alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-        if title:
-            ax.set_title(title)
-        return _save(fig, path)
+
+    return _line_plot(series, path, draw, size=(6.4, 4.4), xlabel=xlabel, ylabel=ylabel, title=title, hline=hline,
+                      hline_label=f"{hline_label} ({hline:g})" if hline is not None else "", axes=log_x, grid="both")

@@ -27,7 +27,7 @@ from alexnet.engine import run_folder
 from alexnet.environment import environment
 from alexnet.errors import UserError
 from alexnet.files import atomic_write_text
-from alexnet.report.tables import format_value, markdown_table
+from alexnet.report.tables import finite, format_value, markdown_table
 
 __all__ = ["PAPER_REFERENCE", "write_run_report"]
 
@@ -46,21 +46,11 @@ def _table(*args: Any) -> str:
     return markdown_table(*args).rstrip("\n")
 
 
-def _num(v: Any) -> float | None:
-    if isinstance(v, bool) or v is None:
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
 def _last(rows: Sequence[dict], *keys: str) -> float | None:
     """The latest finite value of the first key present (validation may skip epochs)."""
     for key in keys:
         for r in reversed(rows):
-            v = _num(r.get(key))
+            v = finite(r.get(key))
             if v is not None:
                 return v
     return None
@@ -181,8 +171,8 @@ def _error_rows(metrics: Sequence[dict], evaluation: Mapping[str, Any]) -> tuple
     for key in ordered:
         value = evaluation[key]
         if isinstance(value, dict) and ("top1_err" in value or "top5_err" in value):
-            row = {"evaluation": f"{_EVAL_NAMES.get(key, key)} (eval.json)", "top1_err": _num(value.get("top1_err")),
-                   "top5_err": _num(value.get("top5_err"))}
+            row = {"evaluation": f"{_EVAL_NAMES.get(key, key)} (eval.json)", "top1_err": finite(value.get("top1_err")),
+                   "top5_err": finite(value.get("top5_err"))}
             if "n" in value or "images" in value:
                 row["images"] = value.get("n", value.get("images"))
             errors.append(row)

@@ -26,10 +26,12 @@ def first_conv(model: nn.Module) -> nn.Conv2d:
     raise ValueError("model has no convolution")
 
 
-def draw_filters(model: nn.Module, path: Path, **kw: Any) -> Path:
+def draw_filters(model: nn.Module, path: Path, channel_order: str = "rgb", **kw: Any) -> Path:
     # §3.2 / Figure 3: with two towers the first layer's kernels split 48 + 48 over the GPUs.
-    return plot_filters(first_conv(model).weight.detach().float().cpu(), path, towers=int(getattr(model, "towers", 1)),
-                        **kw)
+    w = first_conv(model).weight.detach().float().cpu()
+    if channel_order == "bgr":  # Caffe's kernels read B, G, R: shown in RGB like every other network's
+        w = w.flip(1)
+    return plot_filters(w, path, towers=int(getattr(model, "towers", 1)), **kw)
 
 
 def make_run_figures(run: Path, *, data: str | None = None, device: str = "cpu", n_predictions: int = 8) -> list[Path]:
@@ -42,7 +44,7 @@ def make_run_figures(run: Path, *, data: str | None = None, device: str = "cpu",
     if not (run / "model.safetensors").is_file():
         return made
     trained = load(run, device)
-    made.append(draw_filters(trained.model, run / "filters.png"))
+    made.append(draw_filters(trained.model, run / "filters.png", trained.meta.get("channel_order", "rgb")))
     spec = data or trained.meta.get("data")
     if not spec:
         return made

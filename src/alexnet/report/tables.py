@@ -1,4 +1,5 @@
-"""Markdown tables: :func:`markdown_table` and the cell formatting it uses, :func:`format_value`."""
+"""Markdown tables: :func:`markdown_table` and the cell formatting it uses, :func:`format_value`; and
+:func:`finite`, the number a table cell or a plot takes from a logged value."""
 
 from __future__ import annotations
 
@@ -7,7 +8,21 @@ import json
 import math
 from typing import Any, Mapping
 
-__all__ = ["format_value", "markdown_table"]
+__all__ = ["finite", "format_value", "markdown_table"]
+
+
+def finite(v: Any) -> float | None:
+    """A logged value as a finite float, else None: None, strings, booleans, NaN and infinities are
+    no number to show; a list (per-parameter-group learning rates) gives its first group's."""
+    if v is None or isinstance(v, (str, bool)):
+        return None
+    if isinstance(v, (list, tuple)):
+        return finite(v[0]) if v else None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
 
 
 def format_value(value: Any, fmt: str | None = None) -> str:

@@ -38,7 +38,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from alexnet.data.format import DatasetError, is_prepared, write_arrays
+from alexnet.data.format import DatasetError, is_prepared
+from alexnet.data.writer import write_arrays
 from alexnet.errors import UserError
 
 # Bump when the rendering or what is stored changes: it is part of the cache folder name and of
