@@ -50,7 +50,7 @@ import torch
 from alexnet import config as config_mod
 from alexnet import models
 from alexnet.engine import train as engine_train
-from alexnet.engine.metrics import read_metrics
+from alexnet.engine.run_folder import last_metrics
 from alexnet.environment import environment
 from alexnet.perf.ceiling import conv_layer_rates, fraction, gemm_gflops, plain_loop
 from alexnet.perf.flops import flops_per_image
@@ -86,7 +86,7 @@ def ours(setting: dict[str, Any], args: argparse.Namespace, tmp: Path, i: int) -
     cfg = config_mod.resolve(setting["recipe"], overrides(setting, args), cuda=lambda d: False)
     out = tmp / f"ours-{i}"
     engine_train.run(cfg, out, log=lambda s: None)
-    return float(read_metrics(out / "metrics.jsonl")[-1]["img_per_s"])
+    return float(last_metrics(out)["img_per_s"])
 
 
 def baseline(setting: dict[str, Any], args: argparse.Namespace, tree: Path, tmp: Path, i: int) -> float:
@@ -101,7 +101,7 @@ def baseline(setting: dict[str, Any], args: argparse.Namespace, tree: Path, tmp:
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"baseline train failed ({r.returncode}): {' '.join(cmd)}\n{r.stdout}\n{r.stderr}")
-    return float(read_metrics(out / "metrics.jsonl")[-1]["img_per_s"])
+    return float(last_metrics(out)["img_per_s"])
 
 
 def add_worktree(ref: str, where: Path) -> str:

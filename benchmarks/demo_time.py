@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from alexnet.engine.run_folder import read_eval, read_metrics
 from alexnet.environment import environment
 from alexnet.perf.results import results_path, write_results
 
@@ -74,8 +75,7 @@ def main() -> int:
                     other.wait()
                 return 1
             d = Path(tmp) / f"seed{seed}" / "demo"
-            ev = json.loads((d / "eval.json").read_text())
-            metrics = [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()]
+            ev, metrics = read_eval(d), read_metrics(d)
             rows.append({"seed": seed, "wall_s": round(wall, 1), "epochs": len(metrics), "train_img_per_s": round(metrics[-1]["img_per_s"]),
                          "val_top1_err_center": ev["center"]["top1_err"], "val_top5_err_center": ev["center"]["top5_err"],
                          "val_top1_err_ten_crop": ev["ten_crop"]["top1_err"], "val_top5_err_ten_crop": ev["ten_crop"]["top5_err"],
