@@ -191,3 +191,37 @@ def test_medium_scale_is_the_hour_plan_without_the_generic_medium_fields(tmp_pat
     base = exp.cnn_base(500)
     assert base["epochs"] == data_scale.cnn_epochs(500, data_scale.FULL) == 64
     assert base["step_epochs"] == [48] and base["eval_every"] == 64 and base["schedule"] == "step"
+
+
+def test_a_cnn_rate_at_the_grid_edge_extends_the_grid_on_that_side(tmp_path: Path) -> None:
+    """At the medium scale a CNN whose best rate is an edge of its grid gets the next rate beyond it
+    (the grid's ratio), until its best is inside what it tried or max_extend rates were added."""
+    from alexnet.experiments import data_scale
+    from alexnet.experiments.runner import Runner
+
+    runner = Runner("data-scale", "synthetic", tmp_path / "ds", seeds=3, scale="medium", device="cpu",
+                    log=lambda s: None)
+    exp = data_scale.Experiment(runner)
+    trained: list[tuple[float, int]] = []
+
+    def fake_cnn(model: str, n: int, lr: float, seed: int) -> dict:
+        trained.append((lr, seed))
+        err = abs(np.log(lr / 0.64)) / 10  # best near 0.64: above the grid 0.005, 0.02, 0.08
+        return {"setting": lr, "holdout_top1_err": err, "top1_err": err, "top5_err": 0.0}
+
+    exp.cnn = fake_cnn  # type: ignore[method-assign]
+    rows = exp.method_at("lenet5", 500)
+    sel = [lr for lr, s in trained if s == exp.select_seeds[0]]
+    # 0.08 wins at the top: 0.32 is added; 0.32 wins at the new top: 1.3 (1.28 to two digits) is
+    # added; 0.32 still wins, now inside what was tried.
+    assert sel == [0.005, 0.02, 0.08, 0.32, 1.3]
+    assert {r["setting"] for r in rows if r["chosen"]} == {0.32}
+    assert not any(r["edge"] for r in rows)  # bracketed
+    assert sorted(s for lr, s in trained if s != exp.select_seeds[0]) == exp.seeds[1:]  # the others at the choice
+
+    trained.clear()
+    exp.cnn = lambda model, n, lr, seed: (trained.append((lr, seed)) or  # type: ignore[method-assign]
+                                          {"setting": lr, "holdout_top1_err": 1 / lr, "top1_err": 0.1, "top5_err": 0.0})
+    rows = exp.method_at("lenet5", 500)
+    sel = [lr for lr, s in trained if s == exp.select_seeds[0]]
+    assert len(sel) == 3 + runner.max_extend and all(r["edge"] for r in rows)  # bounded, and marked not bracketed

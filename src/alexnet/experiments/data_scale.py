@@ -8,7 +8,9 @@ Fairness, as in the other experiments: every method chooses its own hyper-parame
 rate, HOG's C, the FV SVM's λ) at every size, from the same kind of grid, on the same held-out images
 (a fixed, class-balanced part of the training split that no subset contains), on the first seed, by
 the same rule (lowest held-out top-1 error, ties to the smaller value); the other seeds then train each
-method at its choice. Seed s draws the subsets (nested: the size-n subset is the first n images of one
+method at its choice. At the medium and full scales a CNN rate chosen at an edge of its grid extends the
+grid on that side (the grid's ratio, at most the runner's ``max_extend`` rates), as ``Runner.sweep`` does;
+the SVMs' grids span five decades. Seed s draws the subsets (nested: the size-n subset is the first n images of one
 class-interleaved permutation, so each holds the same number of images per class) and seeds the
 method's own randomness (initialisation, GMM, SGD), so the spread over seeds includes which images a
 subset holds. Differences between methods are paired by seed (same images).
@@ -378,7 +380,30 @@ class Experiment:
         first = len(self.runner.planned)
         rows = [r for s in self.select_seeds for r in fit(s, grid)]
         score = {v: mean_std(r["holdout_top1_err"] for r in rows if r["setting"] == v)[0] for v in grid}
-        best = min(grid, key=lambda v: (score[v] if score[v] is not None else math.inf, v))
+
+        def best_of() -> float:
+            return min(score, key=lambda v: (score[v] if score[v] is not None else math.inf, v))
+
+        best = best_of()
+        if method in CNNS and self.runner.max_extend and len(grid) > 1:
+            # Bracketing, as Runner.sweep: a rate at an edge of what was tried adds the next rate beyond
+            # it (the grid's ratio), at most max_extend on each side. (The SVMs' grids span five decades.)
+            ratio, added = grid[1] / grid[0], {"low": 0, "high": 0}
+            while (side := "low" if best == min(score) else "high" if best == max(score) else None) is not None:
+                if added[side] >= self.runner.max_extend:
+                    break
+                if self.runner.planning:  # the bound, counted, not enumerated
+                    self.runner.plan_extensions += len(self.select_seeds) * self.runner.max_extend
+                    break
+                v = float(f"{min(score) / ratio if side == 'low' else max(score) * ratio:.2g}")
+                added[side] += 1
+                self.runner.log(f"[{self.runner.name}] {METHODS[method]} at {n} images: best lr {best:g} at the grid's "
+                                f"{side} edge; adding {v:g}")
+                new = [r for s in self.select_seeds for r in fit(s, [v])]
+                rows += new
+                score[v] = mean_std(r["holdout_top1_err"] for r in new)[0]
+                best = best_of()
+            grid = tuple(sorted(score))
         rest = [s for s in self.seeds if s not in self.select_seeds]
         rows += [r for s in rest for r in fit(s, [best])]
         if self.runner.planning and method in CNNS:  # the plan's line for this method at this size
@@ -562,5 +587,7 @@ def selection_text(exp: Experiment, rows: list[dict[str, Any]], sizes: Sequence[
                 text = f"{100 * r['holdout_top1_err']:.2f}%" if r["holdout_top1_err"] is not None else "—"
                 row[f"{exp.setting_name(m)} {r['setting']:g}"] = f"**{text}**" if r["chosen"] else text
             out.append(row)
-        parts.append(f"{METHODS[m]}:\n\n" + markdown_table(out).rstrip())
+        settings = sorted({r["setting"] for r in rows if r["arm"] == m and r["seed"] in exp.select_seeds})
+        columns = ["train images", *(f"{exp.setting_name(m)} {v:g}" for v in settings)]  # extended grids in order
+        parts.append(f"{METHODS[m]}:\n\n" + markdown_table(out, columns=columns).rstrip())
     return "\n\n".join(parts)
