@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checksum", default=None, metavar="HEX",
                    help="expected md5 or sha256 of the archive, for a mirror serving another build")
     p.add_argument("--size", type=at_least(1), default=None, help="as in 'alexnet prepare' (default 256; CIFAR native 32)")
-    p.add_argument("--workers", type=at_least(0), default=None, help="decoding processes (default: all cores)")
+    p.add_argument("--workers", type=at_least(0), default=None, help="decoding processes (default: the CPUs this process may use)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or summary")
     add_log_every_argument(p)
 

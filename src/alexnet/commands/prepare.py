@@ -18,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=at_least(1), default=None,
                    help="shorter side rescaled to SIZE, central SIZE×SIZE crop (default 256; CIFAR/MNIST and folders "
                         "of small images keep their native size unless given)")
-    p.add_argument("--workers", type=at_least(0), default=None, help="decoding processes (default: all cores)")
+    p.add_argument("--workers", type=at_least(0), default=None, help="decoding processes (default: the CPUs this process may use)")
     p.add_argument("--format", dest="fmt", choices=FORMATS, default=None, help="source type (default: detected)")
     p.add_argument("--quality", type=at_least(1), default=None, help="JPEG quality of the stored images (default 90; JPEG only)")
     p.add_argument("--encoding", choices=["jpeg", "raw"], default=None,
