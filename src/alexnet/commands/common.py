@@ -29,6 +29,19 @@ def parse_assignments(items: list[str] | None, flag: str) -> dict[str, Any]:
     return out
 
 
+def optional_engine_module(name: str, import_root: str, package: str, why: str, extra: str) -> Any:
+    """``alexnet.engine.<name>``, or one line saying how to install the optional ``package`` when
+    importing ``import_root`` is what failed; any other ImportError is a bug, raised as it is."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"alexnet.engine.{name}")
+    except ImportError as e:
+        if (e.name or "").split(".")[0] != import_root:
+            raise
+        raise UserError(f"{why} needs {package}: pip install 'alexnet[{extra}]'") from None
+
+
 def at_least(lo: int) -> Callable[[str], int]:
     """An argparse ``type``: an integer ≥ ``lo``, else one line naming the option (exit 2), as
     train's options are checked (no option of any command is accepted that cannot work)."""

@@ -32,6 +32,7 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from alexnet.commands.common import optional_engine_module
 from alexnet.errors import UserError
 from alexnet.files import TMP_SUFFIX, atomic_write_bytes
 
@@ -156,13 +157,7 @@ def _export_onnx(module: nn.Module, x: torch.Tensor, meta: dict[str, Any], tmp: 
 
 def hub_module() -> Any:
     """:mod:`alexnet.engine.hf_hub`, or one line saying how to install its optional dependency."""
-    try:
-        from alexnet.engine import hf_hub
-    except ImportError as e:
-        if (e.name or "").split(".")[0] != "huggingface_hub":
-            raise
-        raise UserError("the Hugging Face Hub needs huggingface_hub: pip install 'alexnet[hub]'") from None
-    return hf_hub
+    return optional_engine_module("hf_hub", "huggingface_hub", "huggingface_hub", "the Hugging Face Hub", "hub")
 
 
 WRITTEN_BY = "alexnet export"

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from alexnet.commands.common import optional_engine_module
 from alexnet.errors import UserError
 
 WRITTEN_BY = "alexnet import caffe"
@@ -44,13 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def caffe_module() -> Any:
     """:mod:`alexnet.engine.caffe_weights`, or one line saying how to install protobuf."""
-    try:
-        from alexnet.engine import caffe_weights
-    except ImportError as e:
-        if (e.name or "").split(".")[0] != "google":
-            raise
-        raise UserError("reading a caffemodel needs protobuf: pip install 'alexnet[caffe]'") from None
-    return caffe_weights
+    return optional_engine_module("caffe_weights", "google", "protobuf", "reading a caffemodel", "caffe")
 
 
 def _check_out(out: Path) -> None:
