@@ -741,3 +741,20 @@ def test_no_net_is_called_the_authors_where_its_configuration_is_not_theirs() ->
     assert "not its configuration" in models.info("alexnet-cifar").summary
     assert "as the authors ran it" not in relu_vs_tanh.__doc__.split("\n")[0]
     assert "*not* that net as the" in relu_vs_tanh.__doc__
+
+
+def test_plan_warns_when_the_throughput_was_measured_on_a_busy_machine(tiny: Path, capsys,  # noqa: ANN001
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from alexnet.experiments.plan import busy_note
+
+    # A quiet machine (load below one core's worth) gets no warning; a busy one is told its times are pessimistic.
+    assert busy_note(None, 2) is None and busy_note(0.4, 2) is None
+    note = busy_note(3.0, 2)
+    assert note is not None and "load average 3.0 on 2 CPUs" in note and "pessimistic" in note
+    monkeypatch.setattr("os.getloadavg", lambda: (5.0, 5.0, 5.0))
+    assert main(["experiment", "pooling", "--data", str(tiny), "--scale", "medium", "--plan"]) == 0
+    out = capsys.readouterr().out
+    assert "load average 5.0" in out and out.index("expected on this machine") < out.index("warning: the machine was busy")
+    monkeypatch.setattr("os.getloadavg", lambda: (0.1, 0.1, 0.1))
+    assert main(["experiment", "pooling", "--data", str(tiny), "--scale", "medium", "--plan"]) == 0
+    assert "busy" not in capsys.readouterr().out

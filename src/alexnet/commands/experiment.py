@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 
@@ -84,7 +85,8 @@ def _plan(args: argparse.Namespace, scale: str | None) -> int:
     throughput measured here for a few seconds, the expected time here and on a GPU."""
     import torch
 
-    from alexnet.experiments.plan import GPU_IMG_S, describe, make_plan
+    from alexnet.data.processes import usable_cpus
+    from alexnet.experiments.plan import GPU_IMG_S, busy_note, describe, make_plan
     from alexnet.experiments.runner import resolve_scale
     from alexnet.perf.throughput import measure
 
@@ -93,6 +95,7 @@ def _plan(args: argparse.Namespace, scale: str | None) -> int:
     from alexnet.experiments.runner import open_data
 
     classes = open_data(args.data).num_classes
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # before the probe adds its own
     cpu = {}
     for model, options, batch in plan.networks():
         key = json.dumps([model, options, batch], sort_keys=True)
@@ -102,7 +105,7 @@ def _plan(args: argparse.Namespace, scale: str | None) -> int:
     if gpu is None and len(models_used) == 1 and next(iter(models_used)) in GPU_IMG_S:
         gpu, source = GPU_IMG_S[next(iter(models_used))]
     label = f"CPU, {torch.get_num_threads()} threads, throughput measured now for about 3 s per network"
-    print(describe(plan, cpu, gpu, source, label))
+    print(describe(plan, cpu, gpu, source, label, busy_note(load, usable_cpus())))
     return 0
 
 

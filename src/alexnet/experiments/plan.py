@@ -99,10 +99,22 @@ def hours(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def busy_note(load_1m: float | None, cpus: int) -> str | None:
+    """A warning when other work ran while the throughput was measured: a 1-minute load average of a
+    core's worth or more (``load_1m`` read just before the probe). The probe then measures a share of
+    the machine, so the expected times here are too long by up to about (load + own threads) / cpus."""
+    if load_1m is None or load_1m < 1.0:
+        return None
+    return (f"warning: the machine was busy when the throughput was measured (1-minute load average "
+            f"{load_1m:.1f} on {cpus} CPUs): the img/s above are low and the expected time here is "
+            f"pessimistic; plan on a quiet machine")
+
+
 def describe(plan: Plan, cpu: Mapping[str, tuple[float, float]], gpu_img_s: float | None, gpu_source: str,
-             cpu_label: str) -> str:
+             cpu_label: str, busy: str | None = None) -> str:
     """The plan as text: one line per distinct network, the totals, the expected times.
-    ``cpu``: (model, options, batch) key -> (training, evaluation) images/s measured here."""
+    ``cpu``: (model, options, batch) key -> (training, evaluation) images/s measured here;
+    ``busy``: :func:`busy_note`'s warning, printed after the time expected here."""
     def key(r: Mapping[str, Any]) -> str:
         return json.dumps([r["model"], r["model_options"], r["batch_size"]], sort_keys=True)
 
@@ -136,6 +148,8 @@ def describe(plan: Plan, cpu: Mapping[str, tuple[float, float]], gpu_img_s: floa
     lo, hi = plan.seconds(lambda r: cpu.get(key(r), (None, None))[0], lambda r: cpu.get(key(r), (None, None))[1])
     lines.append(f"expected on this machine ({cpu_label}): {hours(lo)}"
                  + (f" (up to {hours(hi)} if every sweep extends to its bound)" if plan.extension_bound else ""))
+    if busy:
+        lines.append(busy)
     if gpu_img_s:
         # The GPU evaluates at about three times its training rate (forward only).
         glo, ghi = plan.seconds(lambda r: gpu_img_s, lambda r: 3 * gpu_img_s)
@@ -147,4 +161,4 @@ def describe(plan: Plan, cpu: Mapping[str, tuple[float, float]], gpu_img_s: floa
     return "\n".join(lines)
 
 
-__all__ = ["GPU_IMG_S", "Plan", "describe", "hours", "make_plan"]
+__all__ = ["GPU_IMG_S", "Plan", "busy_note", "describe", "hours", "make_plan"]
