@@ -1,0 +1,86 @@
+"""Train the ``fashion`` recipe on Fashion-MNIST once per seed and score each run's last weights on
+the official test split (which ``alexnet prepare`` stores as ``val``; the recipe's fixed step schedule
+never reads it, so nothing is selected on it), centre crop and §4.1's 10 crops, beside the dataset's
+published table. Records per-epoch errors, wall time, machine, versions, git SHA and load average.
+
+    python benchmarks/fashion_mnist.py DATA [--seeds 0 1 2] [--out benchmarks/results]
+
+``DATA``: ``alexnet prepare /usr/share/datasets/fashion-mnist --out DATA --size 32``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from alexnet.data.format import PreparedDataset
+from alexnet.engine.run_folder import read_metrics
+from alexnet.environment import environment
+from alexnet.perf.results import results_path, write_results
+
+CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+# Xiao, Rasul & Vollgraf 2017 and the benchmark table of github.com/zalandoresearch/fashion-mnist:
+# test accuracy of the 2-conv CNNs listed there, and the best HOG + SVM.
+PUBLISHED = {"2-conv CNNs (range)": [0.876, 0.939], "HOG + SVM": 0.926}
+
+
+def alexnet(*args: str, log: Path) -> str:
+    """One CLI invocation; its stdout (the console goes to ``log`` too). Exits on failure."""
+    with open(log, "a") as f:
+        f.write(f"$ alexnet {' '.join(args)}\n")
+        f.flush()
+        p = subprocess.run([sys.executable, "-m", "alexnet", *args], stdout=subprocess.PIPE, stderr=f, text=True)
+        f.write(p.stdout)
+    if p.returncode:
+        sys.exit(f"alexnet {args[0]} failed (exit {p.returncode}); see {log}")
+    return p.stdout
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("data", help="a prepared Fashion-MNIST folder")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = ap.parse_args()
+    names = PreparedDataset(Path(args.data), "val").class_names
+    if list(names) != CLASSES:
+        print(f"fashion_mnist.py: {args.data}: its classes are not Fashion-MNIST's ({', '.join(names[:3])}, ...)", file=sys.stderr)
+        return 2
+    env0, load_before = environment(), os.getloadavg()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in args.seeds:
+            run, log = Path(tmp) / f"seed{seed}", Path(tmp) / f"seed{seed}.log"
+            t0 = time.time()
+            alexnet("train", "--recipe", "fashion", "--data", args.data, "--out", str(run), "--seed", str(seed),
+                    "--no-progress", log=log)
+            wall = time.time() - t0
+            centre = json.loads(alexnet("evaluate", str(run), "--json", "--quiet", log=log))
+            ten = json.loads(alexnet("evaluate", str(run), "--ten-crop", "--json", "--quiet", log=log))
+            metrics = read_metrics(run)
+            rows.append({"seed": seed, "train_wall_s": round(wall, 1), "epochs": len(metrics),
+                         "test_top1_err_center": centre["top1_err"], "test_top1_err_ten_crop": ten["top1_err"],
+                         "test_accuracy_center": 1 - centre["top1_err"], "test_accuracy_ten_crop": 1 - ten["top1_err"],
+                         "train_img_per_s": round(metrics[-1]["img_per_s"]),
+                         "val_top1_err_per_epoch": [m.get("val_top1_err") for m in metrics],
+                         "train_top1_err_per_epoch": [m.get("train_top1_err") for m in metrics],
+                         "lr_per_epoch": [m["lr"] for m in metrics], "console": log.read_text()})
+            print(json.dumps({k: v for k, v in rows[-1].items() if not k.endswith("_per_epoch") and k != "console"}), flush=True)
+    result = {"benchmark": "fashion-mnist", "command": "alexnet train --recipe fashion --data DATA --seed S; "
+              "alexnet evaluate RUN [--ten-crop]", "data": args.data, "published_test_accuracy": PUBLISHED,
+              "load_average_1_5_15min": {"before": [round(x, 2) for x in load_before],
+                                         "after": [round(x, 2) for x in os.getloadavg()]},
+              "rows": rows}
+    path = write_results(results_path(args.out, "fashion-mnist", env0), result, env0)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
