@@ -68,3 +68,39 @@ def test_a_signal_held_during_start_up_becomes_the_request() -> None:
     with signals.StopRequest(stop_if_unanswered=False) as stop:
         assert stop.requested and stop.signum == signal.SIGTERM
     assert signals.take_pending() is None
+
+
+def test_a_schedulers_warning_is_sigterm_with_notice_and_repeating_it_is_no_second_signal() -> None:
+    with signals.StopRequest(stop_if_unanswered=False) as stop:
+        _send(signal.SIGUSR1)
+        _send(signal.SIGUSR1)  # the same warning, also forwarded by torchrun's agent: still a request
+        assert stop.requested and stop.signum == signal.SIGUSR1 and stop.exit_code() == 143
+        assert signals.name(stop.signum) == "SIGUSR1"
+        with pytest.raises(Terminated):
+            _send(signal.SIGTERM)  # the time limit itself: stops at once
+    with pytest.raises(Terminated):
+        with signals.StopRequest(stop_if_unanswered=False):
+            _send(signal.SIGTERM)
+            _send(signal.SIGUSR1)  # a warning after a SIGTERM is a second signal
+            pytest.fail("the second signal did not stop")  # pragma: no cover
+
+
+def test_a_worker_ignores_the_warning_as_it_ignores_ctrl_c() -> None:
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        signals.worker_signals()
+        assert signal.getsignal(signal.SIGUSR1) == signal.SIG_IGN == signal.getsignal(signal.SIGINT)
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
+
+
+def test_outside_a_stop_request_the_warning_unwinds_the_command_as_sigterm() -> None:
+    restore = signals.install()
+    try:
+        with pytest.raises(Terminated):
+            _send(signal.SIGUSR1)
+    finally:
+        restore()
+    assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL

@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "push": ("alexnet.commands.push", "upload a run's weights and model card to the Hugging Face Hub"),
     "experiment": ("alexnet.commands.experiment", "reproduce one of the paper's claims"),
     "bench": ("alexnet.commands.bench", "measure throughput"),
+    "slurm": ("alexnet.commands.slurm", "write (and submit) a SLURM job: torchrun on N nodes, requeued on the scheduler's warning"),
 }
 
 

@@ -43,10 +43,11 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     weight_decay_biases: bool = False  # cuda-convnet's configs decay weights only
-    optimizer: str = "paper"  # "paper": §5's update rule; "sgd": torch.optim.SGD; "nesterov"
+    optimizer: str = "paper"  # "paper": §5's update rule; "sgd": torch.optim.SGD; "nesterov"; "lars" (You et al. 2017)
+    lars_eta: float = 0.001  # optimizer "lars": the trust coefficient eta of the local rate eta ||w|| / (||g|| + wd ||w||)
     label_smoothing: float = 0.0
     # Learning-rate schedule. "plateau": §5, divide by 10 when val error stops improving.
-    schedule: str = "plateau"  # plateau | cosine | step | constant
+    schedule: str = "plateau"  # plateau | cosine | poly | step | constant
     plateau_patience: int = 2  # epochs without improvement before a drop
     plateau_threshold: float = 1e-3  # improvement smaller than this does not count
     # Which validation images the plateau schedule reads: "all", or "select" (the selection half,
@@ -150,9 +151,10 @@ _RULES: dict[str, tuple[str, Any, str]] = {
     "momentum": ("float", lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "weight_decay": ("float", lambda v: v >= 0, "a number ≥ 0"),
     "weight_decay_biases": ("bool", _any, "true or false"),
-    "optimizer": _choice("paper", "sgd", "nesterov"),
+    "optimizer": _choice("paper", "sgd", "nesterov", "lars"),
+    "lars_eta": ("float", lambda v: 0 < v <= 1, "a number in (0, 1], e.g. 0.001"),
     "label_smoothing": ("float", lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "schedule": _choice("plateau", "cosine", "step", "constant"),
+    "schedule": _choice("plateau", "cosine", "poly", "step", "constant"),
     "plateau_patience": _int(0),
     "plateau_threshold": ("float", lambda v: v >= 0, "a number ≥ 0"),
     "plateau_on": _choice("all", "select"),

@@ -1,19 +1,24 @@
-"""Ctrl-C and SIGTERM, the one mechanism of every command.
+"""Ctrl-C, SIGTERM and a scheduler's warning (SIGUSR1), the one mechanism of every command.
 
-* :func:`install` (the command line's first act) makes both signals unwind the command like
+SIGUSR1 is what a batch scheduler sends before it ends a job (SLURM's ``--signal=USR1@SECONDS``):
+it is SIGTERM with notice, and is treated as SIGTERM everywhere (exit 143), except that a repeated
+one is the same warning again (it may reach a process both directly and through torchrun's
+agent), never the "second signal" that stops at once.
+
+* :func:`install` (the command line's first act) makes these signals unwind the command like
   Ctrl-C (KeyboardInterrupt, exit 130; :class:`~alexnet.errors.Terminated`, exit 143), so cleanup
   code runs, except while Python is importing a module: an exception thrown into an import leaves
   half-initialised modules behind (numpy's, torch's), and the cleanup that follows fails on them
   with a traceback. A signal that arrives during an import is only recorded, and acted on at the
   first point where no import is running (checked every few milliseconds), or taken over by a
   :class:`StopRequest` that starts before then.
-* :class:`StopRequest` (a context manager, main thread only) turns the first SIGINT or SIGTERM
-  into a request to stop at the work's next consistent point (the caller polls ``requested``,
+* :class:`StopRequest` (a context manager, main thread only) turns the first SIGINT, SIGTERM or
+  SIGUSR1 into a request to stop at the work's next consistent point (the caller polls ``requested``,
   writes what it needs to resume, then calls :meth:`StopRequest.stop` or exits with
   :meth:`StopRequest.exit_code`); a second one stops at once. Work that is cheaper to redo than to
   finish runs inside :meth:`StopRequest.cut_short`, where the first signal raises :class:`CutShort`.
   ``prepare``'s writers and the training loop both stop this way.
-* :func:`worker_signals` is what a worker process does with the two signals."""
+* :func:`worker_signals` is what a worker process does with them."""
 
 from __future__ import annotations
 
@@ -27,6 +32,13 @@ from alexnet.errors import Terminated
 
 RETRY_S = 0.02  # how often a signal recorded during an import is looked at again
 _pending: list[int] = []  # the first signal that arrived while a module was being imported
+WARNING = signal.SIGUSR1  # a scheduler's notice that the job will be ended soon: SIGTERM with notice
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, WARNING)
+
+
+def name(signum: int | None) -> str:
+    """``SIGINT``, ``SIGTERM``, ``SIGUSR1``; a stop another process asked for (None) reads as SIGTERM."""
+    return signal.Signals(signum).name if signum else "SIGTERM"
 
 
 def _importing(frame: Any) -> bool:
@@ -39,8 +51,8 @@ def _importing(frame: Any) -> bool:
 
 
 def stop_now(signum: int) -> None:
-    """Unwind the command: Terminated for SIGTERM (exit 143), KeyboardInterrupt otherwise (130)."""
-    raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+    """Unwind the command: Terminated for SIGTERM and SIGUSR1 (exit 143), KeyboardInterrupt for SIGINT (130)."""
+    raise KeyboardInterrupt if signum == signal.SIGINT else Terminated
 
 
 def _unwind(signum: int, frame: Any) -> None:
@@ -72,13 +84,14 @@ def take_pending() -> int | None:
 
 
 def install() -> Callable[[], None]:
-    """SIGINT and SIGTERM unwind the command (see the module docstring); returns what restores
+    """SIGINT, SIGTERM and SIGUSR1 unwind the command (see the module docstring); returns what restores
     the handlers found. Leaves alone a signal whose handler is not the default (a caller that
     set its own, or SIGINT ignored as in a background job), and does nothing outside the main
     thread."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
-    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL, signal.SIGALRM: signal.SIG_DFL}
+    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL, WARNING: signal.SIG_DFL,
+                signal.SIGALRM: signal.SIG_DFL}
     previous = {s: signal.getsignal(s) for s in defaults}
     mine = {s: _retry if s == signal.SIGALRM else _unwind for s, d in defaults.items() if previous[s] == d}
     for s, h in mine.items():
@@ -98,8 +111,9 @@ class CutShort(Exception):
 
 
 class StopRequest:
-    """Ctrl-C or SIGTERM while writing: the first one asks the run to stop at the next consistent
-    point, where it writes a checkpoint so that a rerun resumes there; a second one stops at once.
+    """Ctrl-C, SIGTERM or SIGUSR1 while writing: the first one asks the run to stop at the next consistent
+    point, where it writes a checkpoint so that a rerun resumes there; a second one stops at once
+    (unless both are SIGUSR1: the scheduler's warning, repeated, still waits for that point).
     :meth:`stop` raises KeyboardInterrupt (exit 130) or Terminated (143); :meth:`exit_code` is the
     same code for a caller that returns it. ``message``, when given, is printed to stderr on the
     first signal. A request the work never looked at stops the command as the block ends, unless
@@ -119,7 +133,7 @@ class StopRequest:
         stop_now(self.signum or signal.SIGINT)
 
     def exit_code(self) -> int:
-        """130 after SIGINT, 143 otherwise (SIGTERM, or a stop another process asked for)."""
+        """130 after SIGINT, 143 otherwise (SIGTERM, SIGUSR1, or a stop another process asked for)."""
         return 130 if self.signum == signal.SIGINT else 143
 
     @contextmanager
@@ -133,6 +147,8 @@ class StopRequest:
             self._cutting = False
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == WARNING and self.signum == WARNING:
+            return  # the same warning again (directly and through torchrun's agent): already asked for
         if self.requested:
             self.stop()
         self.requested, self.signum = True, signum
@@ -143,7 +159,7 @@ class StopRequest:
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+            self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
             pending = take_pending()
             if pending is not None:  # arrived while the command was starting: stop at the first point
                 self._handle(pending, None)
@@ -157,8 +173,10 @@ class StopRequest:
 
 
 def worker_signals() -> None:
-    """In a worker process: ignore SIGINT (Ctrl-C reaches the whole process group; the main
-    process handles it and stops the workers) and restore SIGTERM's default (a forked worker
-    inherits the parent's handler; the default lets the parent's ``terminate()`` end it)."""
+    """In a worker process: ignore SIGINT and SIGUSR1 (Ctrl-C reaches the whole process group, a
+    scheduler's warning may reach every process of the job; the main process handles them and stops
+    the workers) and restore SIGTERM's default (a forked worker inherits the parent's handler; the
+    default lets the parent's ``terminate()`` end it)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(WARNING, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -58,11 +58,11 @@ def at_least(lo: int) -> Callable[[str], int]:
     return parse
 
 
-def print_stopped(exit_code: int, checkpoint: object, again: str) -> None:
-    """What a run stopped by SIGTERM/SIGINT (exit 143/130) says on stderr: where its checkpoint
-    is and the command that resumes it."""
+def print_stopped(exit_code: int, checkpoint: object, again: str, signal: str | None = None) -> None:
+    """What a run stopped by SIGTERM/SIGINT/SIGUSR1 (exit 143/130) says on stderr: where its
+    checkpoint is and the command that resumes it."""
     where = f"checkpoint written to {checkpoint}" if checkpoint else "no checkpoint written"
-    print(f"stopped by {'SIGINT' if exit_code == 130 else 'SIGTERM'}: {where}\nresume with: {again}",
+    print(f"stopped by {signal or ('SIGINT' if exit_code == 130 else 'SIGTERM')}: {where}\nresume with: {again}",
           file=sys.stderr, flush=True)
 
 

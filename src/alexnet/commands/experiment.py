@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         except Interrupted as e:
             # Like train: the run in progress wrote a checkpoint; the same command resumes it and
             # reuses the finished runs.
-            print_stopped(e.exit_code, e.checkpoint, " ".join(shlex.quote(a) for a in ["alexnet", "experiment", *_argv()]))
+            print_stopped(e.exit_code, e.checkpoint, " ".join(shlex.quote(a) for a in ["alexnet", "experiment", *_argv()]), e.signal)
             return e.exit_code
     print(f"wrote {report} (results.json and plots beside it)")
     return 0

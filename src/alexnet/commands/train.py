@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{line}; {'free space, then ' if full else ''}resume with: {resume_command(args.out)}") from None
     except Interrupted as e:
         if main:
-            print_stopped(e.exit_code, e.checkpoint, resume_command(args.out))
+            print_stopped(e.exit_code, e.checkpoint, resume_command(args.out), e.signal)
         return e.exit_code
     final = summary["final"]
     if main:

@@ -117,6 +117,8 @@ def check_against_data(cfg: TrainConfig, *, image_size: Sequence[int], input_siz
     if cfg.optimizer == "nesterov" and cfg.momentum <= 0:
         raise UserError(f"optimizer=nesterov cannot take effect with momentum={cfg.momentum}: Nesterov's look-ahead needs "
                         f"momentum > 0; set momentum or optimizer=sgd")
+    if cfg.optimizer != "lars" and cfg.lars_eta != TrainConfig.lars_eta:
+        warnings.append(f"lars_eta={cfg.lars_eta} has no effect with optimizer={cfg.optimizer} (only optimizer=lars uses it)")
     if cfg.schedule == "step" and not cfg.step_epochs:
         raise UserError("schedule=step cannot take effect: step_epochs is empty (the rate would never change); "
                         "set step_epochs (e.g. [30, 60]) or schedule=constant")
@@ -130,8 +132,8 @@ def check_against_data(cfg: TrainConfig, *, image_size: Sequence[int], input_siz
         warnings.append(f"lr_drop_factor=1 has no effect: schedule={cfg.schedule} never changes the rate")
     if cfg.schedule == "plateau" and cfg.max_lr_drops == 0:
         warnings.append("max_lr_drops=0: schedule=plateau never drops the rate (a constant schedule)")
-    if cfg.min_lr and cfg.schedule != "cosine":
-        warnings.append(f"min_lr={cfg.min_lr} has no effect with schedule={cfg.schedule} (only schedule=cosine uses it)")
+    if cfg.min_lr and cfg.schedule not in ("cosine", "poly"):
+        warnings.append(f"min_lr={cfg.min_lr} has no effect with schedule={cfg.schedule} (only schedule=cosine and poly use it)")
     if cfg.warmup_epochs >= cfg.epochs:
         warnings.append(f"warmup_epochs={cfg.warmup_epochs} ≥ epochs={cfg.epochs}: the whole run is warm-up, the schedule never starts")
 

@@ -4,6 +4,10 @@
     v <- 0.9 v - 0.0005 eps w - eps dL/dw ;  w <- w + v
 ``torch.optim.SGD`` keeps it outside (v <- mu v + g + lambda w; w <- w - eps v). The two agree
 while eps is fixed; after eps changes, the paper's velocity still carries the old eps.
+
+:class:`LARS` (You, Gitman & Ginsburg 2017, for global batches beyond the linear scaling rule's
+reach) scales each weight tensor's step by its own trust ratio, and keeps the rate inside the
+velocity as §5 does.
 """
 
 from __future__ import annotations
@@ -116,15 +120,72 @@ class FusedPaperSGD:
                 self.update(ps, [p.grad for p in ps], vels, lr, float(group["momentum"]), float(group["weight_decay"]))
 
 
-def param_groups(model: nn.Module, weight_decay: float, decay_biases: bool) -> list[dict[str, Any]]:
+class LARS(Optimizer):
+    """Layer-wise Adaptive Rate Scaling, Algorithm 1 of You, Gitman & Ginsburg (2017), for each
+    parameter tensor w with gradient g (a "layer" is one weight tensor)::
+
+        lambda <- eta ||w|| / (||g|| + beta ||w||)        the local rate (eta: trust coefficient)
+        v      <- m v + gamma lambda (g + beta w)         gamma: the global rate (the group's lr)
+        w      <- w - v
+
+    Weight decay beta is inside both the ratio and the step; the global rate is inside the velocity,
+    as in §5's rule, so a schedule's change of gamma does not rescale the steps already taken.
+    The step of a weight tensor is about gamma * eta * ||w|| whatever the scale of its gradient.
+    A group with ``trust=False`` takes lambda = 1 (momentum SGD at the global rate):
+    :func:`build_optimizer` puts biases there. Where ||w|| = 0 (a tensor initialised to zeros,
+    whose ratio would keep it at zero for ever) or the denominator is 0, lambda = 1."""
+
+    def __init__(self, params: Iterable[Any], lr: float = 1.0, momentum: float = 0.9, weight_decay: float = 5e-4,
+                 trust_coefficient: float = 0.001, trust: bool = True) -> None:
+        if lr <= 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        if trust_coefficient <= 0:
+            raise ValueError(f"trust_coefficient must be > 0, got {trust_coefficient}")
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
+                                      trust_coefficient=trust_coefficient, trust=trust))
+
+    @staticmethod
+    def local_rate(w: torch.Tensor, g: torch.Tensor, trust_coefficient: float, weight_decay: float) -> torch.Tensor:
+        """``eta ||w|| / (||g|| + beta ||w||)`` as a 0-d tensor (no host-device synchronisation), 1 where undefined."""
+        w_norm, g_norm = torch.linalg.vector_norm(w), torch.linalg.vector_norm(g)
+        denom = g_norm + weight_decay * w_norm
+        ok = (w_norm > 0) & (denom > 0)
+        return torch.where(ok, trust_coefficient * w_norm / torch.where(ok, denom, 1.0), 1.0)
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                st = self.state[p]
+                if "velocity" not in st:
+                    st["velocity"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                v = st["velocity"]
+                d = g.add(p, alpha=wd) if wd else g  # g + beta w
+                v.mul_(mu)  # m v
+                if group["trust"]:
+                    v.add_(d * (self.local_rate(p, g, group["trust_coefficient"], wd) * lr))  # + gamma lambda (g + beta w)
+                else:
+                    v.add_(d, alpha=lr)  # + gamma (g + beta w)
+                p.sub_(v)  # w <- w - v
+        return loss
+
+
+def param_groups(model: nn.Module, weight_decay: float, decay_biases: bool, *, by_shape: bool = False) -> list[dict[str, Any]]:
+    """Weight tensors (ndim > 1) decayed; biases (ndim <= 1) decayed only with ``decay_biases``.
+    ``by_shape``: the two kinds in two groups even when both are decayed (LARS adapts only the first)."""
     decay, no_decay = [], []
     for p in model.parameters():
         if not p.requires_grad:
             continue
-        (decay if p.ndim > 1 or decay_biases else no_decay).append(p)
+        (decay if p.ndim > 1 or (decay_biases and not by_shape) else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
+        groups.append({"params": no_decay, "weight_decay": weight_decay if decay_biases else 0.0})
     return groups
 
 
@@ -136,6 +197,14 @@ def base_lr(cfg: TrainConfig) -> float:
 def build_optimizer(cfg: TrainConfig, model: nn.Module, lr: float) -> Optimizer:
     """The optimizer ``cfg`` names at learning rate ``lr`` (the schedule's :attr:`Schedule.base`:
     the schedule sets the rate before every step)."""
+    if cfg.optimizer == "lars":
+        # Only weight tensors are adapted: a bias starts at 0 or 1 (§5), so its ratio would be
+        # undefined or meaningless at first, and it is a few thousand of the 61M parameters. Biases
+        # take the global rate with momentum, undecayed unless weight_decay_biases.
+        groups = param_groups(model, cfg.weight_decay, cfg.weight_decay_biases, by_shape=True)
+        for g in groups:
+            g["trust"] = g is groups[0]
+        return LARS(groups, lr=lr, momentum=cfg.momentum, trust_coefficient=cfg.lars_eta)
     groups = param_groups(model, cfg.weight_decay, cfg.weight_decay_biases)
     if cfg.optimizer == "paper":
         return PaperSGD(groups, lr=lr, momentum=cfg.momentum)
@@ -144,8 +213,10 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module, lr: float) -> Optimizer:
 
 class Schedule:
     """Learning rate per step. ``plateau`` (§5): divide by 10 when the validation error has not
-    improved for ``plateau_patience`` epochs, at most ``max_lr_drops`` times. ``cosine`` and
-    ``step`` are epoch-driven; all support a linear warm-up."""
+    improved for ``plateau_patience`` epochs, at most ``max_lr_drops`` times. ``cosine``, ``poly``
+    (LARS's Algorithm 1: ``base (1 - t)^2``, t the fraction of the run after warm-up) and ``step``
+    are epoch-driven; all support a linear warm-up. With LARS this is the global rate gamma, which
+    each weight tensor's trust ratio then scales."""
 
     def __init__(self, cfg: TrainConfig, steps_per_epoch: int) -> None:
         self.cfg = cfg
@@ -171,6 +242,9 @@ class Schedule:
         elif c.schedule == "cosine":
             t = min(1.0, max(0.0, (epoch - c.warmup_epochs) / max(1e-9, c.epochs - c.warmup_epochs)))
             lr = c.min_lr + (self.base - c.min_lr) * 0.5 * (1 + math.cos(math.pi * t))
+        elif c.schedule == "poly":
+            t = min(1.0, max(0.0, (epoch - c.warmup_epochs) / max(1e-9, c.epochs - c.warmup_epochs)))
+            lr = c.min_lr + (self.base - c.min_lr) * (1 - t) ** 2
         else:
             lr = self.base
         if c.warmup_epochs > 0 and epoch < c.warmup_epochs:

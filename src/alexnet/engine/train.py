@@ -12,7 +12,7 @@ Runs you can trust:
 
 * **Exact resume.** A run killed at any moment and resumed with ``--resume`` ends with the same
   weights, bit for bit on the CPU, as one that was never stopped (:mod:`alexnet.engine.resume`).
-* **Clean stops.** SIGTERM/SIGINT ask for a stop: the current step finishes, a checkpoint is
+* **Clean stops.** SIGTERM/SIGINT (and a scheduler's SIGUSR1 warning) ask for a stop: the current step finishes, a checkpoint is
   written, and :class:`Interrupted` (exit 143/130) carries its path. A single-process evaluation
   in progress is abandoned (it is redone on resume). A second signal stops at once.
 * **Divergence.** A non-finite loss (or non-finite weights at a checkpoint) stops the run with
@@ -65,12 +65,14 @@ __all__ = ["Context", "Interrupted", "TrainingDiverged", "run", "setup", "train_
 
 
 class Interrupted(Exception):
-    """SIGTERM/SIGINT: a checkpoint was written; ``exit_code`` is 143 or 130."""
+    """SIGTERM/SIGINT/SIGUSR1: a checkpoint was written; ``exit_code`` is 143 or 130, ``signal`` the
+    name of the signal that asked for the stop."""
 
-    def __init__(self, exit_code: int, checkpoint: Path | None) -> None:
+    def __init__(self, exit_code: int, checkpoint: Path | None, signal: str = "SIGTERM") -> None:
         super().__init__(f"interrupted (exit {exit_code})")
         self.exit_code = exit_code
         self.checkpoint = checkpoint
+        self.signal = signal
 
 
 @dataclass(frozen=True)
@@ -394,7 +396,7 @@ def _loop(ctx: Context, state: RunState) -> dict[str, Any]:
             lr = ctx.schedule.lr_at(state.global_step - state.batch_in_epoch)  # the epoch's first step, also on resume
             tr, stopped = train_one_epoch(ctx, state, stop, checkpointer)
             if stopped:
-                raise Interrupted(stop.exit_code(), checkpointer.write(state))
+                raise Interrupted(stop.exit_code(), checkpointer.write(state), signals.name(stop.signum))
             val: dict[str, float] = {}
             if (state.epoch + 1) % cfg.eval_every == 0 or state.epoch + 1 == cfg.epochs:
                 try:
@@ -404,7 +406,7 @@ def _loop(ctx: Context, state: RunState) -> dict[str, Any]:
                 except signals.CutShort:
                     # The epoch's training is complete (batch_in_epoch = its length): the resumed
                     # run goes straight to this evaluation.
-                    raise Interrupted(stop.exit_code(), checkpointer.write(state)) from None
+                    raise Interrupted(stop.exit_code(), checkpointer.write(state), signals.name(stop.signum)) from None
             dropped = ctx.schedule.end_of_epoch(val.get("val_select_top1_err" if cfg.plateau_on == "select" else "val_top1_err"))
             row = {"epoch": state.epoch + 1, "lr": lr, **tr, **val, "step": state.global_step,
                    "time_s": state.elapsed_s + time.time() - t_start}
@@ -416,7 +418,7 @@ def _loop(ctx: Context, state: RunState) -> dict[str, Any]:
             state.next_epoch()
             path = checkpointer.write(state)
             if distributed.agree(stop.requested, ctx.prec.device) and state.epoch < cfg.epochs:
-                raise Interrupted(stop.exit_code(), path)
+                raise Interrupted(stop.exit_code(), path, signals.name(stop.signum))
     if ctx.dist.is_main:
         ckpt.save_weights(ctx.model, ctx.out / run_folder.WEIGHTS, final_meta(ctx, row), ctx.train_ds.stats())
     summary = {"epochs": cfg.epochs, "steps": state.global_step, "final": row, "time_s": state.elapsed_s + time.time() - t_start,
