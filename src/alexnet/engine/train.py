@@ -47,7 +47,7 @@ from alexnet.config import NOT_IN_RECIPE, TrainConfig
 from alexnet.data.augment import Augment
 from alexnet.data.format import PreparedDataset
 from alexnet.data.loader import BatchLoader
-from alexnet.data.resolve import open_splits, resolve_data
+from alexnet.data.resolve import make_loader, open_splits, resolve_data
 from alexnet.engine import checkpoint as ckpt
 from alexnet.engine import distributed, run_folder
 from alexnet.engine.checks import check_against_data, describe_augmentation, effective_crop_padding
@@ -151,10 +151,10 @@ def setup(cfg: TrainConfig, out: Path, *, log: Callable[[str], None] = print) ->
     # With compile, the training step compiles model + loss as one function (FastStep); evaluation
     # compiles the plain model on its own.
     eval_model = torch.compile(plain) if cfg.compile else plain  # type: ignore[assignment]
-    loader = BatchLoader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed, workers=cfg.workers, rank=dist_info.rank,
-                         world_size=dist_info.world_size, pin_memory=device.type == "cuda",
-                         limit_batches=cfg.max_steps_per_epoch, subset=cfg.train_subset,
-                         decode=cfg.decode, device=device if cfg.decode != "cpu" else None)
+    loader = make_loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed, workers=cfg.workers, rank=dist_info.rank,
+                        world_size=dist_info.world_size, pin_memory=device.type == "cuda",
+                        limit_batches=cfg.max_steps_per_epoch, subset=cfg.train_subset,
+                        decode=cfg.decode, device=device if cfg.decode != "cpu" else None)
     if len(loader) == 0:
         raise UserError(f"{root}: {loader.n} training images make no full batch of {cfg.batch_size}; lower --batch-size")
     schedule = Schedule(cfg, len(loader))
