@@ -21,9 +21,9 @@ pytest.importorskip("moto.server")
 
 from alexnet.cli import main  # noqa: E402
 from alexnet.data.format import PreparedDataset  # noqa: E402
-from alexnet.data.shards import LOCK, MANIFEST, PARTIAL, export_shards  # noqa: E402
+from alexnet.data.shards import export_shards  # noqa: E402
 from alexnet.data.sources import synthetic  # noqa: E402
-from alexnet.data.stream import StreamedSplit, StreamLoader  # noqa: E402
+from alexnet.data.stream import LOCK, MANIFEST, PARTIAL, StreamedSplit, StreamLoader  # noqa: E402
 from alexnet.errors import UserError  # noqa: E402
 
 BUCKET = "alexnet-test"
@@ -166,9 +166,11 @@ def test_the_order_is_a_function_of_seed_and_epoch(exported) -> None:
 
 @pytest.mark.parametrize("start", [1, 5, 11])
 def test_a_resume_mid_epoch_continues_exactly(exported, start) -> None:
-    full = ids(epoch(StreamLoader(StreamedSplit(exported), 8, shuffle=True, seed=3), 2))
-    resumed = ids(epoch(StreamLoader(StreamedSplit(exported), 8, shuffle=True, seed=3), 2, start=start))
-    assert resumed == full[start:]
+    fresh = StreamLoader(StreamedSplit(exported), 8, shuffle=True, seed=3)
+    full, after = ids(epoch(fresh, 2)), ids(epoch(fresh, 3))
+    loader = StreamLoader(StreamedSplit(exported), 8, shuffle=True, seed=3)
+    assert ids(epoch(loader, 2, start=start)) == full[start:]
+    assert ids(epoch(loader, 3)) == after  # the resumed epoch's state does not carry into the next
 
 
 def test_options_that_cannot_apply_to_a_stream_are_refused(exported) -> None:
@@ -296,3 +298,38 @@ def test_training_from_s3_a_couple_of_steps(s3_server, data, tmp_path, capsys) -
     assert main(["train", "--data", f"s3://{BUCKET}/not-there", "--model", "alexnet-cifar", "--out",
                  str(tmp_path / "run2"), "--epochs", "1", "--no-progress"]) == 2
     assert "not a shard export" in one_line_error(capsys)
+
+
+_RANK_CODE = """
+import json, os, sys
+import torch.distributed as dist
+from alexnet.data.stream import StreamedSplit, StreamLoader
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+def ids(start):
+    loader = StreamLoader(StreamedSplit(sys.argv[1]), 8, shuffle=True, seed=5, rank=rank, world_size=world)
+    loader.set_epoch(1)
+    return len(loader), [b.indices.tolist() for b in loader.iterate(start_batch=start)]
+n, full = ids(0)
+_, resumed = ids(2)
+json.dump({"n": n, "full": full, "resumed": resumed}, open(sys.argv[2], "w"))
+dist.destroy_process_group()
+"""
+
+
+def test_two_processes_stream_disjoint_shares_and_resume_exactly(exported, tmp_path) -> None:
+    """Under torch.distributed (gloo, 2 processes) each process streams its own share of the chunks:
+    the global batch of a step holds no sample twice, the epoch no sample twice, both processes
+    take the same number of steps, and each resumes mid-epoch exactly."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2"}
+    procs = [subprocess.Popen([sys.executable, "-c", _RANK_CODE, exported, str(tmp_path / f"{r}.json")],
+                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stderr=subprocess.PIPE, text=True)
+             for r in range(2)]
+    errs = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    r0, r1 = (json.loads((tmp_path / f"{r}.json").read_text()) for r in range(2))
+    assert r0["n"] == r1["n"] == len(r0["full"]) == len(r1["full"]) > 0
+    seen = [i for a, b in zip(r0["full"], r1["full"]) for i in a + b]
+    assert len(seen) == len(set(seen)) == r0["n"] * 8
+    assert r0["resumed"] == r0["full"][2:] and r1["resumed"] == r1["full"][2:]

@@ -1,20 +1,17 @@
 """Turn a ``--data`` argument into a dataset: a prepared folder, or a shard export streamed
-through litdata (a folder or ``s3://bucket/prefix``, :mod:`alexnet.data.stream`); and the loader
-that reads each."""
+through litdata (a folder or ``s3://bucket/prefix``, :mod:`alexnet.data.stream`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from alexnet.data.format import DatasetError, PreparedDataset, is_prepared
-from alexnet.data.loader import BatchLoader
 from alexnet.data.sources import synthetic
-from alexnet.data.stream import StreamedSplit, StreamLoader, is_shard_export, open_stream_splits
+from alexnet.data.stream import is_shard_export, open_stream_splits
 from alexnet.errors import UserError
 
 BUILTIN = ("synthetic",)
-Split = Union[PreparedDataset, StreamedSplit]
 
 
 def resolve_data(spec: str, input_size: int, *, seed: int = 0) -> Path | str:
@@ -43,10 +40,3 @@ def open_splits(root: Path | str) -> tuple[Any, Any]:
         raise UserError(f"{root}: has no 'val' split to evaluate on") from None
     return train, val
 
-
-def make_loader(ds: Split, batch_size: int, **kw: Any) -> Any:
-    """The loader of ``ds``: :class:`~alexnet.data.loader.BatchLoader` for a prepared folder,
-    :class:`~alexnet.data.stream.StreamLoader` for a shard export (the same interface)."""
-    if isinstance(ds, StreamedSplit):
-        return StreamLoader(ds, batch_size, **kw)
-    return BatchLoader(ds, batch_size, **kw)

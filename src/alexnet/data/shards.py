@@ -41,15 +41,11 @@ import numpy as np
 
 from alexnet.data.format import DatasetError, PreparedDataset, read_meta
 from alexnet.data.object_store import S3Store, is_url
+from alexnet.data.stream import FORMAT_NAME, FORMAT_VERSION, LOCK, MANIFEST, PARTIAL
 from alexnet.data.writer import lock_dataset
 from alexnet.errors import UserError
 from alexnet.files import BusyError, atomic_write_bytes, atomic_write_text, os_error_line
 
-MANIFEST = "alexnet-shards.json"
-PARTIAL = ".alexnet-shards.partial"
-LOCK = ".alexnet-shards.lock"
-FORMAT_NAME = "alexnet-shards"
-FORMAT_VERSION = 1
 DEFAULT_CHUNK_BYTES = 64 * 2**20  # litdata's advice: chunks of tens of MB stream well
 
 

@@ -35,12 +35,18 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from alexnet.data.format import DatasetError, decode_record, read_stats
-from alexnet.data.loader import Batch, shard
+from alexnet.data.format import DatasetError, PreparedDataset, decode_record, read_stats
+from alexnet.data.loader import Batch, BatchLoader, shard
 from alexnet.data.object_store import Store, endpoint_url, is_url, open_store
-from alexnet.data.shards import FORMAT_NAME, FORMAT_VERSION, MANIFEST, PARTIAL
 from alexnet.errors import UserError
 from alexnet.files import atomic_write_bytes
+
+# The export's files (:mod:`alexnet.data.shards` writes them; this reader does not import the writer).
+MANIFEST = "alexnet-shards.json"  # written last: the export is complete
+PARTIAL = ".alexnet-shards.partial"  # written first: the prefix is an export's, not yet complete
+LOCK = ".alexnet-shards.lock"  # the exporter's lock (a conditional write on S3)
+FORMAT_NAME = "alexnet-shards"
+FORMAT_VERSION = 1
 
 
 def is_shard_export(spec: str | os.PathLike[str]) -> bool:
@@ -180,7 +186,10 @@ class StreamedSplit:
         litdata = _litdata()
         _plain_http_downloads()
         ep = endpoint_url()
-        cache = self.cache / self.split / "chunks" if is_url(self.root) else None
+        # A cache per process: litdata's cache is not safe for two processes filling one folder at once
+        # (one may find the other's index.json half-fetched), and the processes read disjoint chunks anyway.
+        rank = os.environ.get("RANK", "0")
+        cache = self.cache / self.split / f"rank{rank}" if is_url(self.root) else None
         if cache is not None:
             cache.mkdir(parents=True, exist_ok=True)
         try:
@@ -228,6 +237,7 @@ class StreamLoader:
         self.epoch = 0
         self.per = batch_size // world_size if shuffle else max(1, batch_size // world_size)
         self._len: int | None = None
+        self._lit: Any = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -235,11 +245,14 @@ class StreamLoader:
     def _train_dataset(self) -> Any:
         from litdata.utilities.env import _DistributedEnv
 
-        lit = self.ds.streaming_dataset(shuffle=True, seed=self.seed)
-        seen = _DistributedEnv.detect().world_size
-        if seen != self.world_size:  # litdata shares the chunks among the processes it sees
-            raise RuntimeError(f"litdata sees {seen} processes, the loader was built for {self.world_size}; "
-                               f"initialise torch.distributed before iterating")
+        if self._lit is None:  # one per loader: litdata builds an S3 client and reads the index per dataset
+            self._lit = self.ds.streaming_dataset(shuffle=True, seed=self.seed)
+            seen = _DistributedEnv.detect().world_size
+            if seen != self.world_size:  # litdata shares the chunks among the processes it sees
+                raise RuntimeError(f"litdata sees {seen} processes, the loader was built for {self.world_size}; "
+                                   f"initialise torch.distributed before iterating")
+        lit = self._lit
+        lit.reset_state_dict()  # a resumed epoch's state must not carry into the next one
         lit.set_epoch(self.epoch + 1)  # litdata counts epochs from 1
         lit.set_batch_size(self.per)
         lit.set_num_workers(1)
@@ -298,6 +311,7 @@ class StreamLoader:
 
     def close(self) -> None:
         self.ds._random_access = None
+        self._lit = None
 
 
 def open_stream_splits(spec: str | os.PathLike[str]) -> tuple[StreamedSplit, StreamedSplit]:
@@ -307,3 +321,11 @@ def open_stream_splits(spec: str | os.PathLike[str]) -> tuple[StreamedSplit, Str
     except DatasetError:
         raise UserError(f"{train.root}: has no 'val' split to evaluate on") from None
     return train, val
+
+
+def make_loader(ds: PreparedDataset | StreamedSplit, batch_size: int, **kw: Any) -> Any:
+    """The loader of ``ds``: :class:`~alexnet.data.loader.BatchLoader` for a prepared folder,
+    :class:`StreamLoader` for a shard export (the same interface and arguments)."""
+    if isinstance(ds, StreamedSplit):
+        return StreamLoader(ds, batch_size, **kw)
+    return BatchLoader(ds, batch_size, **kw)

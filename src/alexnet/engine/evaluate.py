@@ -14,7 +14,7 @@ from torch import nn
 
 from alexnet.data.augment import Augment
 from alexnet.data.format import PreparedDataset
-from alexnet.data.resolve import make_loader
+from alexnet.data.stream import make_loader
 from alexnet.engine import distributed
 from alexnet.engine.checks import check_ten_crop
 from alexnet.engine.device import AMP_DTYPES

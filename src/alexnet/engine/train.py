@@ -47,7 +47,8 @@ from alexnet.config import NOT_IN_RECIPE, TrainConfig
 from alexnet.data.augment import Augment
 from alexnet.data.format import PreparedDataset
 from alexnet.data.loader import BatchLoader
-from alexnet.data.resolve import make_loader, open_splits, resolve_data
+from alexnet.data.resolve import open_splits, resolve_data
+from alexnet.data.stream import make_loader
 from alexnet.engine import checkpoint as ckpt
 from alexnet.engine import distributed, run_folder
 from alexnet.engine.checks import check_against_data, describe_augmentation, effective_crop_padding
