@@ -298,6 +298,8 @@ def test_training_from_s3_a_couple_of_steps(s3_server, data, tmp_path, capsys) -
     assert main(["train", "--data", f"s3://{BUCKET}/not-there", "--model", "alexnet-cifar", "--out",
                  str(tmp_path / "run2"), "--epochs", "1", "--no-progress"]) == 2
     assert "not a shard export" in one_line_error(capsys)
+    assert main(["evaluate", str(out), "--data", url]) == 2  # evaluation outside training reads a local folder
+    assert "streamed by 'alexnet train' only" in one_line_error(capsys)
 
 
 _RANK_CODE = """
@@ -333,3 +335,35 @@ def test_two_processes_stream_disjoint_shares_and_resume_exactly(exported, tmp_p
     seen = [i for a, b in zip(r0["full"], r1["full"]) for i in a + b]
     assert len(seen) == len(set(seen)) == r0["n"] * 8
     assert r0["resumed"] == r0["full"][2:] and r1["resumed"] == r1["full"][2:]
+
+
+@pytest.mark.slow
+def test_training_from_s3_killed_mid_epoch_then_resumed_is_bitwise_exact(s3_server, exported, tmp_path) -> None:
+    """The whole path: `alexnet train --data s3://...` killed with SIGKILL inside a step of its first
+    epoch, after a mid-epoch checkpoint, then `--resume`d, ends with the uninterrupted run's weights."""
+    import signal
+
+    from test_resume import LAUNCHER, wait_for
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+
+    def train(out: Path, *extra: str) -> list[str]:
+        return ["train", "--data", exported, "--model", "alexnet-cifar", "--out", str(out), "--epochs", "2",
+                "--batch-size", "16", "--no-progress", "--save-every", "2", "--seed", "4", *extra]
+
+    ref = tmp_path / "ref"
+    r = subprocess.run([sys.executable, "-m", "alexnet", *train(ref)], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    run, marker = tmp_path / "run", tmp_path / "marker"
+    p = subprocess.Popen([sys.executable, "-c", LAUNCHER, *train(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env={**env, "PAUSE_AT": "step:4", "PAUSE_MARKER": str(marker)})
+    wait_for(marker, p)  # inside step 4 of 6 in epoch 1; the checkpoint of step 2 is on disk
+    p.send_signal(signal.SIGKILL)
+    p.communicate(timeout=30)
+    from alexnet.engine.checkpoint import latest_checkpoint
+
+    assert latest_checkpoint(run) is not None  # step 2's: the resume starts inside the epoch
+    r = subprocess.run([sys.executable, "-m", "alexnet", "train", "--out", str(run), "--resume", "--no-progress"],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (run / "model.safetensors").read_bytes() == (ref / "model.safetensors").read_bytes()

@@ -14,12 +14,16 @@ from alexnet.errors import UserError
 BUILTIN = ("synthetic",)
 
 
-def resolve_data(spec: str, input_size: int, *, seed: int = 0) -> Path | str:
-    """``synthetic`` (the built-in set, built once into the cache at the size the model needs),
-    the path of a prepared dataset, or a shard export (a folder, or a URL kept as it is)."""
+def resolve_data(spec: str, input_size: int, *, seed: int = 0, stream: bool = False) -> Path | str:
+    """``synthetic`` (the built-in set, built once into the cache at the size the model needs)
+    or the path of a prepared dataset; with ``stream`` (training) also a shard export (a folder,
+    or a URL kept as it is)."""
     if spec == "synthetic":
         return synthetic.cached(input_size, seed=seed)
     if is_shard_export(spec):
+        if not stream:
+            raise UserError(f"{spec}: a shard export is streamed by 'alexnet train' only; give a prepared dataset "
+                            f"folder here")
         return spec if "://" in spec else Path(spec).expanduser()
     p = Path(spec).expanduser()
     if not p.exists():

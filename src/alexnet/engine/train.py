@@ -113,7 +113,7 @@ def setup(cfg: TrainConfig, out: Path, *, log: Callable[[str], None] = print) ->
         raise UserError(f"model_parallel=2 does not apply to model {cfg.model!r}: it splits the two towers of the "
                         f"paper's network (§3.2); accepted: model alexnet")
     mi = models.info(cfg.model)
-    root = resolve_data(cfg.data, mi.input_size, seed=0)
+    root = resolve_data(cfg.data, mi.input_size, seed=0, stream=True)
     train_ds, val_ds = open_splits(root)
     stats = train_ds.stats()
     try:  # settings this data cannot honour: refused here, before any work, on every rank alike
