@@ -179,6 +179,8 @@ def test_options_that_cannot_apply_to_a_stream_are_refused(exported) -> None:
         StreamLoader(ds, 8, shuffle=True, subset=10)
     with pytest.raises(UserError, match="decode=cuda"):
         StreamLoader(ds, 8, shuffle=True, decode="cuda")
+    assert StreamLoader(ds, 8, shuffle=True, decode="auto").notes == []  # auto: the CPU, as without a GPU
+    assert "no loader workers are started" in StreamLoader(ds, 8, shuffle=True, workers=4).notes[0]
 
 
 # -- the export's rules ------------------------------------------------------------------------------
@@ -292,7 +294,8 @@ def test_training_from_s3_a_couple_of_steps(s3_server, data, tmp_path, capsys) -
     assert capsys.readouterr().out.strip() == url
     out = tmp_path / "run"
     assert main(["train", "--data", url, "--model", "alexnet-cifar", "--out", str(out), "--batch-size", "16",
-                 "--epochs", "1", "--set", "max_steps_per_epoch=2", "--no-progress"]) == 0
+                 "--epochs", "1", "--set", "max_steps_per_epoch=2", "--no-progress", "--workers", "2"]) == 0
+    assert "warning: workers=2: a streamed dataset is decoded in the training process" in capsys.readouterr().out
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["train_images"] == 32 and rows[-1]["val_images"] == 20
     assert main(["train", "--data", f"s3://{BUCKET}/not-there", "--model", "alexnet-cifar", "--out",

@@ -17,8 +17,8 @@ the local format, exactly:
   (``state_dict``/``load_state_dict``, ``sample_in_epoch``): the rest of the epoch is exactly
   the batches an uninterrupted run would have had, at the same number of processes.
 * **Decoding** happens in the training process (litdata's threads download chunks ahead); the
-  local loader's decoding workers and nvJPEG path do not apply, and ``decode`` other than "cpu"
-  or a ``train_subset`` are refused.
+  local loader's decoding workers and nvJPEG path do not apply: ``decode="auto"`` decodes on the
+  CPU (as it does on a machine without a GPU), ``decode="cuda"`` and a ``train_subset`` are refused.
 
 Evaluation reads its split in stored order by random access (``StreamingDataset[i]``), each
 process its contiguous shard, every image exactly once, as the local loader does.
@@ -225,14 +225,19 @@ class StreamLoader:
             raise UserError(f"batch size {batch_size} is not divisible by the {world_size} processes")
         if subset > 0:
             raise UserError(f"train_subset={subset}: a streamed dataset is read whole; export a smaller dataset instead")
-        if decode != "cpu":
-            raise UserError(f"decode={decode}: a streamed dataset is decoded on the CPU in the training process; "
-                            f"use decode=cpu")
+        if decode == "cuda":  # "auto" means the best at hand, as on a machine without a GPU: the CPU
+            raise UserError("decode=cuda: a streamed dataset is decoded on the CPU in the training process; "
+                            "use decode=cpu or auto")
         self.ds, self.batch_size, self.shuffle, self.seed = ds, batch_size, shuffle, seed
         self.rank, self.world_size = rank, world_size
         self.pin_memory = pin_memory and torch.cuda.is_available()
         self.limit_batches = limit_batches
         self.workers = 0
+        # What the caller should print: settings that cannot take effect here.
+        self.notes: list[str] = []
+        if workers > 0:
+            self.notes.append(f"workers={workers}: a streamed dataset is decoded in the training process "
+                              f"(litdata's threads download ahead); no loader workers are started")
         self.n = len(ds)
         self.epoch = 0
         self.per = batch_size // world_size if shuffle else max(1, batch_size // world_size)

@@ -156,6 +156,9 @@ def setup(cfg: TrainConfig, out: Path, *, log: Callable[[str], None] = print) ->
                         world_size=dist_info.world_size, pin_memory=device.type == "cuda",
                         limit_batches=cfg.max_steps_per_epoch, subset=cfg.train_subset,
                         decode=cfg.decode, device=device if cfg.decode != "cpu" else None)
+    if dist_info.is_main:
+        for note in getattr(loader, "notes", []):  # the streamed loader's settings that cannot take effect
+            log(f"warning: {note}")
     if len(loader) == 0:
         raise UserError(f"{root}: {loader.n} training images make no full batch of {cfg.batch_size}; lower --batch-size")
     schedule = Schedule(cfg, len(loader))
