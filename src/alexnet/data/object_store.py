@@ -59,7 +59,7 @@ def s3_error(e: BaseException, url: str) -> UserError:
     if isinstance(e, bx.ClientError):
         err = e.response.get("Error", {})
         code, msg = str(err.get("Code", "")), str(err.get("Message", "")).strip()
-        if code in ("NoSuchBucket", "404") and "bucket" in msg.lower() or code == "NoSuchBucket":
+        if code == "NoSuchBucket":
             return UserError(f"{url}: no such bucket at {where}")
         if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"):
             return UserError(f"{url}: refused by the object store ({code}{': ' + msg[:120] if msg else ''}); "

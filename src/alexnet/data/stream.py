@@ -297,8 +297,14 @@ class StreamLoader:
             # litdata's own resume: the state after start_batch batches of this process.
             lit.load_state_dict(lit.state_dict(start_batch * self.per, 1, self.per))
         it = iter(lit)
-        for _ in range(start_batch, n_batches):
-            items = [next(it) for _ in range(self.per)]
+        for b in range(start_batch, n_batches):
+            items = []
+            for _ in range(self.per):
+                try:
+                    items.append(next(it))
+                except StopIteration:  # litdata said the epoch holds more: never a silently short epoch
+                    raise RuntimeError(f"{self.ds.store.child(self.ds.split)}: litdata's stream ended inside batch "
+                                       f"{b} of {n_batches}") from None
             yield self._batch(items)
 
     def _iterate_eval(self, start_batch: int) -> Iterator[Batch]:
