@@ -458,7 +458,7 @@ def test_readers_of_a_dataset_do_not_load_its_writer() -> None:
     import sys
 
     code = ("import sys\n"
-            "import alexnet.data, alexnet.data.format, alexnet.data.loader, alexnet.data.augment, alexnet.engine.evaluate\n"
+            "import alexnet.data, alexnet.data.format, alexnet.data.loader, alexnet.data.augment, alexnet.data.stream, alexnet.engine.evaluate\n"
             "alexnet.data.PreparedDataset\n"
             "print(*sorted(m for m in sys.modules if m.startswith('alexnet.')), sep='\\n')\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("alexnet.commands.train", "train a model"),
     "evaluate": ("alexnet.commands.evaluate", "top-1/top-5 error of runs (an ensemble if several)"),
     "prepare": ("alexnet.commands.prepare", "prepare a dataset once (ImageNet archives, folders, CIFAR, IDX, synthetic)"),
+    "shard": ("alexnet.commands.shard", "export a prepared dataset to litdata shards (a folder or s3://) to stream"),
     "download": ("alexnet.commands.download", "download and prepare imagenette, imagewoof, cifar10, cifar100"),
     "predict": ("alexnet.commands.predict", "top-5 classes of images"),
     "neighbors": ("alexnet.commands.neighbors", "nearest neighbours in the last hidden layer (Figure 4 right)"),

@@ -212,20 +212,24 @@ class PreparedDataset(torch.utils.data.Dataset):
         return out
 
     def stats(self) -> dict[str, torch.Tensor]:
-        from safetensors.torch import load_file
+        return read_stats(self.root / "stats.safetensors", self.image_size)
 
-        path = self.root / "stats.safetensors"
-        h, w = self.image_size
-        try:
-            st = load_file(str(path))
-        except Exception as e:  # safetensors raises its own error types for damaged files
-            why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            raise DatasetError(f"{path}: unreadable ({why}); prepare the dataset again") from None
-        want = {"mean": (3, h, w), "eigval": (3,), "eigvec": (3, 3)}
-        for k, shape in want.items():
-            if k not in st or tuple(st[k].shape) != shape:
-                got = tuple(st[k].shape) if k in st else "missing"
-                raise DatasetError(f"{path}: {k!r} should be {'×'.join(map(str, shape))}, got {got}; prepare the dataset again")
-            if not bool(torch.isfinite(st[k].float()).all()):  # else blamed on the learning rate at the first step
-                raise DatasetError(f"{path}: {k!r} holds NaN or infinite values; prepare the dataset again")
-        return st
+
+def read_stats(path: Path, image_size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """A dataset's stats.safetensors, checked: the mean image of ``image_size`` and the RGB PCA."""
+    from safetensors.torch import load_file
+
+    h, w = image_size
+    try:
+        st = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for damaged files
+        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise DatasetError(f"{path}: unreadable ({why}); prepare the dataset again") from None
+    want = {"mean": (3, h, w), "eigval": (3,), "eigvec": (3, 3)}
+    for k, shape in want.items():
+        if k not in st or tuple(st[k].shape) != shape:
+            got = tuple(st[k].shape) if k in st else "missing"
+            raise DatasetError(f"{path}: {k!r} should be {'×'.join(map(str, shape))}, got {got}; prepare the dataset again")
+        if not bool(torch.isfinite(st[k].float()).all()):  # else blamed on the learning rate at the first step
+            raise DatasetError(f"{path}: {k!r} holds NaN or infinite values; prepare the dataset again")
+    return st

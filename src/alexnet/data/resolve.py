@@ -1,21 +1,30 @@
-"""Turn a ``--data`` argument into a prepared dataset folder."""
+"""Turn a ``--data`` argument into a dataset: a prepared folder, or a shard export streamed
+through litdata (a folder or ``s3://bucket/prefix``, :mod:`alexnet.data.stream`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from alexnet.data.format import DatasetError, PreparedDataset, is_prepared
 from alexnet.data.sources import synthetic
+from alexnet.data.stream import is_shard_export, open_stream_splits
 from alexnet.errors import UserError
 
 BUILTIN = ("synthetic",)
 
 
-def resolve_data(spec: str, input_size: int, *, seed: int = 0) -> Path:
+def resolve_data(spec: str, input_size: int, *, seed: int = 0, stream: bool = False) -> Path | str:
     """``synthetic`` (the built-in set, built once into the cache at the size the model needs)
-    or the path of a prepared dataset."""
+    or the path of a prepared dataset; with ``stream`` (training) also a shard export (a folder,
+    or a URL kept as it is)."""
     if spec == "synthetic":
         return synthetic.cached(input_size, seed=seed)
+    if is_shard_export(spec):
+        if not stream:
+            raise UserError(f"{spec}: a shard export is streamed by 'alexnet train' only; give a prepared dataset "
+                            f"folder here")
+        return spec if "://" in spec else Path(spec).expanduser()
     p = Path(spec).expanduser()
     if not p.exists():
         raise UserError(f"{spec}: no such dataset; give 'synthetic' or the folder of a prepared dataset")
@@ -24,10 +33,14 @@ def resolve_data(spec: str, input_size: int, *, seed: int = 0) -> Path:
     return p
 
 
-def open_splits(root: Path) -> tuple[PreparedDataset, PreparedDataset]:
+def open_splits(root: Path | str) -> tuple[Any, Any]:
+    """The train and val splits of ``root`` (:func:`resolve_data`'s answer)."""
+    if is_shard_export(root):
+        return open_stream_splits(root)
     train = PreparedDataset(root, "train")
     try:
         val = PreparedDataset(root, "val")
     except DatasetError:
         raise UserError(f"{root}: has no 'val' split to evaluate on") from None
     return train, val
+

@@ -14,7 +14,7 @@ from torch import nn
 
 from alexnet.data.augment import Augment
 from alexnet.data.format import PreparedDataset
-from alexnet.data.loader import BatchLoader
+from alexnet.data.stream import make_loader
 from alexnet.engine import distributed
 from alexnet.engine.checks import check_ten_crop
 from alexnet.engine.device import AMP_DTYPES
@@ -139,7 +139,7 @@ def evaluate(
     (``EvalResult.subset``)."""
     was_training = model.training
     model.eval()
-    loader = BatchLoader(ds, batch_size * world_size, shuffle=False, workers=workers, rank=rank, world_size=world_size,
+    loader = make_loader(ds, batch_size * world_size, shuffle=False, workers=workers, rank=rank, world_size=world_size,
                          pin_memory=prec.device.type == "cuda")
     # n, top-1 hits, top-5 hits, loss sum (and the same over ``subset``): accumulated on the device
     # and read once at the end (a read per batch would make the host wait for the GPU at every batch).

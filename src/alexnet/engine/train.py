@@ -48,6 +48,7 @@ from alexnet.data.augment import Augment
 from alexnet.data.format import PreparedDataset
 from alexnet.data.loader import BatchLoader
 from alexnet.data.resolve import open_splits, resolve_data
+from alexnet.data.stream import make_loader
 from alexnet.engine import checkpoint as ckpt
 from alexnet.engine import distributed, run_folder
 from alexnet.engine.checks import check_against_data, describe_augmentation, effective_crop_padding
@@ -114,7 +115,7 @@ def setup(cfg: TrainConfig, out: Path, *, log: Callable[[str], None] = print) ->
         raise UserError(f"model_parallel=2 does not apply to model {cfg.model!r}: it splits the two towers of the "
                         f"paper's network (§3.2); accepted: model alexnet")
     mi = models.info(cfg.model)
-    root = resolve_data(cfg.data, mi.input_size, seed=0)
+    root = resolve_data(cfg.data, mi.input_size, seed=0, stream=True)
     train_ds, val_ds = open_splits(root)
     stats = train_ds.stats()
     try:  # settings this data cannot honour: refused here, before any work, on every rank alike
@@ -153,10 +154,13 @@ def setup(cfg: TrainConfig, out: Path, *, log: Callable[[str], None] = print) ->
     # With compile, the training step compiles model + loss as one function (FastStep); evaluation
     # compiles the plain model on its own.
     eval_model = torch.compile(plain) if cfg.compile else plain  # type: ignore[assignment]
-    loader = BatchLoader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed, workers=cfg.workers, rank=dist_info.rank,
-                         world_size=dist_info.world_size, pin_memory=device.type == "cuda",
-                         limit_batches=cfg.max_steps_per_epoch, subset=cfg.train_subset,
-                         decode=cfg.decode, device=device if cfg.decode != "cpu" else None)
+    loader = make_loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed, workers=cfg.workers, rank=dist_info.rank,
+                        world_size=dist_info.world_size, pin_memory=device.type == "cuda",
+                        limit_batches=cfg.max_steps_per_epoch, subset=cfg.train_subset,
+                        decode=cfg.decode, device=device if cfg.decode != "cpu" else None)
+    if dist_info.is_main:
+        for note in getattr(loader, "notes", []):  # the streamed loader's settings that cannot take effect
+            log(f"warning: {note}")
     if len(loader) == 0:
         raise UserError(f"{root}: {loader.n} training images make no full batch of {cfg.batch_size}; lower --batch-size")
     schedule = Schedule(cfg, len(loader))
