@@ -172,11 +172,6 @@ def load_optimizer_state_dict(optimizer: torch.optim.Optimizer, sd: dict[str, An
     optimizer.load_state_dict({**sd, "state": state})
 
 
-def params_finite(model: nn.Module) -> bool:
-    """Whether every parameter is finite (one reduction per tensor, on its device)."""
-    return all(bool(torch.isfinite(p).all()) for p in unwrap(model).parameters())
-
-
 # -- weights -------------------------------------------------------------------------------------
 
 
