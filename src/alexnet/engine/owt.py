@@ -18,7 +18,9 @@ every activation between two FC layers is partitioned across the processes, neve
     fc7  Rowwise  partial sums, reduce-scattered over the batch → B/K × 4096 → ReLU, dropout
     fc8  Colwise  all-gather of the batch (B × 4096) → classes 1/K: B × C/K, all-to-all → B/K × C
 
-(a classifier with one FC layer, ``alexnet-cifar``, is the last line alone). Each process ends
+(a classifier with one FC layer, ``alexnet-cifar``, is the last line alone; a last layer whose
+classes do not split evenly stays data-parallel, its gradients all-reduced by DDP with the
+trunk's, see :func:`plan`). Each process ends
 with the logits of its own B/K images, so the loss, the hit count and the training loop are those
 of DDP. Partitioned activations mean dropout masks are drawn by the one process that owns the
 units or the images (its own generator, as in DDP), so no two processes need to agree on a mask.
@@ -49,7 +51,7 @@ from torch.distributed.tensor.parallel import ColwiseParallel, ParallelStyle, Ro
 
 from alexnet.engine import checkpoint as ckpt
 
-__all__ = ["check_divisible", "eval_replica", "fc_layers", "parallelize", "plan", "refresh", "sharded_parameters"]
+__all__ = ["eval_replica", "fc_layers", "parallelize", "plan", "refresh", "sharded_parameters"]
 
 
 def fc_layers(model: nn.Module) -> list[tuple[str, nn.Linear]]:
@@ -63,30 +65,31 @@ def fc_layers(model: nn.Module) -> list[tuple[str, nn.Linear]]:
     return fcs
 
 
-def plan(model: nn.Module) -> dict[str, ParallelStyle]:
-    """The tensor-parallel plan of ``model.classifier``: FC layers alternate column-wise (each
-    process: 1/K of the output units, for the whole batch) and row-wise (1/K of the inputs, partial
-    sums reduce-scattered back to each process's images); the last one hands each process the
-    logits of its own images. Between two FC layers an activation is sharded by units (after a
-    column-wise layer) or by images (after a row-wise one): never replicated."""
+def plan(model: nn.Module, world_size: int) -> dict[str, ParallelStyle]:
+    """The tensor-parallel plan of ``model.classifier`` over ``world_size`` processes: FC layers
+    alternate column-wise (each process: 1/K of the output units, for the whole batch) and
+    row-wise (1/K of the inputs, partial sums reduce-scattered back to each process's images); the
+    last one hands each process the logits of its own images. Between two FC layers an activation
+    is sharded by units (after a column-wise layer) or by images (after a row-wise one): never
+    replicated. A last column-wise layer whose outputs do not split evenly (1000 classes over 16
+    processes) stays out of the plan, data-parallel: after a row-wise layer its input is already
+    this process's images, and DDP all-reduces its gradients with the trunk's. Any other split
+    dimension that does not divide is a ``ValueError`` naming the layer (DTensor's uneven shards do
+    not carry through the row-wise matmul)."""
     fcs = fc_layers(model)
     styles: dict[str, ParallelStyle] = {}
-    for i, (name, _) in enumerate(fcs):
+    for i, (name, fc) in enumerate(fcs):
         last = i == len(fcs) - 1
+        dim, what = (fc.out_features, "outputs") if i % 2 == 0 else (fc.in_features, "inputs")
+        if dim % world_size:
+            if last and i % 2 == 0 and i > 0:
+                break  # data-parallel, see above
+            raise ValueError(f"FC layer classifier.{name} has {dim} {what}, not divisible by {world_size} processes")
         if i % 2 == 0:  # input: this process's images; gathered to the whole batch
             styles[name] = ColwiseParallel(input_layouts=Shard(0), output_layouts=Shard(0) if last else Shard(-1))
         else:  # input: this process's units; output: the summed result for this process's images
             styles[name] = RowwiseParallel(input_layouts=Shard(-1), output_layouts=Shard(0))
     return styles
-
-
-def check_divisible(model: nn.Module, world_size: int) -> None:
-    """Each FC layer's sharded dimension must split evenly over the processes (``ValueError``
-    naming the layer otherwise): the all-to-all and reduce-scatter of the plan need equal shares."""
-    for i, (name, fc) in enumerate(fc_layers(model)):
-        dim, what = (fc.out_features, "outputs") if i % 2 == 0 else (fc.in_features, "inputs")
-        if dim % world_size:
-            raise ValueError(f"FC layer classifier.{name} has {dim} {what}, not divisible by {world_size} processes")
 
 
 def sharded_parameters(model: nn.Module) -> list[str]:
@@ -100,14 +103,14 @@ def parallelize(model: nn.Module, device: torch.device, world_size: int) -> tupl
     all-reduced); returns (the DDP-wrapped model, the mesh). Every process calls it with the same
     initial weights (rank 0's are broadcast to the trunk by DDP; the shards are cut from each
     process's own full copy, identical for a given seed)."""
-    check_divisible(model, world_size)
+    styles = plan(model, world_size)
     mesh = init_device_mesh(device.type, (world_size,))
     for m in model.classifier.modules():  # type: ignore[union-attr]
         if getattr(m, "inplace", False):
             # A layer's local output is a view made by DTensor's to_local, which autograd forbids
             # modifying in place (an in-place ReLU); out of place, the numbers are the same.
             m.inplace = False
-    parallelize_module(model.classifier, mesh, plan(model))  # type: ignore[arg-type]
+    parallelize_module(model.classifier, mesh, styles)  # type: ignore[arg-type]
     names = sharded_parameters(model)
     scale = 1.0 / world_size
     for n, p in model.named_parameters():

@@ -24,7 +24,9 @@ Runs you can trust:
   slices have equal size. Decisions that must agree (a signal, a non-finite loss) are all-reduced
   at fixed steps; rank 0 writes logs and checkpoints and tells the others how it went. Every
   process must have rank 0's config (:func:`~alexnet.engine.distributed.check_same_config`), and
-  workers restarted by ``torchrun --max-restarts`` resume by themselves.
+  workers restarted by ``torchrun --max-restarts`` resume by themselves. With ``parallel=owt``
+  (:mod:`alexnet.engine.owt`) DDP covers the conv layers only and the FC layers are split over
+  the processes; the step and the loop are the same.
 """
 
 from __future__ import annotations

@@ -94,10 +94,15 @@ def expected_owt_payloads(fcs: list[tuple[int, int]], trunk_params: int, batch: 
     reduce-scatter their partial output (B rows) and gather its gradient (B/K rows); the last layer
     hands each process its own images' logits (B × C/K in) and takes their gradient back (B/K × C),
     counted here as all-gathers: gloo has no all-to-all and DTensor then all-gathers (over NCCL the
-    same payload goes to ``all_to_all``). DDP all-reduces the trunk's gradients."""
+    same payload goes to ``all_to_all``). DDP all-reduces the trunk's gradients, and those of a
+    last layer whose classes do not split over the processes (it stays data-parallel)."""
     b, k = batch, world_size
     gathered = scattered = 0
+    reduced = trunk_params
     for i, (n_in, n_out) in enumerate(fcs):
+        if i == len(fcs) - 1 and i % 2 == 0 and i > 0 and n_out % k:
+            reduced += n_in * n_out + n_out
+            break
         if i % 2 == 0:
             gathered += b // k * n_in
             scattered += b * n_in
@@ -107,4 +112,4 @@ def expected_owt_payloads(fcs: list[tuple[int, int]], trunk_params: int, batch: 
         if i == len(fcs) - 1:
             n_last = n_out if i % 2 == 0 else 0  # a row-wise last layer already ends on this process's rows
             gathered += b * n_last // k + b // k * n_last
-    return {"ddp_all_reduce": nbytes * trunk_params, "all_gather": nbytes * gathered, "reduce_scatter": nbytes * scattered}
+    return {"ddp_all_reduce": nbytes * reduced, "all_gather": nbytes * gathered, "reduce_scatter": nbytes * scattered}
