@@ -83,6 +83,10 @@ class TrainConfig:
     keep_checkpoints: int = field(default=2, metadata=_SAVING)
     stall_steps: int = 0  # >0: warn when the loss stays at chance for this many steps
     model_parallel: int = 1  # 2: §3.2's split of the towers over two devices
+    # Under torchrun: "ddp" all-reduces every gradient; "owt" (Krizhevsky 2014, "one weird trick"):
+    # DDP in the conv layers, the FC layers split over the processes, which exchange the last conv
+    # layer's activations instead of the FC gradients (engine/owt.py)
+    parallel: str = "ddp"
     ddp_comm_hook: str = "none"  # none | bf16 | fp16: gradients compressed for the all-reduce (torchrun)
     tensorboard: bool = field(default=False, metadata=_RUNTIME)
     tensorboard_every: int = field(default=50, metadata=_RUNTIME)  # with tensorboard: loss, lr and img/s every N steps (RUN/tb/steps); 0: per epoch only
@@ -184,6 +188,7 @@ _RULES: dict[str, tuple[str, Any, str]] = {
     "keep_checkpoints": _int(0),
     "stall_steps": _int(0),
     "model_parallel": ("int", lambda v: v in (1, 2), "1 or 2"),
+    "parallel": _choice("ddp", "owt"),
     "ddp_comm_hook": _choice("none", "bf16", "fp16"),
     "tensorboard": ("bool", _any, "true or false"),
     "tensorboard_every": _int(0),

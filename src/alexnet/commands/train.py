@@ -39,6 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tensorboard", action="store_true", default=None, help="also write TensorBoard event files to RUN/tb")
     p.add_argument("--model-parallel", type=int, default=None, choices=[1, 2],
                    help="2: the paper's two-GPU split of the towers (§3.2), model alexnet only")
+    p.add_argument("--parallel", default=None, choices=["ddp", "owt"],
+                   help="under torchrun: ddp (default), or owt: data-parallel conv layers, FC layers split over the "
+                        "processes (Krizhevsky 2014, 'one weird trick')")
     p.add_argument("--model-opt", action="append", metavar="K=V", help="model option, e.g. lrn=none, activation=tanh")
     p.add_argument("--set", action="append", metavar="K=V", help="any config field, e.g. pca_std=0 or schedule=cosine")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -50,7 +53,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     overrides = parse_assignments(args.set, "--set")
     flags = {key: getattr(args, key, None) for key in (
         "data", "model", "epochs", "batch_size", "lr", "seed", "save_every", "ten_crop", "tensorboard", "model_parallel",
-        "device", "workers", "amp", "channels_last", "compile")}
+        "parallel", "device", "workers", "amp", "channels_last", "compile")}
     flags["keep_checkpoints"] = args.keep
     flags["progress"] = False if args.no_progress else None
     for key, v in flags.items():

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from alexnet import models
 from alexnet.errors import UserError
@@ -122,10 +123,26 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def model_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The state_dict in the single-device layout (a model-parallel AlexNet converts to the
-    grouped model's keys), so checkpoints and weights files do not depend on the placement."""
+    grouped model's keys; FC layers sharded by ``parallel=owt`` are gathered to full tensors, a
+    collective that every process must call), so checkpoints and weights files do not depend on
+    the placement."""
     m = unwrap(model)
     to_grouped = getattr(m, "grouped_state_dict", None)
-    return to_grouped() if callable(to_grouped) else m.state_dict()
+    sd = to_grouped() if callable(to_grouped) else m.state_dict()
+    return {k: _full(v) for k, v in sd.items()}
+
+
+def _full(v: Any) -> Any:
+    return v.full_tensor() if isinstance(v, DTensor) else v
+
+
+def _like(ref: Any, v: Any) -> Any:
+    """``v`` (a full tensor) cut to ``ref``'s shard where ``ref`` is a DTensor, else ``v``."""
+    if isinstance(ref, DTensor) and isinstance(v, torch.Tensor) and not isinstance(v, DTensor):
+        if tuple(v.shape) != tuple(ref.shape):
+            raise RuntimeError(f"size mismatch: a tensor of {tuple(v.shape)} for a parameter of {tuple(ref.shape)}")
+        return distribute_tensor(v.to(ref.device, ref.dtype), ref.device_mesh, ref.placements, src_data_rank=None)
+    return v
 
 
 def load_model_state_dict(model: nn.Module, sd: dict[str, torch.Tensor]) -> None:
@@ -134,12 +151,25 @@ def load_model_state_dict(model: nn.Module, sd: dict[str, torch.Tensor]) -> None
     if callable(from_grouped):
         from_grouped(sd)
     else:
-        m.load_state_dict(sd)
+        own = m.state_dict()
+        m.load_state_dict({k: _like(own.get(k), v) for k, v in sd.items()})
 
 
-def params_finite(model: nn.Module) -> bool:
-    """Whether every parameter is finite (one reduction per tensor, on its device)."""
-    return all(bool(torch.isfinite(p).all()) for p in unwrap(model).parameters())
+def optimizer_state_dict(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """``optimizer.state_dict()`` with the state of sharded parameters (``parallel=owt``) gathered
+    to full tensors (a collective where there are any): the same file whatever the layout."""
+    sd = optimizer.state_dict()
+    return {**sd, "state": {i: {k: _full(v) for k, v in st.items()} for i, st in sd["state"].items()}}
+
+
+def load_optimizer_state_dict(optimizer: torch.optim.Optimizer, sd: dict[str, Any]) -> None:
+    """:func:`optimizer_state_dict`'s inverse: full tensors cut to the shards of sharded parameters."""
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    state = {}
+    for i, st in sd["state"].items():
+        ref = params[int(i)] if int(i) < len(params) else None
+        state[i] = {k: _like(ref, v) if isinstance(v, torch.Tensor) and v.ndim > 0 else v for k, v in st.items()}
+    optimizer.load_state_dict({**sd, "state": state})
 
 
 # -- weights -------------------------------------------------------------------------------------

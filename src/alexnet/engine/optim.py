@@ -44,18 +44,25 @@ class PaperSGD(Optimizer):
     def step(self, closure: Any = None) -> Any:
         loss = closure() if closure is not None else None
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            grads = [p.grad for p in params]
-            vels = self.velocities(params)
             lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
-            torch._foreach_mul_(vels, mu)  # 0.9 v
-            if wd:
-                torch._foreach_add_(vels, params, alpha=-wd * lr)  # - 0.0005 eps w
-            torch._foreach_add_(vels, grads, alpha=-lr)  # - eps dL/dw
-            torch._foreach_add_(params, vels)  # w <- w + v
+            for params in _by_kind(p for p in group["params"] if p.grad is not None):
+                grads = [p.grad for p in params]
+                vels = self.velocities(params)
+                torch._foreach_mul_(vels, mu)  # 0.9 v
+                if wd:
+                    torch._foreach_add_(vels, params, alpha=-wd * lr)  # - 0.0005 eps w
+                torch._foreach_add_(vels, grads, alpha=-lr)  # - eps dL/dw
+                torch._foreach_add_(params, vels)  # w <- w + v
         return loss
+
+
+def _by_kind(params: Iterable[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """``params`` split into plain tensors and DTensor shards (``parallel=owt``'s FC layers), in
+    order: one foreach call may not mix the two."""
+    kinds: dict[type, list[torch.Tensor]] = {}
+    for p in params:
+        kinds.setdefault(type(p), []).append(p)
+    return list(kinds.values())
 
 
 # -- the paper's update rule (§5), written per parameter so that Inductor fuses each one into a kernel --

@@ -123,15 +123,17 @@ def set_rng_state(st: dict[str, Any]) -> None:
 
 
 def checkpoint_state(ctx: Context, state: RunState, elapsed_s: float, rngs: list[dict[str, Any]],
-                     epoch_time_s: float | None = None) -> dict[str, Any]:
+                     epoch_time_s: float | None = None, model: dict[str, Any] | None = None,
+                     optimizer: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a checkpoint holds; ``elapsed_s``: the run's training wall time up to now;
-    ``epoch_time_s``, when given: the epoch's time up to now (else ``state``'s)."""
+    ``epoch_time_s``, when given: the epoch's time up to now (else ``state``'s); ``model`` and
+    ``optimizer``: their state_dicts when already gathered (else taken here)."""
     run = {**state.to_dict(), "elapsed_s": elapsed_s}
     if epoch_time_s is not None:
         run["epoch_time_s"] = epoch_time_s
     return {
-        "model": ckpt.model_state_dict(ctx.model),  # the single-device layout, whatever the placement
-        "optimizer": ctx.optimizer.state_dict(),
+        "model": ckpt.model_state_dict(ctx.model) if model is None else model,  # the single-device layout, whatever the placement
+        "optimizer": ckpt.optimizer_state_dict(ctx.optimizer) if optimizer is None else optimizer,
         "schedule": ctx.schedule.state_dict(),
         "run": run,
         "rng": {"world_size": ctx.dist.world_size, "ranks": rngs},
@@ -158,14 +160,18 @@ class Checkpointer:
         ctx = self.ctx
         if self.last is not None and self.last[0] == state.global_step and state.batch_in_epoch > 0:
             return self.last[1]  # this very state is already on disk
-        if not ckpt.params_finite(ctx.model):
+        # Every rank: FC layers sharded by parallel=owt are gathered here (collectives), so every
+        # rank judges the same full weights.
+        model_sd, optim_sd = ckpt.model_state_dict(ctx.model), ckpt.optimizer_state_dict(ctx.optimizer)
+        if not all(bool(torch.isfinite(v).all()) for v in model_sd.values() if v.is_floating_point()):
             # Never let bad weights rotate the last good checkpoint out.
             raise diverged(ctx, state.global_step, state.epoch, "the weights became non-finite")
         rngs = distributed.all_gather_object(rng_state(ctx.devices))
         result: tuple[str | None, str | None] = (None, None)
         if ctx.dist.is_main:
             try:
-                d = checkpoint_state(ctx, state, state.elapsed_s + (time.time() - self.t_start), rngs, epoch_time_s)
+                d = checkpoint_state(ctx, state, state.elapsed_s + (time.time() - self.t_start), rngs, epoch_time_s,
+                                     model_sd, optim_sd)
                 path = ckpt.save_checkpoint(ctx.out, d, state.global_step, keep=ctx.cfg.keep_checkpoints)
                 result = (str(path), None)
             except ckpt.CheckpointError as e:
@@ -254,7 +260,7 @@ def restore(ctx: Context, d: dict[str, Any], path: Path) -> RunState:
         # The run's classes, not only their count: --resume --data OTHER must not train on others.
         same_classes(json.loads(d.get("meta") or "{}").get("classes"), path, ctx.meta["classes"], ctx.cfg.data)
         ckpt.load_model_state_dict(ctx.model, d["model"])
-        ctx.optimizer.load_state_dict(d["optimizer"])
+        ckpt.load_optimizer_state_dict(ctx.optimizer, d["optimizer"])
         ctx.schedule.load_state_dict(d["schedule"])
         if ctx.scaler is not None and d.get("scaler"):
             ctx.scaler.load_state_dict(d["scaler"])

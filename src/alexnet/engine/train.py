@@ -24,7 +24,9 @@ Runs you can trust:
   slices have equal size. Decisions that must agree (a signal, a non-finite loss) are all-reduced
   at fixed steps; rank 0 writes logs and checkpoints and tells the others how it went. Every
   process must have rank 0's config (:func:`~alexnet.engine.distributed.check_same_config`), and
-  workers restarted by ``torchrun --max-restarts`` resume by themselves.
+  workers restarted by ``torchrun --max-restarts`` resume by themselves. With ``parallel=owt``
+  (:mod:`alexnet.engine.owt`) DDP covers the conv layers only and the FC layers are split over
+  the processes; the step and the loop are the same.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from alexnet.data.loader import BatchLoader
 from alexnet.data.resolve import open_splits, resolve_data
 from alexnet.data.stream import make_loader
 from alexnet.engine import checkpoint as ckpt
-from alexnet.engine import distributed, run_folder
+from alexnet.engine import distributed, owt, run_folder
 from alexnet.engine.checks import check_against_data, describe_augmentation, effective_crop_padding
 from alexnet.engine.device import keep_freed_cpu_memory, pick_device
 from alexnet.engine.evaluate import Precision, evaluate, selection_half
@@ -114,6 +116,7 @@ def setup(cfg: TrainConfig, out: Path, *, log: Callable[[str], None] = print) ->
     if cfg.model_parallel == 2 and cfg.model != "alexnet":
         raise UserError(f"model_parallel=2 does not apply to model {cfg.model!r}: it splits the two towers of the "
                         f"paper's network (§3.2); accepted: model alexnet")
+    check_parallel(cfg, dist_info)
     mi = models.info(cfg.model)
     root = resolve_data(cfg.data, mi.input_size, seed=0, stream=True)
     train_ds, val_ds = open_splits(root)
@@ -123,6 +126,9 @@ def setup(cfg: TrainConfig, out: Path, *, log: Callable[[str], None] = print) ->
                                       eigval=stats.get("eigval"), train_images=len(train_ds))
     except UserError as e:
         raise UserError(f"{root}: {e}") from None
+    if cfg.parallel == "owt" and not dist_info.enabled:
+        warnings.append("parallel=owt has no effect in a single process (it splits the FC layers between torchrun "
+                        "processes); training as one process")
     if dist_info.is_main:
         for warning in warnings:
             log(f"warning: {warning}")
@@ -147,13 +153,20 @@ def setup(cfg: TrainConfig, out: Path, *, log: Callable[[str], None] = print) ->
     # only randomness drawn from torch's generators; crops, flips and colour noise are keyed hashes).
     torch.manual_seed(distributed.rank_seed(cfg.seed, dist_info.rank))
     plain = model
-    if dist_info.enabled:
+    eval_model: nn.Module = plain
+    if dist_info.enabled and cfg.parallel == "owt":
+        eval_model = owt.eval_replica(plain)  # evaluation: no collectives in its forward (refreshed before each)
+        try:
+            model, _ = owt.parallelize(plain, device, dist_info.world_size)
+        except ValueError as e:
+            raise UserError(f"parallel=owt with {dist_info.world_size} processes: {e}") from None
+    elif dist_info.enabled:
         ids = [device.index] if device.type == "cuda" and cfg.model_parallel == 1 else None
         model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     distributed.register_comm_hook(cfg.ddp_comm_hook, model, log if dist_info.is_main else (lambda s: None))
     # With compile, the training step compiles model + loss as one function (FastStep); evaluation
     # compiles the plain model on its own.
-    eval_model = torch.compile(plain) if cfg.compile else plain  # type: ignore[assignment]
+    eval_model = torch.compile(eval_model) if cfg.compile else eval_model  # type: ignore[assignment]
     loader = make_loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed, workers=cfg.workers, rank=dist_info.rank,
                         world_size=dist_info.world_size, pin_memory=device.type == "cuda",
                         limit_batches=cfg.max_steps_per_epoch, subset=cfg.train_subset,
@@ -176,6 +189,21 @@ def setup(cfg: TrainConfig, out: Path, *, log: Callable[[str], None] = print) ->
                    augment=augment, train_loader=loader, val_ds=val_ds, train_ds=train_ds,
                    prec=Precision(device, cfg.amp, cfg.channels_last), step_fn=step_fn, dist=dist_info, meta=model_meta(cfg, train_ds),
                    devices=devices, log=log if dist_info.is_main else (lambda s: None), scaler=scaler)
+
+
+def check_parallel(cfg: TrainConfig, info: distributed.DistInfo) -> None:
+    """Combinations ``parallel=owt`` cannot honour, refused before any work (on every rank alike)."""
+    if cfg.parallel != "owt":
+        return
+    if cfg.model_parallel == 2:
+        raise UserError("parallel=owt with model_parallel=2: the FC layers cannot be split both between processes "
+                        "(owt) and between the §3.2 towers; choose one")
+    if info.enabled and cfg.compile:
+        raise UserError("parallel=owt with compile=true: the sharded FC layers are not compiled (untested); "
+                        "set compile=false")
+    if info.enabled and cfg.amp == "fp16":
+        raise UserError("parallel=owt with amp=fp16: the gradient scaler does not handle the sharded FC layers; "
+                        "use amp=bf16 or none")
 
 
 def build_model(cfg: TrainConfig, num_classes: int, device: torch.device) -> nn.Module:
@@ -315,11 +343,19 @@ def _read_steps(ctx: Context, state: RunState, pending: list[torch.Tensor], sums
     return stopped
 
 
+def full_model(ctx: Context) -> nn.Module:
+    """What evaluates and what the weights file is written from: ``eval_model``, first refreshed
+    from the trained shards under ``parallel=owt`` (a collective: every rank calls it)."""
+    if ctx.dist.enabled and ctx.cfg.parallel == "owt":
+        owt.refresh(ctx.eval_model, ctx.model)
+    return ctx.eval_model
+
+
 def validate(ctx: Context, ten_crop: bool) -> dict[str, float]:
     """The validation metrics; with ``plateau_on: select`` also the selection half's top-1 error
     (``val_select_top1_err``), the one the plateau schedule then reads."""
     select = selection_half(ctx.val_ds.labels) if ctx.cfg.plateau_on == "select" else None
-    r = evaluate(ctx.eval_model, ctx.val_ds, ctx.augment, ctx.prec, batch_size=ctx.cfg.eval_batch_size or ctx.cfg.batch_size,
+    r = evaluate(full_model(ctx), ctx.val_ds, ctx.augment, ctx.prec, batch_size=ctx.cfg.eval_batch_size or ctx.cfg.batch_size,
                  ten_crop=ten_crop, workers=ctx.cfg.workers, rank=ctx.dist.rank, world_size=ctx.dist.world_size,
                  subset=select)
     out = {"val_top1_err": r.top1_err, "val_top5_err": r.top5_err, "val_loss": r.loss, "val_images": r.n}
@@ -383,6 +419,8 @@ def _loop(ctx: Context, state: RunState) -> dict[str, Any]:
     cfg, log = ctx.cfg, ctx.log
     n_params = sum(p.numel() for p in ckpt.unwrap(ctx.model).parameters())
     placement = f"devices {', '.join(map(str, ctx.devices))} (§3.2 split)" if cfg.model_parallel == 2 else f"device {ctx.prec.device}"
+    if cfg.parallel == "owt" and ctx.dist.enabled:
+        placement += f", FC layers split over the {ctx.dist.world_size} processes (parallel=owt)"
     log(f"training {cfg.model} ({n_params:,} parameters) on {cfg.data}: {len(ctx.train_ds):,} train / {len(ctx.val_ds):,} val "
         f"images, {ctx.train_ds.num_classes} classes, {cfg.epochs} epochs of {len(ctx.train_loader)} batches of "
         f"{cfg.batch_size}" + (f" ({ctx.dist.world_size} processes)" if ctx.dist.enabled else "")
@@ -423,8 +461,9 @@ def _loop(ctx: Context, state: RunState) -> dict[str, Any]:
             path = checkpointer.write(state)
             if distributed.agree(stop.requested, ctx.prec.device) and state.epoch < cfg.epochs:
                 raise Interrupted(stop.exit_code(), path, signals.name(stop.signum))
+    final = full_model(ctx)
     if ctx.dist.is_main:
-        ckpt.save_weights(ctx.model, ctx.out / run_folder.WEIGHTS, final_meta(ctx, row), ctx.train_ds.stats())
+        ckpt.save_weights(final, ctx.out / run_folder.WEIGHTS, final_meta(ctx, row), ctx.train_ds.stats())
     summary = {"epochs": cfg.epochs, "steps": state.global_step, "final": row, "time_s": state.elapsed_s + time.time() - t_start,
                "weights": str(ctx.out / run_folder.WEIGHTS)}
     if ctx.dist.is_main:
