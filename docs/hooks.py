@@ -6,6 +6,8 @@ committed results is generated here, at every build.
 * ``<!-- generated: experiments-summary DIR -->`` in a page: the claims table of every experiment folder
   under ``DIR`` (:func:`alexnet.experiments.summary.experiment_folders`), from their ``results.json``;
   a folder added there joins the table at the next build.
+* ``<!-- generated: demo-table FILE -->``: the demo's table (errors and wall time over the seeds) from
+  the results file ``benchmarks/demo_time.py`` wrote.
 * ``<!-- include: PATH -->`` or ``<!-- include: PATH ## Heading -->``: a file of the repository (or one
   section of it), e.g. ARCHITECTURE.md as the design page, or a table an experiment wrote into its
   committed report.md.
@@ -32,7 +34,7 @@ CLI_PAGE = "reference/cli.md"
 SCALE_OUT = ["owt.md", "lars.md", "slurm.md", "streaming.md"]  # their order; any other page follows, sorted
 SCALE_OUT_BEFORE = "The paper"  # the section goes before this nav entry
 LINK = re.compile(r"(!?)\[([^\]]*)\]\(([^)\s]+)\)")
-GENERATED = re.compile(r"<!-- generated: experiments-summary (\S+) -->")
+GENERATED = re.compile(r"<!-- generated: ([\w-]+) (\S+) -->")
 INCLUDE = re.compile(r"<!-- include: (\S+)(?: (#+ [^>]*?))? -->")
 
 
@@ -171,6 +173,48 @@ def experiments_summary(folder: str) -> str:
             f"prints the same table.*\n")
 
 
+def _pm(stat: dict[str, float], scale: float = 100.0, digits: int = 1, unit: str = "%") -> str:
+    return f"{scale * stat['mean']:.{digits}f} ± {scale * stat['std']:.{digits}f}{unit}"
+
+
+def demo_numbers(path: str | Path) -> dict[str, str]:
+    """The demo's headline numbers as the pages and the README quote them, from ``benchmarks/demo_time.py``'s file."""
+    import json
+
+    d = json.loads(Path(path).read_text())
+    s = d["summary"]
+    return {key: _pm(s[key]) for key in ("val_top1_err_center", "val_top1_err_ten_crop", "val_top5_err_center",
+                                          "val_top5_err_ten_crop")} | {"wall_s": _pm(s["wall_s"], 1.0, 0, " s")}
+
+
+def demo_table(file: str) -> str:
+    """The demo's table from a results file of ``benchmarks/demo_time.py`` (relative to the repository)."""
+    import json
+
+    path = ROOT / file
+    if not path.is_file():
+        raise _error(f"{file}: no such results file")
+    d = json.loads(path.read_text())
+    rows, env, n = d["rows"], d["environment"], demo_numbers(path)
+    seeds = ", ".join(str(r["seed"]) for r in rows)
+
+    def each(key: str) -> str:
+        return ", ".join(f"{100 * r[key]:.1f}" for r in rows)
+
+    return ("| `alexnet demo --seed S`, S = " + seeds + " | val top-1 err (centre / 10-crop) | "
+            "val top-5 err (centre / 10-crop) | wall time |\n|---|--:|--:|--:|\n"
+            f"| `alexnet-cifar`, built-in data, paper SGD + crops, flips, PCA noise, annealed | "
+            f"**{n['val_top1_err_center']}** / **{n['val_top1_err_ten_crop']}** (seeds: {each('val_top1_err_center')} / "
+            f"{each('val_top1_err_ten_crop')}) | {n['val_top5_err_center']} / {n['val_top5_err_ten_crop']} | {n['wall_s']} |\n\n"
+            f"*Generated at build time from `{file}`: `{d.get('command')}`, {len(rows)} seeds one after another, "
+            f"{env.get('processor')} ({env.get('cpu_count')} cores), Python {env.get('python')}, torch {env.get('torch')}, "
+            f"torchvision {env.get('torchvision')}, {env.get('date_utc')}, git {str(env.get('git_sha'))[:7]}"
+            f"{' (dirty tree)' if env.get('git_dirty') else ''}.*\n")
+
+
+GENERATORS = {"experiments-summary": experiments_summary, "demo-table": demo_table}
+
+
 def section(text: str, heading: str | None) -> str:
     """``text`` from the line ``heading`` to the next heading of its level or above (the heading left out)."""
     if not heading:
@@ -226,7 +270,12 @@ def expand(markdown: str, page_dir: Path, url: str) -> str:
         note = f"\n*From [`{m.group(1)}`]({posixpath.relpath(path, page_dir)}), included at build time.*\n"
         return body + note
 
-    markdown = GENERATED.sub(lambda m: experiments_summary(m.group(1)), markdown)
+    def generate(m: re.Match[str]) -> str:
+        if m.group(1) not in GENERATORS:
+            raise _error(f"generated: unknown table {m.group(1)!r}; known: {', '.join(GENERATORS)}")
+        return GENERATORS[m.group(1)](m.group(2))
+
+    markdown = GENERATED.sub(generate, markdown)
     markdown = INCLUDE.sub(include, markdown)
     return repo_links(markdown, page_dir, url)
 
