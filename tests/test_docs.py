@@ -179,3 +179,26 @@ def test_the_source_url_and_the_docs_extra() -> None:
     extras = project["optional-dependencies"]
     assert {re.split(r"[<>=\[]", d)[0] for d in extras["docs"]} == {"mkdocs", "mkdocs-material", "mkdocstrings"}
     assert "docs" in re.search(r"\[(.*)\]", extras["all"][0]).group(1).split(",")
+
+
+def test_the_public_api_is_documented_in_one_style() -> None:
+    """Google style (mkdocs.yml: docstring_style: google), which the API pages render."""
+    import inspect
+
+    sys.path.insert(0, str(ROOT / "src"))
+    from alexnet import experiments, models
+    from alexnet.data.sources.base import Source
+    from alexnet.engine import inference, train
+
+    for fn, sections in ((models.create, ("Args:", "Returns:", "Raises:")), (train.run, ("Args:", "Returns:", "Raises:")),
+                         (inference.load, ("Args:", "Returns:", "Raises:")), (inference.image_classifier, ("Args:", "Returns:")),
+                         (experiments.run_experiment, ("Args:", "Returns:")), (Source.items, ("Args:", "Yields:"))):
+        doc = inspect.getdoc(fn) or ""
+        for section in sections:
+            assert f"\n{section}\n" in doc, (fn.__qualname__, section)
+        documented = set(re.findall(r"^    (\*{0,2}\w+):", doc.split("Args:")[1].split("\n\n")[0], re.M)) if "Args:" in doc else set()
+        params = {("**" if p.kind is p.VAR_KEYWORD else "") + n for n, p in inspect.signature(fn).parameters.items()
+                  if n != "self"}
+        assert documented == params, (fn.__qualname__, documented ^ params)
+    for cls in (models.ModelInfo, Source, experiments.ExperimentInfo, inference.Trained):
+        assert "\nAttributes:\n" in (inspect.getdoc(cls) or ""), cls.__name__
