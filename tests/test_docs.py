@@ -202,3 +202,25 @@ def test_the_public_api_is_documented_in_one_style() -> None:
         assert documented == params, (fn.__qualname__, documented ^ params)
     for cls in (models.ModelInfo, Source, experiments.ExperimentInfo, inference.Trained):
         assert "\nAttributes:\n" in (inspect.getdoc(cls) or ""), cls.__name__
+
+
+def test_the_readme_results_quote_the_generated_table() -> None:
+    """Every interval README's results summary quotes is one the table generated from the committed
+    results gives (signs and typography aside), so the summary cannot drift from the results."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from alexnet.experiments.summary import experiment_folders, table
+
+    text = README.read_text()
+    results = text[text.index("## Results"):text.index("## Citing")]
+
+    def norm(s: str) -> str:
+        return s.replace("−", "-").replace("+", "")
+
+    generated = norm(table(experiment_folders(ROOT / "benchmarks" / "results" / "experiments-medium")))
+    quoted = re.findall(r"\[[−+\-]?\d+\.\d+, [−+\-]?\d+\.\d+\]", results)
+    assert len(quoted) >= 6
+    for interval in quoted:
+        # a difference quoted as a size ("beat ... by 2.08 [1.33, 2.83]") is the table's negative one
+        lo, hi = norm(interval)[1:-1].split(", ")
+        flipped = f"[-{hi}, -{lo}]" if not lo.startswith("-") else None
+        assert norm(interval) in generated or (flipped and flipped in generated), interval
