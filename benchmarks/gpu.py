@@ -5,7 +5,7 @@
     PYTHONPATH=src python3 benchmarks/gpu.py                            # one H100: finishes within ~7 minutes
     PYTHONPATH=src python3 benchmarks/gpu.py --plan --device cuda       # the rows and their estimated seconds, anywhere
     PYTHONPATH=src python3 benchmarks/gpu.py --device cpu --tiny        # toy scale on the CPU: tests the code path
-    python3 benchmarks/gpu.py --markdown benchmarks/results/gpu-….json  # the README's tables
+    python3 benchmarks/gpu.py --markdown benchmarks/results/gpu-….json  # the tables the documentation quotes (docs/speed.md)
 
 A composition of :mod:`alexnet.perf`: this script names the model builds (:func:`variants`) and the
 rows in order of importance (:func:`plan`, data: :class:`alexnet.perf.rows.Row`); the rows are

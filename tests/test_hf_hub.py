@@ -63,9 +63,74 @@ def test_export_hub_writes_weights_config_and_card(run: Path, tmp_path: Path, ca
                  "## Data", "circle", "## Metrics", f"{100 * evaluation['center']['top1_err']:.2f}%",
                  "## Licence", "MIT", "@inproceedings{krizhevsky2012imagenet", run_meta["git_sha"] or "not recorded"):
         assert text in card, text
+    # The Hub's conventions: YAML front matter with model-index results from eval.json, no datasets: for
+    # the built-in data (no Hub dataset), MIT for weights of data this package generates.
+    import yaml
+
+    front = yaml.safe_load(card.split("---\n")[1])
+    assert front["library_name"] == "alexnet" and front["license"] == "mit" and "datasets" not in front
+    assert {"alexnet", "image-classification", "alexnet-cifar"} <= set(front["tags"])
+    (entry,) = front["model-index"]
+    metrics = {(r["dataset"]["split"], m["name"]): m["value"] for r in entry["results"] for m in r["metrics"]}
+    assert metrics[("validation", "top-1 accuracy, centre crop (%)")] == round(100 * (1 - evaluation["center"]["top1_err"]), 2)
+    assert metrics[("validation", "top-5 accuracy, centre crop (%)")] == round(100 * (1 - evaluation["center"]["top5_err"]), 2)
+    assert (("validation", "top-5 accuracy, 10-crop (%)") in metrics) == ("ten_crop" in evaluation)
+    assert all(m["type"] in ("accuracy", "top-5-accuracy") for r in entry["results"] for m in r["metrics"])
+    # an install line that works from the card alone: the package from its repository, at the commit
+    from alexnet import SOURCE_URL
+
+    sha = run_meta["git_sha"]
+    assert f'pip install "alexnet[hub] @ git+{SOURCE_URL}{"@" + sha if sha else ""}"' in card
+    assert f"The code: {SOURCE_URL}" in card
+    from alexnet.models.flops import flops_per_image
+
+    g = flops_per_image(lambda: models.create("alexnet-cifar", 10, dropout=0.1), 32, backward=False) / 1e9
+    assert f"{g:.3f} GFLOPs per image" in card and 0.02 < g < 0.03  # 3 conv layers on 32×32: about 24.6 MFLOPs
+    assert "built-in synthetic data" in card and "ImageNet" not in card.split("## Licence")[1].split("##")[0]
     # an existing, non-empty folder is not overwritten
     assert main(["export", str(run), "--format", "hub", "--out", str(out)]) == 2
     assert "not an empty folder" in capsys.readouterr().err
+
+
+def test_weights_trained_on_imagenet_name_the_dataset_and_its_terms() -> None:
+    from alexnet.engine.hf_hub import IMAGENET_ID, dataset_id
+    import yaml
+
+    wnids = [f"n{i:08d}" for i in range(1000)]
+    meta = {"classes": wnids, "class_names": wnids, "input_size": 32, "input_norm": "mean_image_std",
+            "image_size": [36, 36], "data": "/data/imagenet-prepared", "git_sha": "0123456789abcdef",
+            "eval": {"center": {"top1_err": 0.4285, "top5_err": 0.1992, "n": 50000}}}
+    card = str(Pretrained("alexnet-cifar", 1000, {}, meta).generate_model_card())
+    front = yaml.safe_load(card.split("---\n")[1])
+    assert front["datasets"] == [IMAGENET_ID] == ["imagenet-1k"]
+    assert front["license"] == "other" and front["license_name"] == "imagenet-terms-of-access"
+    assert front["license_link"].startswith("https://image-net.org/")
+    (entry,) = front["model-index"]
+    (result,) = entry["results"]
+    assert result["dataset"]["type"] == "imagenet-1k" and result["task"]["type"] == "image-classification"
+    assert [m["value"] for m in result["metrics"]] == [57.15, 80.08]
+    assert "non-commercial research and educational use only" in card and "@0123456789abcdef" in card
+    # torchvision's and Caffe's weights are ImageNet's; 1000 classes that are not WNIDs, or ten WNIDs
+    # (Imagenette), are not
+    assert dataset_id({"source": "torchvision", "classes": []}) == dataset_id({"source": "caffe"}) == IMAGENET_ID
+    assert dataset_id({"classes": [f"c{i}" for i in range(1000)]}) is None
+    assert dataset_id({"classes": wnids[:10], "data": "/nowhere/imagenette"}) is None
+    from alexnet.data.sources.idx import FASHION_NAMES
+
+    assert dataset_id({"classes": list(range(10)), "class_names": FASHION_NAMES}) == "fashion_mnist"
+
+
+def test_forward_flops_per_image_in_closed_form() -> None:
+    from alexnet.models.flops import flops_per_image
+
+    # one 3→8 conv, 5×5, no padding, on 32×32: 28×28 outputs × 8 maps × (3·25) multiply-adds × 2
+    conv = flops_per_image(lambda: torch.nn.Conv2d(3, 8, 5), 32, backward=False)
+    assert conv == 2 * 28 * 28 * 8 * 3 * 25
+    # two towers (groups=2) halve a convolution's cost; the paper's net forward is 1.45 GFLOPs (0.72 G multiply-adds)
+    towers = flops_per_image(lambda: torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.Conv2d(4, 8, 3, groups=2)),
+                             10, backward=False)
+    assert towers == 2 * 10 * 10 * 4 * 3 + 2 * 8 * 8 * 8 * (4 // 2) * 9
+    assert abs(flops_per_image(lambda: models.create("alexnet", 1000), 224, backward=False) / 1e9 - 1.449) < 0.001
 
 
 def test_from_pretrained_reads_the_folder_back(run: Path, tmp_path: Path, capsys) -> None:

@@ -80,7 +80,18 @@ def decode_record(record: bytes | np.ndarray, encoding: str, image_size: tuple[i
 
 
 class PreparedDataset(torch.utils.data.Dataset):
-    """One split of a prepared dataset: ``ds[i] -> (uint8 3×H×W tensor, int label)``."""
+    """One split of a prepared dataset, checked when opened.
+
+    ``len(ds)`` images; ``ds[i]`` is ``(uint8 3×H×W tensor, int label)``; ``ds.classes`` the class
+    identifiers (e.g. WNIDs), ``ds.class_names`` their names.
+
+    Args:
+        root: The dataset's folder (``alexnet prepare ... --out DIR``).
+        split: ``"train"`` or ``"val"``.
+
+    Raises:
+        DatasetError: A folder that is not a prepared dataset or is damaged, named with the reason.
+    """
 
     def __init__(self, root: str | os.PathLike[str], split: str = "train") -> None:
         self.root = Path(root)

@@ -8,8 +8,12 @@
   reads (model, options, classes, sizes, the recipe, the metrics, the git commit): the same format
   as a run's ``model.safetensors``, so ``alexnet predict FOLDER image.jpg`` works on it;
 * ``config.json``: what rebuilds the model (``model``, ``num_classes``, ``model_options``, ``meta``);
-* ``README.md``: a model card (architecture, recipe, data, metrics from ``eval.json``, licence, the
-  paper's citation, git commit).
+* ``README.md``: a model card in the Hub's format: YAML front matter (``library_name``, ``tags``,
+  ``license``, ``datasets`` where the training data is a known Hub dataset, ``model-index`` with the
+  results of ``eval.json``), then the architecture with its parameters and GFLOPs per image, the
+  data, the recipe, the metrics, an install line that works from the card alone (the package from
+  its git repository, at the commit that trained the weights), the licence (the code's MIT, and
+  ImageNet's terms of access for weights trained on it), the paper's citation and the git commit.
 
 ``huggingface_hub`` is an optional dependency (``pip install 'alexnet[hub]'``); this module imports it.
 """
@@ -24,7 +28,9 @@ import torch
 from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
 from torch import nn
 
-from alexnet import models
+from alexnet import SOURCE_URL, models
+from alexnet.data.sources.base import WNID_RE
+from alexnet.data.sources.idx import FASHION_NAMES
 from alexnet.engine import checkpoint as ckpt
 from alexnet.engine import run_folder
 from alexnet.errors import UserError
@@ -52,6 +58,12 @@ NORMS = {"mean_image": "raw 0–255 RGB minus the training set's per-pixel mean 
          "mean_image_std": "RGB minus the training set's per-pixel mean image, divided by its pixel standard deviation",
          "mean_std": "torchvision's per-channel ImageNet mean and standard deviation"}
 
+# Hub dataset ids of the training data this package prepares, where the card can tell it (datasets:).
+IMAGENET_ID = "imagenet-1k"
+IMAGENET_TERMS = "https://image-net.org/download.php"
+HUB_DATASETS = {"imagenet-1k": "ILSVRC-2012 (ImageNet-1k)", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100",
+                "fashion_mnist": "Fashion-MNIST"}
+
 CARD = """---
 {{ card_data }}
 ---
@@ -64,7 +76,9 @@ implementation of that paper.
 
 ## Architecture
 
-`{{ model }}`{{ options }}: {{ architecture }}. {{ parameters }} parameters, {{ num_classes }} classes.
+`{{ model }}`{{ options }}: {{ architecture }}. {{ parameters }} parameters, {{ num_classes }} classes;
+{{ gflops }} GFLOPs per image (one forward pass of a {{ input_size }}×{{ input_size }} crop, a multiply-add
+counted as 2 FLOPs, by `torch.utils.flop_counter`; the 10-crop test costs ten times that).
 
 ## Data
 
@@ -83,8 +97,14 @@ Input: {{ input }}. The training set's statistics (mean image, RGB eigenvectors)
 
 ## Use
 
+The code: {{ code_url }}. The package is not on PyPI; install it from its repository{{ at_commit }}:
+
+```bash
+pip install "alexnet[hub] @ git+{{ code_url }}{{ pin }}"
+```
+
 ```python
-from alexnet.engine.hf_hub import Pretrained      # pip install "alexnet[hub]"
+from alexnet.engine.hf_hub import Pretrained
 m = Pretrained.from_pretrained("{{ repo_id }}")    # m.net is the network, m.meta its classes and sizes
 ```
 
@@ -92,8 +112,7 @@ or, with the files downloaded: `alexnet predict FOLDER photo.jpg`, `alexnet expo
 
 ## Licence
 
-The `alexnet` code is released under the MIT licence. Weights trained on ImageNet are subject to the terms of
-access of the ImageNet data (non-commercial research and education).
+{{ licence }}
 
 ## Provenance
 
@@ -162,7 +181,10 @@ class Pretrained(
         return obj.to(map_location).eval()
 
     def generate_model_card(self, *args: Any, **kwargs: Any) -> Any:
-        return super().generate_model_card(*args, **{**card_fields(self), **kwargs})
+        from huggingface_hub import ModelCard
+
+        fields = {**card_fields(self), **kwargs}
+        return ModelCard.from_template(card_data(self, fields["title"]), template_str=CARD, **fields)
 
 
 # -- the model card ---------------------------------------------------------------------------------
@@ -170,6 +192,78 @@ class Pretrained(
 
 def _pct(x: Any) -> str:
     return f"{100 * float(x):.2f}%" if isinstance(x, (int, float)) else "—"
+
+
+def dataset_id(meta: dict[str, Any]) -> str | None:
+    """The Hub id of the training data, where the weights tell it: ImageNet-1k for torchvision's and
+    Caffe's weights and for 1000 WNID classes; CIFAR-10/100 and Fashion-MNIST by the source the
+    dataset was prepared from and its classes. None otherwise (the built-in data, image folders)."""
+    classes = [str(c) for c in meta.get("classes") or []]
+    if meta.get("source") in ("torchvision", "caffe"):
+        return IMAGENET_ID
+    if len(classes) == 1000 and all(WNID_RE.fullmatch(c) for c in classes):
+        return IMAGENET_ID
+    if list(meta.get("class_names") or []) == FASHION_NAMES:
+        return "fashion_mnist"
+    kind = source_kind(meta)
+    if kind == "cifar" and len(classes) in (10, 100):
+        return f"cifar{len(classes)}"
+    return None
+
+
+def source_kind(meta: dict[str, Any]) -> str | None:
+    """What the training set was prepared from (its meta.json's ``source.kind``: ``synthetic``,
+    ``cifar``, ``idx``, ``imagenet``, ``folder``), where the dataset can still be read."""
+    if meta.get("data") == "synthetic":
+        return "synthetic"
+    if not meta.get("data"):
+        return None
+    try:
+        from alexnet.data.format import read_meta
+
+        source = read_meta(Path(meta["data"])).get("source") or {}
+        return source.get("kind") or source.get("type")  # the built-in data records its "type"
+    except Exception:  # the dataset moved or was removed since training: the card says less
+        return None
+
+
+def licence(meta: dict[str, Any]) -> tuple[dict[str, str], str]:
+    """The front matter's licence keys and the card's licence text, by what the weights were trained on."""
+    if dataset_id(meta) == IMAGENET_ID:
+        return ({"license": "other", "license_name": "imagenet-terms-of-access", "license_link": IMAGENET_TERMS},
+                "The `alexnet` code is released under the MIT licence. These weights were trained on ILSVRC-2012 "
+                "(ImageNet), whose terms of access permit non-commercial research and educational use only "
+                f"({IMAGENET_TERMS}); using the weights is subject to those terms.")
+    if source_kind(meta) == "synthetic":
+        return {"license": "mit"}, ("The `alexnet` code and these weights, trained on the built-in synthetic data "
+                                    "that the package generates, are released under the MIT licence.")
+    return {"license": "mit"}, ("The `alexnet` code and these weights are released under the MIT licence; the terms "
+                                "of the training data (above) may also apply to weights trained on it.")
+
+
+def card_data(m: Pretrained, title: str) -> Any:
+    """The card's YAML front matter: the Hub's keys, ``datasets`` where known and ``model-index``
+    from eval.json (top-1 and top-5 accuracy in %, centre crop and 10-crop, on the validation split)."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    meta = m.meta
+    ds = dataset_id(meta)
+    evaluation = meta.get("eval") or {}
+    results = []
+    for key, label in (("center", "centre crop"), ("ten_crop", "10-crop")):
+        e = evaluation.get(key) or {}
+        for metric, name, err in (("accuracy", "top-1 accuracy", "top1_err"), ("top-5-accuracy", "top-5 accuracy", "top5_err")):
+            if isinstance(e.get(err), (int, float)):
+                results.append(EvalResult(
+                    task_type="image-classification", task_name="Image classification",
+                    dataset_type=ds or "custom", dataset_name=HUB_DATASETS.get(ds or "", str(meta.get("data") or "custom")),
+                    dataset_split="validation", metric_type=metric, metric_name=f"{name}, {label} (%)",
+                    metric_value=round(100 * (1 - float(e[err])), 2)))
+    keys, _ = licence(meta)
+    return ModelCardData(library_name="alexnet", pipeline_tag="image-classification",
+                         tags=["alexnet", "image-classification", "cnn", "pytorch", str(meta.get("model"))],
+                         datasets=[ds] if ds else None, model_name=title if results else None,
+                         eval_results=results or None, **keys)
 
 
 def card_fields(m: Pretrained) -> dict[str, Any]:
@@ -212,8 +306,10 @@ def card_fields(m: Pretrained) -> dict[str, Any]:
         where = f"`{meta['data']}`" if meta.get("data") else "The training set (not recorded)"
         data = (f"{where}: {n} classes ({', '.join(map(str, (meta.get('class_names') or [])[:10]))}"
                 f"{', …' if n > 10 else ''}).")
+    if dataset_id(meta) and not meta.get("source"):
+        data += f" Hub dataset: `{dataset_id(meta)}`."
     size = meta.get("image_size") or ["?", "?"]
-    prov = [f"git commit `{meta['git_sha']}`" if meta.get("git_sha") else "git commit not recorded",
+    prov = [f"code {SOURCE_URL}", f"git commit `{meta['git_sha']}`" if meta.get("git_sha") else "git commit not recorded",
             f"alexnet {meta['alexnet_version']}" if meta.get("alexnet_version") else None,
             f"torch {meta['torch_version']}" if meta.get("torch_version") else None]
     return {
@@ -223,6 +319,12 @@ def card_fields(m: Pretrained) -> dict[str, Any]:
         "architecture": ARCHITECTURES.get(name, name).replace("224×224 input", f"{meta.get('input_size', 224)}×"
                                                               f"{meta.get('input_size', 224)} input"),
         "parameters": f"{sum(p.numel() for p in m.net.parameters()):,}",
+        "gflops": f"{gflops(name, int(meta.get('num_classes') or 1000), opts, int(meta.get('input_size') or 224)):.3f}",
+        "input_size": meta.get("input_size", 224),
+        "code_url": SOURCE_URL,
+        "pin": f"@{meta['git_sha']}" if meta.get("git_sha") else "",
+        "at_commit": f" at the commit that trained these weights (`{meta['git_sha'][:12]}`)" if meta.get("git_sha") else "",
+        "licence": licence(meta)[1],
         "num_classes": meta.get("num_classes"),
         "data": data,
         "input": (f"{meta.get('input_size')}×{meta.get('input_size')} crops of images stored at {size[0]}×{size[-1]}, "
@@ -234,6 +336,13 @@ def card_fields(m: Pretrained) -> dict[str, Any]:
         "citation": CITATION,
         "repo_id": "path/to/this/folder",
     }
+
+
+def gflops(model: str, num_classes: int, options: dict[str, Any], input_size: int) -> float:
+    """GFLOPs of one forward pass per image (:func:`alexnet.models.flops.flops_per_image`)."""
+    from alexnet.models.flops import flops_per_image
+
+    return flops_per_image(lambda: models.create(model, num_classes, **options), input_size, backward=False) / 1e9
 
 
 # -- commands' helpers ------------------------------------------------------------------------------

@@ -24,6 +24,15 @@ from alexnet.errors import UserError
 
 @dataclass
 class Trained:
+    """A trained network as :func:`load` returns it.
+
+    Attributes:
+        model: The network, in eval mode.
+        meta: What the weights say about it (see the comment below).
+        source: The path it was loaded from.
+        stats: The training set's mean image and RGB PCA, if the file has them.
+    """
+
     model: nn.Module
     # model, model_options, num_classes, classes, class_names, input_size, input_norm, data; and for
     # imported weights channel_order ("bgr": Caffe's) and input_mean ("weights": the network
@@ -49,8 +58,19 @@ def weights_path(path: Path) -> Path:
 
 
 def load(path: str | Path, device: torch.device | str = "cpu") -> Trained:
-    """A run folder, a ``.safetensors`` file written by this project, or torchvision's
-    ``alexnet-owt-*.pth``."""
+    """Load a trained network with what it was trained on.
+
+    Args:
+        path: A run folder, a ``.safetensors`` file written by this project (or a Hugging Face
+            folder of ``alexnet export --format hub``), or torchvision's ``alexnet-owt-*.pth``.
+        device: Where to put the network.
+
+    Returns:
+        The :class:`Trained` network (eval mode), its metadata and the training set's statistics.
+
+    Raises:
+        UserError: A missing or unfinished run, or a file that is not weights of a known model.
+    """
     p = weights_path(Path(path))
     stats = None
     if p.suffix in (".pth", ".pt"):
@@ -189,5 +209,14 @@ class ImageClassifier(nn.Module):
 
 
 def image_classifier(trained: Trained, data: str | None = None) -> ImageClassifier:
-    """``trained`` with its preprocessing (see :func:`file_augment` for where the mean image comes from)."""
+    """The network with its test-time preprocessing inside (what the ONNX and ``.pt2`` exports hold).
+
+    Args:
+        trained: What :func:`load` returned.
+        data: A prepared dataset whose mean image to use when the weights carry none
+            (see :func:`file_augment`).
+
+    Returns:
+        An :class:`ImageClassifier` in eval mode: uint8 images in, probabilities out.
+    """
     return ImageClassifier(trained.model, file_augment(trained, data)).eval()

@@ -365,14 +365,26 @@ def validate(ctx: Context, ten_crop: bool) -> dict[str, float]:
 
 
 def run(cfg: TrainConfig, out: str | Path, *, resume: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train ``cfg`` into the run folder ``out``; returns the summary (also written to summary.json).
+    """Train ``cfg`` into the run folder ``out``: what ``alexnet train`` runs.
 
     Under ``torchrun --max-restarts N``, workers that the elastic agent restarted after a failure
     (TORCHELASTIC_RESTART_COUNT > 0) resume the run from its latest checkpoint, as with
-    ``resume=True``, provided this torchrun job started it (:data:`~alexnet.engine.run_folder.ELASTIC_RUN_ID`).
+    ``resume=True``, provided this torchrun job started it (``run_folder.ELASTIC_RUN_ID``).
 
-    Raises :class:`Interrupted` after a clean stop (SIGTERM/SIGINT), :class:`~alexnet.engine.resume.TrainingDiverged`
-    on a non-finite loss, :class:`~alexnet.errors.UserError` on bad input."""
+    Args:
+        cfg: The resolved training config (:func:`alexnet.config.resolve`).
+        out: The run folder: new, or with ``resume`` one this function wrote.
+        resume: Continue from the run's latest checkpoint (bitwise identical to an uninterrupted run on CPU).
+        log: Where the run's lines go.
+
+    Returns:
+        The run's summary (also written to ``summary.json``).
+
+    Raises:
+        Interrupted: After a clean stop (SIGTERM/SIGINT): a checkpoint was written.
+        TrainingDiverged: On a non-finite loss; the last good checkpoint stays intact.
+        UserError: On bad input (one line).
+    """
     out = Path(out)
     dist_info = distributed.from_env()
     restarted = not resume and distributed.restart_count() > 0

@@ -17,9 +17,23 @@ from alexnet.errors import UserError
 
 @dataclass(frozen=True)
 class ExperimentInfo:
+    """One experiment of the registry.
+
+    An experiment is a module (``module``) with ``TITLE``, ``CLAIM`` and ``run(runner) -> Path`` that
+    trains its variants with :meth:`~alexnet.experiments.runner.Runner.train_all` and writes
+    ``report.md``, ``results.json`` and its plots with
+    :meth:`~alexnet.experiments.runner.Runner.write_report`; its results then join the
+    documentation's table through :mod:`alexnet.experiments.summary`.
+
+    Attributes:
+        name: The name ``alexnet experiment NAME`` takes.
+        module: The module that implements it.
+        summary: What it measures, one line (for ``--help`` and the documentation).
+    """
+
     name: str
     module: str
-    summary: str  # what it measures (one line, for --help and the README)
+    summary: str
 
 
 _REGISTRY: dict[str, ExperimentInfo] = {
@@ -76,11 +90,25 @@ def run_experiment(name: str, data: str, out: str | Path, *, quick: bool = False
                    scale: str | None = None, device: str = "auto", workers: int | None = None,
                    log: Callable[[str], None] = print, progress: bool = False, factors: bool = False,
                    threshold: float | None = None) -> Path:
-    """Run experiment ``name`` on ``data`` into ``out``; returns the path of its report.md.
-    ``scale`` ("test", "quick", "medium", "full") overrides ``quick``; see
-    :mod:`alexnet.experiments.runner`. ``factors``: relu-vs-tanh's one-factor-at-a-time study at
-    any scale; ``threshold``: relu-vs-tanh's training error to reach (default 25%); both refused for
-    the others."""
+    """Run experiment ``name`` on ``data`` into ``out``: what ``alexnet experiment`` runs.
+
+    Args:
+        name: One of :func:`names`.
+        data: A prepared dataset's folder, or ``synthetic``.
+        out: The experiment's folder (its runs go to ``out/runs/``; finished runs are reused).
+        quick: The quick scale (a smoke test), unless ``scale`` is given.
+        seeds: Seeds per arm (default :func:`default_seeds`).
+        scale: ``"test"``, ``"quick"``, ``"medium"`` or ``"full"``; overrides ``quick``.
+        device: ``auto``, ``cpu``, ``cuda``, ...
+        workers: Loader workers per run.
+        log: Where the lines go.
+        progress: Draw progress bars.
+        factors: relu-vs-tanh's one-factor-at-a-time study (refused for the others).
+        threshold: relu-vs-tanh's training error to reach (default 25%; refused for the others).
+
+    Returns:
+        The path of its ``report.md``.
+    """
     # Here, not at the top: the registry above is read by the CLI's parser, and the runner imports
     # torch and the whole engine.
     from alexnet.experiments.runner import Runner, resolve_scale

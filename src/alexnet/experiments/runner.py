@@ -69,7 +69,7 @@ from alexnet.environment import environment
 from alexnet.errors import UserError
 from alexnet.experiments.stats import DECISION_RULE
 from alexnet.files import atomic_write_text
-from alexnet.report.tables import markdown_table
+from alexnet.report.tables import markdown_table, mean_std, pm  # noqa: F401  (mean_std, pm: used here and by the experiments)
 
 SCALE_ENV = "ALEXNET_EXPERIMENT_SCALE"
 SCALES = ("test", "quick", "medium", "full")
@@ -138,28 +138,6 @@ def open_data(spec: str) -> DataInfo:
         root = resolve_data(spec, 0)
     train, val = open_splits(root)
     return DataInfo(spec, root, tuple(train.image_size), train.num_classes, len(train), len(val))  # type: ignore[arg-type]
-
-
-def mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None, int]:
-    """Mean and sample standard deviation (n − 1) of the finite values; std is None below two values."""
-    xs = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    if not xs:
-        return None, None, 0
-    m = sum(xs) / len(xs)
-    if len(xs) < 2:
-        return m, None, len(xs)
-    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)), len(xs)
-
-
-def pm(mean: float | None, std: float | None, pct: bool = True, digits: int = 2) -> str:
-    """``40.70 ± 0.31%`` (a fraction as a percentage) or ``12.3 ± 0.4``; a dash for nothing."""
-    if mean is None:
-        return "—"
-    scale, unit = (100.0, "%") if pct else (1.0, "")
-    text = f"{mean * scale:.{digits}f}"
-    if std is not None:
-        text += f" ± {std * scale:.{digits}f}"
-    return text + unit
 
 
 def aggregate(rows: Sequence[Mapping[str, Any]], keys: Sequence[str], by: str = "variant") -> list[dict[str, Any]]:
@@ -424,7 +402,17 @@ class Runner:
 
     def train_all(self, base: Mapping[str, Any], variants: Sequence[Variant],
                   seeds: Sequence[int] | None = None) -> list[dict[str, Any]]:
-        """Every variant for every seed (seed-major, so a first pass over the variants finishes early)."""
+        """Train every variant for every seed (seed-major, so a first pass over the variants finishes early).
+
+        Args:
+            base: The config fields every run shares (the experiment's recipe at this scale).
+            variants: The arms, each with its own overrides.
+            seeds: The seeds (default the runner's).
+
+        Returns:
+            One results row per run (``variant``, ``seed``, ``top1_err``, ``top5_err``, ...); finished
+            runs in ``DIR/runs/`` are read back, not retrained.
+        """
         return [self.train(base, v, s) for s in (self.seeds if seeds is None else seeds) for v in variants]
 
     # -- fair comparisons: one sweep for every arm -------------------------------------------------
@@ -638,9 +626,23 @@ class Runner:
     def write_report(self, *, title: str, claim: str, sections: Sequence[str], base: Mapping[str, Any],
                      rows: Sequence[Mapping[str, Any]], figures: Sequence[str | Path] = (),
                      notes: Sequence[str] = (), row_columns: Sequence[str] | None = None) -> Path:
-        """``report.md``: the claim, the experiment's own sections (tables beside the paper's
+        """Write ``report.md``: the claim, the experiment's own sections (tables beside the paper's
         numbers), the figures, every run, the setup (data, scale, base config, command) and the
-        machine."""
+        machine.
+
+        Args:
+            title: The report's title.
+            claim: The paper's claim, quoted with its §.
+            sections: Markdown sections of the experiment's own (its tables and verdicts).
+            base: The shared config, shown in the setup.
+            rows: Every run's results row.
+            figures: PNG files to show.
+            notes: Lines added under the setup.
+            row_columns: The columns of the runs table.
+
+        Returns:
+            The path of ``report.md``.
+        """
         cols = list(row_columns or ["variant", "seed", "top1_err", "top5_err", "train_top1_err", "epochs", "time_s"])
         env = environment()
         d = self.data

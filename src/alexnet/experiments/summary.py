@@ -3,8 +3,10 @@
 
     claim (§) | the paper's number | ours (mean ± std, Δ with its 95% interval, n seeds) | verdict
 
-so that README's table is never typed by hand. ``python -m alexnet.experiments.summary DIR ...``
-prints it (Markdown).
+so that the documentation's table is never typed by hand. ``python -m alexnet.experiments.summary DIR ...``
+prints it (Markdown); a DIR that holds experiment folders (``benchmarks/results/experiments-medium``)
+stands for those of them named after an experiment (:func:`experiment_folders`), so a folder added there
+joins the table.
 """
 
 from __future__ import annotations
@@ -14,8 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from alexnet.experiments.runner import mean_std, pm
-from alexnet.report.tables import markdown_table
+from alexnet.report.tables import markdown_table, mean_std, pm
 
 # The claim each experiment tests (§) and the paper's number, for the table's first two columns.
 CLAIMS: dict[str, tuple[str, str]] = {
@@ -114,6 +115,19 @@ def lines(folder: str | Path) -> list[dict[str, Any]]:
     return out
 
 
+def experiment_folders(root: str | Path) -> list[Path]:
+    """The folders under ``root`` named after an experiment of :data:`CLAIMS` that hold a
+    ``results.json``, in the order of :data:`CLAIMS` (others, e.g. a superseded run kept as
+    ``relu-vs-tanh-10-epochs``, or ``data-scale`` with its own tables, are left out)."""
+    root = Path(root)
+    return [root / name for name in CLAIMS if (root / name / "results.json").is_file()]
+
+
+def _expand(folder: str | Path) -> list[Path]:
+    folder = Path(folder)
+    return [folder] if (folder / "results.json").is_file() else experiment_folders(folder)
+
+
 def table(folders: Sequence[str | Path]) -> str:
     """Markdown: the lines of every folder, in the order given."""
     return markdown_table([ln for f in folders for ln in lines(f)], ["claim (§)", "the paper", "ours", "verdict"])
@@ -124,7 +138,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not folders:
         print("usage: python -m alexnet.experiments.summary DIR [DIR ...]", file=sys.stderr)
         return 2
-    print(table(folders), end="")
+    expanded = [f for folder in folders for f in _expand(folder)]
+    if not expanded:
+        print(f"no results.json in {', '.join(map(str, folders))} or in experiment folders under it", file=sys.stderr)
+        return 2
+    print(table(expanded), end="")
     return 0
 
 

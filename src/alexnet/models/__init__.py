@@ -16,6 +16,17 @@ from alexnet.models.small import CifarNet, LeNet5
 
 @dataclass(frozen=True)
 class ModelInfo:
+    """One model of the registry: what :func:`create` builds and what the data must give it.
+
+    Attributes:
+        name: The name ``--model`` and :func:`create` take (``alexnet``, ``alexnet-owt``, ...).
+        builder: ``builder(num_classes, **options)`` returns the network.
+        cls: The network's class (its keyword options are the model options).
+        input_size: The side of the square crops the network reads (224, or 32 for the small nets).
+        input_norm: How the network expects its input (see the comment below).
+        summary: One line for ``--help`` and the documentation.
+    """
+
     name: str
     builder: Callable[..., nn.Module]
     cls: type
@@ -104,7 +115,31 @@ def _check_types(name: str, opts: dict[str, Any]) -> None:
 
 
 def create(name: str, num_classes: int = 1000, **opts: Any) -> nn.Module:
-    """Build a model by name. Unknown names or options raise ``ValueError`` naming what is accepted."""
+    """Build a model of the registry by name, with the paper's choices as keyword options.
+
+    Args:
+        name: One of :func:`names`: ``alexnet`` (the 2012 network, §3), ``alexnet-owt``
+            (torchvision's one-weird-trick net), ``alexnet-cifar`` or ``lenet5``.
+        num_classes: Output units of the last layer.
+        **opts: Model options (``--model-opt K=V`` on the command line), e.g. ``lrn="none"``,
+            ``towers=1``, ``dropout=0.3``, ``activation="tanh"``; :func:`options` lists those a model
+            accepts.
+
+    Returns:
+        The network, a ``torch.nn.Module`` with ``features`` and ``classifier`` Sequentials (as
+        torchvision's AlexNet) and an ``input_size`` attribute.
+
+    Raises:
+        ValueError: An unknown name, an option the model does not take, or a value of the wrong type,
+            naming what is accepted.
+
+    Example:
+        ```python
+        import alexnet.models as M
+        net = M.create("alexnet", num_classes=1000)            # the paper
+        abl = M.create("alexnet", lrn="none", towers=1)         # an ablation
+        ```
+    """
     m = info(name)
     accepted = options(name)
     bad = sorted(set(opts) - set(accepted))

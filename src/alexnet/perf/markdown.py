@@ -1,5 +1,5 @@
 """The markdown tables of a GPU benchmark's results file (:mod:`alexnet.perf.rows`, written by
-:class:`alexnet.perf.guarded.GuardedRun`): what the README quotes, rows that were not measured
+:class:`alexnet.perf.guarded.GuardedRun`): what the documentation quotes, rows that were not measured
 included with their reason."""
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
-__all__ = ["finite", "format_value", "markdown_table"]
+__all__ = ["finite", "format_value", "markdown_table", "mean_std", "pm"]
 
 
 def finite(v: Any) -> float | None:
@@ -100,3 +100,25 @@ def markdown_table(
     sep = "|" + "|".join("---:" if numeric[c] else "---" for c in columns) + "|"
     body = ["| " + " | ".join(format_value(r.get(c), _format_for(c, formats)) for c in columns) + " |" for r in rows]
     return "\n".join([header, sep, *body]) + "\n"
+
+
+def mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None, int]:
+    """Mean and sample standard deviation (n − 1) of the finite values; std is None below two values."""
+    xs = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not xs:
+        return None, None, 0
+    m = sum(xs) / len(xs)
+    if len(xs) < 2:
+        return m, None, len(xs)
+    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)), len(xs)
+
+
+def pm(mean: float | None, std: float | None, pct: bool = True, digits: int = 2) -> str:
+    """``40.70 ± 0.31%`` (a fraction as a percentage) or ``12.3 ± 0.4``; a dash for nothing."""
+    if mean is None:
+        return "—"
+    scale, unit = (100.0, "%") if pct else (1.0, "")
+    text = f"{mean * scale:.{digits}f}"
+    if std is not None:
+        text += f" ± {std * scale:.{digits}f}"
+    return text + unit

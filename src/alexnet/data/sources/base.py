@@ -64,8 +64,16 @@ def oversized(head: bytes, size: int) -> tuple[str, str] | None:
 
 @dataclass
 class Item:
-    """One source file: ``data`` is its encoded bytes, a path for a worker to read, or a decoded
-    uint8 H×W or H×W×3 array; ``skip`` (a SKIPPED code) marks one already known to be unusable."""
+    """One image of a source, as :meth:`Source.items` yields it.
+
+    Attributes:
+        name: The file's name inside the source (shown in ``prepare_report.json``).
+        label: The class index, into :attr:`Source.classes`.
+        data: The encoded bytes, a path for a worker to read, or a decoded uint8 H×W or H×W×3 array.
+        skip: A SKIPPED code when the item is already known to be unusable (it is then reported, not
+            prepared).
+        detail: The reason that goes with ``skip``.
+    """
 
     name: str
     label: int
@@ -76,7 +84,20 @@ class Item:
 
 @dataclass
 class Source:
-    """Base class of the importers; subclasses fill the fields and implement :meth:`items`."""
+    """The interface of a data source: what every importer gives ``prepare``.
+
+    A subclass opens and validates its input in its constructor (so bad input fails before any work),
+    fills the fields and implements :meth:`items`; :func:`alexnet.data.sources.detect.open_source`
+    picks the source for a path.
+
+    Attributes:
+        path: The file or folder the source reads.
+        kind: Its name in ``meta.json`` (``imagenet``, ``folder``, ``cifar``, ``idx``, ``synthetic``).
+        classes: Class identifiers in label order (ImageNet: the WNIDs, sorted).
+        class_names: Readable names, in the same order.
+        split_names: The splits it provides.
+        native_size: The (H, W) that small-image datasets keep unless ``--size`` is given.
+    """
 
     path: Path
     kind: str = ""
@@ -95,6 +116,16 @@ class Source:
         return None
 
     def items(self, split: str, after: Any = None) -> Iterator[tuple[Any, Item]]:
+        """The items of ``split`` in a fixed order, each with its cursor.
+
+        Args:
+            split: One of :attr:`split_names`.
+            after: A cursor an earlier call yielded: continue right after that item (a resumed
+                ``prepare``), skipping what can be skipped without reading it.
+
+        Yields:
+            ``(cursor, item)``: a JSON-able cursor and the :class:`Item`.
+        """
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
