@@ -1,4 +1,4 @@
-"""benchmarks/cpu_step.py's smoke mode, and the ceiling helpers it is made of (alexnet.perf.ceiling)."""
+"""benchmarks/cpu_step.py's and cpu_step_parts.py's smoke modes, and the helpers they are made of (alexnet.perf.ceiling, alexnet.perf.timing)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,16 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from alexnet import models
 from alexnet.perf.ceiling import conv_layer_rates, conv_shapes, fraction
 from alexnet.perf.flops import flops_per_image
+from alexnet.perf.timing import time_calls
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "cpu_step.py"
+PARTS = REPO / "benchmarks" / "cpu_step_parts.py"
 
 
 def _build():
@@ -66,3 +69,30 @@ def test_quick_mode_writes_every_row_and_the_baseline_comparison(tmp_path):
         assert 0 < t["ours"]["fraction_of_gemm"]
     assert len(res["baseline"]["git_sha"]) == 40
     assert _worktrees() == before
+
+
+def test_time_calls_reads_the_clock_it_is_given():
+    """A clock that advances one second per reading: each repeat is one second over ``iters`` calls,
+    whatever the wall clock did; the warm-up calls are not timed."""
+    ticks = iter(range(100))
+    calls = []
+    samples = time_calls(lambda: calls.append(1), torch.device("cpu"), iters=4, repeats=3, warmup=2,
+                         clock=lambda: float(next(ticks)))
+    assert samples == [0.25, 0.25, 0.25]
+    assert len(calls) == 2 + 3 * 4
+
+
+def test_parts_quick_writes_the_step_breakdown(tmp_path):
+    """benchmarks/cpu_step_parts.py --quick: the demo step with and without LRN, its augmentation and the
+    three conv layers, in thread CPU time, with the environment."""
+    r = subprocess.run([sys.executable, str(PARTS), "--quick", "--out", str(tmp_path)], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (path,) = tmp_path.glob("cpu-step-parts-quick-*.json")
+    res = json.loads(path.read_text())
+    assert res["environment"]["torch"] and res["clock"] == "thread_time" and res["threads"] == 1
+    (row,) = res["settings"]
+    assert (row["recipe"], row["batch"]) == ("demo", 32)
+    assert row["step_ms"] > 0 and row["step_ms_lrn_none"] > 0 and row["augment_ms"] > 0
+    assert row["lrn_ms"] == pytest.approx(row["step_ms"] - row["step_ms_lrn_none"], abs=2e-3)
+    assert [c["layer"] for c in row["convs"]] == ["conv1", "conv2", "conv3"] and row["convs_ms"] > 0

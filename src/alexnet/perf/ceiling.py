@@ -5,6 +5,7 @@ of the same network on in-memory data — the references a training step's img/s
 from __future__ import annotations
 
 import statistics
+import time
 from typing import Any, Callable
 
 import torch
@@ -40,10 +41,10 @@ def conv_shapes(build: Callable[[], nn.Module], batch: int, size: int, channels:
 
 
 def conv_layer_rates(build: Callable[[], nn.Module], batch: int, size: int, *, channels_last: bool,
-                     repeats: int = 5, iters: int = 3) -> list[dict[str, Any]]:
+                     repeats: int = 5, iters: int = 3, clock: Callable[[], float] = time.perf_counter) -> list[dict[str, Any]]:
     """Forward + backward GFLOP/s of each convolution of ``build()`` at its own shapes (random data,
     ``F.conv2d`` and autograd as in training: the first layer computes no input gradient, as the
-    images need none), best of ``repeats``."""
+    images need none), best of ``repeats``, timed by ``clock`` (see ``time_calls``)."""
     rows = []
     for i, (conv, shape) in enumerate(conv_shapes(build, batch, size)):
         fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -60,7 +61,7 @@ def conv_layer_rates(build: Callable[[], nn.Module], batch: int, size: int, *, c
 
         fwd = conv_flop_count(list(x.shape), list(w.shape), [batch, *out_shape[1:]], False)
         flops = fwd * (3 if i > 0 else 2)  # forward, weight gradient, input gradient (not for the images)
-        s = min(time_calls(step, CPU, iters=iters, repeats=repeats, warmup=1))
+        s = min(time_calls(step, CPU, iters=iters, repeats=repeats, warmup=1, clock=clock))
         rows.append({"layer": f"conv{i + 1}", "input": list(shape), "weight": list(w.shape), "channels_last": channels_last,
                      "gflop_fwd_bwd": round(flops / 1e9, 4), "ms": round(s * 1e3, 3), "gflop_per_s": round(flops / s / 1e9, 1)})
     return rows

@@ -19,19 +19,22 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_calls(fn: Callable[[], object], device: torch.device, *, iters: int, repeats: int = 3, warmup: int = 0) -> list[float]:
+def time_calls(fn: Callable[[], object], device: torch.device, *, iters: int, repeats: int = 3, warmup: int = 0,
+               clock: Callable[[], float] = time.perf_counter) -> list[float]:
     """Seconds per call of ``fn``, one sample per repeat: the mean of ``iters`` back-to-back calls
-    after ``warmup`` untimed ones, the device synchronised at both ends of each repeat."""
+    after ``warmup`` untimed ones, the device synchronised at both ends of each repeat. ``clock``:
+    the wall clock, or ``time.thread_time`` for single-threaded CPU work on a shared machine (the
+    thread's CPU time, which other jobs move much less)."""
     for _ in range(warmup):
         fn()
     sync(device)
     samples = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = clock()
         for _ in range(iters):
             fn()
         sync(device)
-        samples.append((time.perf_counter() - t0) / iters)
+        samples.append((clock() - t0) / iters)
     return samples
 
 
