@@ -79,7 +79,26 @@ def decode_record(record: bytes | np.ndarray, encoding: str, image_size: tuple[i
     return decode_jpeg_rgb(torch.frombuffer(bytearray(record), dtype=torch.uint8))
 
 
-class PreparedDataset(torch.utils.data.Dataset):
+class MetaClasses:
+    """``classes``, ``class_names`` and ``num_classes`` of a split, read from its ``meta`` (the
+    prepared format's meta.json, or the copy of it an export's manifest carries)."""
+
+    meta: dict[str, Any]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.meta["class_names"])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.meta["classes"])
+
+
+class PreparedDataset(MetaClasses, torch.utils.data.Dataset):
     """One split of a prepared dataset, checked when opened.
 
     ``len(ds)`` images; ``ds[i]`` is ``(uint8 3×H×W tensor, int label)``; ``ds.classes`` the class
@@ -159,18 +178,6 @@ class PreparedDataset(torch.utils.data.Dataset):
         why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         return DatasetError(f"{self._data_path}: record {i} cannot be decoded ({why}); the dataset is damaged: "
                             f"prepare it again")
-
-    @property
-    def classes(self) -> list[str]:
-        return list(self.meta["classes"])
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.meta["class_names"])
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.meta["classes"])
 
     def _mm(self) -> np.memmap:
         # Opened lazily so that the dataset pickles cheaply into worker processes.

@@ -8,7 +8,7 @@ from typing import Any
 
 from alexnet.data.format import DatasetError, PreparedDataset, is_prepared
 from alexnet.data.sources import synthetic
-from alexnet.data.stream import is_shard_export, open_stream_splits
+from alexnet.data.stream import StreamedSplit, is_shard_export
 from alexnet.errors import UserError
 
 BUILTIN = ("synthetic",)
@@ -35,12 +35,12 @@ def resolve_data(spec: str, input_size: int, *, seed: int = 0, stream: bool = Fa
 
 def open_splits(root: Path | str) -> tuple[Any, Any]:
     """The train and val splits of ``root`` (:func:`resolve_data`'s answer)."""
-    if is_shard_export(root):
-        return open_stream_splits(root)
-    train = PreparedDataset(root, "train")
+    streamed = is_shard_export(root)
+    split = StreamedSplit if streamed else PreparedDataset
+    train = split(root, "train")
     try:
-        val = PreparedDataset(root, "val")
+        val = split(root, "val")
     except DatasetError:
-        raise UserError(f"{root}: has no 'val' split to evaluate on") from None
+        raise UserError(f"{train.root if streamed else root}: has no 'val' split to evaluate on") from None
     return train, val
 

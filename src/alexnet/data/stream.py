@@ -35,7 +35,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from alexnet.data.format import DatasetError, PreparedDataset, decode_record, read_stats
+from alexnet.data.format import DatasetError, MetaClasses, PreparedDataset, decode_record, read_stats
 from alexnet.data.loader import Batch, BatchLoader, shard
 from alexnet.data.object_store import Store, endpoint_url, is_url, open_store
 from alexnet.errors import UserError
@@ -112,7 +112,7 @@ class _Decode:
         return decode_record(bytes(item["record"]), self.encoding, self.image_size), int(item["label"]), int(item["index"])
 
 
-class StreamedSplit:
+class StreamedSplit(MetaClasses):
     """One split of a shard export: the parts of
     :class:`~alexnet.data.format.PreparedDataset` that training and evaluation read."""
 
@@ -162,18 +162,6 @@ class StreamedSplit:
         if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
             raise DatasetError(f"{path}: a label outside the {self.num_classes} classes; export again")
         return labels
-
-    @property
-    def classes(self) -> list[str]:
-        return list(self.meta["classes"])
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.meta["class_names"])
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.meta["classes"])
 
     def __len__(self) -> int:
         return self.count
@@ -323,15 +311,6 @@ class StreamLoader:
     def close(self) -> None:
         self.ds._random_access = None
         self._lit = None
-
-
-def open_stream_splits(spec: str | os.PathLike[str]) -> tuple[StreamedSplit, StreamedSplit]:
-    train = StreamedSplit(spec, "train")
-    try:
-        val = StreamedSplit(spec, "val")
-    except DatasetError:
-        raise UserError(f"{train.root}: has no 'val' split to evaluate on") from None
-    return train, val
 
 
 def make_loader(ds: PreparedDataset | StreamedSplit, batch_size: int, **kw: Any) -> Any:
