@@ -8,6 +8,9 @@ committed results is generated here, at every build.
   a folder added there joins the table at the next build.
 * ``<!-- generated: demo-table FILE -->``: the demo's table (errors and wall time over the seeds) from
   the results file ``benchmarks/demo_time.py`` wrote.
+* ``<!-- generated: fashion-table FILE -->``: the test accuracy of the ``fashion`` recipe on Fashion-MNIST
+  per seed and over the seeds, against the dataset's published table and the project's goal, from the
+  results file ``benchmarks/fashion_mnist.py`` wrote.
 * ``<!-- include: PATH -->`` or ``<!-- include: PATH ## Heading -->``: a file of the repository (or one
   section of it), e.g. ARCHITECTURE.md as the design page, or a table an experiment wrote into its
   committed report.md.
@@ -212,7 +215,59 @@ def demo_table(file: str) -> str:
             f"{' (dirty tree)' if env.get('git_dirty') else ''}.*\n")
 
 
-GENERATORS = {"experiments-summary": experiments_summary, "demo-table": demo_table}
+FASHION_GOAL = 0.93  # the test accuracy published CNNs of the CIFAR net's size reach on Fashion-MNIST
+
+
+def fashion_numbers(path: str | Path) -> dict[str, Any]:
+    """The headline of a ``benchmarks/fashion_mnist.py`` results file as the pages and the README quote
+    it: test accuracy mean ± sample std over the seeds, and the mean's distance below the goal with its
+    95% t interval (``alexnet.experiments.stats.one_sample``), in points."""
+    import json
+    import statistics
+
+    _checkout_package()
+    from alexnet.experiments.stats import one_sample
+
+    rows = json.loads(Path(path).read_text())["rows"]
+    acc = [r["test_accuracy_center"] for r in rows]
+    below = one_sample([FASHION_GOAL - a for a in acc])
+    return {"accuracy": _pm({"mean": statistics.fmean(acc), "std": statistics.stdev(acc) if len(acc) > 1 else 0.0},
+                            digits=2),
+            "seeds": len(acc), "below_goal": below.text(digits=2).split(", p =")[0],
+            # below the goal, above it, or neither, by the interval (one seed: by the mean alone)
+            "verdict": ("not reached" if (below.low if below.low is not None else below.diff) > 0 else
+                        "reached" if (below.high if below.high is not None else below.diff) < 0 else
+                        "not resolved (the interval contains it)")}
+
+
+def fashion_table(file: str) -> str:
+    """The ``fashion`` recipe's test accuracy from a results file of ``benchmarks/fashion_mnist.py``
+    (relative to the repository), beside the dataset's published numbers the file records."""
+    import json
+
+    path = ROOT / file
+    if not path.is_file():
+        raise _error(f"{file}: no such results file")
+    d = json.loads(path.read_text())
+    rows, env, n = d["rows"], d["environment"], fashion_numbers(path)
+
+    def published(v: Any) -> str:
+        return f"{100 * v[0]:.1f}–{100 * v[1]:.1f}%" if isinstance(v, list) else f"{100 * v:.1f}%"
+
+    lines = ["| method | test accuracy (10,000 images) | per seed | training time per run |", "|---|--:|--:|--:|",
+             f"| `alexnet-cifar`, recipe `fashion` ({rows[0]['epochs']} epochs) | **{n['accuracy']}** "
+             f"({n['seeds']} seeds) | " + ", ".join(f"{100 * r['test_accuracy_center']:.2f}" for r in rows)
+             + " | " + ", ".join(f"{r['train_wall_s']:.0f} s" for r in rows) + " |"]
+    lines += [f"| {name} (published) | {published(v)} | | |" for name, v in d["published_test_accuracy"].items()]
+    goal = (f"the goal, {100 * FASHION_GOAL:.0f}% test accuracy: {n['verdict']}; goal minus the mean "
+            f"{n['below_goal']} points (95% t interval over the seeds)")
+    return ("\n".join(lines) + f"\n\n{goal[0].upper() + goal[1:]}.\n\n*Generated at build time from `{file}`: "
+            f"`{d.get('command')}`, seeds {', '.join(str(r['seed']) for r in rows)} one after another, "
+            f"{env.get('processor')} ({env.get('cpu_count')} cores), Python {env.get('python')}, torch {env.get('torch')}, "
+            f"{env.get('date_utc')}, git {str(env.get('git_sha'))[:7]}{' (dirty tree)' if env.get('git_dirty') else ''}.*\n")
+
+
+GENERATORS = {"experiments-summary": experiments_summary, "demo-table": demo_table, "fashion-table": fashion_table}
 
 
 def section(text: str, heading: str | None) -> str:

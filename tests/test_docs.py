@@ -224,3 +224,34 @@ def test_the_readme_results_quote_the_generated_table() -> None:
         lo, hi = norm(interval)[1:-1].split(", ")
         flipped = f"[-{hi}, -{lo}]" if not lo.startswith("-") else None
         assert norm(interval) in generated or (flipped and flipped in generated), interval
+
+
+def test_the_fashion_table_is_generated_from_the_results_and_says_whether_the_goal_is_reached(tmp_path: Path) -> None:
+    import json
+
+    hooks = _hooks()
+    committed = "benchmarks/results/fashion-mnist-2026-12-03.json"
+    n = hooks.fashion_numbers(ROOT / committed)
+    # 91.37, 91.26, 91.23: mean 91.287, sample std 0.074; 93 − mean = 1.713 ± t(2; 0.975) · 0.0426 = ±0.183
+    assert n["accuracy"] == "91.29 ± 0.07%" and n["seeds"] == 3
+    assert n["below_goal"] == "+1.71 [+1.53, +1.90]" and n["verdict"] == "not reached"
+    page = (ROOT / "docs" / "experiments.md").read_text()
+    assert f"<!-- generated: fashion-table {committed} -->" in page
+    built = hooks.expand(page, ROOT / "docs", "https://x/y")
+    assert "| **91.29 ± 0.07%** (3 seeds) | 91.37, 91.26, 91.23 |" in built
+    assert "| HOG + SVM (published) | 92.6% |" in built and "git ab8cc9f." in built and "(dirty tree)" not in built
+    # README quotes the same number, and the file it came from
+    results = README.read_text()
+    results = results[results.index("## Results"):results.index("## Citing")]
+    assert n["accuracy"].replace("%", "") in results and committed in results and "git ab8cc9f" in results
+
+    def verdict(accuracies: list[float]) -> str:
+        f = tmp_path / "r.json"
+        f.write_text(json.dumps({"rows": [{"test_accuracy_center": a} for a in accuracies]}))
+        return hooks.fashion_numbers(f)["verdict"]
+
+    assert verdict([0.94, 0.945, 0.95]) == "reached"  # 93 − mean = −1.5 ± 1.24 points
+    assert verdict([0.92, 0.94]) == "not resolved (the interval contains it)"  # mean 93%, wide interval
+    assert verdict([0.95]) == "reached" and verdict([0.91]) == "not reached"  # one seed: the mean alone
+    with pytest.raises(Exception, match="no such results file"):
+        hooks.fashion_table("benchmarks/results/nothing.json")
