@@ -1,5 +1,5 @@
 """Rerun every experiment at one scale, one after another, and copy what each wrote (report.md,
-results.json, protocol.json, provenance.json, the plots) with its console output and wall time into
+results.json, protocol.json, provenance.json, any other JSON it writes beside them, the plots) with its console output and wall time into
 benchmarks/results/experiments/NAME/ (quick, the built-in data) or
 benchmarks/results/experiments-medium/NAME/ (medium, e.g. Fashion-MNIST) — the files the documentation (docs/experiments.md) cites.
 
@@ -28,6 +28,13 @@ from alexnet.files import atomic_write_text
 ROOT = Path(__file__).resolve().parent.parent
 ORDER = ["relu-vs-tanh", "lrn", "pooling", "towers", "depth", "dropout", "augmentation", "baselines", "ensemble",
          "data-scale"]
+
+
+def kept(out: Path) -> list[Path]:
+    """What is committed of an experiment's folder: its report and every file it wrote at the top
+    (results, protocol, provenance and any other JSON, such as data-scale's crossings; the plots),
+    not its runs."""
+    return [f for f in sorted(out.iterdir()) if f.is_file() and (f.name == "report.md" or f.suffix in (".json", ".png"))]
 
 
 def main() -> int:
@@ -70,10 +77,8 @@ def main() -> int:
         dest = results / name
         shutil.rmtree(dest, ignore_errors=True)
         dest.mkdir(parents=True)
-        for f in [out / "report.md", out / "results.json", out / "protocol.json", out / "provenance.json",
-                  *sorted(out.glob("*.png"))]:
-            if f.is_file():
-                shutil.copy2(f, dest / f.name)
+        for f in kept(out):
+            shutil.copy2(f, dest / f.name)
         atomic_write_text(dest / "console.log", log)
     return 1 if failed else 0
 

@@ -225,3 +225,20 @@ def test_a_cnn_rate_at_the_grid_edge_extends_the_grid_on_that_side(tmp_path: Pat
     rows = exp.method_at("lenet5", 500)
     sel = [lr for lr, s in trained if s == exp.select_seeds[0]]
     assert len(sel) == 3 + runner.max_extend and all(r["edge"] for r in rows)  # bounded, and marked not bracketed
+
+
+def test_the_results_copy_keeps_every_file_the_experiment_wrote_beside_its_report(tmp_path: Path) -> None:
+    """benchmarks/experiments_quick.py commits an experiment's top-level files: data-scale's
+    crossings.json (which the experiments page cites) was left out of a fixed list."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("experiments_quick", Path(__file__).parents[1] / "benchmarks" / "experiments_quick.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "data-scale"
+    (out / "runs" / "r1").mkdir(parents=True)
+    for name in ("report.md", "results.json", "protocol.json", "provenance.json", "crossings.json", "error_vs_size.png",
+                 ".lock", "runs/r1/metrics.json"):
+        (out / name).write_text("x")
+    assert [f.name for f in mod.kept(out)] == ["crossings.json", "error_vs_size.png", "protocol.json", "provenance.json",
+                                              "report.md", "results.json"]

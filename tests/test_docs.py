@@ -112,7 +112,7 @@ def test_the_experiments_page_shows_the_table_generated_from_every_results_folde
     assert table(folders) in built
     assert "lrn-none 15.61 ± 0.44% vs lrn-paper 13.82 ± 0.38% top-1; Δ +1.79 [+0.85, +2.74] points" in built
     # data-scale's table comes from the report the experiment wrote
-    assert "| 58000 | 10.19 ± 0.14% | 15.37 ± 0.01% | 20.44 ± 0.64% | 12.81 ± 0.08% |" in built
+    assert "| 58000 | 10.18 ± 0.12% | 15.37 ± 0.01% | 20.44 ± 0.65% | 12.76 ± 0.23% |" in built
 
 
 def test_a_folder_added_under_the_results_joins_the_table(tmp_path: Path) -> None:

@@ -240,6 +240,28 @@ def test_idx_padded_to_32_and_rgb(tmp_path, gz):
     assert img[:, :2].max() == 0 and img[:, :, 30:].max() == 0  # the 2-pixel pad is background
 
 
+def test_idx_val_fraction_holds_out_part_of_train_and_leaves_the_test_set_out(tmp_path):
+    fake = write_idx(tmp_path / "fashion", n_train=40, gz=False)  # 4 images of each of 10 classes
+    a = prepare(tmp_path / "fashion", tmp_path / "a", workers=1, progress=False, val_fraction=0.25)
+    b = prepare(tmp_path / "fashion", tmp_path / "b", workers=1, progress=False, val_fraction=0.25)
+    tr, va = PreparedDataset(a, "train"), PreparedDataset(a, "val")
+    x, y = fake["train"]
+    assert np.bincount(va.labels, minlength=10).tolist() == [1] * 10  # round(0.25 × 4) of every class
+    assert np.bincount(tr.labels, minlength=10).tolist() == [3] * 10
+    # every training image is in exactly one split, and no test image is in either
+    seen = [tuple(img[0, 2:30, 2:30].numpy().ravel()) for ds in (tr, va) for img, _ in (ds[i] for i in range(len(ds)))]
+    assert sorted(seen) == sorted(tuple(im.ravel()) for im in x)
+    assert not set(seen) & {tuple(im.ravel()) for im in fake["t10k"][0]}
+    assert tr.class_names[:2] == ["T-shirt/top", "Trouser"]  # a Fashion-MNIST folder keeps its names
+    for split in ("train", "val"):  # the same split on every run
+        assert (a / split / "data.bin").read_bytes() == (b / split / "data.bin").read_bytes()
+    meta = json.loads((a / "meta.json").read_text())["source"]
+    assert "test set left out" in json.dumps(meta)
+    with pytest.raises(UserError, match="between 0 and 1"):
+        prepare(tmp_path / "fashion", tmp_path / "c", workers=1, progress=False, val_fraction=1.0)
+    assert not (tmp_path / "c").exists()
+
+
 def test_idx_label_count_mismatch_refused(tmp_path):
     write_idx(tmp_path / "mnist", gz=False)
     from fakes_data import idx_bytes

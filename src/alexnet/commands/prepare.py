@@ -24,7 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoding", choices=["jpeg", "raw"], default=None,
                    help="stored encoding (default: raw up to 64×64, JPEG above)")
     p.add_argument("--val-fraction", type=float, default=None, metavar="F",
-                   help="for a tree without val/: hold out this fraction of every class as val")
+                   help="for a tree without val/: hold out this fraction of every class as val; for IDX files "
+                        "(MNIST, Fashion-MNIST): val is this fraction of the training set instead of the test set, "
+                        "which is left out")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     add_log_every_argument(p)
 

@@ -46,8 +46,8 @@ def open_source(src: str | os.PathLike[str], fmt: str | None = None, *, val_frac
         else:
             raise UserError(f"{src}: not a source this tool reads (ILSVRC-2012 archives folder, image-folder tree or "
                             f"tar, CIFAR pickles, IDX files); see --format")
-    if val_fraction is not None and fmt not in ("folder", "imagenet-tree"):
-        raise UserError(f"--val-fraction: only for folder trees; {fmt} has its own validation set")
+    if val_fraction is not None and fmt not in ("folder", "imagenet-tree", "idx"):
+        raise UserError(f"--val-fraction: only for folder trees and IDX files; {fmt} has its own validation set")
     if fmt == "imagenet":
         if not p.is_dir():
             raise UserError(f"{src}: give the folder holding {TRAIN_TAR}, {VAL_TAR} and {DEVKIT_TAR}")
@@ -60,7 +60,7 @@ def open_source(src: str | os.PathLike[str], fmt: str | None = None, *, val_frac
     if fmt == "idx":
         if not p.is_dir():
             p = p.parent
-        return idx.IdxSource(p)
+        return idx.IdxSource(p, val_fraction=val_fraction)
     if fmt == "imagenet-tree":
         if not p.is_dir():
             raise UserError(f"{src}: an extracted ImageNet tree is a folder with train/<WNID>/")

@@ -1,6 +1,9 @@
 """MNIST-family IDX files (MNIST, Fashion-MNIST, KMNIST, EMNIST): ``train-images-idx3-ubyte``,
 ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, each
-optionally ``.gz``, in one folder. The t10k (test) set becomes ``val``.
+optionally ``.gz``, in one folder. The t10k (test) set becomes ``val``; with ``val_fraction`` a
+stratified part of the training set becomes ``val`` instead and the test set is left out, so that a
+recipe can be chosen on images that are not the test set (which is then scored from a dataset
+prepared without it).
 
 Grayscale is repeated into three equal channels (the networks take RGB), and 28×28 digits are
 padded to 32×32 with background, as LeCun et al. (1998) did for LeNet-5 so that strokes can reach
@@ -20,6 +23,7 @@ import numpy as np
 from alexnet.errors import UserError
 
 from .base import Item, Source, file_stamp
+from .folder import held_out
 
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -60,8 +64,11 @@ def find(path: Path) -> bool:
 
 @dataclass
 class IdxSource(Source):
+    val_fraction: float | None = None
     _arrays: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     _files: list[Path] = field(default_factory=list)
+    _rows: dict[str, np.ndarray] = field(default_factory=dict)  # per split: its images' rows in _arrays[_from[split]]
+    _from: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.kind = "idx"
@@ -77,6 +84,10 @@ class IdxSource(Source):
                 raise UserError(f"{yi}: {len(y)} labels for {len(x)} images in {xi.name}")
             self._arrays[split] = (x, y.astype(np.int64))
             self._files += [xi, yi]
+        self._from = {"train": "train", "val": "val"}
+        self._rows = {k: np.arange(len(a[1])) for k, a in self._arrays.items()}
+        if self.val_fraction is not None:
+            self._hold_out(float(self.val_fraction))
         shapes = {a[0].shape[1:] for a in self._arrays.values()}
         if len(shapes) != 1:
             raise UserError(f"{self.path}: train and test images differ in size ({' vs '.join(map(str, shapes))})")
@@ -91,19 +102,39 @@ class IdxSource(Source):
         self.pad = PAD if (h, w) == (28, 28) else 0
         self.native_size = (h + 2 * self.pad, w + 2 * self.pad)
 
+    def _hold_out(self, frac: float) -> None:
+        """``val``: round(frac × n) images of every class of the training set, chosen as ``held_out``
+        chooses a folder tree's (the same on every machine); the test set is in neither split."""
+        if not 0.0 < frac < 1.0:
+            raise UserError(f"--val-fraction {frac}: must be between 0 and 1")
+        y = self._arrays["train"][1]
+        val = np.zeros(len(y), bool)
+        for c in np.unique(y):
+            rows = np.flatnonzero(y == c)
+            chosen = held_out([f"train[{k}]" for k in rows], frac)
+            val[[k for k in rows if f"train[{k}]" in chosen]] = True
+        if not val.any():
+            raise UserError(f"--val-fraction {frac}: leaves no validation images out of {len(y)}")
+        self._from["val"] = "train"
+        self._rows = {"train": np.flatnonzero(~val), "val": np.flatnonzero(val)}
+
     def count(self, split: str) -> int | None:
-        return len(self._arrays[split][1])
+        return len(self._rows[split])
 
     def items(self, split: str, after: Any = None) -> Iterator[tuple[Any, Item]]:
-        x, y = self._arrays[split]
-        p = self.pad
-        for k in range(0 if after is None else int(after) + 1, len(y)):
+        x, y = self._arrays[self._from[split]]
+        p, rows = self.pad, self._rows[split]
+        for i in range(0 if after is None else int(after) + 1, len(rows)):
+            k = int(rows[i])  # named by its row in its IDX file: train[k] is the same image in every split
             img = np.pad(x[k], ((p, p), (p, p))) if p else x[k]  # zero = MNIST's black background
-            yield k, Item(f"{split}[{k}]", int(y[k]), np.repeat(img[:, :, None], 3, axis=2))  # H×W -> H×W×3
+            yield i, Item(f"{self._from[split]}[{k}]", int(y[k]), np.repeat(img[:, :, None], 3, axis=2))  # H×W -> H×W×3
 
     def describe(self) -> dict[str, Any]:
+        val = ("the t10k (test) set" if self.val_fraction is None else
+               f"{self.val_fraction:g} of every class of the training set (the t10k test set left out)")
         return {"kind": self.kind, "path": str(self.path), "files": [f.name for f in self._files],
-                "padding": self.pad, "val": "the t10k (test) set"}
+                "padding": self.pad, "val": val}
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"kind": self.kind, "files": [file_stamp(f) for f in self._files]}
+        return {"kind": self.kind, "files": [file_stamp(f) for f in self._files],
+                **({"val_fraction": self.val_fraction} if self.val_fraction is not None else {})}
