@@ -1,6 +1,6 @@
 """Rerun every experiment at one scale, one after another, and copy what each wrote (report.md,
-results.json, protocol.json, provenance.json, any other JSON it writes beside them, the plots) with its console output and wall time into
-benchmarks/results/experiments/NAME/ (quick, the built-in data) or
+results.json, protocol.json, provenance.json, any other JSON it writes beside them, the plots) with
+its console output and wall time into benchmarks/results/experiments/NAME/ (quick, the built-in data) or
 benchmarks/results/experiments-medium/NAME/ (medium, e.g. Fashion-MNIST) — the files the documentation (docs/experiments.md) cites.
 
     PYTHONPATH=src python benchmarks/experiments_quick.py [NAME ...] [--work DIR]

@@ -15,7 +15,7 @@ import tarfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from alexnet.errors import UserError
 
@@ -205,6 +205,21 @@ def held_out(rels: Sequence[str], frac: float) -> set[str]:
     return set(sorted(rels, key=lambda r: hashlib.sha1(os.fsencode(r)).hexdigest())[:k])
 
 
+def check_val_fraction(frac: float) -> None:
+    if not 0.0 < frac < 1.0:
+        raise UserError(f"--val-fraction {frac}: must be between 0 and 1")
+
+
+def held_out_by_class(classes: Iterable[Sequence[str]], frac: float) -> set[str]:
+    """A stratified --val-fraction split: the names :func:`held_out` takes from each class's list
+    (every class loses the same fraction); refused when it takes none at all."""
+    lists = list(classes)
+    val = set().union(*(held_out(names, frac) for names in lists))
+    if not val:
+        raise UserError(f"--val-fraction {frac}: leaves no validation images out of {sum(map(len, lists))}")
+    return val
+
+
 @dataclass
 class FolderSource(Source):
     """``train/<class>/...`` (+ ``val/<class>/...``) or a single ``<class>/...`` tree."""
@@ -235,8 +250,8 @@ class FolderSource(Source):
         entries = [e for e in self.tree.entries if not is_hidden(e.rel)]
         if not entries:
             raise UserError(f"{self.path}: no files found")
-        if self.val_fraction is not None and not 0.0 < self.val_fraction < 1.0:
-            raise UserError(f"--val-fraction {self.val_fraction}: must be between 0 and 1")
+        if self.val_fraction is not None:
+            check_val_fraction(self.val_fraction)
         self.root = find_root([e.rel for e in entries])
         top_dirs, _ = _child_dirs([e.rel for e in entries], self.root)
         has_train = "train" in top_dirs
@@ -334,15 +349,11 @@ class FolderSource(Source):
 
     def _held_out_split(self, train: dict[str, list[Entry]], index: dict[str, int]) -> Lists:
         """A stratified split (every class loses the same fraction), stable per file (:func:`held_out`)."""
-        frac = float(self.val_fraction or 0.0)
+        val_set = held_out_by_class(([e.rel for e in es] for es in train.values()), float(self.val_fraction or 0.0))
         lists: Lists = {"train": [], "val": []}
         for c, es in train.items():
-            val_set = held_out([e.rel for e in es], frac)
             for e in es:
                 lists["val" if e.rel in val_set else "train"].append((e, index[c]))
-        if not lists["val"]:
-            n = sum(map(len, train.values()))
-            raise UserError(f"--val-fraction {frac}: leaves no validation images out of {n}")
         return lists
 
     # -- Source API ------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import numpy as np
 from alexnet.errors import UserError
 
 from .base import Item, Source, file_stamp
-from .folder import held_out
+from .folder import check_val_fraction, held_out_by_class
 
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -67,8 +67,7 @@ class IdxSource(Source):
     val_fraction: float | None = None
     _arrays: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     _files: list[Path] = field(default_factory=list)
-    _rows: dict[str, np.ndarray] = field(default_factory=dict)  # per split: its images' rows in _arrays[_from[split]]
-    _from: dict[str, str] = field(default_factory=dict)
+    _rows: dict[str, np.ndarray] = field(default_factory=dict)  # per split: its images' rows in its IDX file
 
     def __post_init__(self) -> None:
         self.kind = "idx"
@@ -84,7 +83,6 @@ class IdxSource(Source):
                 raise UserError(f"{yi}: {len(y)} labels for {len(x)} images in {xi.name}")
             self._arrays[split] = (x, y.astype(np.int64))
             self._files += [xi, yi]
-        self._from = {"train": "train", "val": "val"}
         self._rows = {k: np.arange(len(a[1])) for k, a in self._arrays.items()}
         if self.val_fraction is not None:
             self._hold_out(float(self.val_fraction))
@@ -105,29 +103,26 @@ class IdxSource(Source):
     def _hold_out(self, frac: float) -> None:
         """``val``: round(frac × n) images of every class of the training set, chosen as ``held_out``
         chooses a folder tree's (the same on every machine); the test set is in neither split."""
-        if not 0.0 < frac < 1.0:
-            raise UserError(f"--val-fraction {frac}: must be between 0 and 1")
+        check_val_fraction(frac)
         y = self._arrays["train"][1]
-        val = np.zeros(len(y), bool)
-        for c in np.unique(y):
-            rows = np.flatnonzero(y == c)
-            chosen = held_out([f"train[{k}]" for k in rows], frac)
-            val[[k for k in rows if f"train[{k}]" in chosen]] = True
-        if not val.any():
-            raise UserError(f"--val-fraction {frac}: leaves no validation images out of {len(y)}")
-        self._from["val"] = "train"
+        chosen = held_out_by_class(([f"train[{k}]" for k in np.flatnonzero(y == c)] for c in np.unique(y)), frac)
+        val = np.array([f"train[{k}]" in chosen for k in range(len(y))], dtype=bool)
         self._rows = {"train": np.flatnonzero(~val), "val": np.flatnonzero(val)}
+
+    def _file_of(self, split: str) -> str:
+        """The IDX file pair a split's images come from: with val_fraction both come from train."""
+        return "train" if self.val_fraction is not None else split
 
     def count(self, split: str) -> int | None:
         return len(self._rows[split])
 
     def items(self, split: str, after: Any = None) -> Iterator[tuple[Any, Item]]:
-        x, y = self._arrays[self._from[split]]
-        p, rows = self.pad, self._rows[split]
+        file = self._file_of(split)
+        (x, y), p, rows = self._arrays[file], self.pad, self._rows[split]
         for i in range(0 if after is None else int(after) + 1, len(rows)):
             k = int(rows[i])  # named by its row in its IDX file: train[k] is the same image in every split
             img = np.pad(x[k], ((p, p), (p, p))) if p else x[k]  # zero = MNIST's black background
-            yield i, Item(f"{self._from[split]}[{k}]", int(y[k]), np.repeat(img[:, :, None], 3, axis=2))  # H×W -> H×W×3
+            yield i, Item(f"{file}[{k}]", int(y[k]), np.repeat(img[:, :, None], 3, axis=2))  # H×W -> H×W×3
 
     def describe(self) -> dict[str, Any]:
         val = ("the t10k (test) set" if self.val_fraction is None else
