@@ -11,6 +11,9 @@ committed results is generated here, at every build.
 * ``<!-- generated: fashion-table FILE -->``: the test accuracy of the ``fashion`` recipe on Fashion-MNIST
   per seed and over the seeds, against the dataset's published table and the project's goal, from the
   results file ``benchmarks/fashion_mnist.py`` wrote.
+* ``<!-- generated: fashion-search GLOB -->``: the recipe variants ``benchmarks/fashion_mnist.py`` scored
+  on a held-out part of the training set (the files GLOB matches), one row each: the table a recipe is
+  chosen from before the test set is used.
 * ``<!-- include: PATH -->`` or ``<!-- include: PATH ## Heading -->``: a file of the repository (or one
   section of it), e.g. ARCHITECTURE.md as the design page, or a table an experiment wrote into its
   committed report.md.
@@ -228,7 +231,10 @@ def fashion_numbers(path: str | Path) -> dict[str, Any]:
     _checkout_package()
     from alexnet.experiments.stats import one_sample
 
-    rows = json.loads(Path(path).read_text())["rows"]
+    d = json.loads(Path(path).read_text())
+    if d.get("scored_on", "official test set") != "official test set":
+        raise _error(f"{path}: scored on the {d['scored_on']}, not the test set: not a test accuracy")
+    rows = d["rows"]
     acc = [r["test_accuracy_center"] for r in rows]
     below = one_sample([FASHION_GOAL - a for a in acc])
     return {"accuracy": _pm({"mean": statistics.fmean(acc), "std": statistics.stdev(acc) if len(acc) > 1 else 0.0},
@@ -254,8 +260,11 @@ def fashion_table(file: str) -> str:
     def published(v: Any) -> str:
         return f"{100 * v[0]:.1f}–{100 * v[1]:.1f}%" if isinstance(v, list) else f"{100 * v:.1f}%"
 
+    variant = "".join(f", `{o}`" for o in d.get("overrides", []))
     lines = ["| method | test accuracy (10,000 images) | per seed | training time per run |", "|---|--:|--:|--:|",
-             f"| `alexnet-cifar`, recipe `fashion` ({rows[0]['epochs']} epochs) | **{n['accuracy']}** "
+             f"| `alexnet-cifar`, recipe `fashion` as at git {str(env.get('git_sha'))[:7]}{variant} "
+             f"({rows[0]['epochs']} epochs) "
+             f"| **{n['accuracy']}** "
              f"({n['seeds']} seeds) | " + ", ".join(f"{100 * r['test_accuracy_center']:.2f}" for r in rows)
              + " | " + ", ".join(f"{r['train_wall_s']:.0f} s" for r in rows) + " |"]
     lines += [f"| {name} (published) | {published(v)} | | |" for name, v in d["published_test_accuracy"].items()]
@@ -267,7 +276,46 @@ def fashion_table(file: str) -> str:
             f"{env.get('date_utc')}, git {str(env.get('git_sha'))[:7]}{' (dirty tree)' if env.get('git_dirty') else ''}.*\n")
 
 
-GENERATORS = {"experiments-summary": experiments_summary, "demo-table": demo_table, "fashion-table": fashion_table}
+def fashion_search(pattern: str) -> str:
+    """The recipe variants scored on a held-out part of Fashion-MNIST's training set (results files of
+    ``benchmarks/fashion_mnist.py`` matching ``pattern``, relative to the repository), one row each, in
+    the order of their held-out accuracy."""
+    import json
+    import statistics
+
+    files = sorted(ROOT.glob(pattern))
+    if not files:
+        raise _error(f"{pattern}: matches no results file")
+    docs = []
+    for f in files:
+        d = json.loads(f.read_text())
+        if not str(d.get("scored_on", "")).startswith("held-out"):
+            raise _error(f"{f.relative_to(ROOT)}: scored on the {d.get('scored_on', 'official test set')}, "
+                         "not a held-out part of the training set")
+        docs.append((statistics.fmean(r["heldout_accuracy_center"] for r in d["rows"]), f, d))
+    lines = ["| overrides of recipe `fashion` | held-out accuracy (last epoch) "
+             "| training error on augmented images, last epoch | epochs | seeds | training time per run | git |",
+             "|---|--:|--:|--:|--:|--:|--:|"]
+    for mean, f, d in sorted(docs, key=lambda t: -t[0]):
+        rows = d["rows"]
+        sha = str(d["environment"].get("git_sha"))[:7]
+        variant = ", ".join(f"`{o}`" for o in d.get("overrides", [])) or f"none (the recipe as at git {sha})"
+        lines.append(f"| {variant} | {100 * mean:.2f}% | "
+                     + ", ".join(f"{100 * r['train_top1_err_per_epoch'][-1]:.2f}%" for r in rows)
+                     + f" | {rows[0]['epochs']} | {', '.join(str(r['seed']) for r in rows)} | "
+                     + ", ".join(f"{r['train_wall_s']:.0f} s" for r in rows)
+                     + f" | {sha}"
+                     + f"{' (dirty tree)' if d['environment'].get('git_dirty') else ''} |")
+    env = docs[0][2]["environment"]
+    dates = sorted(str(d["environment"].get("date_utc")) for _, _, d in docs)  # when each run started
+    when = dates[0] if dates[0] == dates[-1] else f"runs started {dates[0]} to {dates[-1]}"
+    return ("\n".join(lines) + f"\n\n*Generated at build time from `{pattern}` ({len(files)} files): "
+            f"{docs[0][2]['scored_on']}, {docs[0][2]['data']}; {env.get('processor')} ({env.get('cpu_count')} "
+            f"cores), torch {env.get('torch')}, {when}.*\n")
+
+
+GENERATORS = {"experiments-summary": experiments_summary, "demo-table": demo_table, "fashion-table": fashion_table,
+              "fashion-search": fashion_search}
 
 
 def section(text: str, heading: str | None) -> str:

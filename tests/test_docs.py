@@ -255,3 +255,23 @@ def test_the_fashion_table_is_generated_from_the_results_and_says_whether_the_go
     assert verdict([0.95]) == "reached" and verdict([0.91]) == "not reached"  # one seed: the mean alone
     with pytest.raises(Exception, match="no such results file"):
         hooks.fashion_table("benchmarks/results/nothing.json")
+
+
+def test_the_recipe_search_table_lists_the_held_out_variants_and_refuses_a_test_file() -> None:
+    hooks = _hooks()
+    pattern = "benchmarks/results/fashion-mnist-heldout-*-2026-12-04.json"
+    built = hooks.fashion_search(pattern)
+    # best held-out accuracy first: the recipe's choice (padding 2, no dropout) heads the table, its first
+    # version (no overrides) follows
+    rows = [line for line in built.splitlines() if line.startswith("| `") or line.startswith("| none")]
+    assert len(rows) == 2 and rows[0].startswith("| `--set crop_padding=2`, `--model-opt dropout=0` | 92.55% | 6.39% |")
+    assert rows[1].startswith("| none (the recipe as at git 68f3c1d) | ")
+    assert "held-out part of the training set" in built and "(dirty tree)" not in built and "68f3c1d" in built
+    page = (ROOT / "docs" / "experiments.md").read_text()
+    assert f"<!-- generated: fashion-search {pattern} -->" in page
+    with pytest.raises(Exception, match="not a held-out part of the training set"):
+        hooks.fashion_search("benchmarks/results/fashion-mnist-2026-12-03.json")
+    with pytest.raises(Exception, match="not a test accuracy"):
+        hooks.fashion_numbers(ROOT / "benchmarks/results/fashion-mnist-heldout-pad2-nodrop-2026-12-04.json")
+    with pytest.raises(Exception, match="matches no results file"):
+        hooks.fashion_search("benchmarks/results/nothing-*.json")
