@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import re
 import subprocess
 import sys
@@ -205,8 +206,8 @@ def test_the_public_api_is_documented_in_one_style() -> None:
 
 
 def test_the_readme_results_quote_the_generated_table() -> None:
-    """Every interval README's results summary quotes is one the table generated from the committed
-    results gives (signs and typography aside), so the summary cannot drift from the results."""
+    """Every interval README's results summary quotes is one the tables generated from the committed
+    results give (signs and typography aside), so the summary cannot drift from the results."""
     sys.path.insert(0, str(ROOT / "src"))
     from alexnet.experiments.summary import experiment_folders, table
 
@@ -217,6 +218,8 @@ def test_the_readme_results_quote_the_generated_table() -> None:
         return s.replace("−", "-").replace("+", "")
 
     generated = norm(table(experiment_folders(ROOT / "benchmarks" / "results" / "experiments-medium")))
+    # and the Fashion-MNIST recipe's distance to its goal, as the docs' fashion-table gives it
+    generated += norm(_hooks().fashion_numbers(ROOT / "benchmarks/results/fashion-mnist-pad2-nodrop-2026-12-04.json")["below_goal"])
     quoted = re.findall(r"\[[−+\-]?\d+\.\d+, [−+\-]?\d+\.\d+\]", results)
     assert len(quoted) >= 6
     for interval in quoted:
@@ -275,3 +278,25 @@ def test_the_recipe_search_table_lists_the_held_out_variants_and_refuses_a_test_
         hooks.fashion_numbers(ROOT / "benchmarks/results/fashion-mnist-heldout-pad2-nodrop-2026-12-04.json")
     with pytest.raises(Exception, match="matches no results file"):
         hooks.fashion_search("benchmarks/results/nothing-*.json")
+
+
+def test_the_chosen_recipe_was_scored_once_on_the_test_set_and_is_the_recipe_readme_quotes() -> None:
+    from alexnet.config import resolve
+
+    hooks = _hooks()
+    committed = "benchmarks/results/fashion-mnist-pad2-nodrop-2026-12-04.json"
+    doc = json.loads((ROOT / committed).read_text())
+    n = hooks.fashion_numbers(ROOT / committed)
+    assert doc["scored_on"] == "official test set" and n["seeds"] == 3
+    # the variant that ran is the recipe as it is now: its two overrides are what configs/fashion.yaml says
+    assert doc["overrides"] == ["--set crop_padding=2", "--model-opt dropout=0"]
+    cfg = resolve("fashion", {"data": "x"})
+    assert cfg.crop_padding == 2 and cfg.model_options["dropout"] == 0
+    page = (ROOT / "docs" / "experiments.md").read_text()
+    assert f"<!-- generated: fashion-table {committed} -->" in page
+    built = hooks.expand(page, ROOT / "docs", "https://x/y")
+    assert "recipe `fashion` as at git 68f3c1d, `--set crop_padding=2`, `--model-opt dropout=0` (12 epochs)" in built
+    results = README.read_text()
+    results = results[results.index("## Results"):results.index("## Citing")]
+    assert f"**{n['accuracy']}**" in results and committed in results and "git 68f3c1d" in results
+    assert n["verdict"] in results  # the goal's verdict as the interval gives it
