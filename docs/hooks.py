@@ -179,6 +179,11 @@ def experiments_summary(folder: str) -> str:
             f"prints the same table.*\n")
 
 
+def _commit(env: dict[str, Any]) -> str:
+    """A results file's commit as the tables cite it: the short SHA, marked when the tree was dirty."""
+    return f"{str(env.get('git_sha'))[:7]}{' (dirty tree)' if env.get('git_dirty') else ''}"
+
+
 def _pm(stat: dict[str, float], scale: float = 100.0, digits: int = 1, unit: str = "%") -> str:
     return f"{scale * stat['mean']:.{digits}f} ± {scale * stat['std']:.{digits}f}{unit}"
 
@@ -214,8 +219,7 @@ def demo_table(file: str) -> str:
             f"{each('val_top1_err_ten_crop')}) | {n['val_top5_err_center']} / {n['val_top5_err_ten_crop']} | {n['wall_s']} |\n\n"
             f"*Generated at build time from `{file}`: `{d.get('command')}`, {len(rows)} seeds one after another, "
             f"{env.get('processor')} ({env.get('cpu_count')} cores), Python {env.get('python')}, torch {env.get('torch')}, "
-            f"torchvision {env.get('torchvision')}, {env.get('date_utc')}, git {str(env.get('git_sha'))[:7]}"
-            f"{' (dirty tree)' if env.get('git_dirty') else ''}.*\n")
+            f"torchvision {env.get('torchvision')}, {env.get('date_utc')}, git {_commit(env)}.*\n")
 
 
 FASHION_GOAL = 0.93  # the test accuracy published CNNs of the CIFAR net's size reach on Fashion-MNIST
@@ -273,7 +277,7 @@ def fashion_table(file: str) -> str:
     return ("\n".join(lines) + f"\n\n{goal[0].upper() + goal[1:]}.\n\n*Generated at build time from `{file}`: "
             f"`{d.get('command')}`, seeds {', '.join(str(r['seed']) for r in rows)} one after another, "
             f"{env.get('processor')} ({env.get('cpu_count')} cores), Python {env.get('python')}, torch {env.get('torch')}, "
-            f"{env.get('date_utc')}, git {str(env.get('git_sha'))[:7]}{' (dirty tree)' if env.get('git_dirty') else ''}.*\n")
+            f"{env.get('date_utc')}, git {_commit(env)}.*\n")
 
 
 def fashion_search(pattern: str) -> str:
@@ -304,8 +308,7 @@ def fashion_search(pattern: str) -> str:
                      + ", ".join(f"{100 * r['train_top1_err_per_epoch'][-1]:.2f}%" for r in rows)
                      + f" | {rows[0]['epochs']} | {', '.join(str(r['seed']) for r in rows)} | "
                      + ", ".join(f"{r['train_wall_s']:.0f} s" for r in rows)
-                     + f" | {sha}"
-                     + f"{' (dirty tree)' if d['environment'].get('git_dirty') else ''} |")
+                     + f" | {_commit(d['environment'])} |")
     env = docs[0][2]["environment"]
     dates = sorted(str(d["environment"].get("date_utc")) for _, _, d in docs)  # when each run started
     when = dates[0] if dates[0] == dates[-1] else f"runs started {dates[0]} to {dates[-1]}"

@@ -15,6 +15,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+# the `fashion` recipe's test result that README and docs/experiments.md quote
+FASHION_RESULT = "benchmarks/results/fashion-mnist-pad2-nodrop-2026-12-04.json"
 
 
 def _hooks():
@@ -219,7 +221,7 @@ def test_the_readme_results_quote_the_generated_table() -> None:
 
     generated = norm(table(experiment_folders(ROOT / "benchmarks" / "results" / "experiments-medium")))
     # and the Fashion-MNIST recipe's distance to its goal, as the docs' fashion-table gives it
-    generated += norm(_hooks().fashion_numbers(ROOT / "benchmarks/results/fashion-mnist-pad2-nodrop-2026-12-04.json")["below_goal"])
+    generated += norm(_hooks().fashion_numbers(ROOT / FASHION_RESULT)["below_goal"])
     quoted = re.findall(r"\[[−+\-]?\d+\.\d+, [−+\-]?\d+\.\d+\]", results)
     assert len(quoted) >= 6
     for interval in quoted:
@@ -284,7 +286,7 @@ def test_the_chosen_recipe_was_scored_once_on_the_test_set_and_is_the_recipe_rea
     from alexnet.config import resolve
 
     hooks = _hooks()
-    committed = "benchmarks/results/fashion-mnist-pad2-nodrop-2026-12-04.json"
+    committed = FASHION_RESULT
     doc = json.loads((ROOT / committed).read_text())
     n = hooks.fashion_numbers(ROOT / committed)
     assert doc["scored_on"] == "official test set" and n["seeds"] == 3

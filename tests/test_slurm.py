@@ -22,6 +22,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -84,8 +85,8 @@ FastStep.__call__ = _step
 # Every torchrun worker of a job that is still running after HANG_DUMP_S seconds writes every thread's
 # stack to its stderr (once): a job that hangs says where, in the test's failure report.
 HANG_DUMP = "import faulthandler\nfaulthandler.dump_traceback_later(float(os.environ.get('HANG_DUMP_S', '150')))\n"
-SITECUSTOMIZE = "import os\nif 'LOCAL_RANK' in os.environ:  # torchrun's workers only\n" + textwrap.indent(HANG_DUMP, "    ") + \
-    "if os.environ.get('PAUSE_STEP') and 'LOCAL_RANK' in os.environ:\n" + textwrap.indent(PAUSE_HOOK, "    ")
+SITECUSTOMIZE = "import os\nif 'LOCAL_RANK' in os.environ:  # torchrun's workers only\n" + textwrap.indent(
+    HANG_DUMP + "if os.environ.get('PAUSE_STEP'):\n" + textwrap.indent(PAUSE_HOOK, "    "), "    ")
 
 
 @pytest.fixture(scope="module")
@@ -136,10 +137,11 @@ def job_env(bin_dirs: tuple[Path, Path], tmp: Path, **extra: str) -> dict[str, s
             "PYTHONPATH": os.pathsep.join([str(hook), str(SRC), os.environ.get("PYTHONPATH", "")]), **extra}
 
 
-def end_job(p: subprocess.Popen) -> tuple[str, str]:
-    """A job past its time: SIGTERM to its processes (the batch shell's group and torchrun's workers, which
-    run in sessions of their own), SIGKILL to what is left 30 s later, so that nothing it started goes on
-    running beside the tests after it; its (stdout, stderr)."""
+def abandon_job(p: subprocess.Popen, why: str) -> NoReturn:
+    """Fail the test on a job past its time: SIGTERM to the batch shell and every process below it
+    (torchrun's workers run in sessions of their own, out of reach of a process-group signal), SIGKILL to
+    what is left 30 s later, so that nothing it started goes on running beside the later tests; its
+    output (with the ranks' stacks written after HANG_DUMP_S) goes into the failure report."""
     def tree(pid: int) -> list[int]:
         out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
         return [pid] + [q for c in out for q in tree(int(c))]
@@ -152,10 +154,14 @@ def end_job(p: subprocess.Popen) -> tuple[str, str]:
             except ProcessLookupError:
                 pass
         try:
-            return p.communicate(timeout=30)
+            out, err = p.communicate(timeout=30)
+            break
         except subprocess.TimeoutExpired:
-            continue
-    return p.communicate()
+            pass
+    else:
+        out, err = p.communicate()
+    print("STDOUT:", out[-3000:], "\nSTDERR:", err[-20000:])
+    pytest.fail(why)
 
 
 def run_job(script: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
@@ -163,9 +169,7 @@ def run_job(script: Path, env: dict[str, str], timeout: float = 300) -> subproce
     try:
         out, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        out, err = end_job(p)
-        print("STDOUT:", out[-3000:], "\nSTDERR:", err[-20000:])
-        pytest.fail(f"the job ran past {timeout:.0f} s (its ranks' stacks, written after HANG_DUMP_S, are above)")
+        abandon_job(p, f"the job ran past {timeout:.0f} s (its ranks' stacks, written after HANG_DUMP_S, are above)")
     if p.returncode != 0:
         print("STDOUT:", out[-3000:], "\nSTDERR:", err[-6000:])
     assert p.returncode == 0
@@ -180,17 +184,13 @@ def warn_job_at(script: Path, env: dict[str, str], step: int, tmp: Path) -> tupl
     t0 = time.time()
     while not marker.exists():
         if p.poll() is not None or time.time() - t0 > 180:
-            out, err = end_job(p)
-            print("STDOUT:", out[-3000:], "\nSTDERR:", err[-6000:])
-            pytest.fail("pause point not reached")
+            abandon_job(p, "pause point not reached")
         time.sleep(0.02)
     p.send_signal(signal.SIGUSR1)  # SLURM's --signal=B:USR1@SECONDS: the batch shell only
     try:
         out, err = p.communicate(timeout=120)
     except subprocess.TimeoutExpired:
-        out, err = end_job(p)
-        print("STDOUT:", out[-3000:], "\nSTDERR:", err[-20000:])
-        pytest.fail("the warned job did not end within 120 s")
+        abandon_job(p, "the warned job did not end within 120 s")
     if p.returncode != 0 or "stopped by SIGUSR1: checkpoint written to" not in err:
         print("STDOUT:", out[-3000:], "\nSTDERR:", err[-6000:])
     return p.returncode, out, err
